@@ -1,0 +1,1 @@
+//! Broadcast chain (see DESIGN.md).

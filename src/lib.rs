@@ -1,0 +1,2 @@
+//! strato library.
+pub mod store;
