@@ -1,0 +1,139 @@
+//! Frames over an async byte stream, with timeouts.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+use crate::error::{Error, Result};
+use crate::frame::{self, decode_frame, Frame, FrameError, HEADER_LEN};
+use crate::manifest::ChunkId;
+
+/// Reads frames; a frame larger than `max_frame` is refused from its header,
+/// before its payload is buffered.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_frame: u32,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a stream.
+    pub fn new(inner: R, max_frame: u32) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(256 << 10),
+            max_frame,
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if let Some(f) = decode_frame(&mut self.buf, self.max_frame)? {
+                return Ok(Some(f));
+            }
+            // Grow towards the frame's size in steps, so a lying length
+            // costs nothing before the bytes actually arrive.
+            let want = if self.buf.len() >= HEADER_LEN {
+                let len = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]);
+                HEADER_LEN + len as usize - self.buf.len()
+            } else {
+                HEADER_LEN
+            };
+            self.buf.reserve(want.clamp(64 << 10, 1 << 20));
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    /// The next frame within `limit`; end of stream is an error.
+    pub async fn read_timeout(&mut self, limit: Duration, what: &'static str) -> Result<Frame> {
+        match tokio::time::timeout(limit, self.read_frame()).await {
+            Ok(Ok(Some(f))) => Ok(f),
+            Ok(Ok(None)) => Err(Error::Closed(what)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout {
+                what,
+                secs: limit.as_secs_f64(),
+            }),
+        }
+    }
+}
+
+/// Writes frames through a buffer; callers flush when they run out of input.
+pub struct FrameWriter<W: AsyncWrite> {
+    inner: BufWriter<W>,
+    timeout: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps a stream; every write or flush must finish within `timeout`.
+    pub fn new(inner: W, timeout: Duration) -> Self {
+        FrameWriter {
+            inner: BufWriter::with_capacity(256 << 10, inner),
+            timeout,
+        }
+    }
+
+    /// Changes the limit on each write.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Queues a non-DATA frame.
+    pub async fn send(&mut self, f: &Frame) -> Result<()> {
+        let bytes = frame::encode(f);
+        let inner = &mut self.inner;
+        let t = self.timeout;
+        match tokio::time::timeout(t, inner.write_all(&bytes)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout {
+                what: "sending a frame",
+                secs: t.as_secs_f64(),
+            }),
+        }
+    }
+
+    /// Queues a DATA frame without copying the chunk.
+    pub async fn send_data(&mut self, id: &ChunkId, data: &Bytes) -> Result<()> {
+        let h = frame::data_header(id, data.len());
+        let inner = &mut self.inner;
+        let t = self.timeout;
+        let fut = async move {
+            inner.write_all(&h).await?;
+            inner.write_all(data).await
+        };
+        match tokio::time::timeout(t, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout {
+                what: "sending a chunk",
+                secs: t.as_secs_f64(),
+            }),
+        }
+    }
+
+    /// Pushes buffered frames to the socket.
+    pub async fn flush(&mut self) -> Result<()> {
+        let inner = &mut self.inner;
+        let t = self.timeout;
+        match tokio::time::timeout(t, inner.flush()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout {
+                what: "flushing",
+                secs: t.as_secs_f64(),
+            }),
+        }
+    }
+
+    /// Sends one frame and flushes.
+    pub async fn send_now(&mut self, f: &Frame) -> Result<()> {
+        self.send(f).await?;
+        self.flush().await
+    }
+}

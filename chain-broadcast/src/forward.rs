@@ -1,0 +1,405 @@
+//! The downstream side of a hop, shared by the sender and every relay:
+//! connect to the next live node, learn what it needs, forward chunks as
+//! they arrive, and bypass the node if it fails.
+//!
+//! Invariant kept across bypasses: after `forward`/`finish`, the current
+//! link has been sent every chunk it needs that this hop has seen or holds,
+//! so once the upstream's END arrives the link can complete.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::codec::{FrameReader, FrameWriter};
+use crate::error::{Error, Result};
+use crate::frame::{Frame, Hello, PROTOCOL_VERSION};
+use crate::manifest::{ChunkId, TransferInfo};
+use crate::options::Progress;
+use crate::report::NodeReport;
+
+/// What a hop knows about its transfer.
+#[derive(Clone, Debug)]
+pub(crate) struct Ctx {
+    pub info: TransferInfo,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+    pub finish_timeout: Duration,
+    pub max_frame: u32,
+}
+
+impl Ctx {
+    /// How long to wait on a node with `rest` nodes after it: it may itself
+    /// be waiting on each of them in turn, so upstream hops must be more
+    /// patient than downstream ones or one slow tail would make every hop
+    /// bypass its successor.
+    pub fn patience(&self, rest: usize) -> Duration {
+        self.io_timeout + (self.connect_timeout + self.io_timeout) * (rest as u32)
+    }
+
+    pub fn keepalive_every(&self) -> Duration {
+        (self.io_timeout / 3).max(Duration::from_millis(10))
+    }
+}
+
+/// Fetches a chunk this hop has already seen or holds, for resending after a
+/// bypass.
+pub(crate) type Resupply = Arc<dyn Fn(ChunkId) -> BoxFuture<'static, Result<Bytes>> + Send + Sync>;
+
+/// Input of the forwarding task.
+pub(crate) enum Input {
+    Chunk(ChunkId, Bytes),
+    End,
+}
+
+struct Link {
+    addr: SocketAddr,
+    /// Nodes after this one.
+    rest: usize,
+    w: FrameWriter<OwnedWriteHalf>,
+    r: FrameReader<OwnedReadHalf>,
+    have: Vec<bool>,
+    needs: HashSet<ChunkId>,
+    sent: HashSet<ChunkId>,
+}
+
+pub(crate) struct Downstream {
+    ctx: Arc<Ctx>,
+    /// Candidates, in chain order.
+    chain: Vec<SocketAddr>,
+    /// Index in `chain` of the next candidate to try after the link.
+    next: usize,
+    link: Option<Link>,
+    /// Results collected so far (failed nodes, then the link's REPORT).
+    reports: Vec<NodeReport>,
+    /// Ids this hop has been given by its upstream.
+    received: HashSet<ChunkId>,
+    /// Ids the upstream will send; anything else this hop holds already.
+    expected: HashSet<ChunkId>,
+    pub bytes_sent: u64,
+    progress: Option<Arc<Progress>>,
+}
+
+impl Downstream {
+    /// Connects to the first live node of `chain` (possibly none).
+    pub async fn connect(
+        ctx: Arc<Ctx>,
+        chain: Vec<SocketAddr>,
+        progress: Option<Arc<Progress>>,
+    ) -> Self {
+        let mut d = Downstream {
+            ctx,
+            chain,
+            next: 0,
+            link: None,
+            reports: Vec::new(),
+            received: HashSet::new(),
+            expected: HashSet::new(),
+            bytes_sent: 0,
+            progress,
+        };
+        d.connect_next().await;
+        d
+    }
+
+    /// The HAVE of the current link, if any.
+    pub fn have(&self) -> Option<&[bool]> {
+        self.link.as_ref().map(|l| l.have.as_slice())
+    }
+
+    /// Declares which ids the upstream will send.
+    pub fn set_expected(&mut self, expected: HashSet<ChunkId>) {
+        self.expected = expected;
+    }
+
+    async fn connect_next(&mut self) {
+        while self.next < self.chain.len() {
+            let i = self.next;
+            self.next += 1;
+            let addr = self.chain[i];
+            match self.handshake(i).await {
+                Ok(link) => {
+                    debug!(%addr, "linked");
+                    self.link = Some(link);
+                    return;
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "node unreachable, bypassing it");
+                    self.reports
+                        .push(NodeReport::failed(addr, format!("bypassed: {e}")));
+                }
+            }
+        }
+    }
+
+    async fn handshake(&self, i: usize) -> Result<Link> {
+        let ctx = &self.ctx;
+        let addr = self.chain[i];
+        let rest = self.chain.len() - i - 1;
+        let stream = match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(addr)).await
+        {
+            Ok(s) => s?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: "connecting",
+                    secs: ctx.connect_timeout.as_secs_f64(),
+                })
+            }
+        };
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let mut w = FrameWriter::new(w, ctx.patience(rest));
+        let mut r = FrameReader::new(r, ctx.max_frame);
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            transfer_id: ctx.info.transfer_id,
+            name: ctx.info.name.clone(),
+            connect_timeout: ctx.connect_timeout,
+            io_timeout: ctx.io_timeout,
+            finish_timeout: ctx.finish_timeout,
+            chain: self.chain[i..].to_vec(),
+            manifest: Arc::clone(&ctx.info.manifest),
+        };
+        w.send_now(&Frame::Hello(hello)).await?;
+        let have = match r.read_timeout(ctx.patience(rest), "HAVE").await? {
+            Frame::Have(h) => h,
+            Frame::Error(e) => return Err(Error::Peer(e)),
+            f => {
+                return Err(Error::Unexpected {
+                    expected: "HAVE",
+                    got: f.kind_name(),
+                })
+            }
+        };
+        let chunks = &ctx.info.manifest.chunks;
+        if have.len() != chunks.len() {
+            return Err(Error::Invalid(format!(
+                "HAVE lists {} entries for a manifest of {}",
+                have.len(),
+                chunks.len()
+            )));
+        }
+        let needs = chunks
+            .iter()
+            .zip(&have)
+            .filter(|(_, h)| !**h)
+            .map(|(c, _)| c.id)
+            .collect();
+        Ok(Link {
+            addr,
+            rest,
+            w,
+            r,
+            have,
+            needs,
+            sent: HashSet::new(),
+        })
+    }
+
+    /// Drops the link after `err`, records it as failed, and links to the
+    /// next live node, resending what that node needs and will not get from
+    /// upstream.
+    async fn bypass(&mut self, mut err: Error, resupply: &Resupply) {
+        loop {
+            let Some(mut link) = self.link.take() else {
+                return;
+            };
+            // A peer that refused our data usually said why first.
+            if let Ok(Ok(Frame::Error(reason))) = tokio::time::timeout(
+                Duration::from_millis(200),
+                link.r.read_timeout(Duration::from_millis(200), "ERROR"),
+            )
+            .await
+            {
+                err = Error::Peer(reason);
+            }
+            warn!(addr = %link.addr, error = %err, "downstream node failed, bypassing it");
+            self.reports
+                .push(NodeReport::failed(link.addr, format!("bypassed: {err}")));
+            drop(link);
+            self.connect_next().await;
+            let Some(link) = self.link.as_mut() else {
+                return;
+            };
+            let resend: Vec<ChunkId> = self
+                .ctx
+                .info
+                .manifest
+                .distinct()
+                .into_iter()
+                .map(|c| c.id)
+                .filter(|id| {
+                    link.needs.contains(id)
+                        && (self.received.contains(id) || !self.expected.contains(id))
+                })
+                .collect();
+            debug!(addr = %link.addr, chunks = resend.len(), "resuming after bypass");
+            let mut failed = None;
+            for id in resend {
+                let data = match resupply(id).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.give_up(&format!("predecessor could not resupply chunk {id}: {e}"));
+                        return;
+                    }
+                };
+                if let Err(e) = link.w.send_data(&id, &data).await {
+                    failed = Some(e);
+                    break;
+                }
+                link.sent.insert(id);
+                self.bytes_sent += data.len() as u64;
+                if let Some(p) = &self.progress {
+                    p.bytes_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    p.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if failed.is_none() {
+                if let Err(e) = link.w.flush().await {
+                    failed = Some(e);
+                }
+            }
+            match failed {
+                None => return,
+                Some(e) => err = e,
+            }
+        }
+    }
+
+    /// This hop cannot serve anything downstream any more.
+    fn give_up(&mut self, why: &str) {
+        warn!(why, "giving up on the rest of the chain");
+        self.link = None;
+        for addr in &self.chain[self.next.saturating_sub(1)..] {
+            if !self.reports.iter().any(|r| r.addr == *addr) {
+                self.reports.push(NodeReport::failed(*addr, why));
+            }
+        }
+        self.next = self.chain.len();
+    }
+
+    /// Sends `data` on if the link still needs it.
+    pub async fn forward(&mut self, id: ChunkId, data: Bytes, resupply: &Resupply) {
+        self.received.insert(id);
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        if !link.needs.contains(&id) || link.sent.contains(&id) {
+            return;
+        }
+        match link.w.send_data(&id, &data).await {
+            Ok(()) => {
+                link.sent.insert(id);
+                self.bytes_sent += data.len() as u64;
+                if let Some(p) = &self.progress {
+                    p.bytes_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    p.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => self.bypass(e, resupply).await,
+        }
+    }
+
+    pub async fn flush(&mut self, resupply: &Resupply) {
+        if let Some(link) = self.link.as_mut() {
+            if let Err(e) = link.w.flush().await {
+                self.bypass(e, resupply).await;
+            }
+        }
+    }
+
+    pub async fn keepalive(&mut self, resupply: &Resupply) {
+        if let Some(link) = self.link.as_mut() {
+            if let Err(e) = link.w.send_now(&Frame::Keepalive).await {
+                self.bypass(e, resupply).await;
+            }
+        }
+    }
+
+    /// Sends END and collects the reports of every node downstream.
+    pub async fn finish(mut self, resupply: &Resupply) -> (Vec<NodeReport>, u64) {
+        loop {
+            let Some(link) = self.link.as_mut() else {
+                return (self.reports, self.bytes_sent);
+            };
+            let io = self.ctx.io_timeout;
+            let rest = link.rest;
+            let patience = self.ctx.patience(rest);
+            let deadline = Instant::now() + self.ctx.finish_timeout.max(patience);
+            let fin_secs = self.ctx.finish_timeout.as_secs_f64();
+            let res: Result<Vec<NodeReport>> = async {
+                link.w.send_now(&Frame::End).await?;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout {
+                            what: "waiting for REPORT",
+                            secs: fin_secs,
+                        });
+                    }
+                    // Nodes send KEEPALIVE while they finish, so silence
+                    // longer than the io limit means the node is gone.
+                    let wait = left.min(io.max(patience));
+                    match link.r.read_timeout(wait, "REPORT").await? {
+                        Frame::Report(v) => return Ok(v),
+                        Frame::Keepalive => continue,
+                        Frame::Error(e) => return Err(Error::Peer(e)),
+                        f => {
+                            return Err(Error::Unexpected {
+                                expected: "REPORT",
+                                got: f.kind_name(),
+                            })
+                        }
+                    }
+                }
+            }
+            .await;
+            match res {
+                Ok(v) => {
+                    self.link = None;
+                    self.reports.extend(v);
+                    return (self.reports, self.bytes_sent);
+                }
+                Err(e) => self.bypass(e, resupply).await,
+            }
+        }
+    }
+}
+
+/// Runs a hop's forwarding: chunks in, downstream out, keepalives when
+/// idle. Returns `None` if the input ended without END (the upstream
+/// failed): the link is dropped so the nodes below abort too.
+pub(crate) async fn pump(
+    mut ds: Downstream,
+    mut rx: mpsc::Receiver<Input>,
+    resupply: Resupply,
+) -> Option<(Vec<NodeReport>, u64)> {
+    let every = ds.ctx.keepalive_every();
+    loop {
+        let msg = match tokio::time::timeout(every, rx.recv()).await {
+            Err(_) => {
+                ds.keepalive(&resupply).await;
+                continue;
+            }
+            Ok(None) => return None,
+            Ok(Some(m)) => m,
+        };
+        match msg {
+            Input::Chunk(id, data) => {
+                ds.forward(id, data, &resupply).await;
+                if rx.is_empty() {
+                    ds.flush(&resupply).await;
+                }
+            }
+            Input::End => return Some(ds.finish(&resupply).await),
+        }
+    }
+}

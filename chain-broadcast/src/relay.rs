@@ -1,0 +1,462 @@
+//! A node of the chain: receive from upstream, verify, store and forward.
+//!
+//! One connection runs three stages joined by bounded channels, so memory is
+//! bounded and the slowest of (upstream link, local store, downstream link)
+//! sets the pace of the whole chain:
+//!
+//! ```text
+//! upstream ──▶ reader (parse, verify BLAKE3) ──▶ store stage (blocking thread, sink.put)
+//!                                          └───▶ forward stage ──▶ downstream
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::codec::{FrameReader, FrameWriter};
+use crate::error::{BoxError, Error, Result};
+use crate::forward::{pump, Ctx, Downstream, Input, Resupply};
+use crate::frame::Frame;
+use crate::manifest::{ChunkId, TransferInfo};
+use crate::options::ServeOptions;
+use crate::report::NodeReport;
+use crate::sink::{ChunkSink, SinkFactory};
+
+/// Accepts chain connections on `listener` until the future is dropped.
+/// Dropping it (or aborting its task) stops every transfer of this node,
+/// closing their sockets, as a crashed node would.
+pub async fn serve(
+    listener: TcpListener,
+    factory: Arc<dyn SinkFactory>,
+    opts: ServeOptions,
+) -> std::io::Result<()> {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            acc = listener.accept() => match acc {
+                Ok((sock, peer)) => {
+                    sessions.spawn(session(sock, peer, Arc::clone(&factory), opts.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+}
+
+/// A node running in a background task; stopped when dropped.
+pub struct Node {
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// Binds `addr` (port 0 picks one) and serves on it.
+    pub async fn spawn(
+        addr: SocketAddr,
+        factory: Arc<dyn SinkFactory>,
+        opts: ServeOptions,
+    ) -> std::io::Result<Node> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(serve(listener, factory, opts));
+        Ok(Node { addr, task })
+    }
+
+    /// Where the node listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the node at once: listener and every connection closed.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Aborts a task when dropped, so a killed session takes its stages with it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BoxError> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::storage(e)),
+        Err(e) => Err(Error::storage(format!("storage task failed: {e}"))),
+    }
+}
+
+/// Which chunks the store stage has written, for resupply after a bypass.
+#[derive(Default)]
+struct Avail {
+    set: Mutex<HashSet<ChunkId>>,
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl Avail {
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    fn add(&self, id: ChunkId) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        self.notify.notify_waiters();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self, id: ChunkId, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let n = self.notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.contains(&id) {
+                return Ok(());
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Storage(format!("chunk {id} was not stored")));
+            }
+            if tokio::time::timeout_at(deadline, n).await.is_err() {
+                return Err(Error::Timeout {
+                    what: "waiting for the local store",
+                    secs: limit.as_secs_f64(),
+                });
+            }
+        }
+    }
+}
+
+fn store_stage(
+    sink: Arc<dyn ChunkSink>,
+    mut rx: mpsc::Receiver<(ChunkId, Bytes)>,
+    avail: Arc<Avail>,
+) -> std::result::Result<(), String> {
+    let mut err = None;
+    // Keep draining after a failure so the reader never blocks on us; the
+    // node still relays for the others and reports itself failed.
+    while let Some((id, data)) = rx.blocking_recv() {
+        if err.is_some() {
+            continue;
+        }
+        match sink.put(&id, data) {
+            Ok(()) => avail.add(id),
+            Err(e) => err = Some(format!("storing chunk {id}: {e}")),
+        }
+    }
+    avail.close();
+    err.map_or(Ok(()), Err)
+}
+
+/// Checks a DATA frame against the manifest before anything is done with it.
+pub(crate) fn verify_chunk(lens: &HashMap<ChunkId, u32>, id: &ChunkId, data: &[u8]) -> Result<()> {
+    let Some(len) = lens.get(id) else {
+        return Err(Error::BadChunk {
+            id: id.to_hex(),
+            why: "not in the manifest".into(),
+        });
+    };
+    if data.len() != *len as usize {
+        return Err(Error::BadChunk {
+            id: id.to_hex(),
+            why: format!("{} bytes, manifest says {len}", data.len()),
+        });
+    }
+    let got = ChunkId::of(data);
+    if got != *id {
+        return Err(Error::BadChunk {
+            id: id.to_hex(),
+            why: format!("bytes hash to {got}"),
+        });
+    }
+    Ok(())
+}
+
+async fn session(
+    sock: TcpStream,
+    peer: SocketAddr,
+    factory: Arc<dyn SinkFactory>,
+    opts: ServeOptions,
+) {
+    let _ = sock.set_nodelay(true);
+    let (r, w) = sock.into_split();
+    let mut up_r = FrameReader::new(r, opts.max_frame);
+    let mut up_w = FrameWriter::new(w, opts.hello_timeout);
+    if let Err(e) = run(&mut up_r, &mut up_w, factory, &opts).await {
+        warn!(%peer, error = %e, "chain transfer failed");
+        // Best effort: the upstream may be gone already.
+        let _ = up_w.send_now(&Frame::Error(e.to_string())).await;
+    }
+}
+
+async fn run(
+    up_r: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    up_w: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    factory: Arc<dyn SinkFactory>,
+    opts: &ServeOptions,
+) -> Result<()> {
+    let start = Instant::now();
+    let hello = match up_r.read_timeout(opts.hello_timeout, "HELLO").await? {
+        Frame::Hello(h) => h,
+        f => {
+            return Err(Error::Unexpected {
+                expected: "HELLO",
+                got: f.kind_name(),
+            })
+        }
+    };
+    let me = hello.chain[0];
+    hello
+        .manifest
+        .validate(opts.max_frame.saturating_sub(32))
+        .map_err(Error::Invalid)?;
+    let ctx = Arc::new(Ctx {
+        info: TransferInfo {
+            transfer_id: hello.transfer_id,
+            name: hello.name.clone(),
+            manifest: Arc::clone(&hello.manifest),
+        },
+        connect_timeout: hello.connect_timeout,
+        io_timeout: hello.io_timeout.max(Duration::from_millis(100)),
+        finish_timeout: hello.finish_timeout,
+        max_frame: opts.max_frame,
+    });
+    up_w.set_timeout(ctx.io_timeout);
+    let manifest = Arc::clone(&ctx.info.manifest);
+    info!(transfer = ctx.info.transfer_id, name = %ctx.info.name, %me,
+          chunks = manifest.len(), downstream = hello.chain.len() - 1, "transfer started");
+
+    let sink = {
+        let info = ctx.info.clone();
+        blocking(move || factory.open(&info)).await?
+    };
+    let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    let own_have_v = {
+        let (sink, ids) = (Arc::clone(&sink), ids.clone());
+        blocking(move || sink.has(&ids)).await?
+    };
+    if own_have_v.len() != ids.len() {
+        return Err(Error::Storage(format!(
+            "sink answered `has` for {} of {} chunks",
+            own_have_v.len(),
+            ids.len()
+        )));
+    }
+    let own_have: Arc<HashSet<ChunkId>> = Arc::new(
+        ids.iter()
+            .zip(&own_have_v)
+            .filter(|(_, h)| **h)
+            .map(|(id, _)| *id)
+            .collect(),
+    );
+
+    // Learn what the rest of the chain needs before answering: the union of
+    // needs flows up before any data flows down.
+    let mut ds = Downstream::connect(Arc::clone(&ctx), hello.chain[1..].to_vec(), None).await;
+    let my_have: Vec<bool> = match ds.have() {
+        Some(down) => own_have_v.iter().zip(down).map(|(a, b)| *a && *b).collect(),
+        None => own_have_v.clone(),
+    };
+    let expected: HashSet<ChunkId> = ids
+        .iter()
+        .zip(&my_have)
+        .filter(|(_, h)| !**h)
+        .map(|(id, _)| *id)
+        .collect();
+    ds.set_expected(expected);
+    up_w.send_now(&Frame::Have(my_have)).await?;
+
+    let avail = Arc::new(Avail::default());
+    let (wtx, wrx) = mpsc::channel::<(ChunkId, Bytes)>(opts.queue_chunks.max(1));
+    let store = {
+        let (sink, avail) = (Arc::clone(&sink), Arc::clone(&avail));
+        tokio::task::spawn_blocking(move || store_stage(sink, wrx, avail))
+    };
+    let resupply: Resupply = {
+        let (sink, avail, own_have) =
+            (Arc::clone(&sink), Arc::clone(&avail), Arc::clone(&own_have));
+        let limit = ctx.io_timeout;
+        Arc::new(move |id: ChunkId| {
+            let (sink, avail, own_have) =
+                (Arc::clone(&sink), Arc::clone(&avail), Arc::clone(&own_have));
+            Box::pin(async move {
+                if !own_have.contains(&id) {
+                    avail.wait(id, limit).await?;
+                }
+                let data = blocking(move || sink.get(&id)).await?;
+                // What we read back must still be what we verified.
+                if ChunkId::of(&data) != id {
+                    return Err(Error::Storage(format!(
+                        "local copy of chunk {id} is corrupt"
+                    )));
+                }
+                Ok(data)
+            })
+        })
+    };
+    let (ftx, frx) = mpsc::channel::<Input>(opts.queue_chunks.max(1));
+    let fwd = AbortOnDrop(tokio::spawn(pump(ds, frx, resupply)));
+
+    let lens = manifest.lengths();
+    let needed_by_me: HashSet<ChunkId> = ids
+        .iter()
+        .filter(|id| !own_have.contains(id))
+        .copied()
+        .collect();
+    let mut stored: HashSet<ChunkId> = HashSet::with_capacity(needed_by_me.len());
+    let mut bytes_received = 0u64;
+    let read: Result<()> = loop {
+        let f = match up_r.read_timeout(ctx.io_timeout, "DATA or END").await {
+            Ok(f) => f,
+            Err(e) => break Err(e),
+        };
+        match f {
+            Frame::Data { id, data } => {
+                if let Err(e) = verify_chunk(&lens, &id, &data) {
+                    break Err(e);
+                }
+                bytes_received += data.len() as u64;
+                if needed_by_me.contains(&id) && stored.insert(id) {
+                    // The store stage drains until the channel closes.
+                    let _ = wtx.send((id, data.clone())).await;
+                }
+                let _ = ftx.send(Input::Chunk(id, data)).await;
+            }
+            Frame::Keepalive => {}
+            Frame::End => break Ok(()),
+            f => {
+                break Err(Error::Unexpected {
+                    expected: "DATA or END",
+                    got: f.kind_name(),
+                })
+            }
+        }
+    };
+    if let Err(e) = read {
+        // Closing the forward channel without END makes the nodes below
+        // abort as well: none of them may complete from a broken upstream.
+        drop(ftx);
+        drop(wtx);
+        drop(fwd);
+        let _ = blocking(move || {
+            sink.abort();
+            Ok(())
+        })
+        .await;
+        return Err(e);
+    }
+    let _ = ftx.send(Input::End).await;
+    drop(wtx);
+
+    let own = async {
+        let stored_ok = match store.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("store stage failed: {e}")),
+        };
+        let missing = needed_by_me.len() - stored.len();
+        let res: std::result::Result<u64, String> = match stored_ok {
+            Err(e) => Err(e),
+            Ok(()) if missing > 0 => Err(format!("upstream ended with {missing} chunks missing")),
+            Ok(()) => {
+                let (sink, m) = (Arc::clone(&sink), Arc::clone(&manifest));
+                blocking(move || sink.finish(&m))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if res.is_err() {
+            let sink = Arc::clone(&sink);
+            let _ = blocking(move || {
+                sink.abort();
+                Ok(())
+            })
+            .await;
+        }
+        res
+    };
+    let down = async {
+        let mut fwd = fwd;
+        match (&mut fwd.0).await {
+            Ok(Some((reports, _))) => reports,
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                warn!(error = %e, "forward stage failed");
+                Vec::new()
+            }
+        }
+    };
+    let work = async { tokio::join!(own, down) };
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(ctx.keepalive_every());
+    tick.tick().await;
+    let mut upstream_alive = true;
+    let (own, down) = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick(), if upstream_alive => {
+                if up_w.send_now(&Frame::Keepalive).await.is_err() {
+                    upstream_alive = false;
+                }
+            }
+        }
+    };
+    let mine = match own {
+        Ok(written) => NodeReport {
+            addr: me,
+            ok: true,
+            reason: None,
+            bytes_received,
+            bytes_written: written,
+            elapsed: start.elapsed(),
+        },
+        Err(why) => NodeReport {
+            addr: me,
+            ok: false,
+            reason: Some(why),
+            bytes_received,
+            bytes_written: 0,
+            elapsed: start.elapsed(),
+        },
+    };
+    debug!(%me, ok = mine.ok, "transfer done");
+    let mut reports = Vec::with_capacity(down.len() + 1);
+    reports.push(mine);
+    reports.extend(down);
+    up_w.send_now(&Frame::Report(reports)).await?;
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! Where chunks come from (sender) and go to (each node).
+//!
+//! The traits are blocking on purpose: a store is synchronous code (files,
+//! an embedded database), and the chain calls these methods on blocking
+//! threads (`spawn_blocking`), never on the async workers.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::error::BoxError;
+use crate::manifest::{ChunkId, Manifest, TransferInfo};
+
+/// Gives chunk bytes by id. The sender reads the object through it; a relay
+/// reads back what it stored when it must resupply a node after a bypass.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// The bytes of `id`. The caller verifies them against the id.
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError>;
+}
+
+/// Where one node puts one object. One value per transfer and connection,
+/// made by a [`SinkFactory`]; a node reached twice for the same transfer
+/// (after its upstream was bypassed) gets a second sink, which should see
+/// what the first one stored.
+pub trait ChunkSink: ChunkSource {
+    /// For each id, whether the sink already holds it (same order). Held
+    /// chunks are not sent to this node.
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError>;
+    /// Stores one chunk whose bytes the chain has already verified.
+    fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError>;
+    /// Every chunk of `manifest` has been put or was held: make the object
+    /// durable and visible. Returns the bytes this sink wrote for it. Called
+    /// at most once, and only when the whole object is present.
+    fn finish(&self, manifest: &Manifest) -> Result<u64, BoxError>;
+    /// The transfer to this node failed; the object must not become
+    /// visible. Stored chunks may be kept (a retry resumes from them).
+    fn abort(&self) {}
+}
+
+/// Makes a sink for each incoming transfer.
+pub trait SinkFactory: Send + Sync + 'static {
+    /// A sink for `info`; an error refuses the transfer.
+    fn open(&self, info: &TransferInfo) -> Result<Arc<dyn ChunkSink>, BoxError>;
+}
+
+impl<F> SinkFactory for F
+where
+    F: Fn(&TransferInfo) -> Result<Arc<dyn ChunkSink>, BoxError> + Send + Sync + 'static,
+{
+    fn open(&self, info: &TransferInfo) -> Result<Arc<dyn ChunkSink>, BoxError> {
+        self(info)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere does not make a set of ids wrong.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// In-memory store
+
+/// A chunk store in memory: a source for the sender and a sink factory for
+/// nodes. For tests and benchmarks, and a model for real stores.
+#[derive(Default)]
+pub struct MemStore {
+    chunks: Mutex<HashMap<ChunkId, Bytes>>,
+    objects: Mutex<HashMap<String, Arc<Manifest>>>,
+    bytes_put: AtomicU64,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Arc<Self> {
+        Arc::new(MemStore::default())
+    }
+
+    /// Adds chunks directly (as if an older version were present).
+    pub fn insert(&self, id: ChunkId, data: Bytes) {
+        lock(&self.chunks).insert(id, data);
+    }
+
+    /// Whether `id` is held.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        lock(&self.chunks).contains_key(id)
+    }
+
+    /// Total chunk bytes stored through sinks since creation.
+    pub fn bytes_put(&self) -> u64 {
+        self.bytes_put.load(Ordering::Relaxed)
+    }
+
+    /// The bytes of a finished object, if it finished.
+    pub fn object(&self, name: &str) -> Option<Vec<u8>> {
+        let manifest = lock(&self.objects).get(name)?.clone();
+        let chunks = lock(&self.chunks);
+        let mut out = Vec::with_capacity(manifest.size() as usize);
+        for c in &manifest.chunks {
+            out.extend_from_slice(chunks.get(&c.id)?);
+        }
+        Some(out)
+    }
+
+    /// A sink factory over this store.
+    pub fn factory(self: &Arc<Self>) -> Arc<dyn SinkFactory> {
+        let store = Arc::clone(self);
+        Arc::new(
+            move |info: &TransferInfo| -> Result<Arc<dyn ChunkSink>, BoxError> {
+                Ok(Arc::new(MemSink {
+                    store: Arc::clone(&store),
+                    name: info.name.clone(),
+                    written: AtomicU64::new(0),
+                }))
+            },
+        )
+    }
+}
+
+impl ChunkSource for MemStore {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        lock(&self.chunks)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("chunk {id} not in store").into())
+    }
+}
+
+struct MemSink {
+    store: Arc<MemStore>,
+    name: String,
+    written: AtomicU64,
+}
+
+impl ChunkSource for MemSink {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        self.store.get(id)
+    }
+}
+
+impl ChunkSink for MemSink {
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError> {
+        let chunks = lock(&self.store.chunks);
+        Ok(ids.iter().map(|id| chunks.contains_key(id)).collect())
+    }
+
+    fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
+        let n = data.len() as u64;
+        lock(&self.store.chunks).insert(*id, data);
+        self.written.fetch_add(n, Ordering::Relaxed);
+        self.store.bytes_put.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish(&self, manifest: &Manifest) -> Result<u64, BoxError> {
+        {
+            let chunks = lock(&self.store.chunks);
+            if let Some(c) = manifest.chunks.iter().find(|c| !chunks.contains_key(&c.id)) {
+                return Err(format!("chunk {} missing at finish", c.id).into());
+            }
+        }
+        lock(&self.store.objects).insert(self.name.clone(), Arc::new(manifest.clone()));
+        Ok(self.written.load(Ordering::Relaxed))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files
+
+/// Writes each object to `out_dir/NAME`. Chunks land at their offsets in a
+/// hidden partial file (`.NAME.<transfer id>.part`) which is renamed into
+/// place by `finish` once every chunk is present, so a truncated image never
+/// appears under its name. Within one process, a second connection for the
+/// same transfer (after a bypass) resumes from the chunks already written.
+pub struct FileSinkFactory {
+    out_dir: PathBuf,
+    parts: Mutex<HashMap<(String, u64), Arc<Part>>>,
+}
+
+impl FileSinkFactory {
+    /// Writes into `out_dir`, which must exist.
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        FileSinkFactory {
+            out_dir: out_dir.into(),
+            parts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The directory objects are written to.
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+}
+
+/// Refuses names that would escape the output directory.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\\')
+        || name.contains('\0')
+    {
+        return Err(format!("object name {name:?} is not a plain file name"));
+    }
+    Ok(())
+}
+
+struct Part {
+    file: File,
+    part_path: PathBuf,
+    final_path: PathBuf,
+    /// Length and every offset of each distinct chunk.
+    offsets: HashMap<ChunkId, (u32, Vec<u64>)>,
+    held: Mutex<HashSet<ChunkId>>,
+    finished: Mutex<bool>,
+}
+
+impl SinkFactory for FileSinkFactory {
+    fn open(&self, info: &TransferInfo) -> Result<Arc<dyn ChunkSink>, BoxError> {
+        check_file_name(&info.name)?;
+        let key = (info.name.clone(), info.transfer_id);
+        let part = {
+            let mut parts = lock(&self.parts);
+            match parts.get(&key) {
+                Some(p) => Arc::clone(p),
+                None => {
+                    let part_path = self
+                        .out_dir
+                        .join(format!(".{}.{:016x}.part", info.name, info.transfer_id));
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&part_path)?;
+                    file.set_len(info.manifest.size())?;
+                    let mut offsets: HashMap<ChunkId, (u32, Vec<u64>)> = HashMap::new();
+                    for (c, off) in info.manifest.chunks.iter().zip(info.manifest.offsets()) {
+                        offsets
+                            .entry(c.id)
+                            .or_insert((c.len, Vec::new()))
+                            .1
+                            .push(off);
+                    }
+                    let p = Arc::new(Part {
+                        file,
+                        part_path,
+                        final_path: self.out_dir.join(&info.name),
+                        offsets,
+                        held: Mutex::new(HashSet::new()),
+                        finished: Mutex::new(false),
+                    });
+                    parts.insert(key, Arc::clone(&p));
+                    p
+                }
+            }
+        };
+        Ok(Arc::new(FileSink {
+            part,
+            written: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// One object being written by [`FileSinkFactory`].
+struct FileSink {
+    part: Arc<Part>,
+    written: AtomicU64,
+}
+
+impl ChunkSource for FileSink {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        if !lock(&self.part.held).contains(id) {
+            return Err(format!("chunk {id} not written").into());
+        }
+        let (len, offs) = self
+            .part
+            .offsets
+            .get(id)
+            .ok_or_else(|| format!("chunk {id} not in manifest"))?;
+        let off = offs
+            .first()
+            .ok_or_else(|| format!("chunk {id} has no offset"))?;
+        let mut buf = vec![0u8; *len as usize];
+        // The handle stays valid after the rename in `finish`.
+        self.part.file.read_exact_at(&mut buf, *off)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl ChunkSink for FileSink {
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError> {
+        let held = lock(&self.part.held);
+        Ok(ids.iter().map(|id| held.contains(id)).collect())
+    }
+
+    fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
+        let (len, offs) = self
+            .part
+            .offsets
+            .get(id)
+            .ok_or_else(|| format!("chunk {id} not in manifest"))?;
+        if data.len() != *len as usize {
+            return Err(format!("chunk {id} is {} bytes, manifest says {len}", data.len()).into());
+        }
+        for off in offs {
+            self.part.file.write_all_at(&data, *off)?;
+            self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        lock(&self.part.held).insert(*id);
+        Ok(())
+    }
+
+    fn finish(&self, manifest: &Manifest) -> Result<u64, BoxError> {
+        let mut finished = lock(&self.part.finished);
+        if *finished {
+            // Another connection for this transfer completed the object.
+            return Ok(0);
+        }
+        {
+            let held = lock(&self.part.held);
+            if let Some(c) = manifest.chunks.iter().find(|c| !held.contains(&c.id)) {
+                return Err(format!("chunk {} missing at finish", c.id).into());
+            }
+        }
+        // Durable before visible: a crash never leaves a short file under
+        // the final name.
+        self.part.file.sync_all()?;
+        std::fs::rename(&self.part.part_path, &self.part.final_path)?;
+        if let Some(dir) = self.part.final_path.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        *finished = true;
+        Ok(self.written.load(Ordering::Relaxed))
+    }
+}
