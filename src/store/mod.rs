@@ -1,1 +1,898 @@
+//! THE content-addressed store: the only code that knows the on-disk layout.
+//!
+//! ```text
+//! DATA/FORMAT          "strato-store 1"
+//! DATA/LOCK            held (flock) while a process has the store open
+//! DATA/segments/*.seg  chunk data, append-only (see segment.rs)
+//! DATA/meta.redb       metadata (or meta.sled/ with the sled engine)
+//! ```
+//!
+//! Durability policy: a writer fdatasyncs every segment holding a chunk its
+//! manifest references (its own, or another writer's for a dedup hit) before
+//! the metadata transaction commits, and the metadata engine fsyncs the commit
+//! before `finish` returns. Nothing is acknowledged before both. A crash can
+//! leave unreferenced records (reclaimed by GC) or a torn segment tail (cut on
+//! the next open), never a manifest pointing at missing data.
 
+mod audit;
+pub mod chunker;
+pub mod error;
+mod fsck;
+mod gc;
+pub mod id;
+mod index;
+pub mod meta;
+pub mod model;
+mod names;
+mod reader;
+pub mod segment;
+mod stats;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+pub use chunker::{Profile, ProfileChoice};
+pub use error::{Result, StoreError};
+pub use fsck::{FsckProblem, FsckReport};
+pub use gc::{GcOptions, GcPlan, GcReport};
+pub use id::ChunkId;
+pub use meta::Engine;
+pub use model::{BucketRecord, ManifestEntry, ObjectRecord, PartRecord, UploadRecord};
+pub use names::{check_bucket_name, check_key, MAX_KEY_LEN};
+pub use reader::ObjectReader;
+pub use stats::{ProfileStats, StoreStats};
+pub use writer::{Committed, ObjectWriter, Precondition, Target};
+
+use error::IoContext;
+use index::{ChunkIndex, Loc};
+use meta::{MetaStore, MetaTxn, Table};
+use segment::{Segment, SegmentAppender};
+
+const FORMAT: &str = "strato-store 1";
+/// S3's minimum size for every part but the last.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub engine: Engine,
+    /// A segment is sealed once it grows past this many bytes.
+    pub segment_size: u64,
+    /// Re-hash chunks on every read (always done by fsck).
+    pub verify_reads: bool,
+    /// Minimum size of every multipart part but the last.
+    pub min_part_size: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            engine: Engine::Redb,
+            segment_size: 256 << 20,
+            verify_reads: true,
+            min_part_size: MIN_PART_SIZE,
+        }
+    }
+}
+
+/// A handle to an open store; cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    seg_dir: PathBuf,
+    cfg: StoreConfig,
+    meta: Box<dyn MetaStore>,
+    index: ChunkIndex,
+    segments: RwLock<HashMap<u32, Arc<Segment>>>,
+    next_segment: AtomicU32,
+    /// Open segments not currently used by a writer, reused by the next one so
+    /// small objects don't each start a segment.
+    pool: Mutex<Vec<SegmentAppender>>,
+    /// Manifest commits hold this shared; GC holds it exclusively while it
+    /// audits reference counts and removes chunks, so the two never interleave.
+    commit_lock: RwLock<()>,
+    /// Start times (ms) of writers in flight, by token.
+    inflight: Mutex<BTreeMap<u64, u64>>,
+    next_token: AtomicU64,
+    opened_ms: u64,
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for app in self.pool.get_mut().drain(..) {
+            if let Err(e) = app.seal() {
+                tracing::warn!("sealing segment at close failed: {e}");
+            }
+        }
+    }
+}
+
+/// What `Store::open` found and repaired.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    pub segments: usize,
+    pub chunks: usize,
+    pub recovered_segments: usize,
+    pub truncated_bytes: u64,
+}
+
+impl Store {
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<Store> {
+        Self::open_with_report(dir, cfg).map(|(s, _)| s)
+    }
+
+    pub fn open_with_report(dir: &Path, cfg: StoreConfig) -> Result<(Store, OpenReport)> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(dir.to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
+        }
+        check_format(dir)?;
+        let seg_dir = dir.join("segments");
+        std::fs::create_dir_all(&seg_dir).at(&seg_dir)?;
+        let meta = meta::open(cfg.engine, dir)?;
+
+        let index = ChunkIndex::default();
+        let mut segments = HashMap::new();
+        let mut report = OpenReport::default();
+        let mut max_id = 0u32;
+        let mut ids: Vec<u32> = Vec::new();
+        for entry in std::fs::read_dir(&seg_dir).at(&seg_dir)? {
+            let entry = entry.at(&seg_dir)?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(segment::parse_segment_file_name)
+            {
+                ids.push(id);
+            }
+        }
+        // Older segments first, so the index prefers the original copy of a chunk.
+        ids.sort_unstable();
+        for id in ids {
+            let path = seg_dir.join(segment::segment_file_name(id));
+            let opened = segment::open_segment(&path, id)?;
+            if opened.recovered {
+                tracing::warn!(
+                    segment = %path.display(),
+                    cut = opened.truncated_bytes,
+                    "recovered unsealed segment"
+                );
+                report.recovered_segments += 1;
+                report.truncated_bytes += opened.truncated_bytes;
+            }
+            index.insert_many(opened.records.iter().map(|r| {
+                (
+                    r.id,
+                    Loc {
+                        segment: id,
+                        len: r.len,
+                        offset: r.offset,
+                    },
+                )
+            }));
+            max_id = max_id.max(id);
+            segments.insert(id, opened.segment);
+        }
+        report.segments = segments.len();
+        report.chunks = index.len();
+        let inner = Inner {
+            dir: dir.to_owned(),
+            seg_dir,
+            cfg,
+            meta,
+            index,
+            segments: RwLock::new(segments),
+            next_segment: AtomicU32::new(max_id + 1),
+            pool: Mutex::new(Vec::new()),
+            commit_lock: RwLock::new(()),
+            inflight: Mutex::new(BTreeMap::new()),
+            next_token: AtomicU64::new(1),
+            opened_ms: now_ms(),
+            _lock: lock,
+        };
+        Ok((
+            Store {
+                inner: Arc::new(inner),
+            },
+            report,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn engine(&self) -> &'static str {
+        self.inner.meta.engine()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    // ---- buckets ---------------------------------------------------------
+
+    pub fn create_bucket(&self, name: &str, owner: &str) -> Result<()> {
+        check_bucket_name(name)?;
+        let rec = model::encode(&BucketRecord {
+            owner: owner.to_string(),
+            created_ms: now_ms(),
+        })?;
+        self.inner.meta.write(&mut |tx| {
+            if let Some(existing) = tx.get(Table::Buckets, name.as_bytes())? {
+                let existing: BucketRecord = model::decode(&existing)?;
+                return Err(if existing.owner == owner {
+                    StoreError::BucketAlreadyOwnedByYou(name.into())
+                } else {
+                    StoreError::BucketAlreadyExists(name.into())
+                });
+            }
+            tx.put(Table::Buckets, name.as_bytes(), &rec)
+        })
+    }
+
+    pub fn bucket(&self, name: &str) -> Result<BucketRecord> {
+        match self.inner.meta.get(Table::Buckets, name.as_bytes())? {
+            Some(v) => model::decode(&v),
+            None => Err(StoreError::NoSuchBucket(name.into())),
+        }
+    }
+
+    pub fn list_buckets(&self) -> Result<Vec<(String, BucketRecord)>> {
+        let mut out = Vec::new();
+        meta::for_each(&*self.inner.meta, Table::Buckets, b"", |k, v| {
+            out.push((String::from_utf8_lossy(k).into_owned(), model::decode(v)?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Delete an empty bucket. Multipart uploads still open in it are aborted.
+    pub fn delete_bucket(&self, name: &str) -> Result<()> {
+        self.bucket(name)?;
+        for (upload_id, _) in self.list_uploads(name, "")? {
+            self.abort_upload(&upload_id)?;
+        }
+        let prefix = model::object_key(name, "");
+        let _c = self.inner.commit_lock.read();
+        self.inner.meta.write(&mut |tx| {
+            if tx.get(Table::Buckets, name.as_bytes())?.is_none() {
+                return Err(StoreError::NoSuchBucket(name.into()));
+            }
+            Ok(())
+        })?;
+        if !self
+            .inner
+            .meta
+            .scan(Table::Objects, &prefix, &prefix, 1)?
+            .is_empty()
+        {
+            return Err(StoreError::BucketNotEmpty(name.into()));
+        }
+        // Objects are only created under the commit lock we hold, so the
+        // emptiness check above still holds here.
+        self.inner
+            .meta
+            .write(&mut |tx| tx.delete(Table::Buckets, name.as_bytes()))
+    }
+
+    // ---- objects -----------------------------------------------------------
+
+    /// Start writing an object or a multipart part. Bytes go in with
+    /// `ObjectWriter::write`; nothing is visible until `finish`.
+    pub fn writer(&self, target: Target, chunking: ProfileChoice) -> Result<ObjectWriter> {
+        match &target {
+            Target::Object { bucket, key, .. } => {
+                check_key(key)?;
+                self.bucket(bucket)?;
+            }
+            Target::Part { upload_id, part } => {
+                if !(1..=10_000).contains(part) {
+                    return Err(StoreError::InvalidArgument(
+                        "part numbers run from 1 to 10000".into(),
+                    ));
+                }
+                self.upload(upload_id)?;
+            }
+        }
+        Ok(ObjectWriter::new(self.clone(), target, chunking))
+    }
+
+    /// Store a whole object from a reader (the CLI's path).
+    pub fn put_reader(
+        &self,
+        bucket: &str,
+        key: &str,
+        mut src: impl Read,
+        chunking: ProfileChoice,
+        attrs: Vec<u8>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Committed> {
+        let target = Target::Object {
+            bucket: bucket.into(),
+            key: key.into(),
+            precondition: Precondition::None,
+        };
+        let mut w = self.writer(target, chunking)?;
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match src.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(StoreError::Aborted(format!("reading the source: {e}"))),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            w.write(Bytes::from(buf))?;
+            progress(filled as u64);
+        }
+        w.finish(attrs, None)
+    }
+
+    pub fn head(&self, bucket: &str, key: &str) -> Result<ObjectRecord> {
+        match self
+            .inner
+            .meta
+            .get(Table::Objects, &model::object_key(bucket, key))?
+        {
+            Some(v) => model::decode(&v),
+            None => {
+                self.bucket(bucket)?;
+                Err(StoreError::NoSuchKey {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                })
+            }
+        }
+    }
+
+    pub fn manifest(&self, bucket: &str, key: &str) -> Result<(ObjectRecord, Vec<ManifestEntry>)> {
+        let okey = model::object_key(bucket, key);
+        // Record and manifest are written in one transaction but read in two;
+        // retry if an overwrite slipped between the reads.
+        for _ in 0..8 {
+            let rec = self.head(bucket, key)?;
+            let Some(m) = self.inner.meta.get(Table::Manifests, &okey)? else {
+                continue;
+            };
+            let m: model::Manifest = model::decode(&m)?;
+            if m.etag == rec.etag && m.modified_ms == rec.modified_ms {
+                return Ok((rec, m.chunks));
+            }
+        }
+        Err(StoreError::Meta(format!(
+            "manifest of {bucket}/{key} keeps changing"
+        )))
+    }
+
+    /// Read an object, or the byte range `range` of it.
+    pub fn read(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<ObjectReader> {
+        let (rec, chunks) = self.manifest(bucket, key)?;
+        let range = range.unwrap_or(0..rec.size);
+        if range.start > range.end || range.end > rec.size {
+            return Err(StoreError::InvalidRange {
+                start: range.start,
+                end: range.end,
+                size: rec.size,
+            });
+        }
+        Ok(ObjectReader::new(
+            self.clone(),
+            format!("{bucket}/{key}"),
+            rec,
+            chunks,
+            range,
+        ))
+    }
+
+    pub fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
+        self.bucket(bucket)?;
+        let okey = model::object_key(bucket, key);
+        let now = now_ms();
+        let _c = self.inner.commit_lock.read();
+        self.inner.meta.write(&mut |tx| {
+            let mut deltas = RefDeltas::default();
+            if let Some(m) = tx.get(Table::Manifests, &okey)? {
+                let m: model::Manifest = model::decode(&m)?;
+                deltas.sub(&m.chunks);
+            }
+            tx.delete(Table::Objects, &okey)?;
+            tx.delete(Table::Manifests, &okey)?;
+            deltas.apply(tx, now)
+        })
+    }
+
+    /// Server-side copy: the new object shares the source's chunks; no data
+    /// moves. `attrs` replaces the source's attributes when given.
+    pub fn copy_object(
+        &self,
+        src: (&str, &str),
+        dst: (&str, &str),
+        attrs: Option<Vec<u8>>,
+        precondition: &Precondition,
+    ) -> Result<ObjectRecord> {
+        check_key(dst.1)?;
+        self.bucket(dst.0)?;
+        let (src_rec, chunks) = self.manifest(src.0, src.1)?;
+        let dkey = model::object_key(dst.0, dst.1);
+        let now = now_ms();
+        let rec = ObjectRecord {
+            modified_ms: now,
+            attrs: attrs.unwrap_or_else(|| src_rec.attrs.clone()),
+            ..src_rec.clone()
+        };
+        let _c = self.inner.commit_lock.read();
+        self.inner.meta.write(&mut |tx| {
+            if tx.get(Table::Buckets, dst.0.as_bytes())?.is_none() {
+                return Err(StoreError::NoSuchBucket(dst.0.into()));
+            }
+            let mut deltas = RefDeltas::default();
+            deltas.add(&chunks);
+            replace_object(tx, &dkey, &rec, &chunks, precondition, &mut deltas)?;
+            deltas.apply(tx, now)
+        })?;
+        Ok(rec)
+    }
+
+    /// Up to `limit` objects of `bucket` whose key starts with `prefix` and
+    /// sorts after `start_after`, in byte order; and whether more follow.
+    pub fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, ObjectRecord)>, bool)> {
+        self.bucket(bucket)?;
+        let full_prefix = model::object_key(bucket, prefix);
+        let start = match start_after {
+            Some(s) => {
+                let mut k = model::object_key(bucket, s);
+                k.push(0);
+                k
+            }
+            None => full_prefix.clone(),
+        };
+        let page = self.inner.meta.scan(
+            Table::Objects,
+            &full_prefix,
+            &start,
+            limit.saturating_add(1),
+        )?;
+        let more = page.len() > limit;
+        let skip = bucket.len() + 1;
+        let out = page
+            .into_iter()
+            .take(limit)
+            .map(|(k, v)| {
+                Ok((
+                    String::from_utf8_lossy(&k[skip..]).into_owned(),
+                    model::decode(&v)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, more))
+    }
+
+    // ---- multipart ---------------------------------------------------------
+
+    pub fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        attrs: Vec<u8>,
+        chunking: ProfileChoice,
+    ) -> Result<String> {
+        check_key(key)?;
+        self.bucket(bucket)?;
+        let upload_id = {
+            use rand::RngCore;
+            let mut b = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut b);
+            hex::encode(b)
+        };
+        let rec = model::encode(&UploadRecord {
+            bucket: bucket.into(),
+            key: key.into(),
+            initiated_ms: now_ms(),
+            attrs,
+            chunking: chunking.to_string(),
+        })?;
+        self.inner
+            .meta
+            .write(&mut |tx| tx.put(Table::Uploads, upload_id.as_bytes(), &rec))?;
+        Ok(upload_id)
+    }
+
+    pub fn upload(&self, upload_id: &str) -> Result<UploadRecord> {
+        match self.inner.meta.get(Table::Uploads, upload_id.as_bytes())? {
+            Some(v) => model::decode(&v),
+            None => Err(StoreError::NoSuchUpload(upload_id.into())),
+        }
+    }
+
+    pub fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<(String, UploadRecord)>> {
+        let mut out = Vec::new();
+        meta::for_each(&*self.inner.meta, Table::Uploads, b"", |k, v| {
+            let rec: UploadRecord = model::decode(v)?;
+            if rec.bucket == bucket && rec.key.starts_with(prefix) {
+                out.push((String::from_utf8_lossy(k).into_owned(), rec));
+            }
+            Ok(())
+        })?;
+        out.sort_by(|a, b| (&a.1.key, a.1.initiated_ms).cmp(&(&b.1.key, b.1.initiated_ms)));
+        Ok(out)
+    }
+
+    pub fn list_parts(&self, upload_id: &str) -> Result<Vec<(u32, PartRecord)>> {
+        self.upload(upload_id)?;
+        let mut prefix = upload_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        meta::for_each(&*self.inner.meta, Table::Parts, &prefix, |k, v| {
+            let n = k[prefix.len()..]
+                .try_into()
+                .map(u32::from_be_bytes)
+                .unwrap_or(0);
+            out.push((n, model::decode(v)?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Assemble the listed parts into the object. Parts not listed are dropped.
+    pub fn complete_upload(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        precondition: &Precondition,
+    ) -> Result<ObjectRecord> {
+        let upload = self.upload(upload_id)?;
+        if parts.is_empty() {
+            return Err(StoreError::InvalidPart(
+                "a multipart upload needs at least one part".into(),
+            ));
+        }
+        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(StoreError::InvalidPartOrder);
+        }
+        let stored: HashMap<u32, PartRecord> = self.list_parts(upload_id)?.into_iter().collect();
+        let mut chunks = Vec::new();
+        let mut md5s = Vec::with_capacity(parts.len() * 16);
+        let mut size = 0u64;
+        let mut profiles: Vec<&str> = Vec::new();
+        for (i, (n, etag)) in parts.iter().enumerate() {
+            let Some(p) = stored.get(n) else {
+                return Err(StoreError::InvalidPart(format!(
+                    "part {n} was not uploaded"
+                )));
+            };
+            let want = etag.trim().trim_matches('"').to_ascii_lowercase();
+            if want != hex::encode(p.md5) {
+                return Err(StoreError::InvalidPart(format!(
+                    "part {n}'s ETag does not match {etag}"
+                )));
+            }
+            if i + 1 < parts.len() && p.size < self.inner.cfg.min_part_size {
+                return Err(StoreError::EntityTooSmall {
+                    part: *n,
+                    size: p.size,
+                    min: self.inner.cfg.min_part_size,
+                });
+            }
+            chunks.extend_from_slice(&p.chunks);
+            md5s.extend_from_slice(&p.md5);
+            size += p.size;
+            if !profiles.contains(&p.profile.as_str()) {
+                profiles.push(&p.profile);
+            }
+        }
+        let etag = {
+            use md5::Digest;
+            format!("{}-{}", hex::encode(md5::Md5::digest(&md5s)), parts.len())
+        };
+        let now = now_ms();
+        let rec = ObjectRecord {
+            size,
+            etag,
+            modified_ms: now,
+            profile: profiles.join(","),
+            attrs: upload.attrs.clone(),
+            parts: parts.len() as u32,
+        };
+        let okey = model::object_key(&upload.bucket, &upload.key);
+        let _c = self.inner.commit_lock.read();
+        self.inner.meta.write(&mut |tx| {
+            if tx.get(Table::Uploads, upload_id.as_bytes())?.is_none() {
+                return Err(StoreError::NoSuchUpload(upload_id.into()));
+            }
+            if tx.get(Table::Buckets, upload.bucket.as_bytes())?.is_none() {
+                return Err(StoreError::NoSuchBucket(upload.bucket.clone()));
+            }
+            let mut deltas = RefDeltas::default();
+            deltas.add(&chunks);
+            for (n, p) in &stored {
+                deltas.sub(&p.chunks);
+                tx.delete(Table::Parts, &model::part_key(upload_id, *n))?;
+            }
+            tx.delete(Table::Uploads, upload_id.as_bytes())?;
+            replace_object(tx, &okey, &rec, &chunks, precondition, &mut deltas)?;
+            deltas.apply(tx, now)
+        })?;
+        Ok(rec)
+    }
+
+    pub fn abort_upload(&self, upload_id: &str) -> Result<()> {
+        let parts = self.list_parts(upload_id)?;
+        let now = now_ms();
+        let _c = self.inner.commit_lock.read();
+        self.inner.meta.write(&mut |tx| {
+            let mut deltas = RefDeltas::default();
+            for (n, _) in &parts {
+                let pkey = model::part_key(upload_id, *n);
+                // Re-read inside the transaction: a part may have been replaced.
+                if let Some(v) = tx.get(Table::Parts, &pkey)? {
+                    let p: PartRecord = model::decode(&v)?;
+                    deltas.sub(&p.chunks);
+                    tx.delete(Table::Parts, &pkey)?;
+                }
+            }
+            tx.delete(Table::Uploads, upload_id.as_bytes())?;
+            deltas.apply(tx, now)
+        })
+    }
+
+    // ---- chunks ------------------------------------------------------------
+
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        id.is_zero_run() || self.inner.index.get(id).is_some()
+    }
+
+    /// Read one chunk by id, verified against the id when configured.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Bytes> {
+        self.read_chunk_as(id, &format!("chunk {id}"), self.inner.cfg.verify_reads)
+    }
+
+    pub(crate) fn read_chunk_as(&self, id: &ChunkId, object: &str, verify: bool) -> Result<Bytes> {
+        // Compaction may move a chunk between our index lookup and the
+        // segment lookup; the retry finds it at its new place.
+        for _ in 0..4 {
+            let Some(loc) = self.inner.index.get(id) else {
+                return Err(StoreError::MissingChunk(*id));
+            };
+            let Some(seg) = self.inner.segments.read().get(&loc.segment).cloned() else {
+                continue;
+            };
+            let data = match seg.read_record(loc.offset, id, loc.len) {
+                Ok(d) => d,
+                Err(StoreError::CorruptSegment { what, .. }) => {
+                    return Err(StoreError::Integrity {
+                        object: object.into(),
+                        chunk: *id,
+                        what,
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            if verify && ChunkId::of(&data) != *id {
+                return Err(StoreError::Integrity {
+                    object: object.into(),
+                    chunk: *id,
+                    what: format!(
+                        "has bytes that do not match its id (segment {}, offset {})",
+                        seg.path.display(),
+                        loc.offset
+                    ),
+                });
+            }
+            return Ok(data);
+        }
+        Err(StoreError::MissingChunk(*id))
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.inner.index.len()
+    }
+
+    // ---- internals used by writer / gc -------------------------------------
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    fn take_appender(&self) -> Result<SegmentAppender> {
+        if let Some(app) = self.inner.pool.lock().pop() {
+            return Ok(app);
+        }
+        let id = self.inner.next_segment.fetch_add(1, Ordering::SeqCst);
+        let app = SegmentAppender::create(&self.inner.seg_dir, id)?;
+        self.inner
+            .segments
+            .write()
+            .insert(id, app.segment().clone());
+        Ok(app)
+    }
+
+    fn return_appender(&self, app: SegmentAppender) {
+        self.inner.pool.lock().push(app);
+    }
+
+    /// Seal the segments idle in the pool (GC compacts only sealed ones).
+    pub fn seal_idle_segments(&self) -> Result<()> {
+        let apps: Vec<_> = self.inner.pool.lock().drain(..).collect();
+        for app in apps {
+            app.seal()?;
+        }
+        Ok(())
+    }
+
+    fn register_inflight(&self) -> u64 {
+        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        self.inner.inflight.lock().insert(token, now_ms());
+        token
+    }
+
+    fn unregister_inflight(&self, token: u64) {
+        self.inner.inflight.lock().remove(&token);
+    }
+
+    /// Start time of the oldest write in flight, if any.
+    pub fn oldest_inflight_ms(&self) -> Option<u64> {
+        self.inner.inflight.lock().values().min().copied()
+    }
+}
+
+fn check_format(dir: &Path) -> Result<()> {
+    let path = dir.join("FORMAT");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim() == FORMAT => Ok(()),
+        Ok(s) => Err(StoreError::Format {
+            path,
+            found: s.trim().to_string(),
+            expected: FORMAT.into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut f = File::create(&path).at(&path)?;
+            writeln!(f, "{FORMAT}").at(&path)?;
+            f.sync_all().at(&path)?;
+            segment::sync_dir(dir)
+        }
+        Err(e) => Err(e).at(&path),
+    }
+}
+
+/// Net reference-count changes of one transaction, applied at its end so each
+/// chunk's state is read and written once however often it appears.
+#[derive(Default)]
+pub(crate) struct RefDeltas {
+    map: HashMap<ChunkId, (i64, u32), id::BuildIdHasher>,
+}
+
+impl RefDeltas {
+    pub fn add(&mut self, chunks: &[ManifestEntry]) {
+        self.change(chunks, 1)
+    }
+    pub fn sub(&mut self, chunks: &[ManifestEntry]) {
+        self.change(chunks, -1)
+    }
+    fn change(&mut self, chunks: &[ManifestEntry], by: i64) {
+        for c in chunks.iter().filter(|c| !c.id.is_zero_run()) {
+            let e = self.map.entry(c.id).or_insert((0, c.len));
+            e.0 += by;
+        }
+    }
+
+    pub fn apply(&self, tx: &mut dyn MetaTxn, now: u64) -> Result<()> {
+        for (id, (delta, len)) in &self.map {
+            if *delta == 0 {
+                continue;
+            }
+            let old = match tx.get(Table::Chunks, &id.0)? {
+                Some(v) => model::decode::<model::ChunkState>(&v)?,
+                None => model::ChunkState {
+                    refs: 0,
+                    len: *len,
+                    zero_since_ms: 0,
+                },
+            };
+            let refs = old.refs as i64 + delta;
+            if refs < 0 {
+                // Only a damaged reference count can get here; the audit in GC
+                // recomputes it from manifests.
+                tracing::error!(chunk = %id, "reference count would drop below zero");
+            }
+            let refs = refs.max(0) as u64;
+            let state = model::ChunkState {
+                refs,
+                len: *len,
+                zero_since_ms: if refs == 0 { now } else { 0 },
+            };
+            tx.put(Table::Chunks, &id.0, &model::encode(&state)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Put `rec` + `chunks` at `okey` (bucket\0key), checking the precondition
+/// against what is there and releasing the old manifest's references.
+pub(crate) fn replace_object(
+    tx: &mut dyn MetaTxn,
+    okey: &[u8],
+    rec: &ObjectRecord,
+    chunks: &[ManifestEntry],
+    precondition: &Precondition,
+    deltas: &mut RefDeltas,
+) -> Result<()> {
+    let old: Option<ObjectRecord> = tx
+        .get(Table::Objects, okey)?
+        .map(|v| model::decode(&v))
+        .transpose()?;
+    precondition.check(old.as_ref().map(|o| o.etag.as_str()))?;
+    if old.is_some() {
+        if let Some(m) = tx.get(Table::Manifests, okey)? {
+            let m: model::Manifest = model::decode(&m)?;
+            deltas.sub(&m.chunks);
+        }
+    }
+    tx.put(Table::Objects, okey, &model::encode(rec)?)?;
+    let manifest = model::Manifest {
+        etag: rec.etag.clone(),
+        modified_ms: rec.modified_ms,
+        chunks: chunks.to_vec(),
+    };
+    tx.put(Table::Manifests, okey, &model::encode(&manifest)?)
+}
+
+/// How long GC waits before reclaiming a chunk whose references dropped to zero.
+pub fn default_grace() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+#[cfg(test)]
+mod tests;

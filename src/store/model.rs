@@ -1,0 +1,127 @@
+//! Serde types of everything the store persists in its metadata engine.
+//! Kept apart from the algorithms; every value starts with a format version
+//! byte so a later release can read (and upgrade) what this one wrote.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::error::{Result, StoreError};
+use super::id::ChunkId;
+
+pub const RECORD_FORMAT: u8 = 1;
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    let mut out = vec![RECORD_FORMAT];
+    postcard::to_io(v, &mut out).map_err(|e| StoreError::Meta(format!("encode: {e}")))?;
+    Ok(out)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Meta(format!("decode: {e}")))
+        }
+        Some((v, _)) => Err(StoreError::Meta(format!("unknown record format {v}"))),
+        None => Err(StoreError::Meta("empty record".into())),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BucketRecord {
+    pub owner: String,
+    pub created_ms: u64,
+}
+
+/// One piece of an object: a stored chunk, or (id = ZERO_RUN) `len` zero bytes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectRecord {
+    pub size: u64,
+    /// S3 ETag without quotes: hex MD5, or `hex(md5 of part md5s)-N`.
+    pub etag: String,
+    pub modified_ms: u64,
+    /// Chunking profile(s) used, e.g. `block:16384`.
+    pub profile: String,
+    /// Opaque attributes owned by the caller (the S3 layer keeps headers here).
+    pub attrs: Vec<u8>,
+    /// Number of multipart parts, 0 for a single PUT.
+    pub parts: u32,
+}
+
+/// The ordered chunk list of an object, kept apart from its [`ObjectRecord`]
+/// so listings never decode manifests. `etag`/`modified_ms` tie it to the
+/// record it was written with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub etag: String,
+    pub modified_ms: u64,
+    pub chunks: Vec<ManifestEntry>,
+}
+
+/// Reference state of a stored chunk. `refs` counts manifest entries (objects
+/// and uploaded parts) naming it; `zero_since_ms` is when it last dropped to
+/// zero (GC may reclaim it a grace period later unless revived).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkState {
+    pub refs: u64,
+    pub len: u32,
+    pub zero_since_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub bucket: String,
+    pub key: String,
+    pub initiated_ms: u64,
+    pub attrs: Vec<u8>,
+    pub chunking: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartRecord {
+    pub size: u64,
+    pub md5: [u8; 16],
+    pub modified_ms: u64,
+    pub profile: String,
+    pub chunks: Vec<ManifestEntry>,
+}
+
+pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub fn part_key(upload_id: &str, part: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(upload_id.len() + 5);
+    k.extend_from_slice(upload_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let r = ChunkState {
+            refs: 3,
+            len: 4096,
+            zero_since_ms: 0,
+        };
+        let bytes = encode(&r).unwrap();
+        assert_eq!(decode::<ChunkState>(&bytes).unwrap(), r);
+        let mut future = bytes.clone();
+        future[0] = 99;
+        assert!(decode::<ChunkState>(&future).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! The read path: manifest -> cumulative offsets -> chunks. A range starts
+//! with a binary search, so reading the end of a large object touches only
+//! the chunks it needs.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::error::Result;
+use super::model::{ManifestEntry, ObjectRecord};
+use super::Store;
+
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Iterates an object's bytes (or a range of them) as `Bytes` pieces.
+pub struct ObjectReader {
+    store: Store,
+    name: String,
+    record: ObjectRecord,
+    chunks: Vec<ManifestEntry>,
+    /// `starts[i]` is the object offset of `chunks[i]`.
+    starts: Vec<u64>,
+    pos: u64,
+    end: u64,
+    next: usize,
+    verify: bool,
+}
+
+impl ObjectReader {
+    pub(crate) fn new(
+        store: Store,
+        name: String,
+        record: ObjectRecord,
+        chunks: Vec<ManifestEntry>,
+        range: Range<u64>,
+    ) -> ObjectReader {
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut off = 0u64;
+        for c in &chunks {
+            starts.push(off);
+            off += c.len as u64;
+        }
+        // First chunk whose end is beyond the range start.
+        let next = starts
+            .partition_point(|&s| s <= range.start)
+            .saturating_sub(1);
+        let verify = store.config().verify_reads;
+        ObjectReader {
+            store,
+            name,
+            record,
+            chunks,
+            starts,
+            pos: range.start,
+            end: range.end,
+            next,
+            verify,
+        }
+    }
+
+    pub fn record(&self) -> &ObjectRecord {
+        &self.record
+    }
+
+    /// Bytes this reader will still produce.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.pos
+    }
+
+    fn next_piece(&mut self) -> Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let (i, entry) = match self.chunks.get(self.next) {
+            Some(e) => (self.next, *e),
+            None => return Ok(None),
+        };
+        let chunk_start = self.starts[i];
+        let chunk_end = chunk_start + entry.len as u64;
+        let from = (self.pos - chunk_start) as usize;
+        let to = (self.end.min(chunk_end) - chunk_start) as usize;
+        let piece = if entry.id.is_zero_run() {
+            let n = (to - from).min(ZEROS.len());
+            Bytes::from_static(&ZEROS[..n])
+        } else {
+            let data = self
+                .store
+                .read_chunk_as(&entry.id, &self.name, self.verify)?;
+            data.slice(from..to)
+        };
+        self.pos += piece.len() as u64;
+        if self.pos >= chunk_end {
+            self.next += 1;
+        }
+        Ok(Some(piece))
+    }
+}
+
+impl Iterator for ObjectReader {
+    type Item = Result<Bytes>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_piece() {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) => None,
+            Err(e) => {
+                self.pos = self.end; // stop after an error
+                Some(Err(e))
+            }
+        }
+    }
+}
