@@ -1,0 +1,677 @@
+//! Object operations: put, get, head, delete, copy.
+
+use std::ops::Range;
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue};
+use s3s::dto::{self, StreamingBlob};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use super::{check_key, ctx_of, etag, hdr, s3err, ts, Adapter};
+use crate::backend::{ByteStream, LateChecksums, ObjectAttrs, ObjectInfo, PutOptions};
+use crate::body::{verify_body, BodySpec};
+use crate::checksum::Algorithm;
+use crate::cond::{self, Outcome};
+
+/// The user metadata key that selects the store's chunking profile.
+const CHUNKING_META: &str = "strato-chunking";
+
+/// Object attributes from request headers (PUT, CreateMultipartUpload,
+/// CopyObject with REPLACE).
+pub(super) fn attrs_from_headers(h: &HeaderMap) -> ObjectAttrs {
+    let text = |n: &str| hdr(h, n).map(str::to_owned);
+    // aws-chunked describes the transfer, not the object: never store it.
+    let content_encoding = hdr(h, "content-encoding").and_then(|v| {
+        let kept: Vec<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+            .collect();
+        (!kept.is_empty()).then(|| kept.join(", "))
+    });
+    let user_metadata = h
+        .iter()
+        .filter_map(|(name, value)| {
+            let k = name.as_str().strip_prefix("x-amz-meta-")?;
+            let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            Some((k.to_owned(), v))
+        })
+        .collect();
+    ObjectAttrs {
+        content_type: text("content-type"),
+        content_disposition: text("content-disposition"),
+        content_encoding,
+        cache_control: text("cache-control"),
+        expires: text("expires"),
+        user_metadata,
+        checksums: Default::default(),
+    }
+}
+
+/// Conditional-write and integrity options from request headers.
+pub(super) fn put_options(h: &HeaderMap) -> S3Result<PutOptions> {
+    let if_match = hdr(h, "if-match").map(|v| {
+        let v = v.trim();
+        if v == "*" {
+            v.to_owned()
+        } else {
+            cond::bare_etag(v).to_owned()
+        }
+    });
+    let if_none_match_any = match hdr(h, "if-none-match").map(str::trim) {
+        None => false,
+        Some("*") => true,
+        Some(_) => {
+            return Err(s3err(
+                S3ErrorCode::NotImplemented,
+                "A header you provided implies functionality that is not implemented: If-None-Match other than *",
+            ))
+        }
+    };
+    let content_md5 = match hdr(h, "content-md5") {
+        None => None,
+        Some(v) => Some(parse_md5(v)?),
+    };
+    Ok(PutOptions {
+        if_match,
+        if_none_match_any,
+        content_md5,
+        chunking: hdr(h, &format!("x-amz-meta-{CHUNKING_META}")).map(str::to_owned),
+        late_checksums: LateChecksums::default(),
+    })
+}
+
+pub(super) fn parse_md5(v: &str) -> S3Result<[u8; 16]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| {
+            s3err(
+                S3ErrorCode::InvalidDigest,
+                "The Content-MD5 you specified was invalid.",
+            )
+        })
+}
+
+fn digest_len(a: Algorithm) -> usize {
+    match a {
+        Algorithm::Crc32 | Algorithm::Crc32c => 4,
+        Algorithm::Crc64Nvme => 8,
+        Algorithm::Sha1 => 20,
+        Algorithm::Sha256 => 32,
+    }
+}
+
+/// Checksums to verify on an upload: header values, and algorithms whose
+/// values come as aws-chunked trailers.
+pub(super) fn checksum_spec(h: &HeaderMap) -> S3Result<Vec<(Algorithm, Option<String>)>> {
+    let mut out: Vec<(Algorithm, Option<String>)> = Vec::new();
+    for a in Algorithm::ALL {
+        if let Some(v) = hdr(h, a.header()) {
+            let v = v.trim();
+            let ok = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .is_ok_and(|b| b.len() == digest_len(a));
+            if !ok {
+                return Err(s3err(
+                    S3ErrorCode::InvalidRequest,
+                    format!("Value for {} header is invalid.", a.header()),
+                ));
+            }
+            out.push((a, Some(v.to_owned())));
+        }
+    }
+    if let Some(t) = hdr(h, "x-amz-trailer") {
+        for name in t.split(',') {
+            if let Some(a) = Algorithm::from_header(name) {
+                if !out.iter().any(|(x, _)| *x == a) {
+                    out.push((a, None));
+                }
+            }
+        }
+    }
+    if let Some(name) = hdr(h, "x-amz-sdk-checksum-algorithm") {
+        if Algorithm::from_name(name.trim()).is_none() {
+            return Err(s3err(
+                S3ErrorCode::InvalidRequest,
+                format!("Checksum algorithm {name} is not supported."),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the verified body stream for an upload.
+pub(super) fn upload_body(
+    a: &Adapter,
+    body: Option<StreamingBlob>,
+    trailers: Option<s3s::TrailingHeaders>,
+    content_length: Option<i64>,
+    checksums: Vec<(Algorithm, Option<String>)>,
+    max_len: u64,
+    late: LateChecksums,
+    ctx: &super::ReqCtx,
+) -> ByteStream {
+    let raw: crate::body::RawStream = match body {
+        Some(b) => Box::pin(b),
+        None => Box::pin(futures::stream::empty()),
+    };
+    let trailers = trailers.map(|t| {
+        Box::new(move || t.read(Clone::clone)) as Box<dyn Fn() -> Option<HeaderMap> + Send + Sync>
+    });
+    let _ = a;
+    verify_body(
+        raw,
+        BodySpec {
+            expected_len: content_length.and_then(|n| u64::try_from(n).ok()),
+            max_len,
+            checksums,
+            trailers,
+            late,
+            errors: ctx.0.body_errors.clone(),
+        },
+    )
+}
+
+/// Sets the checksum fields of an output from stored checksums.
+macro_rules! set_checksums {
+    ($out:expr, $sums:expr) => {{
+        let sums = $sums;
+        $out.checksum_crc32 = sums.get("CRC32").cloned();
+        $out.checksum_crc32c = sums.get("CRC32C").cloned();
+        $out.checksum_crc64nvme = sums.get("CRC64NVME").cloned();
+        $out.checksum_sha1 = sums.get("SHA1").cloned();
+        $out.checksum_sha256 = sums.get("SHA256").cloned();
+    }};
+}
+pub(super) use set_checksums;
+
+fn full_object(sums: &std::collections::BTreeMap<String, String>) -> Option<dto::ChecksumType> {
+    (!sums.is_empty()).then(|| dto::ChecksumType::from("FULL_OBJECT".to_owned()))
+}
+
+pub(super) async fn put_object(
+    a: &Adapter,
+    mut req: S3Request<dto::PutObjectInput>,
+) -> S3Result<S3Response<dto::PutObjectOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    check_key(&req.input.key)?;
+    let mut attrs = attrs_from_headers(&req.headers);
+    let opts = put_options(&req.headers)?;
+    let checksums = checksum_spec(&req.headers)?;
+    for (alg, v) in &checksums {
+        if let Some(v) = v {
+            attrs.checksums.insert(alg.name().to_owned(), v.clone());
+        }
+    }
+    let body = upload_body(
+        a,
+        req.input.body.take(),
+        req.trailing_headers.take(),
+        req.input.content_length,
+        checksums,
+        a.config.max_object_size,
+        opts.late_checksums.clone(),
+        &ctx,
+    );
+    let info = a
+        .backend
+        .put_object(&req.input.bucket, &req.input.key, body, attrs, opts)
+        .await
+        .map_err(|e| a.map_err(&ctx, e))?;
+    if let Some(b) = ctx.body_error() {
+        // The backend must not succeed on a failed body; refuse to confirm.
+        tracing::error!(error = %b, "backend stored an object whose body failed");
+        return Err(crate::error::body_error(&b));
+    }
+    let mut out = dto::PutObjectOutput {
+        e_tag: Some(etag(&info.etag)),
+        size: i64::try_from(info.size).ok(),
+        ..Default::default()
+    };
+    set_checksums!(out, &info.attrs.checksums);
+    out.checksum_type = full_object(&info.attrs.checksums);
+    Ok(S3Response::new(out))
+}
+
+/// A parsed `Range` header against an object of known size.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum RangeReq {
+    Full,
+    Part(Range<u64>),
+    Unsatisfiable,
+}
+
+/// S3's reading of `Range: bytes=…`; syntactically invalid or multi-range
+/// headers are ignored (full object), as HTTP allows.
+pub(super) fn parse_range(h: Option<&str>, size: u64) -> RangeReq {
+    let Some(spec) = h.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeReq::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
+    };
+    if first.is_empty() {
+        let Some(n) = num(last) else {
+            return RangeReq::Full;
+        };
+        if n == 0 || size == 0 {
+            return RangeReq::Unsatisfiable;
+        }
+        return RangeReq::Part(size.saturating_sub(n)..size);
+    }
+    let Some(a) = num(first) else {
+        return RangeReq::Full;
+    };
+    let b = if last.is_empty() {
+        None
+    } else {
+        match num(last) {
+            Some(b) if b >= a => Some(b),
+            _ => return RangeReq::Full,
+        }
+    };
+    if a >= size {
+        return RangeReq::Unsatisfiable;
+    }
+    let end = b.map_or(size, |b| b.saturating_add(1).min(size));
+    RangeReq::Part(a..end)
+}
+
+fn invalid_range(size: u64) -> S3Error {
+    let mut e = s3err(
+        S3ErrorCode::InvalidRange,
+        "The requested range is not satisfiable",
+    );
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        h.insert(http::header::CONTENT_RANGE, v);
+    }
+    e.set_headers(h);
+    e
+}
+
+fn not_modified(info: &ObjectInfo) -> S3Error {
+    let mut e = S3Error::new(S3ErrorCode::NotModified);
+    e.set_status_code(http::StatusCode::NOT_MODIFIED);
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", info.etag)) {
+        h.insert(http::header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(info.last_modified)) {
+        h.insert(http::header::LAST_MODIFIED, v);
+    }
+    e.set_headers(h);
+    e
+}
+
+fn precondition_failed() -> S3Error {
+    s3err(
+        S3ErrorCode::PreconditionFailed,
+        "At least one of the pre-conditions you specified did not hold",
+    )
+}
+
+fn check_conditions(h: &HeaderMap, info: &ObjectInfo) -> S3Result<()> {
+    match cond::evaluate(h, &cond::PLAIN, &info.etag, info.last_modified, true) {
+        Outcome::Proceed => Ok(()),
+        Outcome::NotModified => Err(not_modified(info)),
+        Outcome::PreconditionFailed => Err(precondition_failed()),
+    }
+}
+
+fn checksum_mode_enabled(h: &HeaderMap) -> bool {
+    hdr(h, "x-amz-checksum-mode").is_some_and(|v| v.trim().eq_ignore_ascii_case("ENABLED"))
+}
+
+/// Headers the typed outputs cannot carry exactly (Expires as stored).
+fn extra_headers(info: &ObjectInfo) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(v) = info
+        .attrs
+        .expires
+        .as_deref()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
+        h.insert(http::header::EXPIRES, v);
+    }
+    h
+}
+
+fn user_metadata(info: &ObjectInfo) -> Option<dto::Metadata> {
+    (!info.attrs.user_metadata.is_empty()).then(|| {
+        info.attrs
+            .user_metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+fn body_of(stream: ByteStream) -> StreamingBlob {
+    StreamingBlob::wrap(sync_wrapper::SyncStream::new(stream))
+}
+
+pub(super) async fn get_object(
+    a: &Adapter,
+    req: S3Request<dto::GetObjectInput>,
+) -> S3Result<S3Response<dto::GetObjectOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    let (bucket, key) = (&req.input.bucket, &req.input.key);
+    check_key(key)?;
+    let head = a
+        .backend
+        .head_object(bucket, key)
+        .await
+        .map_err(|e| a.map_err(&ctx, e))?;
+    check_conditions(&req.headers, &head)?;
+    let range = match parse_range(hdr(&req.headers, "range"), head.size) {
+        RangeReq::Full => None,
+        RangeReq::Part(r) => Some(r),
+        RangeReq::Unsatisfiable => return Err(invalid_range(head.size)),
+    };
+    let (info, stream) = a
+        .backend
+        .get_object(bucket, key, range.clone())
+        .await
+        .map_err(|e| a.map_err(&ctx, e))?;
+    // The object may have been replaced since the HEAD: re-check against
+    // what is actually being sent.
+    if info.etag != head.etag {
+        check_conditions(&req.headers, &info)?;
+        if range.as_ref().is_some_and(|r| r.end > info.size) {
+            return Err(invalid_range(info.size));
+        }
+    }
+    let (len, content_range) = match &range {
+        Some(r) => (
+            r.end - r.start,
+            Some(format!("bytes {}-{}/{}", r.start, r.end - 1, info.size)),
+        ),
+        None => (info.size, None),
+    };
+    let mut out = dto::GetObjectOutput {
+        body: Some(body_of(stream)),
+        accept_ranges: Some("bytes".to_owned()),
+        content_length: i64::try_from(len).ok(),
+        content_range,
+        e_tag: Some(etag(&info.etag)),
+        last_modified: Some(ts(info.last_modified)),
+        content_type: info.attrs.content_type.clone(),
+        content_disposition: info.attrs.content_disposition.clone(),
+        content_encoding: info.attrs.content_encoding.clone(),
+        cache_control: info.attrs.cache_control.clone(),
+        metadata: user_metadata(&info),
+        ..Default::default()
+    };
+    // A whole-object checksum describes the whole object only: never on 206.
+    if range.is_none() && checksum_mode_enabled(&req.headers) {
+        set_checksums!(out, &info.attrs.checksums);
+        out.checksum_type = full_object(&info.attrs.checksums);
+    }
+    let mut resp = S3Response::new(out);
+    resp.headers = extra_headers(&info);
+    Ok(resp)
+}
+
+pub(super) async fn head_object(
+    a: &Adapter,
+    req: S3Request<dto::HeadObjectInput>,
+) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    let (bucket, key) = (&req.input.bucket, &req.input.key);
+    check_key(key)?;
+    let info = a
+        .backend
+        .head_object(bucket, key)
+        .await
+        .map_err(|e| a.map_err(&ctx, e))?;
+    check_conditions(&req.headers, &info)?;
+    let range = match parse_range(hdr(&req.headers, "range"), info.size) {
+        RangeReq::Full => None,
+        RangeReq::Part(r) => Some(r),
+        RangeReq::Unsatisfiable => return Err(invalid_range(info.size)),
+    };
+    let (len, content_range) = match &range {
+        Some(r) => (
+            r.end - r.start,
+            Some(format!("bytes {}-{}/{}", r.start, r.end - 1, info.size)),
+        ),
+        None => (info.size, None),
+    };
+    let mut out = dto::HeadObjectOutput {
+        accept_ranges: Some("bytes".to_owned()),
+        content_length: i64::try_from(len).ok(),
+        content_range,
+        e_tag: Some(etag(&info.etag)),
+        last_modified: Some(ts(info.last_modified)),
+        content_type: info.attrs.content_type.clone(),
+        content_disposition: info.attrs.content_disposition.clone(),
+        content_encoding: info.attrs.content_encoding.clone(),
+        cache_control: info.attrs.cache_control.clone(),
+        metadata: user_metadata(&info),
+        ..Default::default()
+    };
+    if range.is_none() && checksum_mode_enabled(&req.headers) {
+        set_checksums!(out, &info.attrs.checksums);
+        out.checksum_type = full_object(&info.attrs.checksums);
+    }
+    let mut resp = S3Response::new(out);
+    resp.headers = extra_headers(&info);
+    Ok(resp)
+}
+
+fn check_version(v: Option<&str>) -> S3Result<()> {
+    match v {
+        None | Some("null") => Ok(()),
+        Some(_) => Err(s3err(
+            S3ErrorCode::InvalidArgument,
+            "Invalid version id specified",
+        )),
+    }
+}
+
+pub(super) async fn delete_object(
+    a: &Adapter,
+    req: S3Request<dto::DeleteObjectInput>,
+) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    check_key(&req.input.key)?;
+    check_version(req.input.version_id.as_deref())?;
+    a.backend
+        .delete_object(&req.input.bucket, &req.input.key)
+        .await
+        .map_err(|e| a.map_err(&ctx, e))?;
+    Ok(S3Response::new(dto::DeleteObjectOutput {
+        version_id: req.input.version_id,
+        ..Default::default()
+    }))
+}
+
+pub(super) async fn delete_objects(
+    a: &Adapter,
+    req: S3Request<dto::DeleteObjectsInput>,
+) -> S3Result<S3Response<dto::DeleteObjectsOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    let bucket = &req.input.bucket;
+    let quiet = req.input.delete.quiet.unwrap_or(false);
+    if req.input.delete.objects.len() > 1000 {
+        return Err(s3err(
+            S3ErrorCode::MalformedXML,
+            "The XML you provided was not well-formed or did not validate against our published schema",
+        ));
+    }
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for obj in &req.input.delete.objects {
+        let result = match check_key(&obj.key).and(check_version(obj.version_id.as_deref())) {
+            Err(e) => Err(e),
+            Ok(()) => a
+                .backend
+                .delete_object(bucket, &obj.key)
+                .await
+                .map_err(|e| a.map_err(&ctx, e)),
+        };
+        match result {
+            Ok(()) => {
+                if !quiet {
+                    deleted.push(dto::DeletedObject {
+                        key: Some(obj.key.clone()),
+                        version_id: obj.version_id.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+            Err(e) => errors.push(dto::Error {
+                code: Some(e.code().as_str().to_owned()),
+                key: Some(obj.key.clone()),
+                message: e.message().map(str::to_owned),
+                version_id: obj.version_id.clone(),
+            }),
+        }
+    }
+    Ok(S3Response::new(dto::DeleteObjectsOutput {
+        deleted: Some(deleted),
+        errors: (!errors.is_empty()).then_some(errors),
+        ..Default::default()
+    }))
+}
+
+/// The bucket and key of `x-amz-copy-source`.
+pub(super) fn copy_source(src: &dto::CopySource) -> S3Result<(String, String)> {
+    match src {
+        dto::CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => {
+            check_version(version_id.as_deref())?;
+            check_key(key)?;
+            Ok((bucket.to_string(), key.to_string()))
+        }
+        _ => Err(s3err(
+            S3ErrorCode::NotImplemented,
+            "Only bucket/key copy sources are supported",
+        )),
+    }
+}
+
+pub(super) fn check_copy_conditions(h: &HeaderMap, src: &ObjectInfo) -> S3Result<()> {
+    match cond::evaluate(h, &cond::COPY_SOURCE, &src.etag, src.last_modified, false) {
+        Outcome::Proceed => Ok(()),
+        _ => Err(precondition_failed()),
+    }
+}
+
+pub(super) async fn copy_object(
+    a: &Adapter,
+    req: S3Request<dto::CopyObjectInput>,
+) -> S3Result<S3Response<dto::CopyObjectOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    let user = a.user(&req)?;
+    let (dst_bucket, dst_key) = (&req.input.bucket, &req.input.key);
+    check_key(dst_key)?;
+    let (src_bucket, src_key) = copy_source(&req.input.copy_source)?;
+    a.check_read(Some(&user), &src_bucket).await?;
+    let src = a
+        .backend
+        .head_object(&src_bucket, &src_key)
+        .await
+        .map_err(|e| a.map_err(&ctx, e))?;
+    check_copy_conditions(&req.headers, &src)?;
+    let replace = match hdr(&req.headers, "x-amz-metadata-directive").map(str::trim) {
+        None => false,
+        Some(d) if d.eq_ignore_ascii_case("COPY") => false,
+        Some(d) if d.eq_ignore_ascii_case("REPLACE") => true,
+        Some(_) => {
+            return Err(s3err(
+                S3ErrorCode::InvalidArgument,
+                "Unknown metadata directive.",
+            ))
+        }
+    };
+    if !replace && src_bucket == *dst_bucket && src_key == *dst_key {
+        return Err(s3err(
+            S3ErrorCode::InvalidRequest,
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+        ));
+    }
+    let attrs = replace.then(|| {
+        let mut attrs = attrs_from_headers(&req.headers);
+        // The data is unchanged, so its verified checksums still hold.
+        attrs.checksums = src.attrs.checksums.clone();
+        attrs
+    });
+    let mut opts = put_options(&req.headers)?;
+    // Content-MD5 on a copy describes the (empty) request body.
+    opts.content_md5 = None;
+    let info = a
+        .backend
+        .copy_object(&src_bucket, &src_key, dst_bucket, dst_key, attrs, opts)
+        .await
+        .map_err(|e| a.map_err(&ctx, e))?;
+    Ok(S3Response::new(dto::CopyObjectOutput {
+        copy_object_result: Some(dto::CopyObjectResult {
+            e_tag: Some(etag(&info.etag)),
+            last_modified: Some(ts(info.last_modified)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeReq::*;
+        let r = |h: &str, size| parse_range(Some(h), size);
+        assert_eq!(r("bytes=0-9", 100), Part(0..10));
+        assert_eq!(r("bytes=90-200", 100), Part(90..100));
+        assert_eq!(r("bytes=10-", 100), Part(10..100));
+        assert_eq!(r("bytes=-10", 100), Part(90..100));
+        assert_eq!(r("bytes=-1000", 100), Part(0..100));
+        assert_eq!(r("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(r("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(r("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(r("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(r("bytes=9-3", 100), Full);
+        assert_eq!(r("bytes=a-b", 100), Full);
+        assert_eq!(r("items=0-1", 100), Full);
+        assert_eq!(r("bytes=0-1,5-6", 100), Full);
+        assert_eq!(parse_range(None, 100), Full);
+    }
+
+    #[test]
+    fn aws_chunked_is_not_stored() {
+        let mut h = HeaderMap::new();
+        h.insert("content-encoding", HeaderValue::from_static("aws-chunked"));
+        assert_eq!(attrs_from_headers(&h).content_encoding, None);
+        h.insert(
+            "content-encoding",
+            HeaderValue::from_static("gzip, aws-chunked"),
+        );
+        assert_eq!(
+            attrs_from_headers(&h).content_encoding.as_deref(),
+            Some("gzip")
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! The contract between the S3 protocol layer and whatever stores objects.
+//!
+//! Everything here is plain data plus one async trait; nothing refers to the
+//! HTTP layer or to `s3s`, so the root crate can implement [`Backend`] for its
+//! store without depending on protocol details.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+/// A stream of body bytes. If it yields an `Err`, the consumer must store
+/// nothing: the upload is incomplete or failed verification.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
+
+/// Why a request or response body stream failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The client sent fewer bytes than it declared (Content-Length or
+    /// x-amz-decoded-content-length).
+    #[error("body ended after {received} of {expected} declared bytes")]
+    Incomplete { expected: u64, received: u64 },
+    /// The client sent more bytes than it declared.
+    #[error("body is longer than the declared {expected} bytes")]
+    TooLong { expected: u64 },
+    /// The body is larger than the configured maximum object size.
+    #[error("body exceeds the maximum allowed size of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// An `x-amz-checksum-*` value did not match the received bytes.
+    #[error("{algorithm} checksum mismatch")]
+    ChecksumMismatch { algorithm: String },
+    /// `Content-MD5` did not match the received bytes (raised by backends).
+    #[error("Content-MD5 mismatch")]
+    BadDigest,
+    /// An aws-chunked signed chunk was larger than the configured cap.
+    #[error("signed chunk of {size} bytes exceeds the cap of {limit} bytes")]
+    ChunkTooLarge { size: u64, limit: u64 },
+    /// An aws-chunked chunk signature did not verify.
+    #[error("chunk signature does not match")]
+    SignatureMismatch,
+    /// The body's SHA-256 differs from `x-amz-content-sha256`.
+    #[error("body SHA-256 does not match x-amz-content-sha256")]
+    Sha256Mismatch,
+    /// The transport or the chunked-encoding layer failed.
+    #[error("body transport error: {0}")]
+    Transport(String),
+}
+
+/// Errors a [`Backend`] reports; each maps to one S3 error code and status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("the specified bucket does not exist")]
+    NoSuchBucket,
+    #[error("the specified key does not exist")]
+    NoSuchKey,
+    #[error("the specified multipart upload does not exist")]
+    NoSuchUpload,
+    #[error("the requested bucket name is not available")]
+    BucketAlreadyExists,
+    #[error("the bucket is already owned by you")]
+    BucketAlreadyOwnedByYou,
+    #[error("the bucket is not empty")]
+    BucketNotEmpty,
+    #[error("a precondition does not hold")]
+    PreconditionFailed,
+    #[error("the Content-MD5 does not match the received body")]
+    BadDigest,
+    #[error("one or more of the specified parts could not be found or its ETag does not match")]
+    InvalidPart,
+    #[error("the list of parts was not in ascending order")]
+    InvalidPartOrder,
+    #[error("a non-final part is smaller than the minimum allowed size")]
+    EntityTooSmall,
+    #[error("object exceeds the maximum allowed size")]
+    EntityTooLarge,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("the specified bucket name is not valid")]
+    InvalidBucketName,
+    #[error("the key is too long")]
+    KeyTooLong,
+    #[error("the request body stream failed: {0}")]
+    Body(#[from] BodyError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A bucket as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    /// User id of the owner (see [`crate::User::id`]).
+    pub owner: String,
+    pub created: SystemTime,
+}
+
+/// Object attributes that the protocol layer sets and reads back; the store
+/// persists them opaquely.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectAttrs {
+    pub content_type: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    pub cache_control: Option<String>,
+    /// The `Expires` header exactly as the client sent it.
+    pub expires: Option<String>,
+    /// `x-amz-meta-*` without the prefix; names lower-cased.
+    pub user_metadata: BTreeMap<String, String>,
+    /// Verified whole-object checksums: algorithm name ("CRC32", "CRC32C",
+    /// "CRC64NVME", "SHA1", "SHA256") to base64 value.
+    pub checksums: BTreeMap<String, String>,
+}
+
+/// An object as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    /// Without quotes: MD5 hex, or `md5-of-md5s-N` for multipart objects.
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub attrs: ObjectAttrs,
+}
+
+/// Options of a write that the backend must honour atomically at commit.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// `If-Match`: commit only if the current object's ETag (without quotes)
+    /// equals this; `Some("*")` means "only if an object exists".
+    pub if_match: Option<String>,
+    /// `If-None-Match: *`: commit only if no object exists under the key.
+    pub if_none_match_any: bool,
+    /// Expected MD5 of the body (from `Content-MD5`); mismatch → `BadDigest`.
+    pub content_md5: Option<[u8; 16]>,
+    /// Chunking profile requested via `x-amz-meta-strato-chunking`.
+    pub chunking: Option<String>,
+    /// Checksums that become known only when the body has ended (sent as
+    /// aws-chunked trailers). After the body stream has ended without error
+    /// and before committing, the backend merges `late_checksums.take()` into
+    /// `attrs.checksums`.
+    pub late_checksums: LateChecksums,
+}
+
+/// A slot the protocol layer fills with verified trailer checksums when the
+/// body stream ends; see [`PutOptions::late_checksums`].
+#[derive(Debug, Clone, Default)]
+pub struct LateChecksums(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl LateChecksums {
+    /// Takes the checksums published so far (algorithm name → base64).
+    pub fn take(&self) -> BTreeMap<String, String> {
+        match self.0.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+
+    pub(crate) fn insert(&self, algorithm: &str, value: String) {
+        let mut g = match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        g.insert(algorithm.to_owned(), value);
+    }
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub part_number: u32,
+    /// MD5 hex of the part, without quotes.
+    pub etag: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    pub upload_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub initiated: SystemTime,
+}
+
+/// Storage operations the S3 layer needs. Implementations must be safe to
+/// call concurrently. Listing is in raw lexicographic key order; delimiters,
+/// markers and encodings are the protocol layer's job.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    async fn list_buckets(&self, owner: &str) -> Result<Vec<BucketInfo>, BackendError>;
+    /// Errors: `BucketAlreadyExists` (someone else's), `BucketAlreadyOwnedByYou`.
+    async fn create_bucket(&self, owner: &str, name: &str) -> Result<(), BackendError>;
+    /// Errors: `NoSuchBucket`.
+    async fn head_bucket(&self, name: &str) -> Result<BucketInfo, BackendError>;
+    /// Errors: `NoSuchBucket`, `BucketNotEmpty`.
+    async fn delete_bucket(&self, name: &str) -> Result<(), BackendError>;
+
+    /// Stores `body` under `bucket/key`, computing the MD5 ETag. If the body
+    /// yields an error, nothing is stored and that error is returned (as
+    /// `BackendError::Body` or any other variant).
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        attrs: ObjectAttrs,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, BackendError>;
+    /// `range` is already validated against the object size by the caller
+    /// when it comes from a Range header; backends may still clamp.
+    async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<(ObjectInfo, ByteStream), BackendError>;
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectInfo, BackendError>;
+    /// Idempotent: deleting a missing key succeeds.
+    async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), BackendError>;
+    /// `attrs == None` keeps the source's attributes (COPY directive).
+    async fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        attrs: Option<ObjectAttrs>,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, BackendError>;
+    /// Keys starting with `prefix`, strictly after `start_after`, in
+    /// lexicographic byte order, at most `limit`; the bool says whether more
+    /// keys follow.
+    async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ObjectInfo>, bool), BackendError>;
+
+    async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        attrs: ObjectAttrs,
+        opts: PutOptions,
+    ) -> Result<String, BackendError>;
+    /// Errors: `NoSuchUpload`, `BadDigest`, body errors.
+    async fn upload_part(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
+    ) -> Result<PartInfo, BackendError>;
+    async fn upload_part_copy(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        src_bucket: &str,
+        src_key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<PartInfo, BackendError>;
+    async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, BackendError>;
+    /// Checks that parts exist with those ETags, ascend, and that non-final
+    /// parts are at least 5 MiB; computes the `md5-of-md5s-N` ETag.
+    /// Errors: `InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`, `NoSuchUpload`.
+    async fn complete_multipart(
+        &self,
+        upload_id: &str,
+        parts: Vec<(u32, String)>,
+    ) -> Result<ObjectInfo, BackendError>;
+    async fn abort_multipart(&self, upload_id: &str) -> Result<(), BackendError>;
+    async fn list_multipart_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<UploadInfo>, BackendError>;
+}
