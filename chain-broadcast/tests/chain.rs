@@ -1,0 +1,376 @@
+//! Chains of in-process nodes on loopback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chain_broadcast::{
+    propagate, BoxError, ChunkId, ChunkSink, ChunkSource, FileSinkFactory, Manifest, MemStore,
+    Node, Options, Report, ServeOptions, SinkFactory, TransferInfo,
+};
+use rand::{RngCore, SeedableRng};
+
+const CHUNK: usize = 64 << 10;
+
+fn random_bytes(len: usize, seed: u64) -> Bytes {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    Bytes::from(v)
+}
+
+/// A source holding `data` cut into fixed chunks.
+fn source_for(data: &Bytes) -> (Arc<MemStore>, Arc<Manifest>, Vec<Bytes>) {
+    let (manifest, parts) = Manifest::from_fixed_chunks(data, CHUNK);
+    let src = MemStore::new();
+    for (c, p) in manifest.chunks.iter().zip(&parts) {
+        src.insert(c.id, p.clone());
+    }
+    (src, Arc::new(manifest), parts)
+}
+
+fn opts() -> Options {
+    Options {
+        connect_timeout: Duration::from_secs(1),
+        io_timeout: Duration::from_secs(5),
+        finish_timeout: Duration::from_secs(20),
+        ..Options::default()
+    }
+}
+
+async fn node(factory: Arc<dyn SinkFactory>) -> Node {
+    Node::spawn(
+        "127.0.0.1:0".parse().expect("addr"),
+        factory,
+        ServeOptions::default(),
+    )
+    .await
+    .expect("bind")
+}
+
+/// An address nothing listens on.
+async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
+}
+
+async fn run(
+    src: &Arc<MemStore>,
+    manifest: &Arc<Manifest>,
+    nodes: &[SocketAddr],
+    opts: &Options,
+) -> Report {
+    let source: Arc<dyn ChunkSource> = src.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        propagate(source, "disk.img", Arc::clone(manifest), nodes, opts),
+    )
+    .await
+    .expect("propagation hung")
+    .expect("propagation ran")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_copies_on_every_node() {
+    let data = random_bytes(4 << 20, 1);
+    let (src, manifest, _) = source_for(&data);
+    let stores: Vec<Arc<MemStore>> = (0..4).map(|_| MemStore::new()).collect();
+    let mut nodes = Vec::new();
+    for s in &stores {
+        nodes.push(node(s.factory()).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let report = run(&src, &manifest, &addrs, &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    assert_eq!(
+        report.bytes_sent,
+        data.len() as u64,
+        "sender sends the image once"
+    );
+    for (s, r) in stores.iter().zip(&report.nodes) {
+        assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]));
+        assert_eq!(r.bytes_received, data.len() as u64);
+        assert_eq!(r.bytes_written, data.len() as u64);
+    }
+    assert_eq!(
+        report.nodes.iter().map(|n| n.addr).collect::<Vec<_>>(),
+        addrs,
+        "report follows the chain order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sinks_write_identical_files() {
+    // Repeated chunks (zero blocks) are sent once and written at each offset.
+    let mut v = random_bytes(3 << 20, 2).to_vec();
+    v.extend(std::iter::repeat_n(0u8, 1 << 20));
+    v.extend_from_slice(&random_bytes(100_001, 3));
+    v.extend(std::iter::repeat_n(0u8, 512 << 10));
+    let data = Bytes::from(v);
+    let (src, manifest, _) = source_for(&data);
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(node(Arc::new(FileSinkFactory::new(d.path()))).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let report = run(&src, &manifest, &addrs, &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    let distinct: u64 = manifest.distinct().iter().map(|c| u64::from(c.len)).sum();
+    assert_eq!(report.bytes_sent, distinct);
+    assert!(distinct < data.len() as u64);
+    for d in &dirs {
+        let got = std::fs::read(d.path().join("disk.img")).expect("output file");
+        assert!(got == data[..], "file differs");
+        // No partial file left behind.
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_receive_only_missing_chunks() {
+    let data = random_bytes(2 << 20, 4);
+    let (src, manifest, parts) = source_for(&data);
+    let half: u64 = parts.iter().step_by(2).map(|p| p.len() as u64).sum();
+
+    // One node holding every other chunk (an older version) gets only the rest.
+    let holder = MemStore::new();
+    for (c, p) in manifest.chunks.iter().zip(&parts).step_by(2) {
+        holder.insert(c.id, p.clone());
+    }
+    let n = node(holder.factory()).await;
+    let report = run(&src, &manifest, &[n.addr()], &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    let missing = data.len() as u64 - half;
+    assert_eq!(report.bytes_sent, missing);
+    assert_eq!(report.nodes[0].bytes_received, missing);
+    assert_eq!(report.nodes[0].bytes_written, missing);
+    assert_eq!(holder.bytes_put(), missing);
+    assert_eq!(holder.object("disk.img").as_deref(), Some(&data[..]));
+
+    // Three nodes that all hold the old half: only the new half moves on every hop.
+    let stores: Vec<Arc<MemStore>> = (0..3).map(|_| MemStore::new()).collect();
+    for s in &stores {
+        for (c, p) in manifest.chunks.iter().zip(&parts).step_by(2) {
+            s.insert(c.id, p.clone());
+        }
+    }
+    let mut nodes = Vec::new();
+    for s in &stores {
+        nodes.push(node(s.factory()).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let report = run(&src, &manifest, &addrs, &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    assert_eq!(report.bytes_sent, missing);
+    for (s, r) in stores.iter().zip(&report.nodes) {
+        assert_eq!(r.bytes_received, missing);
+        assert_eq!(s.bytes_put(), missing);
+        assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]));
+    }
+
+    // The first node holds everything, the last nothing: the first still
+    // relays all of it, and stores nothing.
+    let full = MemStore::new();
+    for (c, p) in manifest.chunks.iter().zip(&parts) {
+        full.insert(c.id, p.clone());
+    }
+    let empty = MemStore::new();
+    let (a, b) = (node(full.factory()).await, node(empty.factory()).await);
+    let report = run(&src, &manifest, &[a.addr(), b.addr()], &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    assert_eq!(report.nodes[0].bytes_written, 0);
+    assert_eq!(report.nodes[1].bytes_written, data.len() as u64);
+    assert_eq!(empty.object("disk.img").as_deref(), Some(&data[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_are_down_are_bypassed() {
+    let data = random_bytes(1 << 20, 5);
+    let (src, manifest, _) = source_for(&data);
+    let (s1, s3) = (MemStore::new(), MemStore::new());
+    let n1 = node(s1.factory()).await;
+    let n3 = node(s3.factory()).await;
+    let (d0, d2, d4) = (dead_addr().await, dead_addr().await, dead_addr().await);
+    let addrs = [d0, n1.addr(), d2, n3.addr(), d4];
+    let report = run(&src, &manifest, &addrs, &opts()).await;
+    for dead in [d0, d2, d4] {
+        let r = report.node(dead).expect("listed");
+        assert!(!r.ok);
+        assert!(
+            r.reason.as_deref().unwrap_or("").contains("bypassed"),
+            "{r:?}"
+        );
+    }
+    assert!(report.node(n1.addr()).expect("listed").ok, "{report:#?}");
+    assert!(report.node(n3.addr()).expect("listed").ok, "{report:#?}");
+    assert_eq!(s1.object("disk.img").as_deref(), Some(&data[..]));
+    assert_eq!(s3.object("disk.img").as_deref(), Some(&data[..]));
+
+    // Nobody home at all: every node failed, no hang.
+    let report = run(&src, &manifest, &[d0, d2], &opts()).await;
+    assert!(report.nodes.iter().all(|n| !n.ok));
+    assert_eq!(report.bytes_sent, 0);
+}
+
+/// A sink that slows every put and tells the test how far it got.
+struct Slow {
+    inner: Arc<dyn ChunkSink>,
+    puts: Arc<AtomicU64>,
+    delay: Duration,
+}
+
+impl ChunkSource for Slow {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        self.inner.get(id)
+    }
+}
+
+impl ChunkSink for Slow {
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError> {
+        self.inner.has(ids)
+    }
+    fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
+        std::thread::sleep(self.delay);
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(id, data)
+    }
+    fn finish(&self, m: &Manifest) -> Result<u64, BoxError> {
+        self.inner.finish(m)
+    }
+}
+
+fn slow_factory(
+    store: &Arc<MemStore>,
+    puts: Arc<AtomicU64>,
+    delay: Duration,
+) -> Arc<dyn SinkFactory> {
+    let inner = store.factory();
+    Arc::new(
+        move |info: &TransferInfo| -> Result<Arc<dyn ChunkSink>, BoxError> {
+            Ok(Arc::new(Slow {
+                inner: inner.open(info)?,
+                puts: Arc::clone(&puts),
+                delay,
+            }))
+        },
+    )
+}
+
+async fn kill_mid_transfer(victim: usize) {
+    let data = random_bytes(4 << 20, 6);
+    let (src, manifest, _) = source_for(&data);
+    let stores: Vec<Arc<MemStore>> = (0..4).map(|_| MemStore::new()).collect();
+    let puts = Arc::new(AtomicU64::new(0));
+    let mut nodes = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        // Every node is a little slow so the kill lands mid-stream.
+        let counter = if i == victim {
+            Arc::clone(&puts)
+        } else {
+            Arc::new(AtomicU64::new(0))
+        };
+        nodes.push(node(slow_factory(s, counter, Duration::from_millis(3))).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let total = manifest.len() as u64;
+    let opts = opts();
+    let prop = {
+        let (src, manifest, addrs) = (src.clone(), manifest.clone(), addrs.clone());
+        tokio::spawn(async move { run(&src, &manifest, &addrs, &opts).await })
+    };
+    // Kill the victim a quarter of the way through its chunks.
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        while puts.load(Ordering::SeqCst) < total / 4 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "victim never started");
+    nodes[victim].kill();
+    let report = prop.await.expect("join");
+    let r = report.node(addrs[victim]).expect("listed");
+    assert!(!r.ok, "{report:#?}");
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("bypassed"),
+        "{r:?}"
+    );
+    assert!(stores[victim].object("disk.img").is_none());
+    for (i, s) in stores.iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        assert!(report.nodes[i].ok, "node {i}: {report:#?}");
+        assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]), "node {i}");
+    }
+    assert_eq!(report.failed().count(), 1, "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middle_node_killed_mid_transfer_is_bypassed() {
+    kill_mid_transfer(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_node_killed_mid_transfer_is_bypassed() {
+    kill_mid_transfer(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_node_killed_mid_transfer_is_reported() {
+    kill_mid_transfer(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_resumes_after_bypass() {
+    let data = random_bytes(3 << 20, 7);
+    let (src, manifest, _) = source_for(&data);
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let puts = Arc::new(AtomicU64::new(0));
+    let victim_store = MemStore::new();
+    let n0 = node(slow_factory(
+        &victim_store,
+        Arc::clone(&puts),
+        Duration::from_millis(3),
+    ))
+    .await;
+    let n1 = node(Arc::new(FileSinkFactory::new(dirs[1].path()))).await;
+    let n2 = node(Arc::new(FileSinkFactory::new(dirs[2].path()))).await;
+    let addrs = vec![n0.addr(), n1.addr(), n2.addr()];
+    let total = manifest.len() as u64;
+    let prop = {
+        let (src, manifest, addrs) = (src.clone(), manifest.clone(), addrs.clone());
+        tokio::spawn(async move { run(&src, &manifest, &addrs, &opts()).await })
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while puts.load(Ordering::SeqCst) < total / 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("victim progressed");
+    n0.kill();
+    let report = prop.await.expect("join");
+    assert!(!report.nodes[0].ok);
+    assert!(report.nodes[1].ok && report.nodes[2].ok, "{report:#?}");
+    // Node 1 resumed: it did not get the whole image a second time.
+    assert!(
+        report.nodes[1].bytes_received < data.len() as u64,
+        "{report:#?}"
+    );
+    for d in &dirs[1..] {
+        let got = std::fs::read(d.path().join("disk.img")).expect("file");
+        assert!(got == data[..], "file differs");
+    }
+}
