@@ -1,2 +1,5 @@
-//! strato library.
+//! strato: content-addressed storage and VM image distribution for IaaS
+//! clouds. See DESIGN.md for the map of the parts.
+
+pub mod config;
 pub mod store;

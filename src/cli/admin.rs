@@ -1,0 +1,170 @@
+//! stats, fsck, gc.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use strato::config::parse_duration;
+
+use super::Ctx;
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Print the plan and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Reclaim only chunks unreferenced for at least this long (default 15m, config gc.grace_secs)
+    #[arg(long, value_parser = parse_duration)]
+    grace: Option<Duration>,
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn stats(ctx: &Ctx) -> Result<ExitCode> {
+    let s = ctx.open_store()?.stats()?;
+    if ctx.json {
+        ctx.print_json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("engine          {}", s.engine);
+    println!("buckets         {}", s.buckets);
+    println!("objects         {}", s.objects);
+    println!(
+        "logical bytes   {} ({})",
+        s.logical_bytes,
+        human(s.logical_bytes)
+    );
+    println!("zero bytes      {} (not stored)", human(s.zero_bytes));
+    println!(
+        "stored bytes    {} ({})",
+        s.stored_bytes,
+        human(s.stored_bytes)
+    );
+    println!("dedup ratio     {:.2}", s.dedup_ratio);
+    println!(
+        "chunks          {} referenced, {} indexed",
+        s.chunks, s.indexed_chunks
+    );
+    println!(
+        "segments        {} ({} on disk)",
+        s.segments,
+        human(s.segment_bytes_on_disk)
+    );
+    for (profile, p) in &s.profiles {
+        println!(
+            "  {profile:<28} {:>6} objects  logical {:>10}  stored {:>10}  {:>8} chunks",
+            p.objects,
+            human(p.logical_bytes),
+            human(p.stored_bytes),
+            p.chunks
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn fsck(ctx: &Ctx) -> Result<ExitCode> {
+    let r = ctx.open_store()?.fsck()?;
+    if ctx.json {
+        ctx.print_json(&r)?;
+    } else {
+        for p in &r.problems {
+            println!("PROBLEM: {p}");
+        }
+        println!(
+            "checked {} segments, {} chunks ({}), {} manifests; {} unreferenced chunks ({}) awaiting gc; {} problem(s)",
+            r.segments,
+            r.chunks_checked,
+            human(r.bytes_checked),
+            r.manifests,
+            r.unreferenced_chunks,
+            human(r.unreferenced_bytes),
+            r.problems.len()
+        );
+    }
+    Ok(if r.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<ExitCode> {
+    let store = ctx.open_store()?;
+    let mut opts = ctx.file.gc_options();
+    if let Some(g) = a.grace {
+        opts.grace = g;
+    }
+    store.seal_idle_segments()?;
+    let plan = store.gc_plan(&opts)?;
+    if a.dry_run {
+        if ctx.json {
+            ctx.print_json(&plan)?;
+        } else {
+            println!("gc plan (dry run, nothing changed):");
+            println!(
+                "  expired multipart uploads to abort: {}",
+                plan.expired_uploads.len()
+            );
+            println!(
+                "  reference counts to fix:           {}",
+                plan.ref_fixes.len()
+            );
+            for f in &plan.ref_fixes {
+                println!(
+                    "    chunk {} recorded {} actual {}",
+                    f.chunk, f.recorded, f.actual
+                );
+            }
+            println!(
+                "  chunks to reclaim:                 {} ({})",
+                plan.reclaim_chunks,
+                human(plan.reclaim_bytes)
+            );
+            println!(
+                "  unreferenced but within grace:     {}",
+                plan.waiting_chunks
+            );
+            for s in &plan.segments {
+                println!(
+                    "  segment {:08x}: {} live, {} dead -> {}",
+                    s.segment,
+                    human(s.live_bytes),
+                    human(s.dead_bytes),
+                    if s.delete { "delete" } else { "compact" }
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r = store.gc_execute(plan)?;
+    if ctx.json {
+        ctx.print_json(&r)?;
+    } else {
+        println!(
+            "gc: aborted {} uploads, fixed {} reference counts, reclaimed {} chunks ({}), compacted {} and deleted {} segments, freed {} on disk",
+            r.aborted_uploads,
+            r.fixed_refs,
+            r.reclaimed_chunks,
+            human(r.reclaimed_bytes),
+            r.segments_compacted,
+            r.segments_deleted,
+            human(r.bytes_freed_on_disk)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,176 @@
+//! Command-line parsing (clap) and dispatch. Each family of commands lives in
+//! its own file; this one owns the global options and config resolution.
+
+mod admin;
+mod objects;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use strato::config::{self, FileConfig};
+use strato::store::{Engine, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strato",
+    version,
+    about = "Content-addressed storage and VM image distribution"
+)]
+pub struct Cli {
+    /// Data directory (default: $XDG_DATA_HOME/strato or ~/.local/share/strato)
+    #[arg(long, global = true, env = "STRATO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file (default: DATA_DIR/strato.toml if it exists)
+    #[arg(long, global = true, env = "STRATO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Metadata engine: redb (default) or sled
+    #[arg(long, global = true, env = "STRATO_ENGINE")]
+    engine: Option<Engine>,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a bucket
+    Mb { bucket: String },
+    /// Remove an empty bucket
+    Rb { bucket: String },
+    /// Store a file as BUCKET/KEY
+    Put(objects::PutArgs),
+    /// Read BUCKET/KEY into FILE ("-" for standard output)
+    Get(objects::GetArgs),
+    /// List buckets, or the objects of BUCKET[/PREFIX]
+    Ls { path: Option<String> },
+    /// Delete an object
+    Rm { path: String },
+    /// Logical and stored bytes, dedup ratio, chunk counts per profile
+    Stats,
+    /// Re-hash every chunk and check manifests and reference counts
+    Fsck,
+    /// Reclaim space of unreferenced chunks (plan, then execute)
+    Gc(admin::GcArgs),
+}
+
+/// What every command gets: resolved settings and how to report.
+pub struct Ctx {
+    pub data_dir: PathBuf,
+    pub file: FileConfig,
+    pub engine: Option<Engine>,
+    pub json: bool,
+    /// Progress bars only when a person is watching.
+    pub interactive: bool,
+}
+
+impl Ctx {
+    pub fn open_store(&self) -> Result<Store> {
+        let (store, report) =
+            Store::open_with_report(&self.data_dir, self.file.store_config(self.engine))
+                .with_context(|| format!("opening the store in {}", self.data_dir.display()))?;
+        if report.recovered_segments > 0 {
+            tracing::warn!(
+                "recovered {} unsealed segment(s) left by an earlier crash ({} torn bytes cut)",
+                report.recovered_segments,
+                report.truncated_bytes
+            );
+        }
+        Ok(store)
+    }
+
+    pub fn print_json(&self, v: &impl serde::Serialize) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+}
+
+/// Owner recorded for buckets created from the command line: the first
+/// configured user, so they are reachable through `strato serve` as that user.
+pub fn local_owner(file: &FileConfig) -> String {
+    file.users
+        .first()
+        .map(|u| u.name.clone())
+        .unwrap_or_else(|| "admin".to_string())
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRATO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let data_dir_flag = cli.data_dir.clone();
+    let config_path = cli.config.clone().or_else(|| {
+        let dir = data_dir_flag
+            .clone()
+            .unwrap_or_else(config::default_data_dir);
+        Some(dir.join("strato.toml")).filter(|p| p.exists())
+    });
+    let file = match &config_path {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = data_dir_flag
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(config::default_data_dir);
+    let ctx = Ctx {
+        data_dir,
+        file,
+        engine: cli.engine,
+        json: cli.json,
+        interactive: std::io::stderr().is_terminal(),
+    };
+    match cli.command {
+        Command::Mb { bucket } => objects::mb(&ctx, &bucket),
+        Command::Rb { bucket } => objects::rb(&ctx, &bucket),
+        Command::Put(a) => objects::put(&ctx, a),
+        Command::Get(a) => objects::get(&ctx, a),
+        Command::Ls { path } => objects::ls(&ctx, path.as_deref()),
+        Command::Rm { path } => objects::rm(&ctx, &path),
+        Command::Stats => admin::stats(&ctx),
+        Command::Fsck => admin::fsck(&ctx),
+        Command::Gc(a) => admin::gc(&ctx, a),
+    }
+}
+
+/// Split "BUCKET/KEY" (the key may contain further slashes).
+pub fn split_path(path: &str) -> Result<(&str, &str)> {
+    let path = path.strip_prefix("s3://").unwrap_or(path);
+    match path.split_once('/') {
+        Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok((b, k)),
+        _ => anyhow::bail!("expected BUCKET/KEY, got {path:?}"),
+    }
+}
+
+pub fn progress_bar(ctx: &Ctx, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !ctx.interactive || ctx.json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}

@@ -1,0 +1,149 @@
+//! Configuration: command-line flags win, then `STRATO_*` environment
+//! variables (both handled by clap), then the TOML file, then defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::{Engine, StoreConfig};
+
+/// The TOML file. Every field is optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub engine: Option<Engine>,
+    pub verify_reads: Option<bool>,
+    pub segment_size: Option<u64>,
+    #[serde(default)]
+    pub gc: GcConfig,
+    #[serde(default)]
+    pub s3: S3FileConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    pub grace_secs: Option<u64>,
+    pub dead_ratio: Option<f64>,
+    pub upload_expiry_secs: Option<u64>,
+    /// seconds between background GC runs in `serve` (0 = never)
+    pub interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3FileConfig {
+    pub region: Option<String>,
+    pub virtual_host_domain: Option<String>,
+    #[serde(default)]
+    pub anonymous_read: Vec<String>,
+    pub max_object_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    pub fn store_config(&self, engine_flag: Option<Engine>) -> StoreConfig {
+        let d = StoreConfig::default();
+        StoreConfig {
+            engine: engine_flag.or(self.engine).unwrap_or(d.engine),
+            segment_size: self.segment_size.unwrap_or(d.segment_size),
+            verify_reads: self.verify_reads.unwrap_or(d.verify_reads),
+            min_part_size: d.min_part_size,
+        }
+    }
+
+    pub fn gc_options(&self) -> crate::store::GcOptions {
+        let d = crate::store::GcOptions::default();
+        crate::store::GcOptions {
+            grace: self
+                .gc
+                .grace_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.grace),
+            dead_ratio: self.gc.dead_ratio.unwrap_or(d.dead_ratio),
+            upload_expiry: self
+                .gc
+                .upload_expiry_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.upload_expiry),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/strato`, else `~/.local/share/strato`, else `./strato-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("strato");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/strato");
+    }
+    PathBuf::from("strato-data")
+}
+
+/// Parse "90s", "15m", "2h", "7d" or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| Duration::from_secs(n * mul))
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 0, 90s, 15m, 2h, 7d)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn toml_users_and_unknown_fields() {
+        let c: FileConfig = toml::from_str(
+            r#"engine = "sled"
+               [[users]]
+               name = "alice"
+               access_key = "AK"
+               secret_key = "SK"
+               [gc]
+               grace_secs = 5"#,
+        )
+        .unwrap();
+        assert_eq!(c.engine, Some(Engine::Sled));
+        assert_eq!(c.users.len(), 1);
+        assert_eq!(c.gc_options().grace, Duration::from_secs(5));
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+}
