@@ -45,4 +45,7 @@ pub use options::{Options, Progress, ServeOptions};
 pub use relay::{serve, Node};
 pub use report::{NodeReport, Report};
 pub use sender::propagate;
-pub use sink::{check_file_name, ChunkSink, ChunkSource, FileSinkFactory, MemStore, SinkFactory};
+pub use sink::{
+    check_file_name, ChunkSink, ChunkSource, DiscardSinkFactory, FileSinkFactory, FileSource,
+    MemStore, SinkFactory,
+};

@@ -341,3 +341,117 @@ impl ChunkSink for FileSink {
         Ok(self.written.load(Ordering::Relaxed))
     }
 }
+
+// ---------------------------------------------------------------------------
+// A plain file as a source
+
+/// Serves the fixed-size chunks of a local file. For sending files that are
+/// not in a store, and for benchmarks.
+pub struct FileSource {
+    file: File,
+    index: HashMap<ChunkId, (u64, u32)>,
+}
+
+impl FileSource {
+    /// Reads `path` once, cutting it into `chunk_size` chunks and hashing
+    /// them; returns the source and the file's manifest.
+    pub fn open(path: &Path, chunk_size: usize) -> std::io::Result<(Arc<FileSource>, Manifest)> {
+        use std::io::Read;
+        let chunk_size = chunk_size.clamp(1, u32::MAX as usize);
+        let mut file = File::open(path)?;
+        let mut chunks = Vec::new();
+        let mut index = HashMap::new();
+        let mut buf = vec![0u8; chunk_size];
+        let mut off = 0u64;
+        loop {
+            let mut n = 0;
+            while n < chunk_size {
+                let r = file.read(&mut buf[n..])?;
+                if r == 0 {
+                    break;
+                }
+                n += r;
+            }
+            if n == 0 {
+                break;
+            }
+            let id = ChunkId::of(&buf[..n]);
+            chunks.push(crate::manifest::ChunkRef { id, len: n as u32 });
+            index.entry(id).or_insert((off, n as u32));
+            off += n as u64;
+            if n < chunk_size {
+                break;
+            }
+        }
+        Ok((Arc::new(FileSource { file, index }), Manifest { chunks }))
+    }
+}
+
+impl ChunkSource for FileSource {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        let (off, len) = self
+            .index
+            .get(id)
+            .ok_or_else(|| format!("chunk {id} not in file"))?;
+        let mut buf = vec![0u8; *len as usize];
+        self.file.read_exact_at(&mut buf, *off)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Discard
+
+/// A sink factory whose sinks hold nothing and keep nothing: every chunk is
+/// verified and relayed, then dropped. For measuring the chain itself.
+/// Such a node cannot resupply a successor after a bypass.
+#[derive(Default)]
+pub struct DiscardSinkFactory {
+    bytes: Arc<AtomicU64>,
+}
+
+impl DiscardSinkFactory {
+    /// A fresh factory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes "written" by all its sinks.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+struct DiscardSink {
+    total: Arc<AtomicU64>,
+    written: AtomicU64,
+}
+
+impl SinkFactory for DiscardSinkFactory {
+    fn open(&self, _info: &TransferInfo) -> Result<Arc<dyn ChunkSink>, BoxError> {
+        Ok(Arc::new(DiscardSink {
+            total: Arc::clone(&self.bytes),
+            written: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl ChunkSource for DiscardSink {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        Err(format!("discard sink keeps no chunks ({id})").into())
+    }
+}
+
+impl ChunkSink for DiscardSink {
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError> {
+        Ok(vec![false; ids.len()])
+    }
+    fn put(&self, _id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
+        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.total.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+    fn finish(&self, _manifest: &Manifest) -> Result<u64, BoxError> {
+        Ok(self.written.load(Ordering::Relaxed))
+    }
+}
