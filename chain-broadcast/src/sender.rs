@@ -111,7 +111,7 @@ pub async fn propagate(
     };
     let planned: u64 = needed.iter().map(|c| u64::from(c.len)).sum();
     if let Some(p) = &opts.progress {
-        p.bytes_planned.store(planned, Ordering::Relaxed);
+        p.bytes_planned.fetch_add(planned, Ordering::Relaxed);
     }
     info!(
         transfer = transfer_id,
@@ -170,4 +170,84 @@ pub async fn propagate(
         "propagation done"
     );
     Ok(report)
+}
+
+/// Cuts `nodes` into `fanout` chains of near-equal length, keeping the given
+/// order within each (so a topology-aware order keeps neighbours together).
+pub fn split_chains(nodes: &[SocketAddr], fanout: usize) -> Vec<Vec<SocketAddr>> {
+    let k = fanout.clamp(1, nodes.len().max(1));
+    let base = nodes.len() / k;
+    let extra = nodes.len() % k;
+    let mut out = Vec::with_capacity(k);
+    let mut at = 0;
+    for i in 0..k {
+        let n = base + usize::from(i < extra);
+        out.push(nodes[at..at + n].to_vec());
+        at += n;
+    }
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+/// A tree of chains: the sender feeds each chain of `chains` at once (so it
+/// sends up to `chains.len()` copies) and every chain relays as in
+/// [`propagate`]. Useful when one chain's per-hop delay or a single slow
+/// node would dominate. The report lists nodes chain after chain.
+pub async fn propagate_chains(
+    source: Arc<dyn ChunkSource>,
+    name: &str,
+    manifest: Arc<Manifest>,
+    chains: &[Vec<SocketAddr>],
+    opts: &Options,
+) -> Result<Report> {
+    let start = Instant::now();
+    let all: Vec<SocketAddr> = chains.iter().flatten().copied().collect();
+    let distinct: HashSet<&SocketAddr> = all.iter().collect();
+    if distinct.len() != all.len() {
+        return Err(Error::Invalid("a node appears twice in the tree".into()));
+    }
+    let mut opts = opts.clone();
+    let transfer_id = opts.transfer_id.unwrap_or_else(random_id);
+    opts.transfer_id = Some(transfer_id);
+    let runs = chains.iter().filter(|c| !c.is_empty()).map(|chain| {
+        propagate(
+            Arc::clone(&source),
+            name,
+            Arc::clone(&manifest),
+            chain,
+            &opts,
+        )
+    });
+    let mut nodes = Vec::with_capacity(all.len());
+    let mut bytes_sent = 0;
+    for r in futures::future::join_all(runs).await {
+        let r = r?;
+        bytes_sent += r.bytes_sent;
+        nodes.extend(r.nodes);
+    }
+    Ok(Report {
+        transfer_id,
+        nodes,
+        bytes_sent,
+        object_size: manifest.size(),
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_chains_keeps_order_and_balance() {
+        let nodes: Vec<SocketAddr> = (0..7)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 1)))
+            .collect();
+        let c = split_chains(&nodes, 3);
+        assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 2, 2]);
+        assert_eq!(c.concat(), nodes);
+        assert_eq!(split_chains(&nodes, 1), vec![nodes.clone()]);
+        assert_eq!(split_chains(&nodes, 100).len(), 7);
+        assert!(split_chains(&[], 3).is_empty());
+    }
 }

@@ -374,3 +374,113 @@ async fn file_sink_resumes_after_bypass() {
         assert!(got == data[..], "file differs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_of_chains_delivers_to_every_node() {
+    let data = random_bytes(1 << 20, 8);
+    let (src, manifest, _) = source_for(&data);
+    let stores: Vec<Arc<MemStore>> = (0..5).map(|_| MemStore::new()).collect();
+    let mut nodes = Vec::new();
+    for s in &stores {
+        nodes.push(node(s.factory()).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let chains = chain_broadcast::split_chains(&addrs, 2);
+    let source: Arc<dyn ChunkSource> = src.clone();
+    let report = chain_broadcast::propagate_chains(source, "disk.img", manifest, &chains, &opts())
+        .await
+        .expect("ran");
+    assert!(report.all_ok(), "{report:#?}");
+    assert_eq!(report.bytes_sent, 2 * data.len() as u64);
+    for s in &stores {
+        assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]));
+    }
+}
+
+/// A sink whose puts block until released: a node that is alive but stuck.
+struct Stuck {
+    inner: Arc<dyn ChunkSink>,
+    release: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ChunkSource for Stuck {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        self.inner.get(id)
+    }
+}
+
+impl ChunkSink for Stuck {
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError> {
+        self.inner.has(ids)
+    }
+    fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
+        for _ in 0..3000 {
+            if self.release.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.inner.put(id, data)
+    }
+    fn finish(&self, m: &Manifest) -> Result<u64, BoxError> {
+        self.inner.finish(m)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_nodes_are_bypassed_after_timeouts() {
+    let data = random_bytes(4 << 20, 9);
+    let (src, manifest, _) = source_for(&data);
+    let fast = Options {
+        connect_timeout: Duration::from_millis(500),
+        io_timeout: Duration::from_millis(500),
+        finish_timeout: Duration::from_secs(10),
+        ..Options::default()
+    };
+
+    // Accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hole_addr = hole.local_addr().expect("addr");
+    let hole_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    // Answers HELLO, then stops storing (and so, soon, reading).
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stuck_store = MemStore::new();
+    let stuck = {
+        let inner = stuck_store.factory();
+        let release = Arc::clone(&release);
+        node(Arc::new(
+            move |info: &TransferInfo| -> Result<Arc<dyn ChunkSink>, BoxError> {
+                Ok(Arc::new(Stuck {
+                    inner: inner.open(info)?,
+                    release: Arc::clone(&release),
+                }))
+            },
+        ))
+        .await
+    };
+    let (s1, s2) = (MemStore::new(), MemStore::new());
+    let (n1, n2) = (node(s1.factory()).await, node(s2.factory()).await);
+    let addrs = [hole_addr, n1.addr(), stuck.addr(), n2.addr()];
+    let started = std::time::Instant::now();
+    let report = run(&src, &manifest, &addrs, &fast).await;
+    release.store(true, Ordering::SeqCst);
+    hole_task.abort();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!report.node(hole_addr).expect("listed").ok);
+    assert!(
+        !report.node(stuck.addr()).expect("listed").ok,
+        "{report:#?}"
+    );
+    assert!(report.node(n1.addr()).expect("listed").ok, "{report:#?}");
+    assert!(report.node(n2.addr()).expect("listed").ok, "{report:#?}");
+    assert_eq!(s1.object("disk.img").as_deref(), Some(&data[..]));
+    assert_eq!(s2.object("disk.img").as_deref(), Some(&data[..]));
+    assert!(stuck_store.object("disk.img").is_none());
+}
