@@ -1,0 +1,136 @@
+use crate::{bucket, code, raw_request, Server, AK};
+
+#[tokio::test]
+async fn bad_credentials() {
+    let s = Server::start().await;
+    bucket(&s.client(), "bkt").await;
+    let e = s
+        .client_with(AK, "wrong-secret")
+        .list_buckets()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "SignatureDoesNotMatch");
+    let e = s
+        .client_with("AKIDNOBODY", "whatever")
+        .put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidAccessKeyId");
+    let e = s
+        .client_with(AK, "wrong-secret")
+        .put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(vec![1u8; 100_000].into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "SignatureDoesNotMatch");
+    assert_eq!(s.backend.object_count("bkt"), 0);
+}
+
+#[tokio::test]
+async fn error_documents() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let url = c
+        .get_object()
+        .bucket("bkt")
+        .key("nope/x")
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(
+                60,
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (st, h, b) = raw_request("GET", url.uri(), &[], vec![]).await;
+    let b = String::from_utf8_lossy(&b);
+    assert_eq!(st, 404);
+    let id = h.get("x-amz-request-id").unwrap().to_str().unwrap();
+    assert!(b.contains("<Code>NoSuchKey</Code>"), "{b}");
+    assert!(b.contains("<Resource>/bkt/nope/x</Resource>"), "{b}");
+    assert!(b.contains(&format!("<RequestId>{id}</RequestId>")), "{b}");
+    assert_eq!(h.get("content-type").unwrap(), "application/xml");
+
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("missing")
+        .send()
+        .await
+        .unwrap_err();
+    let meta = aws_sdk_s3::error::ProvideErrorMetadata::meta(e.as_service_error().unwrap());
+    assert!(meta.message().is_some());
+}
+
+#[tokio::test]
+async fn metrics_are_recorded() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    c.put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(vec![0u8; 1000].into())
+        .send()
+        .await
+        .unwrap();
+    c.get_object().bucket("bkt").key("k").send().await.unwrap();
+    let _ = c.get_object().bucket("bkt").key("missing").send().await;
+    let text = s.metrics.render_prometheus();
+    assert!(
+        text.contains("s3_requests_total{op=\"PutObject\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s3_requests_total{op=\"GetObject\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s3_requests_total{op=\"GetObject\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s3_bytes_out_total{op=\"GetObject\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s3_bytes_in_total{op=\"PutObject\"} 1000"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_uploads_are_refused_early() {
+    let config = s3_compat::S3Config {
+        max_object_size: 1000,
+        ..Default::default()
+    };
+    let s = Server::start_with(config).await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(vec![0u8; 1001].into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "EntityTooLarge");
+    c.put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(vec![0u8; 1000].into())
+        .send()
+        .await
+        .unwrap();
+}

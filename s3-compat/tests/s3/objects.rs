@@ -1,0 +1,946 @@
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, Delete, ObjectIdentifier};
+use md5::{Digest, Md5};
+
+use crate::{bucket, code, data, raw_request, Server};
+
+fn status<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn put_get_head_delete() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let body = data(300_000, 1);
+    let put = c
+        .put_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .body(body.clone().into())
+        .content_type("application/x-test")
+        .content_disposition("attachment; filename=\"a.bin\"")
+        .cache_control("max-age=60")
+        .expires(aws_sdk_s3::primitives::DateTime::from_secs(1_900_000_000))
+        .metadata("color", "blue")
+        .metadata("strato-chunking", "fixed:65536")
+        .send()
+        .await
+        .unwrap();
+    let md5 = hex::encode(Md5::digest(&body));
+    assert_eq!(put.e_tag(), Some(format!("\"{md5}\"").as_str()));
+
+    let got = c
+        .get_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.e_tag(), Some(format!("\"{md5}\"").as_str()));
+    assert_eq!(got.content_length(), Some(body.len() as i64));
+    assert_eq!(got.content_type(), Some("application/x-test"));
+    assert_eq!(
+        got.content_disposition(),
+        Some("attachment; filename=\"a.bin\"")
+    );
+    assert_eq!(got.cache_control(), Some("max-age=60"));
+    assert_eq!(got.accept_ranges(), Some("bytes"));
+    assert_eq!(
+        got.content_encoding(),
+        None,
+        "aws-chunked must not be stored"
+    );
+    assert_eq!(
+        got.metadata().unwrap().get("color").map(String::as_str),
+        Some("blue")
+    );
+    assert_eq!(got.expires_string(), Some("Sun, 17 Mar 2030 17:46:40 GMT"));
+    let bytes = got.body.collect().await.unwrap().into_bytes();
+    assert_eq!(bytes.as_ref(), body.as_slice());
+
+    let head = c
+        .head_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(body.len() as i64));
+    assert_eq!(head.accept_ranges(), Some("bytes"));
+    assert_eq!(
+        head.metadata().unwrap().get("color").map(String::as_str),
+        Some("blue")
+    );
+
+    // The store sees the chunking choice and clean attributes.
+    let attrs = s.backend.object_attrs("bkt", "dir/obj.bin").unwrap();
+    assert_eq!(
+        attrs
+            .user_metadata
+            .get("strato-chunking")
+            .map(String::as_str),
+        Some("fixed:65536")
+    );
+    assert_eq!(attrs.content_encoding, None);
+
+    c.delete_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .send()
+        .await
+        .unwrap();
+    // Idempotent.
+    c.delete_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .send()
+        .await
+        .unwrap();
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchKey");
+    let e = c
+        .head_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(404));
+
+    // Empty objects work too.
+    c.put_object()
+        .bucket("bkt")
+        .key("empty")
+        .body(Vec::new().into())
+        .send()
+        .await
+        .unwrap();
+    let got = c
+        .get_object()
+        .bucket("bkt")
+        .key("empty")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_length(), Some(0));
+    assert_eq!(got.e_tag(), Some("\"d41d8cd98f00b204e9800998ecf8427e\""));
+}
+
+#[tokio::test]
+async fn odd_keys() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    for key in [
+        "../x",
+        "a/../../etc/passwd",
+        "sp ace+plus%percent",
+        "ünï/cødé",
+        "a//b",
+    ] {
+        c.put_object()
+            .bucket("bkt")
+            .key(key)
+            .body(key.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+        let got = c.get_object().bucket("bkt").key(key).send().await.unwrap();
+        let b = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(b.as_ref(), key.as_bytes(), "{key}");
+    }
+    assert!(s.backend.object_data("bkt", "../x").is_some());
+
+    let long = "k".repeat(1025);
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key(&long)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "KeyTooLongError");
+    let ok = "k".repeat(1024);
+    c.put_object()
+        .bucket("bkt")
+        .key(&ok)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key("nul\0key")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(400), "{e:?}");
+    assert_eq!(s.backend.object_count("bkt"), 6);
+}
+
+#[tokio::test]
+async fn ranges() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let body = data(100_000, 2);
+    c.put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(body.clone().into())
+        .send()
+        .await
+        .unwrap();
+
+    let cases: [(&str, std::ops::Range<usize>); 5] = [
+        ("bytes=0-0", 0..1),
+        ("bytes=10-19", 10..20),
+        ("bytes=99990-", 99_990..100_000),
+        ("bytes=-5", 99_995..100_000),
+        ("bytes=50000-999999", 50_000..100_000),
+    ];
+    for (h, r) in cases {
+        let got = c
+            .get_object()
+            .bucket("bkt")
+            .key("k")
+            .range(h)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            got.content_range(),
+            Some(format!("bytes {}-{}/100000", r.start, r.end - 1).as_str()),
+            "{h}"
+        );
+        assert_eq!(got.content_length(), Some((r.end - r.start) as i64));
+        let b = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(b.as_ref(), &body[r], "{h}");
+    }
+
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("k")
+        .range("bytes=100000-")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidRange");
+    assert_eq!(status(&e), Some(416));
+
+    // Plain HTTP: 206 status, Content-Range, no whole-object checksum.
+    let url = c
+        .get_object()
+        .bucket("bkt")
+        .key("k")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let (st, h, b) = raw_request(
+        "GET",
+        url.uri(),
+        &[("range", "bytes=1-3"), ("x-amz-checksum-mode", "ENABLED")],
+        vec![],
+    )
+    .await;
+    assert_eq!(st, 206);
+    assert_eq!(h.get("content-range").unwrap(), "bytes 1-3/100000");
+    assert_eq!(h.get("accept-ranges").unwrap(), "bytes");
+    assert_eq!(b, &body[1..4]);
+    assert!(
+        h.keys().all(|k| !k.as_str().starts_with("x-amz-checksum")),
+        "{h:?}"
+    );
+    let (st, _, _) = raw_request("GET", url.uri(), &[("range", "bytes=200000-")], vec![]).await;
+    assert_eq!(st, 416);
+}
+
+#[tokio::test]
+async fn head_first_like_qemu() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    c.put_object()
+        .bucket("bkt")
+        .key("img")
+        .body(data(4096, 3).into())
+        .send()
+        .await
+        .unwrap();
+    let url = c
+        .head_object()
+        .bucket("bkt")
+        .key("img")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let (st, h, b) = raw_request("HEAD", url.uri(), &[], vec![]).await;
+    assert_eq!(st, 200);
+    assert_eq!(h.get("accept-ranges").unwrap(), "bytes");
+    assert_eq!(h.get("content-length").unwrap(), "4096");
+    assert!(b.is_empty());
+}
+
+#[tokio::test]
+async fn checksums() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let body = data(200_000, 4);
+
+    // The SDK's default CRC32, then explicit other algorithms.
+    for alg in [
+        None,
+        Some(ChecksumAlgorithm::Crc32C),
+        Some(ChecksumAlgorithm::Crc64Nvme),
+        Some(ChecksumAlgorithm::Sha1),
+        Some(ChecksumAlgorithm::Sha256),
+    ] {
+        let key = format!("k-{alg:?}");
+        let mut req = c
+            .put_object()
+            .bucket("bkt")
+            .key(&key)
+            .body(body.clone().into());
+        if let Some(a) = &alg {
+            req = req.checksum_algorithm(a.clone());
+        }
+        req.send().await.unwrap();
+        let attrs = s.backend.object_attrs("bkt", &key).unwrap();
+        let name = alg.as_ref().map_or("CRC32", |a| a.as_str());
+        assert!(attrs.checksums.contains_key(name), "{key}: {attrs:?}");
+
+        let got = c
+            .get_object()
+            .bucket("bkt")
+            .key(&key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        let returned = [
+            got.checksum_crc32(),
+            got.checksum_crc32_c(),
+            got.checksum_crc64_nvme(),
+            got.checksum_sha1(),
+            got.checksum_sha256(),
+        ];
+        assert_eq!(returned.iter().flatten().count(), 1, "{key}");
+        // The SDK validates the returned checksum while reading.
+        let b = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(b.as_ref(), body.as_slice());
+
+        // Never on a 206.
+        let got = c
+            .get_object()
+            .bucket("bkt")
+            .key(&key)
+            .range("bytes=0-99")
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        assert!(got.checksum_crc32().is_none() && got.checksum_crc64_nvme().is_none());
+        let b = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(b.as_ref(), &body[..100]);
+    }
+}
+
+#[tokio::test]
+async fn streaming_upload_with_trailer_checksum() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let body = data(3 << 20, 8);
+    let path = std::env::temp_dir().join(format!(
+        "s3-compat-test-{}-{}",
+        std::process::id(),
+        s.addr.port()
+    ));
+    std::fs::write(&path, &body).unwrap();
+    let stream = ByteStream::from_path(&path).await.unwrap();
+    c.put_object()
+        .bucket("bkt")
+        .key("file")
+        .body(stream)
+        .send()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    // The SDK sent the body aws-chunked with an x-amz-checksum-crc32 trailer.
+    assert_eq!(
+        s.backend
+            .trailer_checksums
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let got = c
+        .get_object()
+        .bucket("bkt")
+        .key("file")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert!(got.checksum_crc32().is_some());
+    assert_eq!(got.content_encoding(), None);
+    let b = got.body.collect().await.unwrap().into_bytes();
+    assert!(b.as_ref() == body.as_slice());
+}
+
+/// An aws-chunked body with an unsigned trailer, built by hand.
+fn chunked(data: &[u8], chunk: usize, trailer: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in data.chunks(chunk) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("0\r\n{trailer}\r\n\r\n").as_bytes());
+    out
+}
+
+async fn put_chunked(s: &Server, key: &str, body: &[u8], chunk: usize, crc: &str) -> (u16, String) {
+    let len = body.len().to_string();
+    let wire = chunked(body, chunk, &format!("x-amz-checksum-crc32:{crc}"));
+    let (st, _, b) = crate::signed_request_with(
+        "PUT",
+        s.addr,
+        &format!("/bkt/{key}"),
+        &[
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", &len),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+            ("x-amz-sdk-checksum-algorithm", "CRC32"),
+        ],
+        Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        wire,
+    )
+    .await;
+    (st, String::from_utf8_lossy(&b).into_owned())
+}
+
+#[tokio::test]
+async fn trailer_checksum_mismatch_stores_nothing() {
+    let s = Server::start().await;
+    bucket(&s.client(), "bkt").await;
+    let (st, b) = put_chunked(&s, "bad", b"hello world", 4, "AAAAAA==").await;
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("<Code>BadDigest</Code>"), "{b}");
+    assert_eq!(s.backend.object_count("bkt"), 0);
+    let (st, b) = put_chunked(&s, "good", b"hello world", 4, "DUoRhQ==").await;
+    assert_eq!(st, 200, "{b}");
+    let attrs = s.backend.object_attrs("bkt", "good").unwrap();
+    assert_eq!(
+        attrs.checksums.get("CRC32").map(String::as_str),
+        Some("DUoRhQ==")
+    );
+    assert_eq!(attrs.content_encoding, None);
+    assert_eq!(
+        s.backend.object_data("bkt", "good").unwrap().as_ref(),
+        b"hello world"
+    );
+}
+
+#[tokio::test]
+async fn oversized_signed_chunks_are_refused() {
+    let config = s3_compat::S3Config {
+        max_signed_chunk_size: 1024,
+        ..Default::default()
+    };
+    let s = Server::start_with(config).await;
+    bucket(&s.client(), "bkt").await;
+    let body = data(5000, 1);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&body);
+    let crc = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        h.finalize().to_be_bytes(),
+    );
+    let (st, b) = put_chunked(&s, "big-chunks", &body, 2048, &crc).await;
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("<Code>InvalidRequest</Code>"), "{b}");
+    assert_eq!(s.backend.object_count("bkt"), 0);
+    let (st, b) = put_chunked(&s, "small-chunks", &body, 1024, &crc).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        s.backend
+            .object_data("bkt", "small-chunks")
+            .unwrap()
+            .as_ref(),
+        body.as_slice()
+    );
+}
+
+#[tokio::test]
+async fn checksum_mismatch_stores_nothing() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key("bad")
+        .body(b"hello world".to_vec().into())
+        .checksum_crc32("AAAAAA==")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "BadDigest", "{e:?}");
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key("bad")
+        .body(b"hello world".to_vec().into())
+        .content_md5("AAAAAAAAAAAAAAAAAAAAAA==")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "BadDigest", "{e:?}");
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key("bad")
+        .body(b"hello world".to_vec().into())
+        .checksum_sha256("not base64!")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(400), "{e:?}");
+    assert_eq!(s.backend.object_count("bkt"), 0);
+
+    // The right values pass.
+    c.put_object()
+        .bucket("bkt")
+        .key("good")
+        .body(b"hello world".to_vec().into())
+        .checksum_crc32("DUoRhQ==")
+        .content_md5("XrY7u+Ae7tCTyyK7j1rNww==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.backend.object_count("bkt"), 1);
+}
+
+#[tokio::test]
+async fn truncated_upload_stores_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let url = c
+        .put_object()
+        .bucket("bkt")
+        .key("trunc")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let uri: http::Uri = url.uri().parse().unwrap();
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nContent-Length: 1000\r\n\r\n",
+        uri.path_and_query().unwrap(),
+        s.addr
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&[7u8; 100]).await.unwrap();
+    sock.shutdown().await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut resp)).await;
+    // Give the server a moment in case it is still unwinding the request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        s.backend.object_count("bkt"),
+        0,
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+
+    // The same presigned URL with the full body works.
+    let (st, _, _) = raw_request("PUT", url.uri(), &[], vec![7u8; 1000]).await;
+    assert_eq!(st, 200);
+    assert_eq!(s.backend.object_count("bkt"), 1);
+}
+
+#[tokio::test]
+async fn conditional_reads() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let put = c
+        .put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(b"v1".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let etag = put.e_tag().unwrap().to_owned();
+    let head = c.head_object().bucket("bkt").key("k").send().await.unwrap();
+    let lm = *head.last_modified().unwrap();
+    let later = aws_sdk_s3::primitives::DateTime::from_secs(lm.secs() + 3600);
+    let earlier = aws_sdk_s3::primitives::DateTime::from_secs(lm.secs() - 3600);
+
+    c.get_object()
+        .bucket("bkt")
+        .key("k")
+        .if_match(&etag)
+        .send()
+        .await
+        .unwrap();
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("k")
+        .if_match("\"nope\"")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(412));
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("k")
+        .if_none_match(&etag)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(304));
+    c.get_object()
+        .bucket("bkt")
+        .key("k")
+        .if_none_match("\"other\"")
+        .send()
+        .await
+        .unwrap();
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("k")
+        .if_modified_since(later)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(304));
+    c.get_object()
+        .bucket("bkt")
+        .key("k")
+        .if_modified_since(earlier)
+        .send()
+        .await
+        .unwrap();
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("k")
+        .if_unmodified_since(earlier)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(412));
+    let e = c
+        .head_object()
+        .bucket("bkt")
+        .key("k")
+        .if_none_match(&etag)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(304));
+    let e = c
+        .head_object()
+        .bucket("bkt")
+        .key("k")
+        .if_match("\"x\"")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(412));
+}
+
+#[tokio::test]
+async fn conditional_writes_race() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.put_object()
+                .bucket("bkt")
+                .key("once")
+                .if_none_match("*")
+                .body(vec![i; 10_000].into())
+                .send()
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(code(&e), "PreconditionFailed"),
+        }
+    }
+    assert_eq!(ok, 1);
+
+    // If-Match: replaces only the version the writer saw.
+    let cur = c
+        .head_object()
+        .bucket("bkt")
+        .key("once")
+        .send()
+        .await
+        .unwrap();
+    let etag = cur.e_tag().unwrap().to_owned();
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key("once")
+        .if_match("\"0123\"")
+        .body(b"new".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "PreconditionFailed");
+    c.put_object()
+        .bucket("bkt")
+        .key("once")
+        .if_match(&etag)
+        .body(b"new".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.backend.object_data("bkt", "once").unwrap().as_ref(),
+        b"new"
+    );
+}
+
+#[tokio::test]
+async fn copy_object() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    bucket(&c, "bkt2").await;
+    let body = data(50_000, 5);
+    let put = c
+        .put_object()
+        .bucket("bkt")
+        .key("src")
+        .body(body.clone().into())
+        .content_type("text/plain")
+        .metadata("m", "1")
+        .send()
+        .await
+        .unwrap();
+
+    let out = c
+        .copy_object()
+        .bucket("bkt2")
+        .key("dst")
+        .copy_source("bkt/src")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.copy_object_result().unwrap().e_tag(), put.e_tag());
+    let got = c
+        .get_object()
+        .bucket("bkt2")
+        .key("dst")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_type(), Some("text/plain"));
+    assert_eq!(
+        got.metadata().unwrap().get("m").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().as_ref(),
+        body.as_slice()
+    );
+
+    c.copy_object()
+        .bucket("bkt2")
+        .key("dst2")
+        .copy_source("bkt/src")
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .content_type("application/json")
+        .metadata("n", "2")
+        .send()
+        .await
+        .unwrap();
+    let got = c
+        .head_object()
+        .bucket("bkt2")
+        .key("dst2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_type(), Some("application/json"));
+    let md = got.metadata().unwrap();
+    assert_eq!(
+        (md.get("m"), md.get("n").map(String::as_str)),
+        (None, Some("2"))
+    );
+
+    // Copy onto itself needs REPLACE.
+    let e = c
+        .copy_object()
+        .bucket("bkt")
+        .key("src")
+        .copy_source("bkt/src")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest");
+
+    let e = c
+        .copy_object()
+        .bucket("bkt2")
+        .key("dst3")
+        .copy_source("bkt/src")
+        .copy_source_if_match("\"wrong\"")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "PreconditionFailed");
+    c.copy_object()
+        .bucket("bkt2")
+        .key("dst3")
+        .copy_source("bkt/src")
+        .copy_source_if_match(put.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let e = c
+        .copy_object()
+        .bucket("bkt2")
+        .key("dst4")
+        .copy_source("bkt/missing")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchKey");
+    // Keys needing URL-encoding in the copy source.
+    c.put_object()
+        .bucket("bkt")
+        .key("a b/ü+")
+        .body(b"z".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    c.copy_object()
+        .bucket("bkt2")
+        .key("enc")
+        .copy_source("bkt/a%20b/%C3%BC%2B")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.backend.object_data("bkt2", "enc").unwrap().as_ref(), b"z");
+}
+
+#[tokio::test]
+async fn delete_objects() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    for k in ["a", "bkt", "c"] {
+        c.put_object()
+            .bucket("bkt")
+            .key(k)
+            .body(b"x".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let del = Delete::builder()
+        .objects(ObjectIdentifier::builder().key("a").build().unwrap())
+        .objects(
+            ObjectIdentifier::builder()
+                .key("bkt")
+                .version_id("null")
+                .build()
+                .unwrap(),
+        )
+        .objects(ObjectIdentifier::builder().key("missing").build().unwrap())
+        .build()
+        .unwrap();
+    let out = c
+        .delete_objects()
+        .bucket("bkt")
+        .delete(del)
+        .send()
+        .await
+        .unwrap();
+    let mut deleted: Vec<_> = out.deleted().iter().filter_map(|d| d.key()).collect();
+    deleted.sort();
+    assert_eq!(deleted, ["a", "bkt", "missing"]);
+    assert!(out.errors().is_empty());
+    assert_eq!(s.backend.object_count("bkt"), 1);
+}
+
+#[tokio::test]
+async fn presigned_get_with_plain_http() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let body = data(10_000, 6);
+    c.put_object()
+        .bucket("bkt")
+        .key("p/q r")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .unwrap();
+    let url = c
+        .get_object()
+        .bucket("bkt")
+        .key("p/q r")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
+        .await
+        .unwrap();
+    let (st, h, b) = raw_request("GET", url.uri(), &[], vec![]).await;
+    assert_eq!(st, 200);
+    assert_eq!(b, body);
+    assert!(h.contains_key("x-amz-request-id"));
+
+    // Tampering breaks the signature.
+    let bad = url.uri().replace("p/q%20r", "p/other");
+    let (st, _, b) = raw_request("GET", &bad, &[], vec![]).await;
+    assert_eq!(st, 403);
+    assert!(String::from_utf8_lossy(&b).contains("SignatureDoesNotMatch"));
+
+    // More than a week is refused outright.
+    let long = url
+        .uri()
+        .replace("X-Amz-Expires=300", "X-Amz-Expires=604801");
+    assert_ne!(long, url.uri());
+    let (st, _, b) = raw_request("GET", &long, &[], vec![]).await;
+    assert_eq!(st, 400);
+    assert!(
+        String::from_utf8_lossy(&b).contains("AuthorizationQueryParametersError"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+}
