@@ -52,6 +52,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads and drops everything until the peer closes (or fails).
+    pub async fn discard_until_eof(&mut self) {
+        self.buf.clear();
+        let mut scratch = vec![0u8; 64 << 10];
+        while let Ok(n) = self.inner.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
     /// The next frame within `limit`; end of stream is an error.
     pub async fn read_timeout(&mut self, limit: Duration, what: &'static str) -> Result<Frame> {
         match tokio::time::timeout(limit, self.read_frame()).await {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -65,10 +65,37 @@ struct Link {
     /// Nodes after this one.
     rest: usize,
     w: FrameWriter<OwnedWriteHalf>,
-    r: FrameReader<OwnedReadHalf>,
+    /// Frames from the link, read by a task of their own so an ERROR sent
+    /// mid-stream is seen at once (and before any reset can discard it).
+    events: mpsc::Receiver<Result<Frame>>,
+    _reader: AbortOnDrop<()>,
     have: Vec<bool>,
     needs: HashSet<ChunkId>,
     sent: HashSet<ChunkId>,
+}
+
+impl Link {
+    /// Before END the link has nothing to say; anything it says is a failure.
+    fn early_event(&mut self) -> Option<Error> {
+        match self.events.try_recv() {
+            Ok(Ok(Frame::Error(e))) => Some(Error::Peer(e)),
+            Ok(Ok(f)) => Some(Error::Unexpected {
+                expected: "nothing before END",
+                got: f.kind_name(),
+            }),
+            Ok(Err(e)) => Some(e),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub(crate) struct Downstream {
@@ -193,11 +220,26 @@ impl Downstream {
             .filter(|(_, h)| !**h)
             .map(|(c, _)| c.id)
             .collect();
+        let (tx, events) = mpsc::channel(8);
+        let reader = tokio::spawn(async move {
+            loop {
+                let ev = match r.read_frame().await {
+                    Ok(Some(f)) => Ok(f),
+                    Ok(None) => Err(Error::Closed("REPORT")),
+                    Err(e) => Err(e),
+                };
+                let last = ev.is_err();
+                if tx.send(ev).await.is_err() || last {
+                    return;
+                }
+            }
+        });
         Ok(Link {
             addr,
             rest,
             w,
-            r,
+            events,
+            _reader: AbortOnDrop(reader),
             have,
             needs,
             sent: HashSet::new(),
@@ -213,13 +255,12 @@ impl Downstream {
                 return;
             };
             // A peer that refused our data usually said why first.
-            if let Ok(Ok(Frame::Error(reason))) = tokio::time::timeout(
-                Duration::from_millis(200),
-                link.r.read_timeout(Duration::from_millis(200), "ERROR"),
-            )
-            .await
-            {
-                err = Error::Peer(reason);
+            if !matches!(err, Error::Peer(_)) {
+                if let Ok(Some(Ok(Frame::Error(reason)))) =
+                    tokio::time::timeout(Duration::from_millis(200), link.events.recv()).await
+                {
+                    err = Error::Peer(reason);
+                }
             }
             warn!(addr = %link.addr, error = %err, "downstream node failed, bypassing it");
             self.reports
@@ -292,6 +333,10 @@ impl Downstream {
         let Some(link) = self.link.as_mut() else {
             return;
         };
+        if let Some(e) = link.early_event() {
+            // The bypass resends `id` too: it is in `received` already.
+            return self.bypass(e, resupply).await;
+        }
         if !link.needs.contains(&id) || link.sent.contains(&id) {
             return;
         }
@@ -304,6 +349,7 @@ impl Downstream {
                     p.chunks_sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // As above, the bypass resends `id`.
             Err(e) => self.bypass(e, resupply).await,
         }
     }
@@ -348,7 +394,17 @@ impl Downstream {
                     // Nodes send KEEPALIVE while they finish, so silence
                     // longer than the io limit means the node is gone.
                     let wait = left.min(io.max(patience));
-                    match link.r.read_timeout(wait, "REPORT").await? {
+                    let ev = match tokio::time::timeout(wait, link.events.recv()).await {
+                        Ok(Some(ev)) => ev?,
+                        Ok(None) => return Err(Error::Closed("REPORT")),
+                        Err(_) => {
+                            return Err(Error::Timeout {
+                                what: "waiting for REPORT",
+                                secs: wait.as_secs_f64(),
+                            })
+                        }
+                    };
+                    match ev {
                         Frame::Report(v) => return Ok(v),
                         Frame::Keepalive => continue,
                         Frame::Error(e) => return Err(Error::Peer(e)),

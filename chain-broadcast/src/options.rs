@@ -19,9 +19,9 @@ pub struct Options {
     pub finish_timeout: Duration,
     /// Largest frame accepted (bounds chunk size and manifest size).
     pub max_frame: u32,
-    /// Chunks queued between the stages of one hop (reader → store, reader →
-    /// forwarder). Memory per hop is about `2 × queue_chunks × chunk size`.
-    pub queue_chunks: usize,
+    /// Bytes of chunks queued between the sender's reader and its socket.
+    /// Queues hold whole chunks: at least 2, at most 1024.
+    pub queue_bytes: usize,
     /// Transfer id; random if `None`.
     pub transfer_id: Option<u64>,
     /// Live counters for progress bars and benchmarks.
@@ -35,7 +35,7 @@ impl Default for Options {
             io_timeout: Duration::from_secs(20),
             finish_timeout: Duration::from_secs(600),
             max_frame: DEFAULT_MAX_FRAME,
-            queue_chunks: 32,
+            queue_bytes: 8 << 20,
             transfer_id: None,
             progress: None,
         }
@@ -50,8 +50,10 @@ pub struct ServeOptions {
     pub hello_timeout: Duration,
     /// Largest frame accepted.
     pub max_frame: u32,
-    /// Chunks queued between the stages of one hop.
-    pub queue_chunks: usize,
+    /// Bytes of chunks queued between the stages of one hop (reader → store,
+    /// reader → forwarder). Memory per transfer is about twice this plus
+    /// socket buffers, whatever the object size.
+    pub queue_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -59,7 +61,7 @@ impl Default for ServeOptions {
         ServeOptions {
             hello_timeout: Duration::from_secs(20),
             max_frame: DEFAULT_MAX_FRAME,
-            queue_chunks: 32,
+            queue_bytes: 8 << 20,
         }
     }
 }
@@ -88,4 +90,17 @@ impl Progress {
             self.bytes_planned.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Capacity, in chunks, of a queue holding about `bytes` of `manifest`'s
+/// largest chunks.
+pub(crate) fn queue_len(bytes: usize, manifest: &crate::manifest::Manifest) -> usize {
+    let biggest = manifest
+        .chunks
+        .iter()
+        .map(|c| c.len as usize)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    (bytes / biggest).clamp(2, 1024)
 }

@@ -23,10 +23,10 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{FrameReader, FrameWriter};
 use crate::error::{BoxError, Error, Result};
-use crate::forward::{pump, Ctx, Downstream, Input, Resupply};
+use crate::forward::{pump, AbortOnDrop, Ctx, Downstream, Input, Resupply};
 use crate::frame::Frame;
 use crate::manifest::{ChunkId, TransferInfo};
-use crate::options::ServeOptions;
+use crate::options::{queue_len, ServeOptions};
 use crate::report::NodeReport;
 use crate::sink::{ChunkSink, SinkFactory};
 
@@ -89,15 +89,6 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Aborts a task when dropped, so a killed session takes its stages with it.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -221,6 +212,10 @@ async fn session(
         warn!(%peer, error = %e, "chain transfer failed");
         // Best effort: the upstream may be gone already.
         let _ = up_w.send_now(&Frame::Error(e.to_string())).await;
+        // Closing with unread input would reset the connection, and a reset
+        // can destroy the ERROR before the upstream reads it. Drain until
+        // the upstream, having read it, hangs up.
+        let _ = tokio::time::timeout(Duration::from_secs(2), up_r.discard_until_eof()).await;
     }
 }
 
@@ -302,7 +297,7 @@ async fn run(
     up_w.send_now(&Frame::Have(my_have)).await?;
 
     let avail = Arc::new(Avail::default());
-    let (wtx, wrx) = mpsc::channel::<(ChunkId, Bytes)>(opts.queue_chunks.max(1));
+    let (wtx, wrx) = mpsc::channel::<(ChunkId, Bytes)>(queue_len(opts.queue_bytes, &manifest));
     let store = {
         let (sink, avail) = (Arc::clone(&sink), Arc::clone(&avail));
         tokio::task::spawn_blocking(move || store_stage(sink, wrx, avail))
@@ -329,7 +324,7 @@ async fn run(
             })
         })
     };
-    let (ftx, frx) = mpsc::channel::<Input>(opts.queue_chunks.max(1));
+    let (ftx, frx) = mpsc::channel::<Input>(queue_len(opts.queue_bytes, &manifest));
     let fwd = AbortOnDrop(tokio::spawn(pump(ds, frx, resupply)));
 
     let lens = manifest.lengths();

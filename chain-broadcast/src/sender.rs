@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::forward::{pump, Ctx, Downstream, Input, Resupply};
 use crate::frame::{MAX_CHAIN, MAX_NAME};
 use crate::manifest::{ChunkId, ChunkRef, Manifest, TransferInfo};
-use crate::options::Options;
+use crate::options::{queue_len, Options};
 use crate::relay::blocking;
 use crate::report::{assemble, Report};
 use crate::sink::ChunkSource;
@@ -123,7 +123,7 @@ pub async fn propagate(
     );
     ds.set_expected(needed.iter().map(|c| c.id).collect());
 
-    let (tx, rx) = mpsc::channel::<Input>(opts.queue_chunks.max(1));
+    let (tx, rx) = mpsc::channel::<Input>(queue_len(opts.queue_bytes, &manifest));
     let producer = {
         let source = Arc::clone(&source);
         tokio::task::spawn_blocking(move || -> Result<()> {
