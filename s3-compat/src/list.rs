@@ -21,7 +21,7 @@ pub(crate) struct ListParams {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Entry {
-    Object(ObjectInfo),
+    Object(Box<ObjectInfo>),
     Prefix(String),
 }
 
@@ -38,7 +38,7 @@ pub(crate) struct Listing {
 impl Listing {
     pub(crate) fn objects(&self) -> impl Iterator<Item = &ObjectInfo> {
         self.entries.iter().filter_map(|e| match e {
-            Entry::Object(o) => Some(o),
+            Entry::Object(o) => Some(o.as_ref()),
             Entry::Prefix(_) => None,
         })
     }
@@ -89,7 +89,7 @@ pub(crate) async fn list(
                     }
                     Entry::Prefix(cp.to_owned())
                 }
-                None => Entry::Object(obj),
+                None => Entry::Object(Box::new(obj)),
             };
             if out.entries.len() >= params.max_keys {
                 out.is_truncated = true;

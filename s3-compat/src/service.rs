@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 use crate::adapter::{Adapter, ReqCtx};
 use crate::auth::{CredentialStore, User};
 use crate::backend::{Backend, BackendError, ByteStream};
-use crate::body::{classify_transport, BodyErrorSlot, ChunkCap};
+use crate::body::{classify_transport, ChunkCap};
 use crate::config::S3Config;
 use crate::error::{backend_error, error_xml, parse_error_xml};
 use crate::metrics::{MetricsSink, RequestRecord};
@@ -190,6 +190,8 @@ impl S3Service {
             method = %method,
             path = %path,
             op = tracing::field::Empty,
+            bucket = tracing::field::Empty,
+            key = tracing::field::Empty,
             status = tracing::field::Empty,
         );
         let bytes_in = header_u64(req.headers(), "x-amz-decoded-content-length")
@@ -201,6 +203,13 @@ impl S3Service {
         let status = resp.status().as_u16();
         let op = ctx.op();
         span.record("op", op.as_str());
+        let (bucket, key) = ctx.target();
+        if let Some(b) = &bucket {
+            span.record("bucket", b.as_str());
+        }
+        if let Some(k) = &key {
+            span.record("key", k.as_str());
+        }
         span.record("status", status);
         let latency = t0.elapsed();
         span.in_scope(|| tracing::info!(latency_ms = latency.as_millis() as u64, "request"));
@@ -425,10 +434,14 @@ impl S3Access for Access {
         if let Some(ctx) = &ctx {
             ctx.set_op(op);
         }
-        let bucket = match cx.s3_path() {
-            S3Path::Root => None,
-            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
+        let (bucket, key) = match cx.s3_path() {
+            S3Path::Root => (None, None),
+            S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
+            S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
         };
+        if let Some(ctx) = &ctx {
+            ctx.set_target(bucket.as_deref(), key.as_deref());
+        }
         let public_read = READ_OPS.contains(&op)
             && bucket
                 .as_ref()
@@ -519,7 +532,7 @@ impl s3s::route::S3Route for Route {
             .extensions
             .get::<ReqCtx>()
             .map(|c| c.0.body_errors.clone())
-            .unwrap_or_else(BodyErrorSlot::default);
+            .unwrap_or_default();
         let body: ByteStream = Box::pin(req.input.map(move |r| {
             r.map_err(|e| {
                 let e = errors.get().unwrap_or_else(|| classify_transport(&e));

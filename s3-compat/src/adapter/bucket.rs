@@ -34,7 +34,7 @@ pub(super) async fn list_buckets(
             display_name: Some(user.display_name),
         }),
         prefix: req.input.prefix,
-        ..Default::default()
+        continuation_token: None,
     }))
 }
 
@@ -74,7 +74,6 @@ pub(super) async fn create_bucket(
         .map_err(|e| a.map_err(&ctx, e))?;
     Ok(S3Response::new(dto::CreateBucketOutput {
         location: Some(format!("/{name}")),
-        ..Default::default()
     }))
 }
 

@@ -27,6 +27,8 @@ use crate::error::{backend_error, body_error};
 pub(crate) struct ReqCtx(pub(crate) Arc<ReqCtxInner>);
 
 pub(crate) struct ReqCtxInner {
+    /// Bucket and key the request addresses, for logs.
+    pub target: Mutex<(Option<String>, Option<String>)>,
     pub op: Mutex<String>,
     pub user: Mutex<Option<User>>,
     pub body_errors: BodyErrorSlot,
@@ -35,6 +37,7 @@ pub(crate) struct ReqCtxInner {
 impl ReqCtx {
     pub(crate) fn new() -> Self {
         Self(Arc::new(ReqCtxInner {
+            target: Mutex::new((None, None)),
             op: Mutex::new("Unknown".to_owned()),
             user: Mutex::new(None),
             body_errors: BodyErrorSlot::default(),
@@ -53,6 +56,16 @@ impl ReqCtx {
             .lock()
             .map(|g| g.clone())
             .unwrap_or_else(|_| "Unknown".to_owned())
+    }
+
+    pub(crate) fn set_target(&self, bucket: Option<&str>, key: Option<&str>) {
+        if let Ok(mut g) = self.0.target.lock() {
+            *g = (bucket.map(str::to_owned), key.map(str::to_owned));
+        }
+    }
+
+    pub(crate) fn target(&self) -> (Option<String>, Option<String>) {
+        self.0.target.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     pub(crate) fn set_user(&self, u: User) {

@@ -88,7 +88,6 @@ pub(super) async fn upload_part(
     let checksums = checksum_spec(&req.headers)?;
     let late = LateChecksums::default();
     let body = upload_body(
-        a,
         req.input.body.take(),
         req.trailing_headers.take(),
         req.input.content_length,

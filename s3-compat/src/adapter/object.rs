@@ -144,7 +144,6 @@ pub(super) fn checksum_spec(h: &HeaderMap) -> S3Result<Vec<(Algorithm, Option<St
 
 /// Builds the verified body stream for an upload.
 pub(super) fn upload_body(
-    a: &Adapter,
     body: Option<StreamingBlob>,
     trailers: Option<s3s::TrailingHeaders>,
     content_length: Option<i64>,
@@ -160,7 +159,6 @@ pub(super) fn upload_body(
     let trailers = trailers.map(|t| {
         Box::new(move || t.read(Clone::clone)) as Box<dyn Fn() -> Option<HeaderMap> + Send + Sync>
     });
-    let _ = a;
     verify_body(
         raw,
         BodySpec {
@@ -206,7 +204,6 @@ pub(super) async fn put_object(
         }
     }
     let body = upload_body(
-        a,
         req.input.body.take(),
         req.trailing_headers.take(),
         req.input.content_length,
@@ -336,6 +333,14 @@ fn check_conditions(h: &HeaderMap, info: &ObjectInfo) -> S3Result<()> {
     }
 }
 
+/// S3 reports objects stored without a type as binary/octet-stream.
+fn content_type(info: &ObjectInfo) -> String {
+    info.attrs
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "binary/octet-stream".to_owned())
+}
+
 fn checksum_mode_enabled(h: &HeaderMap) -> bool {
     hdr(h, "x-amz-checksum-mode").is_some_and(|v| v.trim().eq_ignore_ascii_case("ENABLED"))
 }
@@ -413,7 +418,7 @@ pub(super) async fn get_object(
         content_range,
         e_tag: Some(etag(&info.etag)),
         last_modified: Some(ts(info.last_modified)),
-        content_type: info.attrs.content_type.clone(),
+        content_type: Some(content_type(&info)),
         content_disposition: info.attrs.content_disposition.clone(),
         content_encoding: info.attrs.content_encoding.clone(),
         cache_control: info.attrs.cache_control.clone(),
@@ -461,7 +466,7 @@ pub(super) async fn head_object(
         content_range,
         e_tag: Some(etag(&info.etag)),
         last_modified: Some(ts(info.last_modified)),
-        content_type: info.attrs.content_type.clone(),
+        content_type: Some(content_type(&info)),
         content_disposition: info.attrs.content_disposition.clone(),
         content_encoding: info.attrs.content_encoding.clone(),
         cache_control: info.attrs.cache_control.clone(),

@@ -8,6 +8,7 @@ mod errors;
 mod list;
 mod multipart;
 mod objects;
+mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,14 +43,24 @@ impl Server {
     }
 
     pub async fn start_with(config: S3Config) -> Self {
+        Self::start_full(config, None).await
+    }
+
+    pub async fn start_full(
+        config: S3Config,
+        route: Option<Arc<dyn s3_compat::ExtraRoute>>,
+    ) -> Self {
         let backend = Arc::new(MemBackend::new());
         let creds = StaticCredentials::new()
             .with_user("alice", AK, SK)
             .with_user("bob", AK2, SK2);
         let metrics = Arc::new(S3Metrics::new());
-        let svc = S3Service::builder(backend.clone(), Arc::new(creds), config)
-            .metrics(metrics.clone())
-            .build();
+        let mut builder =
+            S3Service::builder(backend.clone(), Arc::new(creds), config).metrics(metrics.clone());
+        if let Some(r) = route {
+            builder = builder.extra_route(r);
+        }
+        let svc = builder.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -185,12 +196,21 @@ pub async fn signed_request_with(
         .unwrap()
         .into();
     let url = format!("http://{addr}{path_and_query}");
-    let host = addr.to_string();
+    // A "host" in extra_headers replaces the address (virtual-host tests).
+    let host = extra_headers
+        .iter()
+        .find(|(k, _)| *k == "host")
+        .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_owned());
+    let extra_headers: Vec<(&str, &str)> = extra_headers
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "host")
+        .collect();
     let mut builder = http::Request::builder()
         .method(method)
         .uri(&url)
         .header("host", &host);
-    for (k, v) in extra_headers {
+    for (k, v) in &extra_headers {
         builder = builder.header(*k, *v);
     }
     let mut req = builder

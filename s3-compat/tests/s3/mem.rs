@@ -51,6 +51,12 @@ pub struct MemBackend {
     pub trailer_checksums: std::sync::atomic::AtomicUsize,
 }
 
+impl Default for MemBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MemBackend {
     pub fn new() -> Self {
         Self {
