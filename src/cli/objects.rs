@@ -30,7 +30,7 @@ pub struct GetArgs {
     /// Output file ("-" for standard output)
     file: PathBuf,
     /// Byte range A-B (inclusive, as in HTTP), A- or -N (the last N bytes)
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     range: Option<String>,
 }
 
@@ -161,8 +161,9 @@ trait WriteSeek: Write + Seek {
 
 impl WriteSeek for File {
     fn finish(&mut self, len: u64) -> Result<()> {
+        // Extends the file over a trailing hole. No fsync: like cp, the
+        // output is durable when the system writes it back.
         self.set_len(len)?;
-        self.sync_all()?;
         Ok(())
     }
 }

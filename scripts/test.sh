@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need
+# (Debian packages, a Python venv with s3cmd and boto3), then runs every test.
+# A missing tool fails the tests that need it; nothing is skipped silently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
+command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v tc >/dev/null || need_apt+=(iproute2)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c 'import boto3' 2>/dev/null; then
+  echo "== creating .venv with s3cmd and boto3"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check 's3cmd==2.4.0' 'boto3>=1.36,<2'
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+export STRATO_TEST_PYTHON="$PWD/.venv/bin/python"
+
+echo "== tools: $(qemu-img --version | head -1); $(s3cmd --version); boto3 $(python -c 'import boto3; print(boto3.__version__)')"
+# Two test threads: the machine has two cores and several tests move
+# hundreds of MiB or run child processes.
+cargo test --workspace --all-targets -- --test-threads=2
