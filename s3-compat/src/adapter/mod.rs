@@ -6,6 +6,7 @@ mod bucket;
 mod list;
 mod multipart;
 mod object;
+mod subresource;
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -343,6 +344,105 @@ impl s3s::S3 for Adapter {
         req: S3Request<dto::ListPartsInput>,
     ) -> S3Result<S3Response<dto::ListPartsOutput>> {
         multipart::list_parts(self, req).await
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<dto::GetBucketAclInput>,
+    ) -> S3Result<S3Response<dto::GetBucketAclOutput>> {
+        subresource::get_bucket_acl(self, req).await
+    }
+
+    async fn get_object_acl(
+        &self,
+        req: S3Request<dto::GetObjectAclInput>,
+    ) -> S3Result<S3Response<dto::GetObjectAclOutput>> {
+        subresource::get_object_acl(self, req).await
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<dto::GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<dto::GetBucketVersioningOutput>> {
+        subresource::get_bucket_versioning(self, req).await
+    }
+
+    async fn get_bucket_request_payment(
+        &self,
+        req: S3Request<dto::GetBucketRequestPaymentInput>,
+    ) -> S3Result<S3Response<dto::GetBucketRequestPaymentOutput>> {
+        subresource::get_bucket_request_payment(self, req).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<dto::GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<dto::GetObjectTaggingOutput>> {
+        subresource::get_object_tagging(self, req).await
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<dto::GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<dto::GetBucketPolicyOutput>> {
+        let b = req.input.bucket.clone();
+        Err(
+            subresource::not_configured(self, &req, &b, "NoSuchBucketPolicy", "bucket policy")
+                .await,
+        )
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<dto::GetBucketCorsInput>,
+    ) -> S3Result<S3Response<dto::GetBucketCorsOutput>> {
+        let b = req.input.bucket.clone();
+        Err(subresource::not_configured(
+            self,
+            &req,
+            &b,
+            "NoSuchCORSConfiguration",
+            "CORS configuration",
+        )
+        .await)
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<dto::GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<dto::GetBucketLifecycleConfigurationOutput>> {
+        let b = req.input.bucket.clone();
+        Err(subresource::not_configured(
+            self,
+            &req,
+            &b,
+            "NoSuchLifecycleConfiguration",
+            "lifecycle configuration",
+        )
+        .await)
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<dto::GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<dto::GetBucketTaggingOutput>> {
+        let b = req.input.bucket.clone();
+        Err(subresource::not_configured(self, &req, &b, "NoSuchTagSet", "tag set").await)
+    }
+
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<dto::GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<dto::GetBucketEncryptionOutput>> {
+        let b = req.input.bucket.clone();
+        Err(subresource::not_configured(
+            self,
+            &req,
+            &b,
+            "ServerSideEncryptionConfigurationNotFoundError",
+            "server side encryption configuration",
+        )
+        .await)
     }
 
     async fn list_multipart_uploads(

@@ -174,3 +174,84 @@ async fn anonymous_access() {
     assert_eq!(st, 403);
     assert_eq!(s.backend.object_count("public"), 1);
 }
+
+#[tokio::test]
+async fn read_only_subresources() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    c.put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let acl = c
+        .get_object_acl()
+        .bucket("bkt")
+        .key("k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acl.owner().and_then(|o| o.id()), Some("alice"));
+    assert_eq!(acl.grants().len(), 1);
+    let acl = c.get_bucket_acl().bucket("bkt").send().await.unwrap();
+    assert_eq!(
+        acl.grants()[0].permission().map(|p| p.as_str()),
+        Some("FULL_CONTROL")
+    );
+    let e = c
+        .get_object_acl()
+        .bucket("bkt")
+        .key("nope")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchKey");
+    let v = c
+        .get_bucket_versioning()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap();
+    assert!(v.status().is_none());
+    let t = c
+        .get_object_tagging()
+        .bucket("bkt")
+        .key("k")
+        .send()
+        .await
+        .unwrap();
+    assert!(t.tag_set().is_empty());
+    let e = c
+        .get_bucket_policy()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchBucketPolicy");
+    let e = c.get_bucket_cors().bucket("bkt").send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchCORSConfiguration");
+    let e = c
+        .get_bucket_lifecycle_configuration()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchLifecycleConfiguration");
+    let e = c
+        .get_bucket_encryption()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "ServerSideEncryptionConfigurationNotFoundError");
+    let e = c
+        .get_bucket_policy()
+        .bucket("nosuch")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchBucket");
+}
