@@ -378,22 +378,29 @@ impl Downstream {
             };
             let io = self.ctx.io_timeout;
             let rest = link.rest;
-            let patience = self.ctx.patience(rest);
-            let deadline = Instant::now() + self.ctx.finish_timeout.max(patience);
-            let fin_secs = self.ctx.finish_timeout.as_secs_f64();
+            // Until the link has read END it may be busy draining queued
+            // chunks into a slow store, and says nothing: allow it the same
+            // patience as a write. After END it sends KEEPALIVE while it
+            // finishes, so then silence longer than the io limit means it
+            // is gone. Each node bounds its own finishing by finish_timeout,
+            // so a hop with `rest` nodes behind its link waits at most
+            // (rest + 1) of them: always longer than the hops below it, so
+            // one slow tail is bypassed by its own predecessor only.
+            let first = self.ctx.patience(rest);
+            let limit = self.ctx.finish_timeout * (rest as u32 + 1) + first;
+            let deadline = Instant::now() + limit;
             let res: Result<Vec<NodeReport>> = async {
                 link.w.send_now(&Frame::End).await?;
+                let mut idle = first;
                 loop {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(Error::Timeout {
                             what: "waiting for REPORT",
-                            secs: fin_secs,
+                            secs: limit.as_secs_f64(),
                         });
                     }
-                    // Nodes send KEEPALIVE while they finish, so silence
-                    // longer than the io limit means the node is gone.
-                    let wait = left.min(io.max(patience));
+                    let wait = left.min(idle);
                     let ev = match tokio::time::timeout(wait, link.events.recv()).await {
                         Ok(Some(ev)) => ev?,
                         Ok(None) => return Err(Error::Closed("REPORT")),
@@ -404,6 +411,7 @@ impl Downstream {
                             })
                         }
                     };
+                    idle = io;
                     match ev {
                         Frame::Report(v) => return Ok(v),
                         Frame::Keepalive => continue,

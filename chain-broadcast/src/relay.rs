@@ -378,21 +378,36 @@ async fn run(
     let _ = ftx.send(Input::End).await;
     drop(wtx);
 
+    // This node's own work after END is bounded, whatever its store does,
+    // so the chain above always gets a REPORT (see Downstream::finish).
+    let finish_limit = ctx.finish_timeout;
     let own = async {
-        let stored_ok = match store.await {
-            Ok(r) => r,
-            Err(e) => Err(format!("store stage failed: {e}")),
+        let finishing = async {
+            let stored_ok = match store.await {
+                Ok(r) => r,
+                Err(e) => Err(format!("store stage failed: {e}")),
+            };
+            let missing = needed_by_me.len() - stored.len();
+            let res: std::result::Result<u64, String> = match stored_ok {
+                Err(e) => Err(e),
+                Ok(()) if missing > 0 => {
+                    Err(format!("upstream ended with {missing} chunks missing"))
+                }
+                Ok(()) => {
+                    let (sink, m) = (Arc::clone(&sink), Arc::clone(&manifest));
+                    blocking(move || sink.finish(&m))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            res
         };
-        let missing = needed_by_me.len() - stored.len();
-        let res: std::result::Result<u64, String> = match stored_ok {
-            Err(e) => Err(e),
-            Ok(()) if missing > 0 => Err(format!("upstream ended with {missing} chunks missing")),
-            Ok(()) => {
-                let (sink, m) = (Arc::clone(&sink), Arc::clone(&manifest));
-                blocking(move || sink.finish(&m))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+        let res = match tokio::time::timeout(finish_limit, finishing).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "store did not finish within {:.1}s",
+                finish_limit.as_secs_f64()
+            )),
         };
         if res.is_err() {
             let sink = Arc::clone(&sink);

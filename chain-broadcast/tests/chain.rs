@@ -434,7 +434,7 @@ async fn hung_nodes_are_bypassed_after_timeouts() {
     let fast = Options {
         connect_timeout: Duration::from_millis(500),
         io_timeout: Duration::from_millis(500),
-        finish_timeout: Duration::from_secs(10),
+        finish_timeout: Duration::from_secs(2),
         ..Options::default()
     };
 
@@ -482,5 +482,66 @@ async fn hung_nodes_are_bypassed_after_timeouts() {
     assert!(report.node(n2.addr()).expect("listed").ok, "{report:#?}");
     assert_eq!(s1.object("disk.img").as_deref(), Some(&data[..]));
     assert_eq!(s2.object("disk.img").as_deref(), Some(&data[..]));
+    assert!(stuck_store.object("disk.img").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_stalled_mid_stream_is_bypassed() {
+    // More data than the queues and socket buffers between two hops hold,
+    // so the stalled node pushes back on its predecessor's writes.
+    let data = random_bytes(32 << 20, 10);
+    let (src, manifest, _) = source_for(&data);
+    let fast = Options {
+        connect_timeout: Duration::from_millis(500),
+        io_timeout: Duration::from_millis(500),
+        finish_timeout: Duration::from_secs(2),
+        ..Options::default()
+    };
+    let small = ServeOptions {
+        queue_bytes: 256 << 10,
+        ..ServeOptions::default()
+    };
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stuck_store = MemStore::new();
+    let inner = stuck_store.factory();
+    let rel = Arc::clone(&release);
+    let stuck = Node::spawn(
+        "127.0.0.1:0".parse().expect("addr"),
+        Arc::new(
+            move |info: &TransferInfo| -> Result<Arc<dyn ChunkSink>, BoxError> {
+                Ok(Arc::new(Stuck {
+                    inner: inner.open(info)?,
+                    release: Arc::clone(&rel),
+                }))
+            },
+        ),
+        small.clone(),
+    )
+    .await
+    .expect("bind");
+    let (s1, s2) = (MemStore::new(), MemStore::new());
+    let n1 = Node::spawn(
+        "127.0.0.1:0".parse().expect("addr"),
+        s1.factory(),
+        small.clone(),
+    )
+    .await
+    .expect("bind");
+    let n2 = Node::spawn("127.0.0.1:0".parse().expect("addr"), s2.factory(), small)
+        .await
+        .expect("bind");
+    let addrs = [n1.addr(), stuck.addr(), n2.addr()];
+    let report = run(&src, &manifest, &addrs, &fast).await;
+    release.store(true, Ordering::SeqCst);
+    let r = report.node(stuck.addr()).expect("listed");
+    assert!(!r.ok, "{report:#?}");
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("timed out"),
+        "{r:?}"
+    );
+    assert!(report.node(n1.addr()).expect("listed").ok, "{report:#?}");
+    assert!(report.node(n2.addr()).expect("listed").ok, "{report:#?}");
+    assert!(s1.object("disk.img").as_deref() == Some(&data[..]));
+    assert!(s2.object("disk.img").as_deref() == Some(&data[..]));
     assert!(stuck_store.object("disk.img").is_none());
 }
