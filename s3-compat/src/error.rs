@@ -39,10 +39,14 @@ pub(crate) fn body_error(e: &BodyError) -> S3Error {
             C::SignatureDoesNotMatch,
             "The request signature we calculated does not match the signature you provided.",
         ),
-        BodyError::Sha256Mismatch => err(
-            C::Custom("XAmzContentSHA256Mismatch".into()),
-            "The provided 'x-amz-content-sha256' header does not match what was computed.",
-        ),
+        BodyError::Sha256Mismatch => {
+            let mut e = err(
+                C::Custom("XAmzContentSHA256Mismatch".into()),
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            );
+            e.set_status_code(http::StatusCode::BAD_REQUEST);
+            e
+        }
         BodyError::Transport(m) => err(C::IncompleteBody, format!("request body failed: {m}")),
     }
 }
@@ -195,6 +199,26 @@ mod tests {
             assert!(s.is_client_error() || s.is_server_error(), "{e:?} -> {s}");
         }
         assert_eq!(status_of(&backend_error(&BackendError::NoSuchKey)), 404);
+        let bodies = [
+            BodyError::Incomplete {
+                expected: 2,
+                received: 1,
+            },
+            BodyError::TooLong { expected: 1 },
+            BodyError::TooLarge { limit: 1 },
+            BodyError::ChecksumMismatch {
+                algorithm: "CRC32".into(),
+            },
+            BodyError::BadDigest,
+            BodyError::ChunkTooLarge { size: 2, limit: 1 },
+            BodyError::SignatureMismatch,
+            BodyError::Sha256Mismatch,
+            BodyError::Transport("x".into()),
+        ];
+        for b in bodies {
+            let s = status_of(&body_error(&b));
+            assert!(s.is_client_error(), "{b:?} -> {s}");
+        }
         assert_eq!(
             status_of(&backend_error(&BackendError::PreconditionFailed)),
             412

@@ -380,30 +380,45 @@ pub(super) async fn get_object(
     let ctx = ctx_of(&req.extensions);
     let (bucket, key) = (&req.input.bucket, &req.input.key);
     check_key(key)?;
-    let head = a
-        .backend
-        .head_object(bucket, key)
-        .await
-        .map_err(|e| a.map_err(&ctx, e))?;
-    check_conditions(&req.headers, &head)?;
-    let range = match parse_range(hdr(&req.headers, "range"), head.size) {
-        RangeReq::Full => None,
-        RangeReq::Part(r) => Some(r),
-        RangeReq::Unsatisfiable => return Err(invalid_range(head.size)),
-    };
-    let (info, stream) = a
-        .backend
-        .get_object(bucket, key, range.clone())
-        .await
-        .map_err(|e| a.map_err(&ctx, e))?;
-    // The object may have been replaced since the HEAD: re-check against
-    // what is actually being sent.
-    if info.etag != head.etag {
+    let range_header = hdr(&req.headers, "range");
+    let (info, stream, range) = if range_header.is_none() {
+        // The common case costs one backend call: conditions are checked on
+        // the metadata that comes with the stream.
+        let (info, stream) = a
+            .backend
+            .get_object(bucket, key, None)
+            .await
+            .map_err(|e| a.map_err(&ctx, e))?;
         check_conditions(&req.headers, &info)?;
-        if range.as_ref().is_some_and(|r| r.end > info.size) {
-            return Err(invalid_range(info.size));
+        (info, stream, None)
+    } else {
+        // A range needs the size first (suffix ranges, 416).
+        let head = a
+            .backend
+            .head_object(bucket, key)
+            .await
+            .map_err(|e| a.map_err(&ctx, e))?;
+        check_conditions(&req.headers, &head)?;
+        let range = match parse_range(range_header, head.size) {
+            RangeReq::Full => None,
+            RangeReq::Part(r) => Some(r),
+            RangeReq::Unsatisfiable => return Err(invalid_range(head.size)),
+        };
+        let (info, stream) = a
+            .backend
+            .get_object(bucket, key, range.clone())
+            .await
+            .map_err(|e| a.map_err(&ctx, e))?;
+        // The object may have been replaced since the HEAD: re-check against
+        // what is actually being sent.
+        if info.etag != head.etag {
+            check_conditions(&req.headers, &info)?;
+            if range.as_ref().is_some_and(|r| r.end > info.size) {
+                return Err(invalid_range(info.size));
+            }
         }
-    }
+        (info, stream, range)
+    };
     let (len, content_range) = match &range {
         Some(r) => (
             r.end - r.start,

@@ -134,3 +134,25 @@ async fn oversized_uploads_are_refused_early() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn payload_hash_mismatch_stores_nothing() {
+    let s = Server::start().await;
+    bucket(&s.client(), "bkt").await;
+    let wrong = "0".repeat(64);
+    let (st, _, b) = crate::signed_request_with(
+        "PUT",
+        s.addr,
+        "/bkt/k",
+        &[],
+        Some(&wrong),
+        b"some body".to_vec(),
+    )
+    .await;
+    let b = String::from_utf8_lossy(&b);
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("XAmzContentSHA256Mismatch"), "{b}");
+    assert_eq!(s.backend.object_count("bkt"), 0);
+    let (st, _, _) = crate::signed_request("PUT", s.addr, "/bkt/k", b"some body".to_vec()).await;
+    assert_eq!(st, 200);
+}
