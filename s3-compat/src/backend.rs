@@ -154,11 +154,13 @@ pub struct PutOptions {
 pub struct LateChecksums(Arc<Mutex<BTreeMap<String, String>>>);
 
 impl LateChecksums {
-    /// Takes the checksums published so far (algorithm name → base64).
+    /// The checksums published so far (algorithm name → base64). They are
+    /// published once, when the body ends; reading does not clear them, so
+    /// calling this more than once is fine.
     pub fn take(&self) -> BTreeMap<String, String> {
         match self.0.lock() {
-            Ok(mut g) => std::mem::take(&mut *g),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
