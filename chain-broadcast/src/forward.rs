@@ -42,7 +42,7 @@ impl Ctx {
     /// patient than downstream ones or one slow tail would make every hop
     /// bypass its successor.
     pub fn patience(&self, rest: usize) -> Duration {
-        self.io_timeout + (self.connect_timeout + self.io_timeout) * (rest as u32)
+        self.io_timeout + (self.connect_timeout + self.io_timeout).saturating_mul(rest as u32)
     }
 
     pub fn keepalive_every(&self) -> Duration {
@@ -387,7 +387,7 @@ impl Downstream {
             // (rest + 1) of them: always longer than the hops below it, so
             // one slow tail is bypassed by its own predecessor only.
             let first = self.ctx.patience(rest);
-            let limit = self.ctx.finish_timeout * (rest as u32 + 1) + first;
+            let limit = self.ctx.finish_timeout.saturating_mul(rest as u32 + 1) + first;
             let deadline = Instant::now() + limit;
             let res: Result<Vec<NodeReport>> = async {
                 link.w.send_now(&Frame::End).await?;

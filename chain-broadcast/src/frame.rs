@@ -462,8 +462,11 @@ pub fn encode(frame: &Frame) -> Bytes {
         Frame::End => KIND_END,
         Frame::Keepalive => KIND_KEEPALIVE,
         Frame::Report(reports) => {
-            p.put_u16(reports.len() as u16);
-            for r in reports {
+            // A chain is at most MAX_CHAIN long; never write a count that
+            // disagrees with the entries that follow.
+            let n = reports.len().min(u16::MAX as usize);
+            p.put_u16(n as u16);
+            for r in &reports[..n] {
                 put_addr(&mut p, &r.addr);
                 p.put_u8(u8::from(r.ok));
                 put_string(&mut p, r.reason.as_deref().unwrap_or(""));

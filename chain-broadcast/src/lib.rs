@@ -25,6 +25,40 @@
 //! connects to the next node in the chain, redoes the HAVE exchange and
 //! resends, from its own copy, what that node lacks. See [`frame`] for the
 //! wire format.
+//!
+//! # Example
+//!
+//! Two nodes in this process, fed from an in-memory repository:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::sync::Arc;
+//! use chain_broadcast::{propagate, ChunkSource, Manifest, MemStore, Node, Options, ServeOptions};
+//!
+//! let data = bytes::Bytes::from(vec![7u8; 1 << 20]);
+//! let (manifest, parts) = Manifest::from_fixed_chunks(&data, 64 << 10);
+//! let repo = MemStore::new();
+//! for (c, p) in manifest.chunks.iter().zip(parts) {
+//!     repo.insert(c.id, p);
+//! }
+//! let (a, b) = (MemStore::new(), MemStore::new());
+//! let na = Node::spawn("127.0.0.1:0".parse()?, a.factory(), ServeOptions::default()).await?;
+//! let nb = Node::spawn("127.0.0.1:0".parse()?, b.factory(), ServeOptions::default()).await?;
+//!
+//! let source: Arc<dyn ChunkSource> = repo;
+//! let nodes = [na.addr(), nb.addr()];
+//! let report = propagate(source, "disk.img", Arc::new(manifest), &nodes, &Options::default()).await?;
+//! assert!(report.all_ok());
+//! assert_eq!(b.object("disk.img").as_deref(), Some(&data[..]));
+//! // All 16 chunks are identical: the repository sent one.
+//! assert_eq!(report.bytes_sent, 64 << 10);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A real node runs [`serve`] with a [`SinkFactory`] over its store; the
+//! repository calls [`propagate`] with a [`ChunkSource`] over its store.
 
 mod codec;
 mod error;

@@ -235,7 +235,9 @@ async fn run(
             })
         }
     };
-    let me = hello.chain[0];
+    let Some(&me) = hello.chain.first() else {
+        return Err(Error::Invalid("empty chain".into()));
+    };
     hello
         .manifest
         .validate(opts.max_frame.saturating_sub(32))
