@@ -377,7 +377,8 @@ async fn streaming_upload_with_trailer_checksum() {
     ));
     std::fs::write(&path, &body).unwrap();
     let stream = ByteStream::from_path(&path).await.unwrap();
-    c.put_object()
+    let put = c
+        .put_object()
         .bucket("bkt")
         .key("file")
         .body(stream)
@@ -385,6 +386,7 @@ async fn streaming_upload_with_trailer_checksum() {
         .await
         .unwrap();
     let _ = std::fs::remove_file(&path);
+    assert!(put.checksum_crc32().is_some());
     // The SDK sent the body aws-chunked with an x-amz-checksum-crc32 trailer.
     assert_eq!(
         s.backend
