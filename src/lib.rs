@@ -2,4 +2,5 @@
 //! clouds. See DESIGN.md for the map of the parts.
 
 pub mod config;
+pub mod server;
 pub mod store;

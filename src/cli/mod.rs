@@ -3,6 +3,7 @@
 
 mod admin;
 mod objects;
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the S3-compatible API over the data directory
+    Serve(serve::ServeArgs),
     /// Create a bucket
     Mb { bucket: String },
     /// Remove an empty bucket
@@ -91,7 +94,7 @@ impl Ctx {
 }
 
 /// Owner recorded for buckets created from the command line: the first
-/// configured user, so they are reachable through `strato serve` as that user.
+/// user of `strato serve`, so they are reachable through S3 with its keys.
 pub fn local_owner(file: &FileConfig) -> String {
     file.users
         .first()
@@ -140,6 +143,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         interactive: std::io::stderr().is_terminal(),
     };
     match cli.command {
+        Command::Serve(a) => serve::serve(&ctx, a),
         Command::Mb { bucket } => objects::mb(&ctx, &bucket),
         Command::Rb { bucket } => objects::rb(&ctx, &bucket),
         Command::Put(a) => objects::put(&ctx, a),

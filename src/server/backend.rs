@@ -1,0 +1,492 @@
+//! The store behind the S3 protocol layer: `s3_compat::Backend` for `Store`.
+//!
+//! Store calls are blocking (file I/O, hashing), so each runs on tokio's
+//! blocking pool. Bodies cross between the async side and the blocking side
+//! through small bounded channels: memory stays bounded by a few chunks per
+//! request however large the object.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use s3_compat::{
+    Backend, BackendError, BodyError, BucketInfo, ByteStream, ObjectAttrs, ObjectInfo, PartInfo,
+    PutOptions, UploadInfo,
+};
+use tokio::sync::mpsc;
+
+use crate::store::{
+    Committed, ObjectRecord, Precondition, ProfileChoice, Store, StoreError, Target, UploadRecord,
+};
+
+/// How many pieces a GET reads ahead of the client.
+const READ_AHEAD: usize = 4;
+/// How many body pieces a PUT buffers ahead of the chunker.
+const WRITE_AHEAD: usize = 8;
+
+#[derive(Clone)]
+pub struct StoreBackend {
+    store: Store,
+}
+
+impl StoreBackend {
+    pub fn new(store: Store) -> StoreBackend {
+        StoreBackend { store }
+    }
+}
+
+fn map_err(e: StoreError) -> BackendError {
+    match e {
+        StoreError::NoSuchBucket(_) => BackendError::NoSuchBucket,
+        StoreError::NoSuchKey { .. } => BackendError::NoSuchKey,
+        StoreError::NoSuchUpload(_) => BackendError::NoSuchUpload,
+        StoreError::BucketAlreadyExists(_) => BackendError::BucketAlreadyExists,
+        StoreError::BucketAlreadyOwnedByYou(_) => BackendError::BucketAlreadyOwnedByYou,
+        StoreError::BucketNotEmpty(_) => BackendError::BucketNotEmpty,
+        StoreError::PreconditionFailed => BackendError::PreconditionFailed,
+        StoreError::BadDigest => BackendError::BadDigest,
+        StoreError::InvalidPart(_) => BackendError::InvalidPart,
+        StoreError::InvalidPartOrder => BackendError::InvalidPartOrder,
+        StoreError::EntityTooSmall { .. } => BackendError::EntityTooSmall,
+        StoreError::InvalidBucketName { .. } => BackendError::InvalidBucketName,
+        StoreError::InvalidKey(why) if why.contains("1024") => BackendError::KeyTooLong,
+        StoreError::InvalidKey(why) => BackendError::InvalidArgument(why.to_string()),
+        StoreError::InvalidArgument(why) => BackendError::InvalidArgument(why),
+        StoreError::InvalidRange { start, end, size } => BackendError::InvalidArgument(format!(
+            "range {start}-{end} outside an object of {size} bytes"
+        )),
+        other => {
+            tracing::error!("store error: {other}");
+            BackendError::Internal(other.to_string())
+        }
+    }
+}
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn encode_attrs(attrs: &ObjectAttrs) -> Vec<u8> {
+    serde_json::to_vec(attrs).unwrap_or_default()
+}
+
+fn decode_attrs(raw: &[u8]) -> ObjectAttrs {
+    if raw.is_empty() {
+        return ObjectAttrs::default();
+    }
+    serde_json::from_slice(raw).unwrap_or_default()
+}
+
+fn object_info(bucket: &str, key: &str, rec: &ObjectRecord) -> ObjectInfo {
+    ObjectInfo {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        size: rec.size,
+        etag: rec.etag.clone(),
+        last_modified: time(rec.modified_ms),
+        attrs: decode_attrs(&rec.attrs),
+    }
+}
+
+fn precondition(opts: &PutOptions) -> Precondition {
+    if opts.if_none_match_any {
+        Precondition::IfAbsent
+    } else if let Some(etag) = &opts.if_match {
+        Precondition::IfMatch(etag.clone())
+    } else {
+        Precondition::None
+    }
+}
+
+fn chunking(opts: &PutOptions) -> Result<ProfileChoice, BackendError> {
+    match &opts.chunking {
+        None => Ok(ProfileChoice::Auto),
+        Some(s) => s
+            .parse()
+            .map_err(|e| BackendError::InvalidArgument(format!("{e}"))),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, BackendError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(map_err),
+        Err(e) => Err(BackendError::Internal(format!("store task failed: {e}"))),
+    }
+}
+
+enum Feed {
+    Data(Bytes),
+    /// The body ended cleanly; commit with these attributes.
+    Finish(Vec<u8>),
+}
+
+/// Pump `body` into a store writer for `target` on the blocking pool. The
+/// writer commits only after the body has ended cleanly; any body error
+/// abandons the write (its chunks become garbage for GC), so nothing is stored.
+async fn ingest(
+    store: Store,
+    target: Target,
+    choice: ProfileChoice,
+    mut body: ByteStream,
+    expected_md5: Option<[u8; 16]>,
+    attrs: impl FnOnce() -> Vec<u8>,
+) -> Result<Committed, BackendError> {
+    let (tx, mut rx) = mpsc::channel::<Feed>(WRITE_AHEAD);
+    let worker = tokio::task::spawn_blocking(move || -> Result<Committed, StoreError> {
+        let mut w = store.writer(target, choice)?;
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Feed::Data(b) => w.write(b)?,
+                Feed::Finish(attrs) => return w.finish(attrs, expected_md5),
+            }
+        }
+        Err(StoreError::Aborted("request body ended early".into()))
+    });
+    let mut body_error: Option<BodyError> = None;
+    while let Some(item) = body.next().await {
+        match item {
+            Ok(b) => {
+                if tx.send(Feed::Data(b)).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                body_error = Some(e);
+                break;
+            }
+        }
+    }
+    if body_error.is_none() {
+        let _ = tx.send(Feed::Finish(attrs())).await;
+    }
+    drop(tx);
+    let result = worker
+        .await
+        .map_err(|e| BackendError::Internal(format!("store task failed: {e}")));
+    if let Some(e) = body_error {
+        return Err(BackendError::Body(e));
+    }
+    result?.map_err(map_err)
+}
+
+/// Stream a store reader out through a bounded channel.
+fn stream_reader(reader: crate::store::ObjectReader) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        for piece in reader {
+            let item = piece.map_err(|e| {
+                tracing::error!("read failed mid-stream: {e}");
+                BodyError::Transport(e.to_string())
+            });
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                break; // client went away, or we reported an error
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[async_trait]
+impl Backend for StoreBackend {
+    async fn list_buckets(&self, owner: &str) -> Result<Vec<BucketInfo>, BackendError> {
+        let store = self.store.clone();
+        let owner = owner.to_string();
+        blocking(move || {
+            Ok(store
+                .list_buckets()?
+                .into_iter()
+                .filter(|(_, b)| b.owner == owner)
+                .map(|(name, b)| BucketInfo {
+                    name,
+                    owner: b.owner,
+                    created: time(b.created_ms),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn create_bucket(&self, owner: &str, name: &str) -> Result<(), BackendError> {
+        if super::RESERVED_BUCKETS.contains(&name) {
+            return Err(BackendError::BucketAlreadyExists);
+        }
+        let (store, owner, name) = (self.store.clone(), owner.to_string(), name.to_string());
+        blocking(move || store.create_bucket(&name, &owner)).await
+    }
+
+    async fn head_bucket(&self, name: &str) -> Result<BucketInfo, BackendError> {
+        let (store, name) = (self.store.clone(), name.to_string());
+        blocking(move || {
+            let b = store.bucket(&name)?;
+            Ok(BucketInfo {
+                name,
+                owner: b.owner,
+                created: time(b.created_ms),
+            })
+        })
+        .await
+    }
+
+    async fn delete_bucket(&self, name: &str) -> Result<(), BackendError> {
+        let (store, name) = (self.store.clone(), name.to_string());
+        blocking(move || store.delete_bucket(&name)).await
+    }
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        attrs: ObjectAttrs,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, BackendError> {
+        let target = Target::Object {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            precondition: precondition(&opts),
+        };
+        let late = opts.late_checksums.clone();
+        let final_attrs = {
+            let attrs = attrs.clone();
+            move || {
+                let mut attrs = attrs;
+                attrs.checksums.extend(late.take());
+                encode_attrs(&attrs)
+            }
+        };
+        let c = ingest(
+            self.store.clone(),
+            target,
+            chunking(&opts)?,
+            body,
+            opts.content_md5,
+            final_attrs,
+        )
+        .await?;
+        let mut attrs = attrs;
+        attrs.checksums.extend(opts.late_checksums.take());
+        Ok(ObjectInfo {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            size: c.size,
+            etag: c.etag,
+            last_modified: time(c.modified_ms),
+            attrs,
+        })
+    }
+
+    async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<(ObjectInfo, ByteStream), BackendError> {
+        let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
+        let reader = blocking(move || store.read(&b, &k, range)).await?;
+        let info = object_info(bucket, key, reader.record());
+        Ok((info, stream_reader(reader)))
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectInfo, BackendError> {
+        let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
+        let rec = blocking(move || store.head(&b, &k)).await?;
+        Ok(object_info(bucket, key, &rec))
+    }
+
+    async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), BackendError> {
+        let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
+        blocking(move || store.delete_object(&b, &k)).await
+    }
+
+    async fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        attrs: Option<ObjectAttrs>,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, BackendError> {
+        let store = self.store.clone();
+        let (sb, sk, db, dk) = (
+            src_bucket.to_string(),
+            src_key.to_string(),
+            dst_bucket.to_string(),
+            dst_key.to_string(),
+        );
+        let pre = precondition(&opts);
+        let raw = attrs.as_ref().map(encode_attrs);
+        let rec = blocking(move || store.copy_object((&sb, &sk), (&db, &dk), raw, &pre)).await?;
+        Ok(object_info(dst_bucket, dst_key, &rec))
+    }
+
+    async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ObjectInfo>, bool), BackendError> {
+        let store = self.store.clone();
+        let (b, p, after) = (
+            bucket.to_string(),
+            prefix.to_string(),
+            start_after.map(str::to_string),
+        );
+        let (page, more) =
+            blocking(move || store.list_objects(&b, &p, after.as_deref(), limit)).await?;
+        Ok((
+            page.iter()
+                .map(|(k, rec)| object_info(bucket, k, rec))
+                .collect(),
+            more,
+        ))
+    }
+
+    async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        attrs: ObjectAttrs,
+        opts: PutOptions,
+    ) -> Result<String, BackendError> {
+        let store = self.store.clone();
+        let (b, k) = (bucket.to_string(), key.to_string());
+        let choice = chunking(&opts)?;
+        let raw = encode_attrs(&attrs);
+        blocking(move || store.create_upload(&b, &k, raw, choice)).await
+    }
+
+    async fn upload_part(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
+    ) -> Result<PartInfo, BackendError> {
+        let store = self.store.clone();
+        let id = upload_id.to_string();
+        let upload: UploadRecord = blocking(move || store.upload(&id)).await?;
+        let choice = upload.chunking.parse().unwrap_or_default();
+        let target = Target::Part {
+            upload_id: upload_id.to_string(),
+            part: part_number,
+        };
+        let c = ingest(
+            self.store.clone(),
+            target,
+            choice,
+            body,
+            content_md5,
+            Vec::new,
+        )
+        .await?;
+        Ok(PartInfo {
+            part_number,
+            etag: c.etag,
+            size: c.size,
+            last_modified: time(c.modified_ms),
+        })
+    }
+
+    async fn upload_part_copy(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        src_bucket: &str,
+        src_key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<PartInfo, BackendError> {
+        let store = self.store.clone();
+        let (id, sb, sk) = (
+            upload_id.to_string(),
+            src_bucket.to_string(),
+            src_key.to_string(),
+        );
+        let c = blocking(move || {
+            let upload = store.upload(&id)?;
+            let reader = store.read(&sb, &sk, range)?;
+            let mut w = store.writer(
+                Target::Part {
+                    upload_id: id,
+                    part: part_number,
+                },
+                upload.chunking.parse().unwrap_or_default(),
+            )?;
+            // Re-chunking the source finds all its chunks already stored:
+            // only metadata is written.
+            for piece in reader {
+                w.write(piece?)?;
+            }
+            w.finish(Vec::new(), None)
+        })
+        .await?;
+        Ok(PartInfo {
+            part_number,
+            etag: c.etag,
+            size: c.size,
+            last_modified: time(c.modified_ms),
+        })
+    }
+
+    async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, BackendError> {
+        let (store, id) = (self.store.clone(), upload_id.to_string());
+        let parts = blocking(move || store.list_parts(&id)).await?;
+        Ok(parts
+            .into_iter()
+            .map(|(n, p)| PartInfo {
+                part_number: n,
+                etag: hex::encode(p.md5),
+                size: p.size,
+                last_modified: time(p.modified_ms),
+            })
+            .collect())
+    }
+
+    async fn complete_multipart(
+        &self,
+        upload_id: &str,
+        parts: Vec<(u32, String)>,
+    ) -> Result<ObjectInfo, BackendError> {
+        let (store, id) = (self.store.clone(), upload_id.to_string());
+        let (upload, rec) = blocking(move || {
+            let upload = store.upload(&id)?;
+            let rec = store.complete_upload(&id, &parts, &Precondition::None)?;
+            Ok((upload, rec))
+        })
+        .await?;
+        Ok(object_info(&upload.bucket, &upload.key, &rec))
+    }
+
+    async fn abort_multipart(&self, upload_id: &str) -> Result<(), BackendError> {
+        let (store, id) = (self.store.clone(), upload_id.to_string());
+        blocking(move || store.abort_upload(&id)).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<UploadInfo>, BackendError> {
+        let (store, b, p) = (self.store.clone(), bucket.to_string(), prefix.to_string());
+        let uploads = blocking(move || {
+            store.bucket(&b)?;
+            store.list_uploads(&b, &p)
+        })
+        .await?;
+        Ok(uploads
+            .into_iter()
+            .map(|(id, u)| UploadInfo {
+                upload_id: id,
+                bucket: u.bucket,
+                key: u.key,
+                initiated: time(u.initiated_ms),
+            })
+            .collect())
+    }
+}

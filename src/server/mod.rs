@@ -1,0 +1,175 @@
+//! The HTTP front door: one hyper server carrying the S3 API (s3-compat over
+//! the store) and Prometheus `/metrics`.
+
+mod backend;
+mod credentials;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3_compat::{S3Config, S3Service, StaticCredentials};
+
+pub use backend::StoreBackend;
+pub use credentials::{load_or_create_users, Users, FIRST_USER};
+
+use crate::config::FileConfig;
+use crate::store::{GcOptions, Store};
+
+/// Bucket names the server keeps for its own routes.
+pub const RESERVED_BUCKETS: &[&str] = &["chunks", "metrics"];
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub users: Users,
+    pub file: FileConfig,
+    pub gc: GcOptions,
+    pub gc_interval: Option<Duration>,
+}
+
+pub fn s3_config(file: &FileConfig) -> S3Config {
+    let mut c = S3Config::default();
+    if let Some(r) = &file.s3.region {
+        c.region = r.clone();
+    }
+    c.virtual_host_domain = file.s3.virtual_host_domain.clone();
+    c.anonymous_read_buckets = file.s3.anonymous_read.iter().cloned().collect();
+    if let Some(m) = file.s3.max_object_size {
+        c.max_object_size = m;
+    }
+    c
+}
+
+/// Run until SIGINT/SIGTERM, then finish the requests in flight.
+pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+
+    let mut creds = StaticCredentials::new();
+    for u in &opts.users.list {
+        creds = creds.with_user(&u.name, &u.access_key, &u.secret_key);
+    }
+    let metrics = Arc::new(metrics::Metrics::new(store.clone()));
+    let s3 = S3Service::builder(
+        Arc::new(StoreBackend::new(store.clone())),
+        Arc::new(creds),
+        s3_config(&opts.file),
+    )
+    .metrics(metrics.sink())
+    .build();
+    let front = Front {
+        s3,
+        metrics: metrics.clone(),
+    };
+    metrics.spawn_refresh();
+    if let Some(every) = opts.gc_interval.filter(|d| !d.is_zero()) {
+        spawn_gc(store.clone(), opts.gc.clone(), every);
+    }
+    ready(addr);
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // e.g. too many open files: back off instead of spinning
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let front = front.clone();
+                let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        hyper::service::service_fn(move |req| {
+                            let front = front.clone();
+                            async move { Ok::<_, std::convert::Infallible>(front.route(req).await) }
+                        }),
+                    )
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for requests in flight");
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after 30 s; stopping anyway");
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Front {
+    s3: S3Service,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl Front {
+    async fn route(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<s3_compat::ResponseBody> {
+        if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+            return self.metrics.response();
+        }
+        self.s3.handle(req).await
+    }
+}
+
+fn spawn_gc(store: Store, opts: GcOptions, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (store, opts) = (store.clone(), opts.clone());
+            match tokio::task::spawn_blocking(move || store.gc(&opts)).await {
+                Ok(Ok(r)) => tracing::info!(
+                    reclaimed = r.reclaimed_bytes,
+                    freed = r.bytes_freed_on_disk,
+                    "background gc"
+                ),
+                Ok(Err(e)) => tracing::warn!("background gc failed: {e}"),
+                Err(e) => tracing::warn!("background gc task failed: {e}"),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
