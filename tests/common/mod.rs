@@ -137,3 +137,87 @@ pub fn run_tool(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A `strato serve` child process on a free localhost port, killed on drop.
+pub struct Server {
+    pub strato: Strato,
+    pub child: std::process::Child,
+    pub endpoint: String,
+    pub host: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl Server {
+    pub fn start(engine: &'static str) -> Server {
+        Self::start_with(Strato::new(engine), &[])
+    }
+
+    pub fn start_with(strato: Strato, env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
+        let access_key = "STRTESTACCESSKEY0001".to_string();
+        let secret_key = "test-secret-key-0123456789abcdefghijklmn".to_string();
+        let mut cmd = strato.cmd();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("STRATO_ACCESS_KEY", &access_key)
+            .env("STRATO_SECRET_KEY", &secret_key)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting strato serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let endpoint = first
+            .strip_prefix("strato serving S3 at ")
+            .unwrap_or_else(|| panic!("unexpected first line from strato serve: {first:?}"))
+            .to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let host = endpoint.trim_start_matches("http://").to_string();
+        Server {
+            strato,
+            child,
+            endpoint,
+            host,
+            access_key,
+            secret_key,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python interpreter of the test venv (boto3 installed there).
+pub fn python() -> PathBuf {
+    match std::env::var_os("STRATO_TEST_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+            assert!(
+                venv.is_file(),
+                "no test venv: run scripts/test.sh, which creates .venv with boto3"
+            );
+            venv
+        }
+    }
+}
+
+pub fn s3cmd_bin() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/s3cmd");
+    if venv.is_file() {
+        return venv;
+    }
+    require_tool("s3cmd")
+}
