@@ -56,7 +56,7 @@ pub(super) async fn create(
     let ctx = ctx_of(&req.extensions);
     let (bucket, key) = (&req.input.bucket, &req.input.key);
     check_key(key)?;
-    let attrs = attrs_from_headers(&req.headers);
+    let attrs = attrs_from_headers(&req.headers, req.input.metadata.as_ref());
     let mut opts = put_options(&req.headers)?;
     opts.content_md5 = None;
     let upload_id = a

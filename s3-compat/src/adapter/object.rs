@@ -17,8 +17,9 @@ use crate::cond::{self, Outcome};
 const CHUNKING_META: &str = "strato-chunking";
 
 /// Object attributes from request headers (PUT, CreateMultipartUpload,
-/// CopyObject with REPLACE).
-pub(super) fn attrs_from_headers(h: &HeaderMap) -> ObjectAttrs {
+/// CopyObject with REPLACE). `metadata` is the user metadata as s3s decoded
+/// it (RFC 2047 encoded words undone); s3s encodes it again on the way out.
+pub(super) fn attrs_from_headers(h: &HeaderMap, metadata: Option<&dto::Metadata>) -> ObjectAttrs {
     let text = |n: &str| hdr(h, n).map(str::to_owned);
     // aws-chunked describes the transfer, not the object: never store it.
     let content_encoding = hdr(h, "content-encoding").and_then(|v| {
@@ -29,14 +30,20 @@ pub(super) fn attrs_from_headers(h: &HeaderMap) -> ObjectAttrs {
             .collect();
         (!kept.is_empty()).then(|| kept.join(", "))
     });
-    let user_metadata = h
-        .iter()
-        .filter_map(|(name, value)| {
-            let k = name.as_str().strip_prefix("x-amz-meta-")?;
-            let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            Some((k.to_owned(), v))
-        })
-        .collect();
+    let user_metadata = match metadata {
+        Some(m) => m
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        None => h
+            .iter()
+            .filter_map(|(name, value)| {
+                let k = name.as_str().strip_prefix("x-amz-meta-")?;
+                let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                Some((k.to_owned(), v))
+            })
+            .collect(),
+    };
     ObjectAttrs {
         content_type: text("content-type"),
         content_disposition: text("content-disposition"),
@@ -195,7 +202,7 @@ pub(super) async fn put_object(
 ) -> S3Result<S3Response<dto::PutObjectOutput>> {
     let ctx = ctx_of(&req.extensions);
     check_key(&req.input.key)?;
-    let mut attrs = attrs_from_headers(&req.headers);
+    let mut attrs = attrs_from_headers(&req.headers, req.input.metadata.as_ref());
     let opts = put_options(&req.headers)?;
     let checksums = checksum_spec(&req.headers)?;
     for (alg, v) in &checksums {
@@ -633,7 +640,7 @@ pub(super) async fn copy_object(
         ));
     }
     let attrs = replace.then(|| {
-        let mut attrs = attrs_from_headers(&req.headers);
+        let mut attrs = attrs_from_headers(&req.headers, req.input.metadata.as_ref());
         // The data is unchanged, so its verified checksums still hold.
         attrs.checksums = src.attrs.checksums.clone();
         attrs
@@ -684,13 +691,13 @@ mod tests {
     fn aws_chunked_is_not_stored() {
         let mut h = HeaderMap::new();
         h.insert("content-encoding", HeaderValue::from_static("aws-chunked"));
-        assert_eq!(attrs_from_headers(&h).content_encoding, None);
+        assert_eq!(attrs_from_headers(&h, None).content_encoding, None);
         h.insert(
             "content-encoding",
             HeaderValue::from_static("gzip, aws-chunked"),
         );
         assert_eq!(
-            attrs_from_headers(&h).content_encoding.as_deref(),
+            attrs_from_headers(&h, None).content_encoding.as_deref(),
             Some("gzip")
         );
     }

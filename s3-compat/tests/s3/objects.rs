@@ -946,3 +946,29 @@ async fn presigned_get_with_plain_http() {
         String::from_utf8_lossy(&b)
     );
 }
+
+#[tokio::test]
+async fn encoded_metadata_round_trips() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    c.put_object()
+        .bucket("bkt")
+        .key("k")
+        .metadata("name", "=?UTF-8?B?w7xiZXI=?=")
+        .metadata("plain", "ascii value")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let attrs = s.backend.object_attrs("bkt", "k").unwrap();
+    assert_eq!(
+        attrs.user_metadata.get("name").map(String::as_str),
+        Some("über")
+    );
+    let got = c.head_object().bucket("bkt").key("k").send().await.unwrap();
+    let md = got.metadata().unwrap();
+    assert_eq!(md.get("plain").map(String::as_str), Some("ascii value"));
+    let name = md.get("name").unwrap();
+    assert!(name.starts_with("=?UTF-8?"), "{name}");
+}
