@@ -196,14 +196,31 @@ impl Downstream {
             manifest: Arc::clone(&ctx.info.manifest),
         };
         w.send_now(&Frame::Hello(hello)).await?;
-        let have = match r.read_timeout(ctx.patience(rest), "HAVE").await? {
-            Frame::Have(h) => h,
-            Frame::Error(e) => return Err(Error::Peer(e)),
-            f => {
-                return Err(Error::Unexpected {
-                    expected: "HAVE",
-                    got: f.kind_name(),
-                })
+        // The node answers once it has looked at its store and linked the
+        // rest of the chain; meanwhile it sends KEEPALIVE, so a slow store
+        // is not mistaken for a dead node. The overall limit grows with the
+        // chain behind it, like the REPORT wait.
+        let idle = ctx.patience(rest);
+        let limit = ctx.finish_timeout.saturating_mul(rest as u32 + 1) + idle;
+        let deadline = Instant::now() + limit;
+        let have = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: "waiting for HAVE",
+                    secs: limit.as_secs_f64(),
+                });
+            }
+            match r.read_timeout(left.min(idle), "HAVE").await? {
+                Frame::Have(h) => break h,
+                Frame::Keepalive => continue,
+                Frame::Error(e) => return Err(Error::Peer(e)),
+                f => {
+                    return Err(Error::Unexpected {
+                        expected: "HAVE",
+                        got: f.kind_name(),
+                    })
+                }
             }
         };
         let chunks = &ctx.info.manifest.chunks;

@@ -198,6 +198,30 @@ pub(crate) fn verify_chunk(lens: &HashMap<ChunkId, u32>, id: &ChunkId, data: &[u
     Ok(())
 }
 
+/// Runs `fut`, sending KEEPALIVE upstream meanwhile so the upstream can
+/// tell a busy node from a dead one. A failed keepalive only stops the
+/// keepalives: the work itself (a local finish, say) is still worth doing.
+async fn with_keepalives<T>(
+    up_w: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    every: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut upstream_alive = true;
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tick.tick(), if upstream_alive => {
+                if up_w.send_now(&Frame::Keepalive).await.is_err() {
+                    upstream_alive = false;
+                }
+            }
+        }
+    }
+}
+
 async fn session(
     sock: TcpStream,
     peer: SocketAddr,
@@ -258,22 +282,31 @@ async fn run(
     info!(transfer = ctx.info.transfer_id, name = %ctx.info.name, %me,
           chunks = manifest.len(), downstream = hello.chain.len() - 1, "transfer started");
 
-    let sink = {
-        let info = ctx.info.clone();
-        blocking(move || factory.open(&info)).await?
+    let prep = async {
+        let sink = {
+            let info = ctx.info.clone();
+            blocking(move || factory.open(&info)).await?
+        };
+        let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+        // Look at the local store while the rest of the chain links up.
+        let has = {
+            let (sink, ids) = (Arc::clone(&sink), ids.clone());
+            blocking(move || sink.has(&ids))
+        };
+        let link = Downstream::connect(Arc::clone(&ctx), hello.chain[1..].to_vec(), None);
+        let (own_have_v, ds) = tokio::join!(has, link);
+        let own_have_v = own_have_v?;
+        if own_have_v.len() != ids.len() {
+            return Err(Error::Storage(format!(
+                "sink answered `has` for {} of {} chunks",
+                own_have_v.len(),
+                ids.len()
+            )));
+        }
+        Ok((sink, ids, own_have_v, ds))
     };
-    let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
-    let own_have_v = {
-        let (sink, ids) = (Arc::clone(&sink), ids.clone());
-        blocking(move || sink.has(&ids)).await?
-    };
-    if own_have_v.len() != ids.len() {
-        return Err(Error::Storage(format!(
-            "sink answered `has` for {} of {} chunks",
-            own_have_v.len(),
-            ids.len()
-        )));
-    }
+    let (sink, ids, own_have_v, mut ds) =
+        with_keepalives(up_w, ctx.keepalive_every(), prep).await?;
     let own_have: Arc<HashSet<ChunkId>> = Arc::new(
         ids.iter()
             .zip(&own_have_v)
@@ -281,10 +314,6 @@ async fn run(
             .map(|(id, _)| *id)
             .collect(),
     );
-
-    // Learn what the rest of the chain needs before answering: the union of
-    // needs flows up before any data flows down.
-    let mut ds = Downstream::connect(Arc::clone(&ctx), hello.chain[1..].to_vec(), None).await;
     let my_have: Vec<bool> = match ds.have() {
         Some(down) => own_have_v.iter().zip(down).map(|(a, b)| *a && *b).collect(),
         None => own_have_v.clone(),
@@ -432,21 +461,10 @@ async fn run(
             }
         }
     };
-    let work = async { tokio::join!(own, down) };
-    tokio::pin!(work);
-    let mut tick = tokio::time::interval(ctx.keepalive_every());
-    tick.tick().await;
-    let mut upstream_alive = true;
-    let (own, down) = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = tick.tick(), if upstream_alive => {
-                if up_w.send_now(&Frame::Keepalive).await.is_err() {
-                    upstream_alive = false;
-                }
-            }
-        }
-    };
+    let (own, down) = with_keepalives(up_w, ctx.keepalive_every(), async {
+        tokio::join!(own, down)
+    })
+    .await;
     let mine = match own {
         Ok(written) => NodeReport {
             addr: me,

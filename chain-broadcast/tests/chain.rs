@@ -545,3 +545,57 @@ async fn node_stalled_mid_stream_is_bypassed() {
     assert!(s2.object("disk.img").as_deref() == Some(&data[..]));
     assert!(stuck_store.object("disk.img").is_none());
 }
+
+/// A store that takes its time to answer `has`.
+struct SlowHas(Arc<dyn ChunkSink>);
+
+impl ChunkSource for SlowHas {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        self.0.get(id)
+    }
+}
+
+impl ChunkSink for SlowHas {
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError> {
+        std::thread::sleep(Duration::from_millis(1500));
+        self.0.has(ids)
+    }
+    fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
+        self.0.put(id, data)
+    }
+    fn finish(&self, m: &Manifest) -> Result<u64, BoxError> {
+        std::thread::sleep(Duration::from_millis(1500));
+        self.0.finish(m)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_but_alive_stores_are_not_bypassed() {
+    let data = random_bytes(1 << 20, 11);
+    let (src, manifest, _) = source_for(&data);
+    let fast = Options {
+        connect_timeout: Duration::from_millis(500),
+        io_timeout: Duration::from_millis(500),
+        finish_timeout: Duration::from_secs(10),
+        ..Options::default()
+    };
+    let stores: Vec<Arc<MemStore>> = (0..3).map(|_| MemStore::new()).collect();
+    let mut nodes = Vec::new();
+    for s in &stores {
+        let inner = s.factory();
+        nodes.push(
+            node(Arc::new(
+                move |info: &TransferInfo| -> Result<Arc<dyn ChunkSink>, BoxError> {
+                    Ok(Arc::new(SlowHas(inner.open(info)?)))
+                },
+            ))
+            .await,
+        );
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let report = run(&src, &manifest, &addrs, &fast).await;
+    assert!(report.all_ok(), "{report:#?}");
+    for s in &stores {
+        assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]));
+    }
+}
