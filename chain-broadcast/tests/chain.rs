@@ -599,3 +599,37 @@ async fn slow_but_alive_stores_are_not_bypassed() {
         assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_reuses_the_previous_version() {
+    let v1 = random_bytes(2 << 20, 12);
+    // Version 2: every fourth chunk rewritten.
+    let mut v2 = v1.to_vec();
+    for (i, c) in v2.chunks_mut(CHUNK).enumerate() {
+        if i % 4 == 0 {
+            c.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+        }
+    }
+    let v2 = Bytes::from(v2);
+    let (src, manifest, parts) = source_for(&v2);
+    let changed: u64 = parts.iter().step_by(4).map(|p| p.len() as u64).sum();
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    for d in &dirs {
+        std::fs::write(d.path().join("disk.img"), &v1).expect("v1");
+    }
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(node(Arc::new(FileSinkFactory::new(d.path()))).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let report = run(&src, &manifest, &addrs, &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    assert_eq!(report.bytes_sent, changed);
+    for (d, r) in dirs.iter().zip(&report.nodes) {
+        assert_eq!(r.bytes_received, changed);
+        let got = std::fs::read(d.path().join("disk.img")).expect("file");
+        assert!(got == v2[..], "file differs");
+    }
+}
