@@ -156,3 +156,43 @@ async fn payload_hash_mismatch_stores_nothing() {
     let (st, _, _) = crate::signed_request("PUT", s.addr, "/bkt/k", b"some body".to_vec()).await;
     assert_eq!(st, 200);
 }
+
+#[tokio::test]
+async fn stale_and_expired_signatures() {
+    use std::time::{Duration, SystemTime};
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    c.put_object()
+        .bucket("bkt")
+        .key("k")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    let (st, _, b) =
+        crate::signed_request_at("GET", s.addr, "/bkt/k", &[], None, vec![], old).await;
+    let b = String::from_utf8_lossy(&b);
+    assert_eq!(st, 403, "{b}");
+    assert!(b.contains("<Code>RequestTimeTooSkewed</Code>"), "{b}");
+
+    let cfg = aws_sdk_s3::presigning::PresigningConfig::builder()
+        .start_time(old)
+        .expires_in(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let url = c
+        .get_object()
+        .bucket("bkt")
+        .key("k")
+        .presigned(cfg)
+        .await
+        .unwrap();
+    let (st, _, b) = raw_request("GET", url.uri(), &[], vec![]).await;
+    let b = String::from_utf8_lossy(&b);
+    assert_eq!(st, 403, "{b}");
+    assert!(b.contains("<Code>AccessDenied</Code>"), "{b}");
+    assert!(b.contains("expired"), "{b}");
+}

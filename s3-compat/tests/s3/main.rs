@@ -178,6 +178,29 @@ pub async fn signed_request_with(
     payload: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, http::HeaderMap, Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    signed_request_at(
+        method,
+        addr,
+        path_and_query,
+        extra_headers,
+        payload,
+        body,
+        now,
+    )
+    .await
+}
+
+/// Like [`signed_request_with`], signed as of `time`.
+pub async fn signed_request_at(
+    method: &str,
+    addr: SocketAddr,
+    path_and_query: &str,
+    extra_headers: &[(&str, &str)],
+    payload: Option<&str>,
+    body: Vec<u8>,
+    time: std::time::SystemTime,
+) -> (u16, http::HeaderMap, Vec<u8>) {
     use aws_sigv4::http_request::{
         sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
     };
@@ -190,7 +213,7 @@ pub async fn signed_request_with(
         .identity(&identity)
         .region("us-east-1")
         .name("s3")
-        .time(std::time::SystemTime::now())
+        .time(time)
         .settings(settings)
         .build()
         .unwrap()
