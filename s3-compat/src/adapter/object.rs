@@ -294,6 +294,22 @@ pub(super) fn parse_range(h: Option<&str>, size: u64) -> RangeReq {
     RangeReq::Part(a..end)
 }
 
+fn part_number_unsupported() -> S3Error {
+    s3err(
+        S3ErrorCode::NotImplemented,
+        "Reading a multipart object by partNumber is not supported; use a Range",
+    )
+}
+
+/// `?partNumber=1` of a single-part object is the whole object; anything
+/// else needs part boundaries, which the backend does not expose.
+fn check_part_number(n: Option<i32>) -> S3Result<()> {
+    match n {
+        None | Some(1) => Ok(()),
+        Some(_) => Err(part_number_unsupported()),
+    }
+}
+
 fn invalid_range(size: u64) -> S3Error {
     let mut e = s3err(
         S3ErrorCode::InvalidRange,
@@ -387,6 +403,7 @@ pub(super) async fn get_object(
     let ctx = ctx_of(&req.extensions);
     let (bucket, key) = (&req.input.bucket, &req.input.key);
     check_key(key)?;
+    check_part_number(req.input.part_number)?;
     let range_header = hdr(&req.headers, "range");
     let (info, stream, range) = if range_header.is_none() {
         // The common case costs one backend call: conditions are checked on
@@ -426,6 +443,9 @@ pub(super) async fn get_object(
         }
         (info, stream, range)
     };
+    if req.input.part_number.is_some() && info.etag.contains('-') {
+        return Err(part_number_unsupported());
+    }
     let (len, content_range) = match &range {
         Some(r) => (
             r.end - r.start,
@@ -464,12 +484,16 @@ pub(super) async fn head_object(
     let ctx = ctx_of(&req.extensions);
     let (bucket, key) = (&req.input.bucket, &req.input.key);
     check_key(key)?;
+    check_part_number(req.input.part_number)?;
     let info = a
         .backend
         .head_object(bucket, key)
         .await
         .map_err(|e| a.map_err(&ctx, e))?;
     check_conditions(&req.headers, &info)?;
+    if req.input.part_number.is_some() && info.etag.contains('-') {
+        return Err(part_number_unsupported());
+    }
     let range = match parse_range(hdr(&req.headers, "range"), info.size) {
         RangeReq::Full => None,
         RangeReq::Part(r) => Some(r),
