@@ -29,7 +29,7 @@ pub enum Error {
     #[error("connection closed by peer while waiting for {0}")]
     Closed(&'static str),
     /// Nothing arrived (or could be sent) in time.
-    #[error("timed out after {secs:.1}s while {what}")]
+    #[error("timed out after {secs:.1}s ({what})")]
     Timeout {
         /// What we were doing.
         what: &'static str,

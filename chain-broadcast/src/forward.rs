@@ -75,9 +75,11 @@ struct Link {
 }
 
 impl Link {
-    /// Before END the link has nothing to say; anything it says is a failure.
+    /// Before END the link has nothing to say but KEEPALIVE; anything else
+    /// is a failure.
     fn early_event(&mut self) -> Option<Error> {
         match self.events.try_recv() {
+            Ok(Ok(Frame::Keepalive)) => None,
             Ok(Ok(Frame::Error(e))) => Some(Error::Peer(e)),
             Ok(Ok(f)) => Some(Error::Unexpected {
                 expected: "nothing before END",
@@ -242,7 +244,7 @@ impl Downstream {
             loop {
                 let ev = match r.read_frame().await {
                     Ok(Some(f)) => Ok(f),
-                    Ok(None) => Err(Error::Closed("REPORT")),
+                    Ok(None) => Err(Error::Closed("the transfer to end")),
                     Err(e) => Err(e),
                 };
                 let last = ev.is_err();
@@ -273,10 +275,17 @@ impl Downstream {
             };
             // A peer that refused our data usually said why first.
             if !matches!(err, Error::Peer(_)) {
-                if let Ok(Some(Ok(Frame::Error(reason)))) =
-                    tokio::time::timeout(Duration::from_millis(200), link.events.recv()).await
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+                while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, link.events.recv()).await
                 {
-                    err = Error::Peer(reason);
+                    match ev {
+                        Ok(Frame::Error(reason)) => {
+                            err = Error::Peer(reason);
+                            break;
+                        }
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    }
                 }
             }
             warn!(addr = %link.addr, error = %err, "downstream node failed, bypassing it");
