@@ -207,7 +207,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stores `body` under `bucket/key`, computing the MD5 ETag. If the body
     /// yields an error, nothing is stored and that error is returned (as
-    /// `BackendError::Body` or any other variant).
+    /// `BackendError::Body` or any other variant). Before committing, merge
+    /// `opts.late_checksums.take()` into `attrs.checksums`; the returned
+    /// `ObjectInfo.attrs` should be what was stored.
     async fn put_object(
         &self,
         bucket: &str,
@@ -216,8 +218,9 @@ pub trait Backend: Send + Sync + 'static {
         attrs: ObjectAttrs,
         opts: PutOptions,
     ) -> Result<ObjectInfo, BackendError>;
-    /// `range` is already validated against the object size by the caller
-    /// when it comes from a Range header; backends may still clamp.
+    /// `range`, when given, lies within the object as last seen by
+    /// `head_object` (the caller validated it); if the object has changed
+    /// size since, clamping or an error are both fine.
     async fn get_object(
         &self,
         bucket: &str,
@@ -239,7 +242,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<ObjectInfo, BackendError>;
     /// Keys starting with `prefix`, strictly after `start_after`, in
     /// lexicographic byte order, at most `limit`; the bool says whether more
-    /// keys follow.
+    /// keys follow. `start_after` need not be an existing key: to skip a
+    /// whole common prefix `p` the caller passes `p` followed by U+10FFFF.
     async fn list_objects(
         &self,
         bucket: &str,

@@ -6,17 +6,42 @@
 //! clients depend on beyond the wire format — conditional requests, Range
 //! rules, checksum verification, listing rules, error documents — is ours.
 //!
+//! # Mounting
+//!
+//! [`S3Service::handle`] serves one `http::Request` and never fails (errors
+//! are S3 XML documents); [`S3Service`] is also a `hyper::service::Service`.
+//! The root routes what it serves itself (e.g. an unauthenticated
+//! `/metrics`) and hands everything else to `handle`:
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # async fn run(backend: Arc<dyn s3_compat::Backend>) {
-//! use s3_compat::{S3Config, S3Service, StaticCredentials};
+//! use s3_compat::{S3Config, S3Metrics, S3Service, StaticCredentials};
 //! let creds = StaticCredentials::new().with_user("alice", "AKID", "SECRET");
-//! let svc = S3Service::new(backend, Arc::new(creds), S3Config::default());
-//! // In a hyper service_fn: `svc.handle(req).await` for every request the
-//! // root does not route itself.
+//! let metrics = Arc::new(S3Metrics::new());
+//! let svc = S3Service::builder(backend, Arc::new(creds), S3Config::default())
+//!     .metrics(metrics.clone())
+//!     .build();
+//! // In a hyper service_fn: `svc.handle(req).await`;
+//! // for /metrics: `metrics.render_prometheus()`.
 //! # let _ = svc;
 //! # }
 //! ```
+//!
+//! # Authenticated routes of your own
+//!
+//! Routes registered with [`S3ServiceBuilder::extra_route`] are verified
+//! exactly like S3 requests (header SigV4, presigned URLs, aws-chunked
+//! bodies, clock skew) before [`ExtraRoute::call`] receives the user and a
+//! verified body stream. Their paths must look like `/<bucket-name>/...`.
+//!
+//! # Uploads
+//!
+//! Upload bodies reach the backend as a [`ByteStream`] that enforces the
+//! declared length and the size limit and verifies `x-amz-checksum-*`; any
+//! failure is an `Err` item (at the latest at end of stream), after which
+//! the backend must store nothing. Checksums sent as aws-chunked trailers
+//! are known only at end of stream: see [`PutOptions::late_checksums`].
 
 mod adapter;
 mod auth;
