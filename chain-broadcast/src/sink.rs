@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
@@ -26,7 +26,12 @@ pub trait ChunkSource: Send + Sync + 'static {
 /// Where one node puts one object. One value per transfer and connection,
 /// made by a [`SinkFactory`]; a node reached twice for the same transfer
 /// (after its upstream was bypassed) gets a second sink, which should see
-/// what the first one stored.
+/// what the first one stored. Two sinks of one transfer may be live at
+/// once for a moment (the old connection is still failing), so `put` of a
+/// chunk already stored must be harmless.
+///
+/// `get` (from [`ChunkSource`]) is how a node resupplies its successor after
+/// a bypass; it is asked only for chunks this sink reported held or stored.
 pub trait ChunkSink: ChunkSource {
     /// For each id, whether the sink already holds it (same order). Held
     /// chunks are not sent to this node.
@@ -174,8 +179,10 @@ impl ChunkSink for MemSink {
 /// Writes each object to `out_dir/NAME`. Chunks land at their offsets in a
 /// hidden partial file (`.NAME.<transfer id>.part`) which is renamed into
 /// place by `finish` once every chunk is present, so a truncated image never
-/// appears under its name. Within one process, a second connection for the
-/// same transfer (after a bypass) resumes from the chunks already written.
+/// appears under its name. A later connection for the same transfer (after
+/// a bypass, or after the agent restarted) resumes from the chunks the
+/// partial file already holds. Partial files of transfers that never
+/// complete stay behind for the operator (or a cleanup job) to remove.
 ///
 /// If `out_dir/NAME` already exists (an older version of the image), the
 /// chunks it holds at the same offsets are copied locally and announced as
@@ -184,7 +191,7 @@ impl ChunkSink for MemSink {
 pub struct FileSinkFactory {
     out_dir: PathBuf,
     seed: bool,
-    parts: Mutex<HashMap<(String, u64), Arc<Part>>>,
+    parts: Mutex<HashMap<(String, u64), Weak<Part>>>,
 }
 
 impl FileSinkFactory {
@@ -238,45 +245,58 @@ impl SinkFactory for FileSinkFactory {
     fn open(&self, info: &TransferInfo) -> Result<Arc<dyn ChunkSink>, BoxError> {
         check_file_name(&info.name)?;
         let key = (info.name.clone(), info.transfer_id);
-        let part = {
-            let mut parts = lock(&self.parts);
-            match parts.get(&key) {
-                Some(p) => Arc::clone(p),
-                None => {
-                    let part_path = self
-                        .out_dir
-                        .join(format!(".{}.{:016x}.part", info.name, info.transfer_id));
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&part_path)?;
-                    file.set_len(info.manifest.size())?;
-                    let mut offsets: HashMap<ChunkId, (u32, Vec<u64>)> = HashMap::new();
-                    for (c, off) in info.manifest.chunks.iter().zip(info.manifest.offsets()) {
-                        offsets
-                            .entry(c.id)
-                            .or_insert((c.len, Vec::new()))
-                            .1
-                            .push(off);
-                    }
-                    let p = Arc::new(Part {
-                        file,
-                        part_path,
-                        final_path: self.out_dir.join(&info.name),
-                        offsets,
-                        held: Mutex::new(HashSet::new()),
-                        finished: Mutex::new(false),
-                    });
-                    if self.seed {
-                        seed_from(&p, &info.manifest)?;
-                    }
-                    parts.insert(key, Arc::clone(&p));
-                    p
+        let mut parts = lock(&self.parts);
+        // A part lives while a sink of it does; forget the dead ones.
+        parts.retain(|_, p| p.strong_count() > 0);
+        if let Some(part) = parts.get(&key).and_then(Weak::upgrade) {
+            return Ok(Arc::new(FileSink {
+                part,
+                written: AtomicU64::new(0),
+            }));
+        }
+        let part_path = self
+            .out_dir
+            .join(format!(".{}.{:016x}.part", info.name, info.transfer_id));
+        // A part file left by an earlier attempt at this transfer (a bypass,
+        // a restart) is resumed from, not truncated.
+        let resumed = part_path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part_path)?;
+        file.set_len(info.manifest.size())?;
+        let mut offsets: HashMap<ChunkId, (u32, Vec<u64>)> = HashMap::new();
+        for (c, off) in info.manifest.chunks.iter().zip(info.manifest.offsets()) {
+            offsets
+                .entry(c.id)
+                .or_insert((c.len, Vec::new()))
+                .1
+                .push(off);
+        }
+        let part = Arc::new(Part {
+            file,
+            part_path,
+            final_path: self.out_dir.join(&info.name),
+            offsets,
+            held: Mutex::new(HashSet::new()),
+            finished: Mutex::new(false),
+        });
+        if resumed {
+            seed_from(&part, &part.file, true, &info.manifest)?;
+        }
+        if self.seed {
+            match File::open(&part.final_path) {
+                Ok(old) if old.metadata()?.is_file() => {
+                    seed_from(&part, &old, false, &info.manifest)?
                 }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
             }
-        };
+        }
+        parts.insert(key, Arc::downgrade(&part));
         Ok(Arc::new(FileSink {
             part,
             written: AtomicU64::new(0),
@@ -284,34 +304,28 @@ impl SinkFactory for FileSinkFactory {
     }
 }
 
-/// Copies into `part` every chunk the existing file at its final path holds
-/// at one of the chunk's offsets.
-fn seed_from(part: &Part, manifest: &Manifest) -> std::io::Result<()> {
-    let old = match File::open(&part.final_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let meta = old.metadata()?;
-    if !meta.is_file() {
-        return Ok(());
-    }
-    let size = meta.len();
+/// Marks held every chunk `src` holds at one of the chunk's offsets, and
+/// copies it to all its offsets in the part file (`same_file`: `src` is the
+/// part file itself, so the offset it was found at is already right).
+fn seed_from(part: &Part, src: &File, same_file: bool, manifest: &Manifest) -> std::io::Result<()> {
+    let size = src.metadata()?.len();
     let mut held = lock(&part.held);
     let mut buf = Vec::new();
-    // Manifest order reads the old file sequentially.
+    // Manifest order reads the source sequentially.
     for (c, off) in manifest.chunks.iter().zip(manifest.offsets()) {
         if held.contains(&c.id) || off + u64::from(c.len) > size {
             continue;
         }
         buf.resize(c.len as usize, 0);
-        old.read_exact_at(&mut buf, off)?;
+        src.read_exact_at(&mut buf, off)?;
         if ChunkId::of(&buf) != c.id {
             continue;
         }
         if let Some((_, offs)) = part.offsets.get(&c.id) {
             for o in offs {
-                part.file.write_all_at(&buf, *o)?;
+                if !(same_file && *o == off) {
+                    part.file.write_all_at(&buf, *o)?;
+                }
             }
         }
         held.insert(c.id);

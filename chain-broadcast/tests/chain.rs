@@ -633,3 +633,39 @@ async fn file_sink_reuses_the_previous_version() {
         assert!(got == v2[..], "file differs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_resumes_a_partial_file_after_restart() {
+    let data = random_bytes(2 << 20, 13);
+    let (src, manifest, parts) = source_for(&data);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let info = TransferInfo {
+        transfer_id: 99,
+        name: "disk.img".into(),
+        manifest: Arc::clone(&manifest),
+    };
+    // A first agent stored every other chunk, then died.
+    {
+        let factory = FileSinkFactory::new(dir.path());
+        let sink = factory.open(&info).expect("open");
+        for (c, p) in manifest.chunks.iter().zip(&parts).step_by(2) {
+            sink.put(&c.id, p.clone()).expect("put");
+        }
+    }
+    assert!(!dir.path().join("disk.img").exists());
+    let half: u64 = parts.iter().step_by(2).map(|p| p.len() as u64).sum();
+    // A new agent picks the transfer up where it stopped.
+    let n = node(Arc::new(
+        FileSinkFactory::new(dir.path()).seed_from_existing(false),
+    ))
+    .await;
+    let o = Options {
+        transfer_id: Some(99),
+        ..opts()
+    };
+    let report = run(&src, &manifest, &[n.addr()], &o).await;
+    assert!(report.all_ok(), "{report:#?}");
+    assert_eq!(report.nodes[0].bytes_received, data.len() as u64 - half);
+    let got = std::fs::read(dir.path().join("disk.img")).expect("file");
+    assert!(got == data[..], "file differs");
+}
