@@ -669,3 +669,97 @@ async fn file_sink_resumes_a_partial_file_after_restart() {
     let got = std::fs::read(dir.path().join("disk.img")).expect("file");
     assert!(got == data[..], "file differs");
 }
+
+/// A source that hands out chunks slowly and notes when it gave the last.
+struct SlowSource {
+    inner: Arc<MemStore>,
+    gets: AtomicU64,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ChunkSource for SlowSource {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        std::thread::sleep(Duration::from_millis(5));
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        self.inner.get(id)
+    }
+}
+
+/// A sink that notes when its first chunk arrived.
+struct FirstPut {
+    inner: Arc<dyn ChunkSink>,
+    first: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl ChunkSource for FirstPut {
+    fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
+        self.inner.get(id)
+    }
+}
+
+impl ChunkSink for FirstPut {
+    fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, BoxError> {
+        self.inner.has(ids)
+    }
+    fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
+        self.first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(std::time::Instant::now);
+        self.inner.put(id, data)
+    }
+    fn finish(&self, m: &Manifest) -> Result<u64, BoxError> {
+        self.inner.finish(m)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_is_cut_through() {
+    let data = random_bytes(4 << 20, 14);
+    let (src, manifest, _) = source_for(&data);
+    let slow = Arc::new(SlowSource {
+        inner: src,
+        gets: AtomicU64::new(0),
+        last: std::sync::Mutex::new(None),
+    });
+    let stores: Vec<Arc<MemStore>> = (0..4).map(|_| MemStore::new()).collect();
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let mut nodes = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        if i < 3 {
+            nodes.push(node(s.factory()).await);
+            continue;
+        }
+        let inner = s.factory();
+        let first = Arc::clone(&first);
+        nodes.push(
+            node(Arc::new(
+                move |info: &TransferInfo| -> Result<Arc<dyn ChunkSink>, BoxError> {
+                    Ok(Arc::new(FirstPut {
+                        inner: inner.open(info)?,
+                        first: Arc::clone(&first),
+                    }))
+                },
+            ))
+            .await,
+        );
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let source: Arc<dyn ChunkSource> = slow.clone();
+    let report = propagate(source, "disk.img", manifest, &addrs, &opts())
+        .await
+        .expect("ran");
+    assert!(report.all_ok(), "{report:#?}");
+    let first = (*first.lock().expect("lock")).expect("tail stored something");
+    let last = (*slow.last.lock().expect("lock")).expect("source read");
+    // The tail, three hops down, stored its first chunk long before the
+    // repository had even read its last one: no hop waits for the image.
+    assert!(first < last, "tail started after the source finished");
+    assert!(
+        last - first > Duration::from_millis(200),
+        "{:?}",
+        last - first
+    );
+    assert_eq!(stores[3].object("disk.img").as_deref(), Some(&data[..]));
+}
