@@ -297,6 +297,33 @@ async fn head_first_like_qemu() {
     assert_eq!(h.get("accept-ranges").unwrap(), "bytes");
     assert_eq!(h.get("content-length").unwrap(), "4096");
     assert!(b.is_empty());
+    let (st, h, _) = raw_request("HEAD", url.uri(), &[("range", "bytes=0-511")], vec![]).await;
+    assert_eq!(st, 206);
+    assert_eq!(h.get("content-length").unwrap(), "512");
+    assert_eq!(h.get("content-range").unwrap(), "bytes 0-511/4096");
+    let (st, _, b) = raw_request("HEAD", url.uri(), &[("if-none-match", "*")], vec![]).await;
+    assert_eq!(st, 304);
+    assert!(b.is_empty());
+
+    // QEMU is given a URL presigned for GET, and probes it with HEAD.
+    let url = c
+        .get_object()
+        .bucket("bkt")
+        .key("img")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let (st, h, b) = raw_request("HEAD", url.uri(), &[], vec![]).await;
+    assert_eq!(st, 200);
+    assert_eq!(h.get("accept-ranges").unwrap(), "bytes");
+    assert_eq!(h.get("content-length").unwrap(), "4096");
+    assert!(b.is_empty());
+    let (st, _, b) = raw_request("GET", url.uri(), &[("range", "bytes=4000-")], vec![]).await;
+    assert_eq!((st, b.len()), (206, 96));
+    // A tampered URL stays refused under either method.
+    let bad = url.uri().replace("img", "img2");
+    let (st, _, _) = raw_request("HEAD", &bad, &[], vec![]).await;
+    assert_eq!(st, 403);
 }
 
 #[tokio::test]
