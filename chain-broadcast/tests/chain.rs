@@ -266,15 +266,16 @@ fn slow_factory(
     )
 }
 
-async fn kill_mid_transfer(victim: usize) {
+async fn kill_mid_transfer(n: usize, victims: &[usize]) {
     let data = random_bytes(4 << 20, 6);
     let (src, manifest, _) = source_for(&data);
-    let stores: Vec<Arc<MemStore>> = (0..4).map(|_| MemStore::new()).collect();
+    let stores: Vec<Arc<MemStore>> = (0..n).map(|_| MemStore::new()).collect();
     let puts = Arc::new(AtomicU64::new(0));
     let mut nodes = Vec::new();
     for (i, s) in stores.iter().enumerate() {
-        // Every node is a little slow so the kill lands mid-stream.
-        let counter = if i == victim {
+        // Every node is a little slow so the kill lands mid-stream; the
+        // first victim's progress decides when.
+        let counter = if i == victims[0] {
             Arc::clone(&puts)
         } else {
             Arc::new(AtomicU64::new(0))
@@ -288,7 +289,7 @@ async fn kill_mid_transfer(victim: usize) {
         let (src, manifest, addrs) = (src.clone(), manifest.clone(), addrs.clone());
         tokio::spawn(async move { run(&src, &manifest, &addrs, &opts).await })
     };
-    // Kill the victim a quarter of the way through its chunks.
+    // Kill a quarter of the way through the first victim's chunks.
     let waited = tokio::time::timeout(Duration::from_secs(20), async {
         while puts.load(Ordering::SeqCst) < total / 4 {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -296,38 +297,47 @@ async fn kill_mid_transfer(victim: usize) {
     })
     .await;
     assert!(waited.is_ok(), "victim never started");
-    nodes[victim].kill();
+    for v in victims {
+        nodes[*v].kill();
+    }
     let report = prop.await.expect("join");
-    let r = report.node(addrs[victim]).expect("listed");
-    assert!(!r.ok, "{report:#?}");
-    assert!(
-        r.reason.as_deref().unwrap_or("").contains("bypassed"),
-        "{r:?}"
-    );
-    assert!(stores[victim].object("disk.img").is_none());
+    for v in victims {
+        let r = report.node(addrs[*v]).expect("listed");
+        assert!(!r.ok, "{report:#?}");
+        assert!(
+            r.reason.as_deref().unwrap_or("").contains("bypassed"),
+            "{r:?}"
+        );
+        assert!(stores[*v].object("disk.img").is_none());
+    }
     for (i, s) in stores.iter().enumerate() {
-        if i == victim {
+        if victims.contains(&i) {
             continue;
         }
         assert!(report.nodes[i].ok, "node {i}: {report:#?}");
         assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]), "node {i}");
     }
-    assert_eq!(report.failed().count(), 1, "{report:#?}");
+    assert_eq!(report.failed().count(), victims.len(), "{report:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn middle_node_killed_mid_transfer_is_bypassed() {
-    kill_mid_transfer(1).await;
+    kill_mid_transfer(4, &[1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_node_killed_mid_transfer_is_bypassed() {
-    kill_mid_transfer(0).await;
+    kill_mid_transfer(4, &[0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_node_killed_mid_transfer_is_reported() {
-    kill_mid_transfer(3).await;
+    kill_mid_transfer(4, &[3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_nodes_killed_mid_transfer_are_bypassed() {
+    kill_mid_transfer(6, &[1, 2, 4]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
