@@ -1,22 +1,25 @@
 //! Wire frames of the chain protocol, and a small pure parser.
 //!
-//! Every frame is `magic "SC" | kind u8 | len u32 BE | payload[len]`, all
+//! Every frame is `magic "SC" | kind u8 | len u32 BE | payload (len bytes)`, all
 //! integers big-endian. The connection opens with HELLO (upstream →
-//! downstream), answered by HAVE or ERROR; then DATA*, KEEPALIVE* and END flow
-//! down; REPORT (or ERROR) comes back up. HELLO carries the protocol version;
-//! a node refuses any version it does not speak.
+//! downstream), answered by HAVE or ERROR; then DATA* and END flow down;
+//! REPORT (or ERROR) comes back up. KEEPALIVE flows down while a hop has
+//! nothing to send, and up while a node prepares its HAVE or finishes after
+//! END, so read timeouts catch only dead peers. ERROR may come up at any
+//! time; the sender of an ERROR closes the connection. HELLO carries the
+//! protocol version; a node refuses any version it does not speak.
 //!
 //! | kind | frame     | payload |
 //! |------|-----------|---------|
-//! | 1    | HELLO     | version u16, transfer_id u64, name (u16 len + UTF-8), connect/io/finish timeouts (u32 ms each), chain (u16 count + addrs; first = the receiving node), manifest (u32 count + (id[32], len u32)*) |
+//! | 1    | HELLO     | version u16, transfer_id u64, name (u16 len + UTF-8), connect/io/finish timeouts (u32 ms each), chain (u16 count + addrs; first = the receiving node), manifest (u32 count + (id (32 bytes), len u32)*) |
 //! | 2    | HAVE      | count u32 (= manifest entries), bitmap ceil(count/8) bytes, bit i (LSB-first) set = entry i is held by this node and by every node downstream of it |
-//! | 3    | DATA      | id[32], chunk bytes (rest of the payload) |
+//! | 3    | DATA      | id (32 bytes), chunk bytes (rest of the payload) |
 //! | 4    | END       | empty |
 //! | 5    | KEEPALIVE | empty |
 //! | 6    | REPORT    | u16 count + node reports: addr, ok u8, reason (u16 len + UTF-8), bytes_received u64, bytes_written u64, elapsed µs u64 |
 //! | 7    | ERROR     | reason (u16 len + UTF-8) |
 //!
-//! An address is `4 | ipv4[4] | port u16` or `6 | ipv6[16] | port u16`.
+//! An address is `4 | ipv4 (4 bytes) | port u16` or `6 | ipv6 (16 bytes) | port u16`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
