@@ -255,3 +255,21 @@ async fn read_only_subresources() {
         .unwrap_err();
     assert_eq!(code(&e), "NoSuchBucket");
 }
+
+#[tokio::test]
+async fn large_refused_body_gets_a_clean_answer() {
+    let s = Server::start().await;
+    bucket(&s.client(), "alices").await;
+    let bob = s.client_with(AK2, SK2);
+    // Refused before the body is read; the client still sees the error.
+    let e = bob
+        .put_object()
+        .bucket("alices")
+        .key("big")
+        .body(vec![0u8; 16 << 20].into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    assert_eq!(s.backend.object_count("alices"), 0);
+}
