@@ -78,7 +78,7 @@ pub use manifest::{ChunkId, ChunkRef, Manifest, TransferInfo};
 pub use options::{Options, Progress, ServeOptions};
 pub use relay::{serve, Node};
 pub use report::{NodeReport, Report};
-pub use sender::{propagate, propagate_chains, split_chains};
+pub use sender::{propagate, propagate_chains, resolve_nodes, split_chains};
 pub use sink::{
     check_file_name, ChunkSink, ChunkSource, DiscardSinkFactory, FileSinkFactory, FileSource,
     MemStore, SinkFactory,

@@ -234,6 +234,28 @@ pub async fn propagate_chains(
     })
 }
 
+/// Resolves `host:port` strings (names or literal addresses) to socket
+/// addresses, keeping their order (the chain order). A name's first
+/// address is used.
+pub async fn resolve_nodes<S: AsRef<str>>(specs: &[S]) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::with_capacity(specs.len());
+    for s in specs {
+        let s = s.as_ref().trim();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            out.push(a);
+            continue;
+        }
+        let mut addrs = tokio::net::lookup_host(s)
+            .await
+            .map_err(|e| Error::Invalid(format!("node {s:?}: {e}")))?;
+        let a = addrs
+            .next()
+            .ok_or_else(|| Error::Invalid(format!("node {s:?} has no address")))?;
+        out.push(a);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +271,16 @@ mod tests {
         assert_eq!(split_chains(&nodes, 1), vec![nodes.clone()]);
         assert_eq!(split_chains(&nodes, 100).len(), 7);
         assert!(split_chains(&[], 3).is_empty());
+    }
+
+    #[tokio::test]
+    async fn resolves_literal_and_named_nodes() {
+        let got = resolve_nodes(&["127.0.0.1:7000", "localhost:7001"])
+            .await
+            .expect("resolved");
+        assert_eq!(got[0], SocketAddr::from(([127, 0, 0, 1], 7000)));
+        assert_eq!(got[1].port(), 7001);
+        assert!(got[1].ip().is_loopback());
+        assert!(resolve_nodes(&["no-port"]).await.is_err());
     }
 }
