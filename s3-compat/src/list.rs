@@ -64,6 +64,11 @@ pub(crate) async fn list(
     bucket: &str,
     params: &ListParams,
 ) -> Result<Listing, BackendError> {
+    if params.max_keys == 0 {
+        // Nothing was asked for; claiming truncation without a way to
+        // continue would make paginators spin.
+        return Ok(Listing::default());
+    }
     let delimiter = params.delimiter.as_deref();
     let mut cursor = params.after.clone();
     // A marker that is itself a common prefix means "after that whole group".

@@ -250,3 +250,17 @@ async fn object_versions() {
     assert_eq!(out.next_key_marker(), Some("bkt"));
     assert_eq!(out.next_version_id_marker(), Some("null"));
 }
+
+#[tokio::test]
+async fn max_keys_zero() {
+    let (_s, c) = setup().await;
+    let out = c
+        .list_objects_v2()
+        .bucket("bkt")
+        .max_keys(0)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.contents().is_empty());
+    assert_eq!(out.is_truncated(), Some(false));
+}
