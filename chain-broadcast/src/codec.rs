@@ -1,6 +1,9 @@
 //! Frames over an async byte stream, with timeouts.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -77,10 +80,67 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// When a peer was last heard from. A peer that is blocked but alive (its
+/// own successor is slow, or being bypassed) keeps sending KEEPALIVE, so a
+/// write to it that makes no progress is not a failure while it is heard.
+#[derive(Debug)]
+pub struct Liveness {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Liveness {
+    /// Heard just now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Liveness {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Records that the peer said something.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the peer was heard within `d`.
+    pub fn heard_within(&self, d: Duration) -> bool {
+        let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        last.elapsed() < d
+    }
+}
+
+/// Runs one write; past `limit` without completing it fails, unless the
+/// peer is still heard from, in which case it keeps waiting.
+async fn timed(
+    limit: Duration,
+    live: Option<&Liveness>,
+    what: &'static str,
+    fut: impl Future<Output = std::io::Result<()>>,
+) -> Result<()> {
+    tokio::pin!(fut);
+    loop {
+        match tokio::time::timeout(limit, &mut fut).await {
+            Ok(r) => return Ok(r?),
+            Err(_) => match live {
+                Some(l) if l.heard_within(limit) => continue,
+                _ => {
+                    return Err(Error::Timeout {
+                        what,
+                        secs: limit.as_secs_f64(),
+                    })
+                }
+            },
+        }
+    }
+}
+
 /// Writes frames through a buffer; callers flush when they run out of input.
 pub struct FrameWriter<W: AsyncWrite> {
     inner: BufWriter<W>,
     timeout: Duration,
+    live: Option<Arc<Liveness>>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -89,7 +149,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter {
             inner: BufWriter::with_capacity(256 << 10, inner),
             timeout,
+            live: None,
         }
+    }
+
+    /// Lets writes outlast the timeout while `live` says the peer is heard.
+    pub fn with_liveness(mut self, live: Arc<Liveness>) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Changes the limit on each write.
@@ -100,46 +167,31 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Queues a non-DATA frame.
     pub async fn send(&mut self, f: &Frame) -> Result<()> {
         let bytes = frame::encode(f);
-        let inner = &mut self.inner;
-        let t = self.timeout;
-        match tokio::time::timeout(t, inner.write_all(&bytes)).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(Error::Timeout {
-                what: "sending a frame",
-                secs: t.as_secs_f64(),
-            }),
-        }
+        let live = self.live.as_deref();
+        timed(
+            self.timeout,
+            live,
+            "sending a frame",
+            self.inner.write_all(&bytes),
+        )
+        .await
     }
 
     /// Queues a DATA frame without copying the chunk.
     pub async fn send_data(&mut self, id: &ChunkId, data: &Bytes) -> Result<()> {
         let h = frame::data_header(id, data.len());
         let inner = &mut self.inner;
-        let t = self.timeout;
         let fut = async move {
             inner.write_all(&h).await?;
             inner.write_all(data).await
         };
-        match tokio::time::timeout(t, fut).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(Error::Timeout {
-                what: "sending a chunk",
-                secs: t.as_secs_f64(),
-            }),
-        }
+        timed(self.timeout, self.live.as_deref(), "sending a chunk", fut).await
     }
 
     /// Pushes buffered frames to the socket.
     pub async fn flush(&mut self) -> Result<()> {
-        let inner = &mut self.inner;
-        let t = self.timeout;
-        match tokio::time::timeout(t, inner.flush()).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(Error::Timeout {
-                what: "flushing",
-                secs: t.as_secs_f64(),
-            }),
-        }
+        let live = self.live.as_deref();
+        timed(self.timeout, live, "flushing", self.inner.flush()).await
     }
 
     /// Sends one frame and flushes.

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::codec::{FrameReader, FrameWriter};
+use crate::codec::{FrameReader, FrameWriter, Liveness};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Hello, PROTOCOL_VERSION};
 use crate::manifest::{ChunkId, TransferInfo};
@@ -37,14 +37,6 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// How long to wait on a node with `rest` nodes after it: it may itself
-    /// be waiting on each of them in turn, so upstream hops must be more
-    /// patient than downstream ones or one slow tail would make every hop
-    /// bypass its successor.
-    pub fn patience(&self, rest: usize) -> Duration {
-        self.io_timeout + (self.connect_timeout + self.io_timeout).saturating_mul(rest as u32)
-    }
-
     pub fn keepalive_every(&self) -> Duration {
         (self.io_timeout / 3).max(Duration::from_millis(10))
     }
@@ -65,6 +57,8 @@ struct Link {
     /// Nodes after this one.
     rest: usize,
     w: FrameWriter<OwnedWriteHalf>,
+    /// When the link last said anything (KEEPALIVE included).
+    live: Arc<Liveness>,
     /// Frames from the link, read by a task of their own so an ERROR sent
     /// mid-stream is seen at once (and before any reset can discard it).
     events: mpsc::Receiver<Result<Frame>>,
@@ -185,7 +179,8 @@ impl Downstream {
         };
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
-        let mut w = FrameWriter::new(w, ctx.patience(rest));
+        let live = Liveness::new();
+        let mut w = FrameWriter::new(w, ctx.io_timeout).with_liveness(Arc::clone(&live));
         let mut r = FrameReader::new(r, ctx.max_frame);
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -202,7 +197,7 @@ impl Downstream {
         // rest of the chain; meanwhile it sends KEEPALIVE, so a slow store
         // is not mistaken for a dead node. The overall limit grows with the
         // chain behind it, like the REPORT wait.
-        let idle = ctx.patience(rest);
+        let idle = ctx.io_timeout;
         let limit = ctx.finish_timeout.saturating_mul(rest as u32 + 1) + idle;
         let deadline = Instant::now() + limit;
         let have = loop {
@@ -239,11 +234,20 @@ impl Downstream {
             .filter(|(_, h)| !**h)
             .map(|(c, _)| c.id)
             .collect();
+        live.touch();
         let (tx, events) = mpsc::channel(8);
+        let heard = Arc::clone(&live);
         let reader = tokio::spawn(async move {
             loop {
                 let ev = match r.read_frame().await {
-                    Ok(Some(f)) => Ok(f),
+                    Ok(Some(Frame::Keepalive)) => {
+                        heard.touch();
+                        continue;
+                    }
+                    Ok(Some(f)) => {
+                        heard.touch();
+                        Ok(f)
+                    }
                     Ok(None) => Err(Error::Closed("the transfer to end")),
                     Err(e) => Err(e),
                 };
@@ -257,6 +261,7 @@ impl Downstream {
             addr,
             rest,
             w,
+            live,
             events,
             _reader: AbortOnDrop(reader),
             have,
@@ -403,21 +408,16 @@ impl Downstream {
                 return (self.reports, self.bytes_sent);
             };
             let io = self.ctx.io_timeout;
-            let rest = link.rest;
-            // Until the link has read END it may be busy draining queued
-            // chunks into a slow store, and says nothing: allow it the same
-            // patience as a write. After END it sends KEEPALIVE while it
-            // finishes, so then silence longer than the io limit means it
-            // is gone. Each node bounds its own finishing by finish_timeout,
-            // so a hop with `rest` nodes behind its link waits at most
-            // (rest + 1) of them: always longer than the hops below it, so
-            // one slow tail is bypassed by its own predecessor only.
-            let first = self.ctx.patience(rest);
-            let limit = self.ctx.finish_timeout.saturating_mul(rest as u32 + 1) + first;
+            // The link sends KEEPALIVE while it drains, finishes and waits
+            // for its own successor, so silence longer than the io limit
+            // means it is gone. Each node bounds its own finishing by
+            // finish_timeout, so a hop with `rest` nodes behind its link
+            // needs at most (rest + 1) of those: the overall limit is
+            // always longer than the limits of the hops below.
+            let limit = self.ctx.finish_timeout.saturating_mul(link.rest as u32 + 1) + io;
             let deadline = Instant::now() + limit;
             let res: Result<Vec<NodeReport>> = async {
                 link.w.send_now(&Frame::End).await?;
-                let mut idle = first;
                 loop {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -426,21 +426,19 @@ impl Downstream {
                             secs: limit.as_secs_f64(),
                         });
                     }
-                    let wait = left.min(idle);
-                    let ev = match tokio::time::timeout(wait, link.events.recv()).await {
+                    let ev = match tokio::time::timeout(left.min(io), link.events.recv()).await {
                         Ok(Some(ev)) => ev?,
                         Ok(None) => return Err(Error::Closed("REPORT")),
+                        Err(_) if link.live.heard_within(io) => continue,
                         Err(_) => {
                             return Err(Error::Timeout {
                                 what: "waiting for REPORT",
-                                secs: wait.as_secs_f64(),
+                                secs: io.as_secs_f64(),
                             })
                         }
                     };
-                    idle = io;
                     match ev {
                         Frame::Report(v) => return Ok(v),
-                        Frame::Keepalive => continue,
                         Frame::Error(e) => return Err(Error::Peer(e)),
                         f => {
                             return Err(Error::Unexpected {

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -198,26 +198,55 @@ pub(crate) fn verify_chunk(lens: &HashMap<ChunkId, u32>, id: &ChunkId, data: &[u
     Ok(())
 }
 
-/// Runs `fut`, sending KEEPALIVE upstream meanwhile so the upstream can
-/// tell a busy node from a dead one. A failed keepalive only stops the
-/// keepalives: the work itself (a local finish, say) is still worth doing.
-async fn with_keepalives<T>(
-    up_w: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
-    every: Duration,
-    fut: impl std::future::Future<Output = T>,
-) -> T {
-    tokio::pin!(fut);
+type UpWriter = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+/// The write side towards the upstream, shared by the session and its
+/// keepalive ticker.
+struct Upstream {
+    w: tokio::sync::Mutex<UpWriter>,
+    base: Instant,
+    /// When (ms after `base`, plus one) the reader started waiting for room
+    /// in the store queue; 0 when it is not waiting.
+    store_wait: AtomicU64,
+}
+
+impl Upstream {
+    fn store_wait_begins(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.store_wait.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn store_wait_ends(&self) {
+        self.store_wait.store(0, Ordering::Relaxed);
+    }
+
+    /// A store that has not taken a chunk for `limit` is wedged.
+    fn store_wedged(&self, limit: Duration) -> bool {
+        match self.store_wait.load(Ordering::Relaxed) {
+            0 => false,
+            since => {
+                let since = self.base + Duration::from_millis(since - 1);
+                since.elapsed() > limit
+            }
+        }
+    }
+}
+
+/// Tells the upstream this node is alive, every `every`, for as long as it
+/// is making progress or waiting on something that is itself bounded (its
+/// successor, its own finish). It falls silent when the local store stops
+/// taking chunks, so the upstream times the node out and bypasses it: a
+/// wedged node is never kept alive by its own keepalives.
+async fn keepalive_ticker(up: Arc<Upstream>, every: Duration, wedged_after: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
-    let mut upstream_alive = true;
     loop {
-        tokio::select! {
-            r = &mut fut => return r,
-            _ = tick.tick(), if upstream_alive => {
-                if up_w.send_now(&Frame::Keepalive).await.is_err() {
-                    upstream_alive = false;
-                }
-            }
+        tick.tick().await;
+        if up.store_wedged(wedged_after) {
+            continue;
+        }
+        if up.w.lock().await.send_now(&Frame::Keepalive).await.is_err() {
+            return;
         }
     }
 }
@@ -231,11 +260,19 @@ async fn session(
     let _ = sock.set_nodelay(true);
     let (r, w) = sock.into_split();
     let mut up_r = FrameReader::new(r, opts.max_frame);
-    let mut up_w = FrameWriter::new(w, opts.hello_timeout);
-    if let Err(e) = run(&mut up_r, &mut up_w, factory, &opts).await {
+    let up = Arc::new(Upstream {
+        w: tokio::sync::Mutex::new(FrameWriter::new(w, opts.hello_timeout)),
+        base: Instant::now(),
+        store_wait: AtomicU64::new(0),
+    });
+    if let Err(e) = run(&mut up_r, &up, factory, &opts).await {
         warn!(%peer, error = %e, "chain transfer failed");
         // Best effort: the upstream may be gone already.
-        let _ = up_w.send_now(&Frame::Error(e.to_string())).await;
+        let _ =
+            up.w.lock()
+                .await
+                .send_now(&Frame::Error(e.to_string()))
+                .await;
         // Closing with unread input would reset the connection, and a reset
         // can destroy the ERROR before the upstream reads it. Drain until
         // the upstream, having read it, hangs up.
@@ -245,7 +282,7 @@ async fn session(
 
 async fn run(
     up_r: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    up_w: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    up: &Arc<Upstream>,
     factory: Arc<dyn SinkFactory>,
     opts: &ServeOptions,
 ) -> Result<()> {
@@ -277,7 +314,12 @@ async fn run(
         finish_timeout: hello.finish_timeout,
         max_frame: opts.max_frame,
     });
-    up_w.set_timeout(ctx.io_timeout);
+    up.w.lock().await.set_timeout(ctx.io_timeout);
+    let ticker = AbortOnDrop(tokio::spawn(keepalive_ticker(
+        Arc::clone(up),
+        ctx.keepalive_every(),
+        ctx.io_timeout,
+    )));
     let manifest = Arc::clone(&ctx.info.manifest);
     info!(transfer = ctx.info.transfer_id, name = %ctx.info.name, %me,
           chunks = manifest.len(), downstream = hello.chain.len() - 1, "transfer started");
@@ -305,8 +347,7 @@ async fn run(
         }
         Ok((sink, ids, own_have_v, ds))
     };
-    let (sink, ids, own_have_v, mut ds) =
-        with_keepalives(up_w, ctx.keepalive_every(), prep).await?;
+    let (sink, ids, own_have_v, mut ds) = prep.await?;
     let own_have: Arc<HashSet<ChunkId>> = Arc::new(
         ids.iter()
             .zip(&own_have_v)
@@ -325,7 +366,7 @@ async fn run(
         .map(|(id, _)| *id)
         .collect();
     ds.set_expected(expected);
-    up_w.send_now(&Frame::Have(my_have)).await?;
+    up.w.lock().await.send_now(&Frame::Have(my_have)).await?;
 
     let avail = Arc::new(Avail::default());
     let (wtx, wrx) = mpsc::channel::<(ChunkId, Bytes)>(queue_len(opts.queue_bytes, &manifest));
@@ -379,7 +420,9 @@ async fn run(
                 bytes_received += data.len() as u64;
                 if needed_by_me.contains(&id) && stored.insert(id) {
                     // The store stage drains until the channel closes.
+                    up.store_wait_begins();
                     let _ = wtx.send((id, data.clone())).await;
+                    up.store_wait_ends();
                 }
                 let _ = ftx.send(Input::Chunk(id, data)).await;
             }
@@ -461,10 +504,7 @@ async fn run(
             }
         }
     };
-    let (own, down) = with_keepalives(up_w, ctx.keepalive_every(), async {
-        tokio::join!(own, down)
-    })
-    .await;
+    let (own, down) = tokio::join!(own, down);
     let mine = match own {
         Ok(written) => NodeReport {
             addr: me,
@@ -487,6 +527,7 @@ async fn run(
     let mut reports = Vec::with_capacity(down.len() + 1);
     reports.push(mine);
     reports.extend(down);
-    up_w.send_now(&Frame::Report(reports)).await?;
+    drop(ticker);
+    up.w.lock().await.send_now(&Frame::Report(reports)).await?;
     Ok(())
 }
