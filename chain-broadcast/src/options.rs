@@ -54,6 +54,9 @@ pub struct ServeOptions {
     /// reader → forwarder). Memory per transfer is about twice this plus
     /// socket buffers, whatever the object size.
     pub queue_bytes: usize,
+    /// Connections served at once; more are refused with an ERROR (each
+    /// may hold a manifest and its queues in memory).
+    pub max_sessions: usize,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +65,7 @@ impl Default for ServeOptions {
             hello_timeout: Duration::from_secs(20),
             max_frame: DEFAULT_MAX_FRAME,
             queue_bytes: 8 << 20,
+            max_sessions: 64,
         }
     }
 }

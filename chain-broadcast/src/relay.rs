@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::codec::{FrameReader, FrameWriter};
 use crate::error::{BoxError, Error, Result};
 use crate::forward::{pump, AbortOnDrop, Ctx, Downstream, Input, Resupply};
-use crate::frame::Frame;
+use crate::frame::{Frame, HEADER_LEN};
 use crate::manifest::{ChunkId, TransferInfo};
 use crate::options::{queue_len, ServeOptions};
 use crate::report::NodeReport;
@@ -43,6 +43,11 @@ pub async fn serve(
         tokio::select! {
             acc = listener.accept() => match acc {
                 Ok((sock, peer)) => {
+                    if sessions.len() >= opts.max_sessions.max(1) {
+                        warn!(%peer, "too many connections, refusing one");
+                        sessions.spawn(refuse(sock, opts.hello_timeout));
+                        continue;
+                    }
                     sessions.spawn(session(sock, peer, Arc::clone(&factory), opts.clone()));
                 }
                 Err(e) => {
@@ -54,6 +59,21 @@ pub async fn serve(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
+}
+
+/// Tells a peer this node is busy, then lets it hang up first (see
+/// `session`), for two seconds at most.
+async fn refuse(sock: TcpStream, limit: Duration) {
+    let limit = limit.min(Duration::from_secs(2));
+    let (r, w) = sock.into_split();
+    let mut w = FrameWriter::new(w, limit);
+    let _ = w
+        .send_now(&Frame::Error(
+            "node busy: too many transfers at once".into(),
+        ))
+        .await;
+    let mut r = FrameReader::new(r, HEADER_LEN as u32);
+    let _ = tokio::time::timeout(limit, r.discard_until_eof()).await;
 }
 
 /// A node running in a background task; stopped when dropped.

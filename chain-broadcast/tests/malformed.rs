@@ -228,3 +228,28 @@ async fn end_before_all_chunks_is_not_complete() {
     );
     assert!(a.object("disk.img").is_none());
 }
+
+#[tokio::test]
+async fn a_busy_node_refuses_clearly() {
+    let store = MemStore::new();
+    let n = Node::spawn(
+        "127.0.0.1:0".parse().expect("addr"),
+        store.factory(),
+        ServeOptions {
+            max_sessions: 1,
+            hello_timeout: Duration::from_secs(3),
+            ..ServeOptions::default()
+        },
+    )
+    .await
+    .expect("bind");
+    // One connection that says nothing occupies the only slot.
+    let _idle = TcpStream::connect(n.addr()).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = error_for(
+        n.addr(),
+        &encode(&Frame::Hello(hello(vec![n.addr()], Manifest::default()))),
+    )
+    .await;
+    assert!(e.contains("busy"), "{e}");
+}
