@@ -786,3 +786,59 @@ async fn forwarding_is_cut_through() {
     );
     assert_eq!(stores[3].object("disk.img").as_deref(), Some(&data[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_object_is_delivered() {
+    let (src, manifest, _) = source_for(&Bytes::new());
+    assert!(manifest.is_empty());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = MemStore::new();
+    let a = node(store.factory()).await;
+    let b = node(Arc::new(FileSinkFactory::new(dir.path()))).await;
+    let report = run(&src, &manifest, &[a.addr(), b.addr()], &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    assert_eq!(store.object("disk.img").as_deref(), Some(&[][..]));
+    assert_eq!(
+        std::fs::read(dir.path().join("disk.img"))
+            .expect("file")
+            .len(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hop_sends_only_what_someone_below_needs() {
+    let data = random_bytes(16 * CHUNK, 15);
+    let (src, manifest, parts) = source_for(&data);
+    let holds: [std::ops::Range<usize>; 3] = [0..8, 4..12, 8..16];
+    let extra_c = 0..4;
+    let stores: Vec<Arc<MemStore>> = (0..3).map(|_| MemStore::new()).collect();
+    for (s, range) in stores.iter().zip(&holds) {
+        for i in range.clone() {
+            s.insert(manifest.chunks[i].id, parts[i].clone());
+        }
+    }
+    for i in extra_c {
+        stores[2].insert(manifest.chunks[i].id, parts[i].clone());
+    }
+    // C holds 0..4 and 8..16; B∩C = 8..12; A∩B∩C = nothing.
+    let mut nodes = Vec::new();
+    for s in &stores {
+        nodes.push(node(s.factory()).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let report = run(&src, &manifest, &addrs, &opts()).await;
+    assert!(report.all_ok(), "{report:#?}");
+    let c = CHUNK as u64;
+    assert_eq!(report.bytes_sent, 16 * c);
+    let got: Vec<(u64, u64)> = report
+        .nodes
+        .iter()
+        .map(|n| (n.bytes_received / c, n.bytes_written / c))
+        .collect();
+    // (chunks received, chunks written) per node.
+    assert_eq!(got, vec![(16, 8), (12, 8), (4, 4)], "{report:#?}");
+    for s in &stores {
+        assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]));
+    }
+}
