@@ -2,7 +2,7 @@
 //! `strato`:
 //!
 //! ```text
-//! chain agent --listen ADDR (--out-dir DIR | --discard)
+//! chain agent --listen ADDR (--out-dir DIR [--no-sync] | --discard)
 //! chain send FILE --nodes H:P,H:P,... [--chunk-kib N] [--name NAME]
 //! chain loopback --mib N --nodes K [--chunk-kib N]    (in-process, discarding sinks)
 //! ```
@@ -47,7 +47,10 @@ async fn main() -> Res<()> {
         Some("agent") => {
             let listen: SocketAddr = flag(&args, "--listen").ok_or("--listen")?.parse()?;
             let factory: Arc<dyn SinkFactory> = match flag(&args, "--out-dir") {
-                Some(d) => Arc::new(FileSinkFactory::new(PathBuf::from(d))),
+                Some(d) => Arc::new(
+                    FileSinkFactory::new(PathBuf::from(d))
+                        .durable(!args.iter().any(|a| a == "--no-sync")),
+                ),
                 None => Arc::new(DiscardSinkFactory::new()),
             };
             let listener = tokio::net::TcpListener::bind(listen).await?;

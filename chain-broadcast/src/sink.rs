@@ -191,6 +191,7 @@ impl ChunkSink for MemSink {
 pub struct FileSinkFactory {
     out_dir: PathBuf,
     seed: bool,
+    durable: bool,
     parts: Mutex<HashMap<(String, u64), Weak<Part>>>,
 }
 
@@ -200,6 +201,7 @@ impl FileSinkFactory {
         FileSinkFactory {
             out_dir: out_dir.into(),
             seed: true,
+            durable: true,
             parts: Mutex::new(HashMap::new()),
         }
     }
@@ -208,6 +210,14 @@ impl FileSinkFactory {
     /// default).
     pub fn seed_from_existing(mut self, on: bool) -> Self {
         self.seed = on;
+        self
+    }
+
+    /// Whether `finish` syncs the file to disk before renaming it into place
+    /// (on by default). Off only for measurements that compare with tools
+    /// that do not sync either.
+    pub fn durable(mut self, on: bool) -> Self {
+        self.durable = on;
         self
     }
 
@@ -235,6 +245,7 @@ struct Part {
     file: File,
     part_path: PathBuf,
     final_path: PathBuf,
+    durable: bool,
     /// Length and every offset of each distinct chunk.
     offsets: HashMap<ChunkId, (u32, Vec<u64>)>,
     held: Mutex<HashSet<ChunkId>>,
@@ -279,6 +290,7 @@ impl SinkFactory for FileSinkFactory {
             file,
             part_path,
             final_path: self.out_dir.join(&info.name),
+            durable: self.durable,
             offsets,
             held: Mutex::new(HashSet::new()),
             finished: Mutex::new(false),
@@ -396,11 +408,15 @@ impl ChunkSink for FileSink {
         }
         // Durable before visible: a crash never leaves a short file under
         // the final name.
-        self.part.file.sync_all()?;
+        if self.part.durable {
+            self.part.file.sync_all()?;
+        }
         std::fs::rename(&self.part.part_path, &self.part.final_path)?;
-        if let Some(dir) = self.part.final_path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
+        if self.part.durable {
+            if let Some(dir) = self.part.final_path.parent() {
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
             }
         }
         *finished = true;
