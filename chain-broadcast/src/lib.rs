@@ -76,7 +76,7 @@ pub use error::{BoxError, Error, Result};
 pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
 pub use manifest::{ChunkId, ChunkRef, Manifest, TransferInfo};
 pub use options::{Options, Progress, ServeOptions};
-pub use relay::{serve, Node};
+pub use relay::{serve, serve_until, Node};
 pub use report::{NodeReport, Report};
 pub use sender::{propagate, propagate_chains, resolve_nodes, split_chains};
 pub use sink::{

@@ -38,9 +38,22 @@ pub async fn serve(
     factory: Arc<dyn SinkFactory>,
     opts: ServeOptions,
 ) -> std::io::Result<()> {
+    serve_until(listener, factory, opts, std::future::pending()).await
+}
+
+/// Like [`serve`], but when `shutdown` completes it stops accepting and
+/// returns once the transfers under way have ended (a graceful stop).
+pub async fn serve_until(
+    listener: TcpListener,
+    factory: Arc<dyn SinkFactory>,
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
+            _ = &mut shutdown => break,
             acc = listener.accept() => match acc {
                 Ok((sock, peer)) => {
                     if sessions.len() >= opts.max_sessions.max(1) {
@@ -59,6 +72,13 @@ pub async fn serve(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
+    drop(listener);
+    info!(
+        running = sessions.len(),
+        "stopping: waiting for transfers under way"
+    );
+    while sessions.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Tells a peer this node is busy, then lets it hang up first (see

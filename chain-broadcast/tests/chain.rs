@@ -842,3 +842,42 @@ async fn each_hop_sends_only_what_someone_below_needs() {
         assert_eq!(s.object("disk.img").as_deref(), Some(&data[..]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_lets_transfers_finish() {
+    let data = random_bytes(2 << 20, 16);
+    let (src, manifest, _) = source_for(&data);
+    let store = MemStore::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let puts = Arc::new(AtomicU64::new(0));
+    let agent = tokio::spawn(chain_broadcast::serve_until(
+        listener,
+        slow_factory(&store, Arc::clone(&puts), Duration::from_millis(3)),
+        ServeOptions::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let prop = {
+        let (src, manifest) = (src.clone(), manifest.clone());
+        tokio::spawn(async move { run(&src, &manifest, &[addr], &opts()).await })
+    };
+    while puts.load(Ordering::SeqCst) < 4 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = stop_tx.send(());
+    let report = prop.await.expect("join");
+    assert!(report.all_ok(), "{report:#?}");
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("agent stopped")
+        .expect("join")
+        .expect("served");
+    assert_eq!(store.object("disk.img").as_deref(), Some(&data[..]));
+    // No longer listening.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
