@@ -115,7 +115,7 @@ fn status_of(e: &S3Error) -> http::StatusCode {
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

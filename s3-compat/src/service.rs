@@ -234,6 +234,9 @@ impl S3Service {
         if let Some(e) = precheck(&req, config) {
             return error_response(e);
         }
+        if let Some(resp) = wrong_region(&req, config) {
+            return resp;
+        }
         let streaming = req
             .headers()
             .get("x-amz-content-sha256")
@@ -296,6 +299,65 @@ impl S3Service {
             }
         }
     }
+}
+
+fn xml_field(raw: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let open = format!("<{name}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&format!("</{name}>"))? + start;
+    Some(text[start..end].to_owned())
+}
+
+/// The region in a SigV4 credential scope (`AK/DATE/REGION/s3/aws4_request`),
+/// from the Authorization header or a presigned URL.
+fn credential_region<B>(req: &http::Request<B>) -> Option<String> {
+    let scope = match req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(auth) => auth
+            .split("Credential=")
+            .nth(1)?
+            .split([',', ' '])
+            .next()?
+            .to_owned(),
+        None => percent_encoding::percent_decode_str(query_param(req.uri(), "X-Amz-Credential")?)
+            .decode_utf8()
+            .ok()?
+            .into_owned(),
+    };
+    scope.split('/').nth(2).map(str::to_owned)
+}
+
+/// s3cmd signs with its default bucket location "US" until told otherwise.
+/// Like AWS, answer a region that cannot be ours with
+/// `AuthorizationHeaderMalformed` naming the right one; s3cmd (and other
+/// clients) then retry with it.
+fn wrong_region<B>(req: &http::Request<B>, config: &S3Config) -> Option<http::Response<s3s::Body>> {
+    let region = credential_region(req)?;
+    let valid = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        return None;
+    }
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AuthorizationHeaderMalformed</Code><Message>{}</Message><Region>{}</Region></Error>",
+        crate::error::escape(&format!(
+            "The authorization header is malformed; the region '{region}' is wrong; expecting '{}'",
+            config.region
+        )),
+        crate::error::escape(&config.region)
+    );
+    let mut resp = http::Response::new(s3s::Body::from(body));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    if let Ok(v) = "application/xml".parse() {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    Some(resp)
 }
 
 /// Limits s3s does not enforce itself, checked before any body is read.
@@ -368,7 +430,14 @@ async fn finish(
                 String::new(),
             )
         });
-        let doc = error_xml(&code, &message, path, request_id);
+        let mut doc = error_xml(&code, &message, path, request_id);
+        // Keep the Region of a wrong-region answer: clients retry with it.
+        if let Some(region) = xml_field(&raw, "Region") {
+            doc = doc.replace(
+                "</Error>",
+                &format!("<Region>{}</Region></Error>", crate::error::escape(&region)),
+            );
+        }
         parts.headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/xml"),

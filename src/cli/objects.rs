@@ -112,21 +112,38 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     let reader = store.read(bucket, key, range)?;
     let total = reader.remaining();
     let to_stdout = a.file.as_os_str() == "-";
+    // A regular file (or a new one) is written under a temporary name and
+    // renamed at the end, so a failed read (say, a corrupt chunk) never
+    // leaves a truncated file under the requested name; zero blocks become
+    // holes. Anything else (a device, a pipe) is written straight through.
+    let regular = !to_stdout
+        && match std::fs::metadata(&a.file) {
+            Ok(m) => m.file_type().is_file(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e).with_context(|| format!("cannot write {}", a.file.display())),
+        };
     let pb = progress_bar(ctx, total, &format!("get {bucket}/{key}"));
-    // Write to a temporary name and rename, so a failed read (say, a corrupt
-    // chunk) never leaves a truncated file under the requested name.
-    let tmp = a.file.with_extension("strato-partial");
+    let tmp = {
+        let mut name = a.file.clone().into_os_string();
+        name.push(".strato-partial");
+        PathBuf::from(name)
+    };
     let mut out: Box<dyn WriteSeek> = if to_stdout {
-        Box::new(StdoutSink(std::io::stdout().lock()))
-    } else {
+        Box::new(Stream(std::io::stdout().lock()))
+    } else if regular {
         Box::new(File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?)
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&a.file)
+            .with_context(|| format!("cannot write {}", a.file.display()))?;
+        Box::new(Stream(f))
     };
     let mut written = 0u64;
     let result: Result<()> = (|| {
         for piece in reader {
             let piece = piece?;
-            // Leave holes where the object has whole zero blocks: images stay sparse.
-            if !to_stdout && piece.len() >= 4096 && is_zero(&piece) {
+            if regular && piece.len() >= 4096 && is_zero(&piece) {
                 out.seek(SeekFrom::Current(piece.len() as i64))?;
             } else {
                 out.write_all(&piece)?;
@@ -138,14 +155,16 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     })();
     pb.finish_and_clear();
     if let Err(e) = result {
-        if !to_stdout {
+        if regular {
             let _ = std::fs::remove_file(&tmp);
         }
         return Err(e);
     }
-    if !to_stdout {
+    if regular {
         std::fs::rename(&tmp, &a.file)
             .with_context(|| format!("cannot write {}", a.file.display()))?;
+    }
+    if !to_stdout {
         if ctx.json {
             ctx.print_json(&serde_json::json!({"bucket": bucket, "key": key, "bytes": written, "etag": rec.etag}))?;
         } else {
@@ -168,9 +187,10 @@ impl WriteSeek for File {
     }
 }
 
-struct StdoutSink<'a>(std::io::StdoutLock<'a>);
+/// Standard output or a device: written in order, never seeked.
+struct Stream<W: Write>(W);
 
-impl Write for StdoutSink<'_> {
+impl<W: Write> Write for Stream<W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.0.write(b)
     }
@@ -179,13 +199,13 @@ impl Write for StdoutSink<'_> {
     }
 }
 
-impl Seek for StdoutSink<'_> {
+impl<W: Write> Seek for Stream<W> {
     fn seek(&mut self, _: SeekFrom) -> std::io::Result<u64> {
-        Err(std::io::Error::other("standard output cannot seek"))
+        Err(std::io::Error::other("this output cannot seek"))
     }
 }
 
-impl WriteSeek for StdoutSink<'_> {
+impl<W: Write> WriteSeek for Stream<W> {
     fn finish(&mut self, _: u64) -> Result<()> {
         self.0.flush()?;
         Ok(())

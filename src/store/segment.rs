@@ -576,3 +576,38 @@ impl Segment {
         self.len().saturating_sub(FILE_HEADER_LEN)
     }
 }
+
+impl Segment {
+    /// Read several adjacent records with one read: `records` are (id, len)
+    /// in file order, the first starting at `offset` and each following the
+    /// previous one directly. Returns each record's data (zero-copy slices).
+    pub fn read_run(&self, offset: u64, records: &[(ChunkId, u32)]) -> Result<Vec<Bytes>> {
+        let total: u64 = records
+            .iter()
+            .map(|(_, len)| RECORD_HEADER_LEN + *len as u64)
+            .sum();
+        let mut buf = vec![0u8; total as usize];
+        self.file.read_exact_at(&mut buf, offset).at(&self.path)?;
+        let buf = Bytes::from(buf);
+        let mut out = Vec::with_capacity(records.len());
+        let mut pos = 0usize;
+        for (id, len) in records {
+            let end = pos + RECORD_HEADER_LEN as usize + *len as usize;
+            match decode_record_header(&buf[pos..]) {
+                Some((hid, hlen, _)) if hid == *id && hlen == *len => {}
+                _ => {
+                    return Err(StoreError::CorruptSegment {
+                        path: self.path.clone(),
+                        what: format!(
+                            "record header at offset {} does not describe chunk {id}",
+                            offset + pos as u64
+                        ),
+                    })
+                }
+            }
+            out.push(buf.slice(pos + RECORD_HEADER_LEN as usize..end));
+            pos = end;
+        }
+        Ok(out)
+    }
+}

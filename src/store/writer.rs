@@ -19,7 +19,7 @@ use super::id::{BuildIdHasher, ChunkId};
 use super::index::Loc;
 use super::meta::Table;
 use super::model::{self, ManifestEntry, ObjectRecord, PartRecord};
-use super::segment::{RecordRef, Segment, SegmentAppender, APPEND_BUFFER};
+use super::segment::{RecordRef, Segment, SegmentAppender};
 use super::{now_ms, replace_object, RefDeltas, Store};
 
 /// Largest zero run one manifest entry describes.
@@ -135,19 +135,153 @@ pub struct ObjectWriter {
     target: Target,
     chunker: Chunker,
     md5: Option<Md5Pipe>,
-    appender: Option<SegmentAppender>,
+    /// New chunks go to this thread, which appends them to segments, so disk
+    /// writes overlap with chunking and hashing on the caller's thread.
+    segments: Option<SegmentPipe>,
+    batch: Vec<(ChunkId, Bytes)>,
+    batch_bytes: usize,
     entries: Vec<ManifestEntry>,
     /// Every id this writer pinned (unpinned when it ends, committed or not).
     pinned: HashSet<ChunkId, BuildIdHasher>,
-    /// Records in the appender's buffer, published to the index on flush.
-    unpublished: Vec<RecordRef>,
-    /// Segments holding chunks we reference that were not yet durable, and
-    /// the end offset that must be synced before commit.
-    to_sync: HashMap<u32, (Arc<Segment>, u64)>,
+    /// Other writers' segments holding chunks we deduplicated against that
+    /// were not yet durable, and the offset that must be synced before commit.
+    to_sync: SyncSet,
     pieces: Vec<Piece>,
     size: u64,
     new_bytes: u64,
     token: u64,
+}
+
+type SyncSet = HashMap<u32, (Arc<Segment>, u64)>;
+
+/// Hand a batch to the segment thread once it holds this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+/// The segment thread fdatasyncs after this many bytes, so the final sync
+/// before commit is short and writeback overlaps with ingest.
+const SYNC_EVERY: u64 = 64 << 20;
+
+/// The segment thread of one writer.
+struct SegmentPipe {
+    tx: Option<SyncSender<Vec<(ChunkId, Bytes)>>>,
+    handle: Option<JoinHandle<Result<SyncSet>>>,
+}
+
+impl SegmentPipe {
+    fn start(store: Store) -> Result<SegmentPipe> {
+        let (tx, rx) = sync_channel::<Vec<(ChunkId, Bytes)>>(4);
+        let handle = std::thread::Builder::new()
+            .name("strato-segment".into())
+            .spawn(move || segment_thread(store, rx))
+            .map_err(|e| StoreError::Aborted(format!("cannot start a segment thread: {e}")))?;
+        Ok(SegmentPipe {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// False if the thread has stopped (its error comes from `finish`).
+    fn send(&mut self, batch: Vec<(ChunkId, Bytes)>) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(batch).is_ok())
+    }
+
+    /// Wait for every record to be written and published; returns the
+    /// segments to sync before commit.
+    fn finish(&mut self) -> Result<SyncSet> {
+        drop(self.tx.take());
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(StoreError::Aborted("the segment thread panicked".into())),
+            None => Ok(SyncSet::new()),
+        }
+    }
+}
+
+impl Drop for SegmentPipe {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+fn segment_thread(
+    store: Store,
+    rx: std::sync::mpsc::Receiver<Vec<(ChunkId, Bytes)>>,
+) -> Result<SyncSet> {
+    let mut appender: Option<SegmentAppender> = None;
+    let mut unpublished: Vec<RecordRef> = Vec::new();
+    let mut to_sync = SyncSet::new();
+    let mut since_sync = 0u64;
+    let result = (|| -> Result<()> {
+        for batch in rx {
+            for (id, data) in batch {
+                if appender.is_none() {
+                    appender = Some(store.take_appender()?);
+                }
+                let Some(app) = appender.as_mut() else {
+                    return Err(StoreError::Aborted("no open segment".into()));
+                };
+                unpublished.push(app.append(&id, &data));
+                since_sync += data.len() as u64;
+            }
+            publish(&store, &mut appender, &mut unpublished, &mut to_sync)?;
+            if since_sync >= SYNC_EVERY {
+                for (seg, end) in to_sync.values() {
+                    seg.sync_to(*end)?;
+                }
+                since_sync = 0;
+            }
+        }
+        Ok(())
+    })();
+    // Publish what reached the segment even on failure: it is then garbage
+    // that GC can account for, not an invisible tail.
+    let flushed = publish(&store, &mut appender, &mut unpublished, &mut to_sync);
+    if let Some(app) = appender.take() {
+        store.return_appender(app);
+    }
+    result?;
+    flushed?;
+    Ok(to_sync)
+}
+
+/// Hand buffered records to the kernel, publish them in the index, and roll
+/// to a new segment when this one is full.
+fn publish(
+    store: &Store,
+    appender: &mut Option<SegmentAppender>,
+    unpublished: &mut Vec<RecordRef>,
+    to_sync: &mut SyncSet,
+) -> Result<()> {
+    let Some(app) = appender.as_mut() else {
+        return Ok(());
+    };
+    app.flush()?;
+    let seg = app.segment().clone();
+    let end = app.end_offset();
+    let seg_id = seg.id;
+    store
+        .inner()
+        .index
+        .insert_many(unpublished.drain(..).map(|r| {
+            (
+                r.id,
+                Loc {
+                    segment: seg_id,
+                    len: r.len,
+                    offset: r.offset,
+                },
+            )
+        }));
+    if end >= store.config().segment_size {
+        // Sealing makes the whole segment durable.
+        if let Some(app) = appender.take() {
+            app.seal()?;
+        }
+        to_sync.remove(&seg_id);
+    } else {
+        let e = to_sync.entry(seg_id).or_insert((seg, 0));
+        e.1 = e.1.max(end);
+    }
+    Ok(())
 }
 
 impl ObjectWriter {
@@ -158,10 +292,11 @@ impl ObjectWriter {
             target,
             chunker: Chunker::new(chunking),
             md5: Some(Md5Pipe::start()),
-            appender: None,
+            segments: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
             entries: Vec::new(),
             pinned: HashSet::default(),
-            unpublished: Vec::new(),
             to_sync: HashMap::new(),
             pieces: Vec::new(),
             size: 0,
@@ -221,17 +356,32 @@ impl ObjectWriter {
             self.note_dependency(loc);
             return Ok(());
         }
-        if self.appender.is_none() {
-            self.appender = Some(self.store.take_appender()?);
-        }
-        let Some(app) = self.appender.as_mut() else {
-            return Err(StoreError::Aborted("no open segment".into()));
-        };
-        let rec = app.append(&id, &data);
-        self.unpublished.push(rec);
         self.new_bytes += len as u64;
-        if app.buffered() >= APPEND_BUFFER {
-            self.flush()?;
+        self.batch_bytes += data.len();
+        self.batch.push((id, data));
+        if self.batch_bytes >= BATCH_BYTES {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        if self.segments.is_none() {
+            self.segments = Some(SegmentPipe::start(self.store.clone())?);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let sent = self.segments.as_mut().is_some_and(|p| p.send(batch));
+        if !sent {
+            // The thread stopped on an error: report that error.
+            let err = self.segments.take().map(|mut p| p.finish());
+            return Err(match err {
+                Some(Err(e)) => e,
+                _ => StoreError::Aborted("the segment thread stopped".into()),
+            });
         }
         Ok(())
     }
@@ -246,42 +396,6 @@ impl ObjectWriter {
         }
     }
 
-    /// Hand buffered records to the kernel and publish them in the index.
-    fn flush(&mut self) -> Result<()> {
-        let Some(app) = self.appender.as_mut() else {
-            return Ok(());
-        };
-        app.flush()?;
-        let seg = app.segment().clone();
-        let end = app.end_offset();
-        let seg_id = seg.id;
-        let roll = end >= self.store.config().segment_size;
-        self.store
-            .inner()
-            .index
-            .insert_many(self.unpublished.drain(..).map(|r| {
-                (
-                    r.id,
-                    Loc {
-                        segment: seg_id,
-                        len: r.len,
-                        offset: r.offset,
-                    },
-                )
-            }));
-        if roll {
-            // Sealing makes the whole segment durable.
-            if let Some(app) = self.appender.take() {
-                app.seal()?;
-            }
-            self.to_sync.remove(&seg_id);
-        } else {
-            let e = self.to_sync.entry(seg_id).or_insert((seg, 0));
-            e.1 = e.1.max(end);
-        }
-        Ok(())
-    }
-
     /// Commit: make every referenced chunk durable, then the manifest and its
     /// reference counts in one transaction. Returns only once all is durable.
     /// `expected_md5` (Content-MD5) is checked before anything is committed.
@@ -289,7 +403,13 @@ impl ObjectWriter {
         let mut pieces = std::mem::take(&mut self.pieces);
         let profile = self.chunker.finish(&mut pieces);
         self.store_pieces(&mut pieces)?;
-        self.flush()?;
+        self.send_batch()?;
+        if let Some(mut pipe) = self.segments.take() {
+            for (id, (seg, end)) in pipe.finish()? {
+                let e = self.to_sync.entry(id).or_insert((seg, 0));
+                e.1 = e.1.max(end);
+            }
+        }
         let md5 = match self.md5.take() {
             Some(m) => m.finish()?,
             None => return Err(StoreError::Aborted("writer already finished".into())),
@@ -372,26 +492,11 @@ impl ObjectWriter {
 impl Drop for ObjectWriter {
     fn drop(&mut self) {
         // Committed or abandoned, the references now live in metadata (or
-        // nowhere); either way our pins and open segment go back.
-        if let Some(mut app) = self.appender.take() {
-            // Publish what was written so GC can account for it as garbage.
-            if app.flush().is_ok() {
-                let seg_id = app.segment().id;
-                self.store
-                    .inner()
-                    .index
-                    .insert_many(self.unpublished.drain(..).map(|r| {
-                        (
-                            r.id,
-                            Loc {
-                                segment: seg_id,
-                                len: r.len,
-                                offset: r.offset,
-                            },
-                        )
-                    }));
-                self.store.return_appender(app);
-            }
+        // nowhere). Let the segment thread publish what it wrote (garbage for
+        // GC if abandoned) and hand its segment back, then drop our pins.
+        self.batch.clear();
+        if let Some(mut pipe) = self.segments.take() {
+            let _ = pipe.finish();
         }
         self.store.inner().index.unpin_all(self.pinned.iter());
         self.store.unregister_inflight(self.token);
