@@ -349,9 +349,15 @@ async fn run(
             name: hello.name.clone(),
             manifest: Arc::clone(&hello.manifest),
         },
-        connect_timeout: hello.connect_timeout,
-        io_timeout: hello.io_timeout.max(Duration::from_millis(100)),
-        finish_timeout: hello.finish_timeout,
+        // Timeouts come from the peer: keep them within sane bounds so a
+        // bad HELLO cannot make this node wait for weeks.
+        connect_timeout: hello
+            .connect_timeout
+            .clamp(Duration::from_millis(10), Duration::from_secs(300)),
+        io_timeout: hello
+            .io_timeout
+            .clamp(Duration::from_millis(100), Duration::from_secs(600)),
+        finish_timeout: hello.finish_timeout.min(Duration::from_secs(86_400)),
         max_frame: opts.max_frame,
     });
     up.w.lock().await.set_timeout(ctx.io_timeout);
