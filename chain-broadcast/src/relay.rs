@@ -357,7 +357,9 @@ async fn run(
         io_timeout: hello
             .io_timeout
             .clamp(Duration::from_millis(100), Duration::from_secs(600)),
-        finish_timeout: hello.finish_timeout.min(Duration::from_secs(86_400)),
+        finish_timeout: hello
+            .finish_timeout
+            .clamp(Duration::from_millis(100), Duration::from_secs(86_400)),
         max_frame: opts.max_frame,
     });
     up.w.lock().await.set_timeout(ctx.io_timeout);
