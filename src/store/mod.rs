@@ -800,6 +800,111 @@ impl Store {
             .collect()
     }
 
+    /// Store one chunk received by id (chunk API, pulls, migrations). The
+    /// bytes must hash to `id`. Durable when this returns; unreferenced until
+    /// a manifest names it (GC reclaims it after the grace period otherwise).
+    /// Returns false if the chunk was already stored.
+    pub fn put_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<bool> {
+        if ChunkId::of(data) != *id {
+            return Err(StoreError::Integrity {
+                object: "uploaded chunk".into(),
+                chunk: *id,
+                what: "has bytes that do not match its id".into(),
+            });
+        }
+        if let Some(loc) = self.inner.index.pin_lookup(id) {
+            let r = self.sync_loc(loc);
+            self.inner.index.unpin_all([id]);
+            return r.map(|_| false);
+        }
+        let result = (|| {
+            let mut app = self.take_appender()?;
+            let rec = app.append(id, data);
+            let flushed = app.flush();
+            let seg = app.segment().clone();
+            let end = app.end_offset();
+            if flushed.is_ok() {
+                self.inner.index.insert_many([(
+                    *id,
+                    Loc {
+                        segment: seg.id,
+                        len: rec.len,
+                        offset: rec.offset,
+                    },
+                )]);
+            }
+            self.return_appender(app);
+            flushed?;
+            seg.sync_to(end)
+        })();
+        self.inner.index.unpin_all([id]);
+        result.map(|_| true)
+    }
+
+    fn sync_loc(&self, loc: Loc) -> Result<()> {
+        let seg = self.inner.segments.read().get(&loc.segment).cloned();
+        match seg {
+            Some(seg) => seg.sync_to(loc.offset + segment::RECORD_HEADER_LEN + loc.len as u64),
+            None => Ok(()),
+        }
+    }
+
+    /// Commit an object whose chunks are already stored (a pulled or
+    /// propagated image, a migrated memory image): the manifest and its
+    /// reference counts, atomically, once every chunk is present and durable.
+    pub fn commit_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        record: ObjectRecord,
+        chunks: &[ManifestEntry],
+        precondition: &Precondition,
+    ) -> Result<ObjectRecord> {
+        check_key(key)?;
+        let size: u64 = chunks.iter().map(|c| c.len as u64).sum();
+        if size != record.size {
+            return Err(StoreError::InvalidArgument(format!(
+                "manifest covers {size} bytes, the record says {}",
+                record.size
+            )));
+        }
+        let mut pinned = Vec::new();
+        let result = (|| {
+            for c in chunks.iter().filter(|c| !c.id.is_zero_run()) {
+                pinned.push(c.id);
+                match self.inner.index.pin_lookup(&c.id) {
+                    Some(loc) if loc.len == c.len => self.sync_loc(loc)?,
+                    Some(_) => {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "chunk {} has another length",
+                            c.id
+                        )))
+                    }
+                    None => return Err(StoreError::MissingChunk(c.id)),
+                }
+            }
+            let okey = model::object_key(bucket, key);
+            let now = now_ms();
+            let rec = ObjectRecord {
+                modified_ms: now,
+                ..record.clone()
+            };
+            let _c = self.inner.commit_lock.read();
+            self.inner.meta.write(&mut |tx| {
+                if tx.get(Table::Buckets, bucket.as_bytes())?.is_none() {
+                    return Err(StoreError::NoSuchBucket(bucket.into()));
+                }
+                let mut deltas = RefDeltas::default();
+                deltas.add(chunks);
+                replace_object(tx, &okey, &rec, chunks, precondition, &mut deltas)?;
+                deltas.apply(tx, now)
+            })?;
+            Ok(rec)
+        })();
+        self.inner.index.unpin_all(pinned.iter());
+        result
+    }
+
     pub fn chunk_count(&self) -> usize {
         self.inner.index.len()
     }

@@ -550,3 +550,58 @@ fn concurrent_writers_and_gc_lose_nothing() {
     let f = s.fsck().unwrap();
     assert!(f.is_clean(), "{:?}", f.problems);
 }
+
+#[test]
+fn chunks_by_id_and_manifest_commit() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), engine);
+        s.create_bucket("bkt", "me").unwrap();
+        let a = random(10_000, 1);
+        let b = random(5_000, 2);
+        let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+        assert!(matches!(
+            s.put_chunk(&ia, &b),
+            Err(StoreError::Integrity { .. })
+        ));
+        assert!(!s.has_chunk(&ia));
+        assert!(s.put_chunk(&ia, &a).unwrap());
+        assert!(!s.put_chunk(&ia, &a).unwrap(), "second put is a no-op");
+        let chunks = vec![
+            ManifestEntry {
+                id: ia,
+                len: 10_000,
+            },
+            ManifestEntry {
+                id: ChunkId::ZERO_RUN,
+                len: 4096,
+            },
+            ManifestEntry { id: ib, len: 5_000 },
+        ];
+        let rec = ObjectRecord {
+            size: 19_096,
+            etag: "x".into(),
+            modified_ms: 0,
+            profile: "fixed:4096".into(),
+            attrs: vec![],
+            parts: 0,
+        };
+        assert!(matches!(
+            s.commit_manifest("bkt", "o", rec.clone(), &chunks, &Precondition::None),
+            Err(StoreError::MissingChunk(id)) if id == ib
+        ));
+        assert!(matches!(
+            s.head("bkt", "o"),
+            Err(StoreError::NoSuchKey { .. })
+        ));
+        s.put_chunk(&ib, &b).unwrap();
+        s.commit_manifest("bkt", "o", rec, &chunks, &Precondition::None)
+            .unwrap();
+        let mut want = a.clone();
+        want.extend_from_slice(&[0u8; 4096]);
+        want.extend_from_slice(&b);
+        assert_eq!(get(&s, "bkt", "o", None), want);
+        assert_eq!(&s.read_chunk(&ib).unwrap()[..], &b[..]);
+        assert!(s.fsck().unwrap().is_clean());
+    }
+}
