@@ -881,3 +881,45 @@ async fn graceful_stop_lets_transfers_finish() {
     // No longer listening.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_resupplies_its_successor_after_a_bypass() {
+    let data = random_bytes(4 << 20, 17);
+    let (src, manifest, _) = source_for(&data);
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let puts = Arc::new(AtomicU64::new(0));
+    let victim_store = MemStore::new();
+    let a = node(Arc::new(FileSinkFactory::new(dirs[0].path()))).await;
+    let victim = node(slow_factory(
+        &victim_store,
+        Arc::clone(&puts),
+        Duration::from_millis(3),
+    ))
+    .await;
+    let c = node(Arc::new(FileSinkFactory::new(dirs[1].path()))).await;
+    let addrs = vec![a.addr(), victim.addr(), c.addr()];
+    let total = manifest.len() as u64;
+    let prop = {
+        let (src, manifest, addrs) = (src.clone(), manifest.clone(), addrs.clone());
+        tokio::spawn(async move { run(&src, &manifest, &addrs, &opts()).await })
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while puts.load(Ordering::SeqCst) < total / 4 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("victim progressed");
+    victim.kill();
+    let report = prop.await.expect("join");
+    assert!(!report.nodes[1].ok, "{report:#?}");
+    assert!(report.nodes[0].ok && report.nodes[2].ok, "{report:#?}");
+    // The repository sent the image once: A refilled C from its own copy.
+    assert_eq!(report.bytes_sent, data.len() as u64, "{report:#?}");
+    for d in &dirs {
+        let got = std::fs::read(d.path().join("disk.img")).expect("file");
+        assert!(got == data[..], "file differs");
+    }
+}
