@@ -150,12 +150,12 @@ impl Downstream {
             let addr = self.chain[i];
             match self.handshake(i).await {
                 Ok(link) => {
-                    debug!(%addr, "linked");
+                    debug!(transfer = self.ctx.info.transfer_id, %addr, "linked");
                     self.link = Some(link);
                     return;
                 }
                 Err(e) => {
-                    warn!(%addr, error = %e, "node unreachable, bypassing it");
+                    warn!(transfer = self.ctx.info.transfer_id, %addr, error = %e, "node unreachable, bypassing it");
                     self.reports
                         .push(NodeReport::failed(addr, format!("bypassed: {e}")));
                 }
@@ -293,7 +293,7 @@ impl Downstream {
                     }
                 }
             }
-            warn!(addr = %link.addr, error = %err, "downstream node failed, bypassing it");
+            warn!(transfer = self.ctx.info.transfer_id, addr = %link.addr, error = %err, "downstream node failed, bypassing it");
             self.reports
                 .push(NodeReport::failed(link.addr, format!("bypassed: {err}")));
             drop(link);
@@ -313,7 +313,7 @@ impl Downstream {
                         && (self.received.contains(id) || !self.expected.contains(id))
                 })
                 .collect();
-            debug!(addr = %link.addr, chunks = resend.len(), "resuming after bypass");
+            debug!(transfer = self.ctx.info.transfer_id, addr = %link.addr, chunks = resend.len(), "resuming after bypass");
             let mut failed = None;
             for id in resend {
                 let data = match resupply(id).await {
@@ -348,7 +348,10 @@ impl Downstream {
 
     /// This hop cannot serve anything downstream any more.
     fn give_up(&mut self, why: &str) {
-        warn!(why, "giving up on the rest of the chain");
+        warn!(
+            transfer = self.ctx.info.transfer_id,
+            why, "giving up on the rest of the chain"
+        );
         self.link = None;
         for addr in &self.chain[self.next.saturating_sub(1)..] {
             if !self.reports.iter().any(|r| r.addr == *addr) {

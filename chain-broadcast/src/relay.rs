@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::codec::{FrameReader, FrameWriter};
 use crate::error::{BoxError, Error, Result};
@@ -571,7 +571,7 @@ async fn run(
             elapsed: start.elapsed(),
         },
     };
-    debug!(%me, ok = mine.ok, "transfer done");
+    info!(transfer = ctx.info.transfer_id, %me, ok = mine.ok, reason = mine.reason.as_deref().unwrap_or(""), "transfer done");
     let mut reports = Vec::with_capacity(down.len() + 1);
     reports.push(mine);
     reports.extend(down);
