@@ -2,5 +2,7 @@
 //! clouds. See DESIGN.md for the map of the parts.
 
 pub mod config;
+pub mod distribute;
+pub mod image;
 pub mod server;
 pub mod store;

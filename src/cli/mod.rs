@@ -2,7 +2,9 @@
 //! its own file; this one owns the global options and config resolution.
 
 mod admin;
+mod chain;
 mod objects;
+mod pull;
 mod serve;
 
 use std::io::IsTerminal;
@@ -60,6 +62,14 @@ enum Command {
     Fsck,
     /// Reclaim space of unreferenced chunks (plan, then execute)
     Gc(admin::GcArgs),
+    /// Delta pull s3://BUCKET/KEY into a node-local cache (and a sparse file)
+    Pull(pull::PullArgs),
+    /// Print a presigned GET URL for s3://BUCKET/KEY
+    Presign(pull::PresignArgs),
+    /// Run a broadcast-chain node that receives images (unauthenticated: trusted networks only)
+    ChainAgent(chain::AgentArgs),
+    /// Send BUCKET/KEY down a broadcast chain of chain-agents
+    Propagate(chain::PropagateArgs),
 }
 
 /// What every command gets: resolved settings and how to report.
@@ -153,6 +163,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stats => admin::stats(&ctx),
         Command::Fsck => admin::fsck(&ctx),
         Command::Gc(a) => admin::gc(&ctx, a),
+        Command::Pull(a) => pull::pull(&ctx, a),
+        Command::Presign(a) => pull::presign(&ctx, a),
+        Command::ChainAgent(a) => chain::agent(&ctx, a),
+        Command::Propagate(a) => chain::propagate(&ctx, a),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the store) and Prometheus `/metrics`.
 
 mod backend;
+pub mod chunks;
 mod credentials;
 mod metrics;
 
@@ -61,6 +62,7 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         s3_config(&opts.file),
     )
     .metrics(metrics.sink())
+    .extra_route(chunks::route(store.clone()))
     .build();
     let front = Front {
         s3,

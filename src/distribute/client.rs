@@ -1,0 +1,399 @@
+//! Client of the chunk API (see `server::chunks`), signed with SigV4 like
+//! any S3 client. Pulls, pseudo images, chains and migrations share it.
+//!
+//! Every chunk that comes back is checked against its id before a caller
+//! sees it: integrity across hops comes from the ids, not from the network.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+    SignatureLocation, SigningSettings, UriPathNormalizationMode,
+};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::server::chunks::ManifestDoc;
+use crate::store::{ChunkId, ManifestEntry};
+
+/// Characters S3 leaves unescaped in a key (RFC 3986 unreserved, plus `/`).
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {0:?}: expected http://HOST:PORT")]
+    Endpoint(String),
+    #[error("{what}: cannot reach {endpoint}: {err}")]
+    Unreachable {
+        what: String,
+        endpoint: String,
+        err: String,
+    },
+    #[error("{what}: no answer from {endpoint} within {secs} s")]
+    Timeout {
+        what: String,
+        endpoint: String,
+        secs: u64,
+    },
+    #[error("{what}: {status} {message}")]
+    Status {
+        what: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("chunk {0} came back with bytes that do not match its id")]
+    Integrity(ChunkId),
+    #[error("{what}: invalid answer: {why}")]
+    Invalid { what: String, why: String },
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+impl ClientError {
+    /// Whether the object or chunk simply is not there (as opposed to a
+    /// transport or server failure worth retrying).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Access key pair for the endpoint.
+#[derive(Clone)]
+pub struct Keys {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({}, <secret>)", self.access_key)
+    }
+}
+
+/// An object's manifest with ids parsed.
+#[derive(Debug, Clone)]
+pub struct RemoteManifest {
+    pub doc: ManifestDoc,
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// A chunk API endpoint. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct ChunkClient {
+    endpoint: String,
+    host: String,
+    keys: Keys,
+    region: String,
+    timeout: Duration,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ChunkClient {
+    pub fn new(endpoint: &str, keys: Keys, region: &str) -> Result<ChunkClient> {
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|_| ClientError::Endpoint(endpoint.clone()))?;
+        if uri.scheme_str() != Some("http") || uri.path() != "/" && !uri.path().is_empty() {
+            return Err(ClientError::Endpoint(endpoint));
+        }
+        let host = uri
+            .authority()
+            .map(|a| a.to_string())
+            .ok_or_else(|| ClientError::Endpoint(endpoint.clone()))?;
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(10)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        Ok(ChunkClient {
+            endpoint,
+            host,
+            keys,
+            region: region.to_string(),
+            timeout: Duration::from_secs(60),
+            http,
+        })
+    }
+
+    /// Per-request deadline (connect, send and read the whole answer).
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn settings(&self) -> SigningSettings {
+        let mut s = SigningSettings::default();
+        // S3 rules: the path is signed as sent (single encoding, no normalisation).
+        s.percent_encoding_mode = PercentEncodingMode::Single;
+        s.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        s.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        s
+    }
+
+    fn sign_request(
+        &self,
+        method: &Method,
+        url: &str,
+        settings: SigningSettings,
+        body: SignableBody<'_>,
+        expires: Option<Duration>,
+    ) -> Result<(Vec<(&'static str, String)>, Vec<(&'static str, String)>)> {
+        let identity: aws_smithy_runtime_api::client::identity::Identity =
+            aws_credential_types::Credentials::new(
+                &self.keys.access_key,
+                &self.keys.secret_key,
+                None,
+                None,
+                "strato",
+            )
+            .into();
+        let mut settings = settings;
+        if let Some(e) = expires {
+            settings.signature_location = SignatureLocation::QueryParams;
+            settings.expires_in = Some(e);
+        }
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("s3")
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| ClientError::Sign(e.to_string()))?
+            .into();
+        let headers = [("host", self.host.as_str())];
+        let signable = SignableRequest::new(method.as_str(), url, headers.into_iter(), body)
+            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| ClientError::Sign(e.to_string()))?
+            .into_parts();
+        let (h, q) = instructions.into_parts();
+        Ok((
+            h.into_iter()
+                .map(|h| (h.name(), h.value().to_string()))
+                .collect(),
+            q.into_iter().map(|(k, v)| (k, v.into_owned())).collect(),
+        ))
+    }
+
+    async fn send(
+        &self,
+        what: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes)> {
+        let url = format!("{}{}", self.endpoint, path_and_query);
+        // Chunk bodies are checked by id on the server; skip hashing them twice.
+        let signable = if body.is_empty() {
+            SignableBody::Bytes(&[])
+        } else {
+            SignableBody::UnsignedPayload
+        };
+        let (headers, _) = self.sign_request(&method, &url, self.settings(), signable, None)?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::HOST, &self.host);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        let fut = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    what: what.to_string(),
+                    endpoint: self.endpoint.clone(),
+                    err: format!("{e:#}"),
+                })?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    what: what.to_string(),
+                    endpoint: self.endpoint.clone(),
+                    err: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, body))
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                what: what.to_string(),
+                endpoint: self.endpoint.clone(),
+                secs: self.timeout.as_secs(),
+            }),
+        }
+    }
+
+    fn status_error(what: &str, status: StatusCode, body: &[u8]) -> ClientError {
+        let text = String::from_utf8_lossy(body);
+        // Error documents are small XML; show their message, not the markup.
+        let message = text
+            .split_once("<Message>")
+            .and_then(|(_, r)| r.split_once("</Message>"))
+            .map(|(m, _)| m.to_string())
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        ClientError::Status {
+            what: what.to_string(),
+            status,
+            message,
+        }
+    }
+
+    pub async fn manifest(&self, bucket: &str, key: &str) -> Result<RemoteManifest> {
+        let what = format!("manifest of {bucket}/{key}");
+        let path = format!(
+            "/chunks/manifest/{}/{}",
+            utf8_percent_encode(bucket, KEY_SET),
+            utf8_percent_encode(key, KEY_SET)
+        );
+        let (status, body) = self.send(&what, Method::GET, &path, Bytes::new()).await?;
+        if status != StatusCode::OK {
+            return Err(Self::status_error(&what, status, &body));
+        }
+        let doc: ManifestDoc = serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
+            what: what.clone(),
+            why: e.to_string(),
+        })?;
+        let mut entries = Vec::with_capacity(doc.chunks.len());
+        for c in &doc.chunks {
+            let id = c.id.parse().map_err(|_| ClientError::Invalid {
+                what: what.clone(),
+                why: format!("bad chunk id {:?}", c.id),
+            })?;
+            entries.push(ManifestEntry { id, len: c.len });
+        }
+        let total: u64 = entries.iter().map(|e| e.len as u64).sum();
+        if total != doc.size {
+            return Err(ClientError::Invalid {
+                what,
+                why: format!("chunks cover {total} bytes, size is {}", doc.size),
+            });
+        }
+        Ok(RemoteManifest { doc, entries })
+    }
+
+    /// Fetch one chunk, verified against its id.
+    pub async fn get_chunk(&self, id: &ChunkId) -> Result<Bytes> {
+        let what = format!("chunk {id}");
+        let (status, body) = self
+            .send(&what, Method::GET, &format!("/chunks/{id}"), Bytes::new())
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::status_error(&what, status, &body));
+        }
+        if ChunkId::of(&body) != *id {
+            return Err(ClientError::Integrity(*id));
+        }
+        Ok(body)
+    }
+
+    /// Store a chunk upstream; true if it was new there.
+    pub async fn put_chunk(&self, id: &ChunkId, data: Bytes) -> Result<bool> {
+        let what = format!("storing chunk {id}");
+        let (status, body) = self
+            .send(&what, Method::PUT, &format!("/chunks/{id}"), data)
+            .await?;
+        match status {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::OK => Ok(false),
+            s => Err(Self::status_error(&what, s, &body)),
+        }
+    }
+
+    /// Which of `ids` the endpoint holds.
+    pub async fn have(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
+        let what = "asking which chunks are held";
+        let mut out = HashSet::new();
+        // Bounded request bodies: 64 K ids (4 MiB of hex) per request.
+        for batch in ids.chunks(64 * 1024) {
+            let mut body = String::with_capacity(batch.len() * 65);
+            for id in batch {
+                body.push_str(&id.to_hex());
+                body.push('\n');
+            }
+            let (status, resp) = self
+                .send(what, Method::POST, "/chunks?have", Bytes::from(body))
+                .await?;
+            if status != StatusCode::OK {
+                return Err(Self::status_error(what, status, &resp));
+            }
+            for line in String::from_utf8_lossy(&resp).lines() {
+                let id = line.trim().parse().map_err(|_| ClientError::Invalid {
+                    what: what.to_string(),
+                    why: format!("bad chunk id {line:?}"),
+                })?;
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A presigned S3 GET URL for an object (e.g. a QEMU curl backing file).
+    pub fn presign_get(&self, bucket: &str, key: &str, expires: Duration) -> Result<String> {
+        let url = format!(
+            "{}/{}/{}",
+            self.endpoint,
+            utf8_percent_encode(bucket, KEY_SET),
+            utf8_percent_encode(key, KEY_SET)
+        );
+        let (_, params) = self.sign_request(
+            &Method::GET,
+            &url,
+            self.settings(),
+            SignableBody::UnsignedPayload,
+            Some(expires),
+        )?;
+        let mut out = url;
+        for (i, (k, v)) in params.iter().enumerate() {
+            out.push(if i == 0 { '?' } else { '&' });
+            out.push_str(k);
+            out.push('=');
+            out.push_str(&utf8_percent_encode(v, NON_ALPHANUMERIC_QUERY).to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// Query values: escape everything but RFC 3986 unreserved characters.
+const NON_ALPHANUMERIC_QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `s3://BUCKET/KEY` (or `BUCKET/KEY`) split in two.
+pub fn parse_s3_url(s: &str) -> Option<(String, String)> {
+    let s = s.strip_prefix("s3://").unwrap_or(s);
+    match s.split_once('/') {
+        Some((b, k)) if !b.is_empty() && !k.is_empty() => Some((b.to_string(), k.to_string())),
+        _ => None,
+    }
+}

@@ -1,0 +1,2 @@
+//! What a hypervisor node runs VMs on: qcow2 overlays over a backing file,
+//! and pseudo images (a lazy, chunk-fetching block cache exported over NBD).
