@@ -3,7 +3,6 @@
 
 mod admin;
 mod chain;
-mod chain;
 mod objects;
 mod pull;
 mod serve;
@@ -164,8 +163,6 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stats => admin::stats(&ctx),
         Command::Fsck => admin::fsck(&ctx),
         Command::Gc(a) => admin::gc(&ctx, a),
-        Command::ChainAgent(a) => chain::agent(&ctx, a),
-        Command::Propagate(a) => chain::propagate(&ctx, a),
         Command::Pull(a) => pull::pull(&ctx, a),
         Command::Presign(a) => pull::presign(&ctx, a),
         Command::ChainAgent(a) => chain::agent(&ctx, a),
