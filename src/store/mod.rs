@@ -20,7 +20,7 @@ pub mod error;
 mod fsck;
 mod gc;
 pub mod id;
-mod index;
+pub mod index;
 pub mod meta;
 pub mod model;
 mod names;

@@ -1,0 +1,326 @@
+//! S3 API throughput vs the store directly vs a plain file copy, in one run.
+//!
+//!   cargo bench --bench s3_bench            (release build of `strato`)
+//!   S3_BENCH_MIB=256 cargo bench --bench s3_bench   (smaller object)
+//!
+//! - PUT and GET of a 1 GiB random object, median of 3 runs each:
+//!   * S3: the Rust `aws-sdk-s3` client against `strato serve` (one streaming
+//!     PutObject from the file, the SDK's default aws-chunked upload with a
+//!     CRC32 trailer; one GetObject whose body is read and discarded);
+//!   * direct: `strato put FILE` / `strato get BUCKET/KEY /dev/null` on a
+//!     separate data directory;
+//!   * cp: copy the file and fsync the copy / read the copy and discard it.
+//!   Every PUT goes to a fresh data directory, so nothing deduplicates against
+//!   an earlier run. GETs read what the PUT just wrote (page cache warm, for
+//!   all three alike).
+//! - 4 KiB GETs/s with 32 concurrent SDK clients over 5 s, median of 3.
+//!
+//! Client and server share the machine's cores.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use rand::{Rng, SeedableRng};
+
+const AK: &str = "STRBENCHACCESSKEY001";
+const SK: &str = "bench-secret-key-0123456789abcdefghijkl";
+const RUNS: usize = 3;
+
+fn strato() -> &'static str {
+    env!("CARGO_BIN_EXE_strato")
+}
+
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(strato())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("STRATO_DATA_DIR", data)
+            .env("STRATO_ACCESS_KEY", AK)
+            .env("STRATO_SECRET_KEY", SK)
+            .env_remove("STRATO_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting strato serve");
+        let mut out = child.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while out.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let line = String::from_utf8(line).unwrap();
+        let endpoint = line
+            .strip_prefix("strato serving S3 at ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Server { child, endpoint }
+    }
+
+    fn hwm_mib(&self) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            >> 10
+    }
+
+    fn client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new(AK, SK, None, None, "bench"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("running command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn fresh(dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    dir.to_path_buf()
+}
+
+fn make_source(path: &Path, size: usize) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut buf = vec![0u8; 8 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rng.fill(&mut buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument is ignored.
+    let mib: usize = std::env::var("S3_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let size = mib << 20;
+    let tmp = tempfile::Builder::new()
+        .prefix("strato-s3-bench")
+        .tempdir_in(std::env::var_os("S3_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
+        .unwrap();
+    let t = tmp.path();
+    let src = t.join("src.img");
+    eprintln!(
+        "s3_bench: writing a {mib} MiB random source file in {}",
+        t.display()
+    );
+    make_source(&src, size);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let (mut cp_put, mut cp_get) = (Vec::new(), Vec::new());
+    let (mut direct_put, mut direct_get) = (Vec::new(), Vec::new());
+    let (mut s3_put, mut s3_get) = (Vec::new(), Vec::new());
+    let mut hwm = 0;
+    for r in 0..RUNS {
+        eprintln!("s3_bench: run {} of {RUNS}", r + 1);
+        // cp
+        let dir = fresh(&t.join("cp"));
+        let dst = dir.join("copy.img");
+        cp_put.push(timed(|| {
+            std::fs::copy(&src, &dst).unwrap();
+            std::fs::File::open(&dst).unwrap().sync_all().unwrap();
+        }));
+        cp_get.push(timed(|| {
+            let mut f = std::fs::File::open(&dst).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            while f.read(&mut buf).unwrap() > 0 {}
+        }));
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // the store directly
+        let data = fresh(&t.join("direct"));
+        let cli = || {
+            let mut c = Command::new(strato());
+            c.env("STRATO_DATA_DIR", &data).env_remove("STRATO_CONFIG");
+            c
+        };
+        run(cli().args(["mb", "bench"]));
+        direct_put.push(timed(|| {
+            run(cli().arg("put").arg(&src).arg("bench/obj"));
+        }));
+        direct_get.push(timed(|| {
+            run(cli().args(["get", "bench/obj", "/dev/null"]));
+        }));
+        std::fs::remove_dir_all(&data).unwrap();
+
+        // S3 over `strato serve`
+        let data = fresh(&t.join("s3"));
+        let server = Server::start(&data);
+        let c = server.client();
+        rt.block_on(async {
+            c.create_bucket().bucket("bench").send().await.unwrap();
+            let t0 = Instant::now();
+            let out = c
+                .put_object()
+                .bucket("bench")
+                .key("obj")
+                .body(ByteStream::from_path(&src).await.unwrap())
+                .send()
+                .await
+                .unwrap();
+            s3_put.push(t0.elapsed().as_secs_f64());
+            assert!(out.e_tag().is_some());
+            let t0 = Instant::now();
+            let mut body = c
+                .get_object()
+                .bucket("bench")
+                .key("obj")
+                .send()
+                .await
+                .unwrap()
+                .body;
+            let mut n = 0;
+            while let Some(piece) = body.try_next().await.unwrap() {
+                n += piece.len();
+            }
+            s3_get.push(t0.elapsed().as_secs_f64());
+            assert_eq!(n, size);
+        });
+        hwm = hwm.max(server.hwm_mib());
+        drop(server);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    // 4 KiB GETs, 32 concurrent clients.
+    let data = fresh(&t.join("small"));
+    let server = Server::start(&data);
+    let rps: Vec<f64> = rt.block_on(async {
+        let c = server.client();
+        c.create_bucket().bucket("small").send().await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..64 {
+            let mut body = vec![0u8; 4096];
+            rng.fill(&mut body[..]);
+            c.put_object()
+                .bucket("small")
+                .key(format!("k{i}"))
+                .body(body.into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let clients: Vec<_> = (0..32).map(|_| server.client()).collect();
+        let mut rps = Vec::new();
+        for _ in 0..RUNS {
+            let count = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let t0 = Instant::now();
+            let tasks: Vec<_> = clients
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let (c, count) = (c.clone(), count.clone());
+                    tokio::spawn(async move {
+                        let mut k = i;
+                        while Instant::now() < deadline {
+                            let out = c
+                                .get_object()
+                                .bucket("small")
+                                .key(format!("k{}", k % 64))
+                                .send()
+                                .await
+                                .unwrap();
+                            let b = out.body.collect().await.unwrap().into_bytes();
+                            assert_eq!(b.len(), 4096);
+                            count.fetch_add(1, Ordering::Relaxed);
+                            k += 1;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            rps.push(count.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64());
+        }
+        rps
+    });
+    let small_hwm = server.hwm_mib();
+    drop(server);
+
+    let mibs = |secs: Vec<f64>| mib as f64 / median(secs);
+    let (cpp, cpg) = (mibs(cp_put), mibs(cp_get));
+    let (dp, dg) = (mibs(direct_put), mibs(direct_get));
+    let (sp, sg) = (mibs(s3_put), mibs(s3_get));
+    println!();
+    println!("s3_bench: {mib} MiB random object, median of {RUNS} runs (MiB/s)");
+    println!("| path                         |    PUT |    GET |");
+    println!("|------------------------------|-------:|-------:|");
+    println!("| cp (copy + fsync / read)     | {cpp:6.0} | {cpg:6.0} |");
+    println!("| store direct (strato put/get)| {dp:6.0} | {dg:6.0} |");
+    println!("| S3 API (aws-sdk-s3, 1 stream)| {sp:6.0} | {sg:6.0} |");
+    println!(
+        "| S3 / direct                  | {:6.2} | {:6.2} |",
+        sp / dp,
+        sg / dg
+    );
+    println!(
+        "| S3 / cp                      | {:6.2} | {:6.2} |",
+        sp / cpp,
+        sg / cpg
+    );
+    println!(
+        "| direct / cp                  | {:6.2} | {:6.2} |",
+        dp / cpp,
+        dg / cpg
+    );
+    println!(
+        "4 KiB GET, 32 concurrent SDK clients: {:.0} req/s (median of {RUNS} x 5 s; runs {:?})",
+        median(rps.clone()),
+        rps.iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+    println!("server peak RSS: {hwm} MiB (1 GiB transfers), {small_hwm} MiB (4 KiB GETs)");
+}
