@@ -233,3 +233,21 @@ fn gc_dry_run_changes_nothing_and_gc_reclaims() {
     assert_eq!(s.json(&["stats"])["indexed_chunks"], 0);
     s.ok(&["fsck"]);
 }
+
+#[test]
+fn get_to_a_device_writes_through_and_leaves_it_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let s = Strato::new("redb");
+    s.ok(&["mb", "bkt"]);
+    let src = s.dir.path().join("f");
+    write_random(&src, 200_000, 9);
+    s.put(&src, "bkt/x", "auto");
+    s.ok(&["get", "bkt/x", "/dev/null"]);
+    let meta = std::fs::metadata("/dev/null").unwrap();
+    assert!(meta.file_type().is_char_device(), "/dev/null must stay a device");
+    assert!(!std::path::Path::new("/dev/null.strato-partial").exists());
+    // standard output too
+    let out = s.run(&["get", "bkt/x", "-"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, std::fs::read(&src).unwrap());
+}
