@@ -289,23 +289,12 @@ impl Store {
             self.abort_upload(&upload_id)?;
         }
         let prefix = model::object_key(name, "");
-        let _c = self.inner.commit_lock.read();
-        self.inner.meta.write(&mut |tx| {
-            if tx.get(Table::Buckets, name.as_bytes())?.is_none() {
-                return Err(StoreError::NoSuchBucket(name.into()));
-            }
-            Ok(())
-        })?;
-        if !self
-            .inner
-            .meta
-            .scan(Table::Objects, &prefix, &prefix, 1)?
-            .is_empty()
-        {
+        // Exclusive: no manifest may commit into the bucket between the
+        // emptiness check and the delete. Bucket deletion is rare.
+        let _paused = self.inner.commit_lock.write();
+        if !self.inner.meta.scan(Table::Objects, &prefix, &prefix, 1)?.is_empty() {
             return Err(StoreError::BucketNotEmpty(name.into()));
         }
-        // Objects are only created under the commit lock we hold, so the
-        // emptiness check above still holds here.
         self.inner
             .meta
             .write(&mut |tx| tx.delete(Table::Buckets, name.as_bytes()))
