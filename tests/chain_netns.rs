@@ -1,0 +1,150 @@
+//! The chain across network namespaces: a repository and three nodes, each
+//! in a namespace of its own, joined by veth pairs to a bridge that lives in
+//! a further namespace. Everything this test creates is named after its PID
+//! and removed by a guard, on success or failure. Needs root and iproute2.
+
+mod chain_util;
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use chain_util::{propagate, run_bounded, Agent, Kind};
+use common::*;
+
+/// Namespaces (and with them every veth and the bridge inside) and the
+/// processes started in them; all removed on drop, by name and by PID.
+struct Topology {
+    prefix: String,
+    namespaces: Vec<String>,
+    agents: Vec<Agent>,
+}
+
+fn ip(args: &[&str]) {
+    let mut cmd = Command::new(require_tool("ip"));
+    cmd.args(args);
+    let out = run_bounded(cmd, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Topology {
+    /// `hosts` namespaces with 10.77.0.(i+1)/24, bridged.
+    fn new(hosts: usize) -> Topology {
+        let prefix = format!("stc{}", std::process::id());
+        let mut t = Topology {
+            prefix: prefix.clone(),
+            namespaces: Vec::new(),
+            agents: Vec::new(),
+        };
+        let br = format!("{prefix}br");
+        ip(&["netns", "add", &br]);
+        t.namespaces.push(br.clone());
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &br, "link", "set", "br0", "up"]);
+        for i in 0..hosts {
+            let ns = t.host(i);
+            ip(&["netns", "add", &ns]);
+            t.namespaces.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            // Created inside the host namespace, peer straight into the
+            // bridge namespace: nothing ever appears in the root namespace.
+            let peer = format!("p{i}");
+            ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+                &br,
+            ]);
+            ip(&["-n", &br, "link", "set", &peer, "master", "br0"]);
+            ip(&["-n", &br, "link", "set", &peer, "up"]);
+            let addr = format!("{}/24", t.addr(i));
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        t
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("{}h{i}", self.prefix)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.kill();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn netns_list() -> String {
+    String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned()
+}
+
+#[test]
+fn chain_across_namespaces() {
+    require_tool("ip");
+    let prefix = format!("stc{}", std::process::id());
+    {
+        let mut topo = Topology::new(4);
+        let repo = Strato::new("redb");
+        repo.ok(&["mb", "bkt"]);
+        let mut data = random_bytes(24 << 20, 3);
+        data[4 << 20..8 << 20].fill(0);
+        let src = repo.dir.path().join("img");
+        std::fs::write(&src, &data).unwrap();
+        repo.put(&src, "bkt/vm/disk.img", "block");
+
+        let tmp = tempfile::tempdir().unwrap();
+        let kinds = [Kind::Store, Kind::Files, Kind::Store];
+        for (i, kind) in kinds.iter().enumerate() {
+            let ns = topo.host(i + 1);
+            let listen = format!("{}:7400", topo.addr(i + 1));
+            let dir = tmp.path().join(format!("node{i}"));
+            let agent = Agent::start(&["ip", "netns", "exec", &ns], &listen, *kind, &dir);
+            topo.agents.push(agent);
+        }
+        let nodes: Vec<String> = topo.agents.iter().map(|a| a.addr.clone()).collect();
+        assert_eq!(nodes[0], "10.77.0.2:7400");
+
+        // From the repository's namespace, nodes 1..3 are only reachable
+        // over the veths and the bridge.
+        let repo_ns = topo.host(0);
+        let (ok, report, stderr) = propagate(
+            &["ip", "netns", "exec", &repo_ns],
+            &repo.data_dir(),
+            "bkt/vm/disk.img",
+            &nodes,
+            &[],
+        );
+        assert!(ok, "{stderr}\n{report}");
+        for n in report["nodes"].as_array().unwrap() {
+            assert_eq!(n["ok"], true, "{report}");
+            assert!(n["bytes_received"].as_u64().unwrap() > 0, "{report}");
+        }
+        let want = md5_hex(&data);
+        for a in &mut topo.agents {
+            let img = a.image("bkt/vm/disk.img", tmp.path());
+            assert_eq!(md5_file(&img), want, "{} ({:?})", a.addr, a.kind);
+        }
+        assert!(netns_list().contains(&prefix));
+    }
+    let left = netns_list();
+    assert!(!left.contains(&prefix), "namespaces left behind: {left}");
+}
