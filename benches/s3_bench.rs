@@ -30,7 +30,6 @@ use rand::{Rng, SeedableRng};
 
 const AK: &str = "STRBENCHACCESSKEY001";
 const SK: &str = "bench-secret-key-0123456789abcdefghijkl";
-const RUNS: usize = 3;
 
 fn strato() -> &'static str {
     env!("CARGO_BIN_EXE_strato")
@@ -137,11 +136,14 @@ fn make_source(path: &Path, size: usize) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; a filter argument is ignored.
+    // `cargo bench` passes --bench; under `cargo test --all-targets` (no
+    // --bench) run once on a small object, as a smoke test.
+    let benching = std::env::args().any(|a| a == "--bench");
     let mib: usize = std::env::var("S3_BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+        .unwrap_or(if benching { 1024 } else { 8 });
+    let (runs, small_secs) = if benching { (3, 5) } else { (1, 1) };
     let size = mib << 20;
     let tmp = tempfile::Builder::new()
         .prefix("strato-s3-bench")
@@ -164,8 +166,8 @@ fn main() {
     let (mut direct_put, mut direct_get) = (Vec::new(), Vec::new());
     let (mut s3_put, mut s3_get) = (Vec::new(), Vec::new());
     let mut hwm = 0;
-    for r in 0..RUNS {
-        eprintln!("s3_bench: run {} of {RUNS}", r + 1);
+    for r in 0..runs {
+        eprintln!("s3_bench: run {} of {runs}", r + 1);
         // cp
         let dir = fresh(&t.join("cp"));
         let dst = dir.join("copy.img");
@@ -254,9 +256,9 @@ fn main() {
         }
         let clients: Vec<_> = (0..32).map(|_| server.client()).collect();
         let mut rps = Vec::new();
-        for _ in 0..RUNS {
+        for _ in 0..runs {
             let count = Arc::new(AtomicU64::new(0));
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(small_secs);
             let t0 = Instant::now();
             let tasks: Vec<_> = clients
                 .iter()
@@ -296,7 +298,7 @@ fn main() {
     let (dp, dg) = (mibs(direct_put), mibs(direct_get));
     let (sp, sg) = (mibs(s3_put), mibs(s3_get));
     println!();
-    println!("s3_bench: {mib} MiB random object, median of {RUNS} runs (MiB/s)");
+    println!("s3_bench: {mib} MiB random object, median of {runs} runs (MiB/s)");
     println!("| path                         |    PUT |    GET |");
     println!("|------------------------------|-------:|-------:|");
     println!("| cp (copy + fsync / read)     | {cpp:6.0} | {cpg:6.0} |");
@@ -318,7 +320,7 @@ fn main() {
         dg / cpg
     );
     println!(
-        "4 KiB GET, 32 concurrent SDK clients: {:.0} req/s (median of {RUNS} x 5 s; runs {:?})",
+        "4 KiB GET, 32 concurrent SDK clients: {:.0} req/s (median of {runs} x {small_secs} s; runs {:?})",
         median(rps.clone()),
         rps.iter().map(|r| r.round()).collect::<Vec<_>>()
     );
