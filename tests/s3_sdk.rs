@@ -1334,6 +1334,73 @@ async fn config_file_users_own_their_buckets() {
         .unwrap_err();
     assert_eq!(code(&e), "BucketAlreadyExists");
 
+    // Upload ids are not capabilities: admin's upload, addressed through
+    // bob's own bucket or through admin's, is out of bob's reach.
+    let id = admin
+        .create_multipart_upload()
+        .bucket("admins")
+        .key("big")
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    let e = bob
+        .upload_part()
+        .bucket("bobs")
+        .key("big")
+        .upload_id(&id)
+        .part_number(1)
+        .body(b"planted".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchUpload");
+    let e = bob
+        .list_parts()
+        .bucket("bobs")
+        .key("big")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchUpload");
+    let e = bob
+        .abort_multipart_upload()
+        .bucket("bobs")
+        .key("big")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchUpload");
+    let e = bob
+        .abort_multipart_upload()
+        .bucket("admins")
+        .key("big")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let e = bob
+        .list_multipart_uploads()
+        .bucket("admins")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let lp = admin
+        .list_parts()
+        .bucket("admins")
+        .key("big")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert!(lp.parts().is_empty(), "nothing planted");
+
     assert_eq!(keys(&admin, "admins").await, ["secret"]);
     assert_eq!(keys(&bob, "bobs").await, ["img"]);
     assert!(get(&admin, "admins", "secret").await == b"admin data");
@@ -1930,4 +1997,232 @@ async fn reserved_bucket_names() {
     assert!(c.list_buckets().send().await.unwrap().buckets().is_empty());
     // /metrics still answers.
     assert!(gauge(&server, "strato_chunks").await >= 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_objects_and_default_page_size() {
+    let server = Server::start("redb");
+    let c = client(&server);
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+
+    // A zero-byte object: ETag is the MD5 of nothing; no range is satisfiable.
+    let etag = put(&c, "bkt", "empty", b"").await;
+    assert_eq!(etag, quoted_md5(b""));
+    let head = c
+        .head_object()
+        .bucket("bkt")
+        .key("empty")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(0));
+    assert!(get(&c, "bkt", "empty").await.is_empty());
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("empty")
+        .range("bytes=0-")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(416));
+
+    // More keys than one default page (1000): truncated, then the rest.
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..1005).step_by(16) {
+                put(&c, "bkt", &format!("many/{i:04}"), &[]).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let p = c
+        .list_objects_v2()
+        .bucket("bkt")
+        .prefix("many/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(p.contents().len(), 1000);
+    assert_eq!(p.is_truncated(), Some(true));
+    assert_eq!(p.contents()[999].key(), Some("many/0999"));
+    let p = c
+        .list_objects_v2()
+        .bucket("bkt")
+        .prefix("many/")
+        .continuation_token(p.next_continuation_token().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let rest: Vec<_> = p.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        rest,
+        [
+            "many/1000",
+            "many/1001",
+            "many/1002",
+            "many/1003",
+            "many/1004"
+        ]
+    );
+    assert_eq!(p.is_truncated(), Some(false));
+    let p = c
+        .list_objects()
+        .bucket("bkt")
+        .prefix("many/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((p.contents().len(), p.is_truncated()), (1000, Some(true)));
+    assert_eq!(keys(&c, "bkt").await.len(), 1006);
+}
+
+/// Overwrites with the same content, copies onto itself, copies whose source
+/// is then deleted, multipart parts shared with objects, aborted uploads:
+/// after the server stops, `strato gc --grace 0` and `strato fsck` find the
+/// store consistent and every surviving object reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_chunks_survive_gc() {
+    let mut server = Server::start("redb");
+    let c = client(&server);
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let x = random_bytes(6 * MIB, 30);
+    let y = random_bytes(2 * MIB, 31);
+    let z = random_bytes(3 * MIB, 32);
+
+    put(&c, "bkt", "same", &x).await;
+    put(&c, "bkt", "same", &x).await;
+
+    put(&c, "bkt", "self", &y).await;
+    let e = c
+        .copy_object()
+        .bucket("bkt")
+        .key("self")
+        .copy_source("bkt/self")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        "InvalidRequest",
+        "a copy onto itself must change something"
+    );
+    c.copy_object()
+        .bucket("bkt")
+        .key("self")
+        .copy_source("bkt/self")
+        .metadata_directive(MetadataDirective::Replace)
+        .metadata("touched", "yes")
+        .send()
+        .await
+        .unwrap();
+
+    put(&c, "bkt", "z1", &z).await;
+    c.copy_object()
+        .bucket("bkt")
+        .key("z2")
+        .copy_source("bkt/z1")
+        .send()
+        .await
+        .unwrap();
+    c.delete_object()
+        .bucket("bkt")
+        .key("z1")
+        .send()
+        .await
+        .unwrap();
+
+    put(&c, "bkt", "ovr", &random_bytes(2 * MIB, 33)).await;
+    put(&c, "bkt", "ovr", &y).await;
+
+    // A multipart object whose first part is x, and an aborted upload of z.
+    let id = c
+        .create_multipart_upload()
+        .bucket("bkt")
+        .key("mp")
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    let mut parts = Vec::new();
+    for (n, body) in [(1, &x), (2, &z)] {
+        let etag = c
+            .upload_part()
+            .bucket("bkt")
+            .key("mp")
+            .upload_id(&id)
+            .part_number(n)
+            .body(body.clone().into())
+            .send()
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap()
+            .to_owned();
+        parts.push(part(n, &etag));
+    }
+    c.complete_multipart_upload()
+        .bucket("bkt")
+        .key("mp")
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let aborted = c
+        .create_multipart_upload()
+        .bucket("bkt")
+        .key("gone")
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    c.upload_part()
+        .bucket("bkt")
+        .key("gone")
+        .upload_id(&aborted)
+        .part_number(1)
+        .body(random_bytes(MIB, 34).into())
+        .send()
+        .await
+        .unwrap();
+    c.abort_multipart_upload()
+        .bucket("bkt")
+        .key("gone")
+        .upload_id(&aborted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keys(&c, "bkt").await, ["mp", "ovr", "same", "self", "z2"]);
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let s = &server.strato;
+    s.ok(&["gc", "--grace", "0"]);
+    s.ok(&["fsck"]);
+    let mut mp = x.clone();
+    mp.extend_from_slice(&z);
+    let out = s.dir.path().join("out.bin");
+    for (key, want) in [
+        ("same", &x),
+        ("self", &y),
+        ("z2", &z),
+        ("ovr", &y),
+        ("mp", &mp),
+    ] {
+        s.ok(&["get", &format!("bkt/{key}"), out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == *want, "{key} after gc");
+    }
 }
