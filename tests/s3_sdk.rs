@@ -2226,3 +2226,129 @@ async fn shared_chunks_survive_gc() {
         assert!(std::fs::read(&out).unwrap() == *want, "{key} after gc");
     }
 }
+
+/// PUTs racing DeleteBucket: either the delete fails with BucketNotEmpty and
+/// every acknowledged PUT is listed, or it succeeds and no PUT was
+/// acknowledged, and a bucket re-created under the same name is empty (no
+/// object committed into a deleted bucket resurfaces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_racing_delete_bucket() {
+    let server = Server::start("redb");
+    let c = client(&server);
+    let (mut deleted, mut refused) = (0, 0);
+    for round in 0..30u64 {
+        c.create_bucket().bucket("race").send().await.unwrap();
+        let mut puts = Vec::new();
+        for i in 0..6u64 {
+            let c = c.clone();
+            puts.push(tokio::spawn(async move {
+                if i % 2 == 1 {
+                    tokio::time::sleep(Duration::from_micros(300 * i)).await;
+                }
+                let key = format!("r{round}-{i}");
+                let r = c
+                    .put_object()
+                    .bucket("race")
+                    .key(&key)
+                    .body(random_bytes(64 * 1024, round * 10 + i).into())
+                    .send()
+                    .await;
+                (key, r)
+            }));
+        }
+        let del = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_micros(200 * (round % 8))).await;
+                c.delete_bucket().bucket("race").send().await
+            })
+        };
+        let mut acked = Vec::new();
+        for p in puts {
+            let (key, r) = p.await.unwrap();
+            match r {
+                Ok(_) => acked.push(key),
+                Err(e) => assert_eq!(code(&e), "NoSuchBucket", "{key}: {e:?}"),
+            }
+        }
+        acked.sort();
+        match del.await.unwrap() {
+            Ok(_) => {
+                deleted += 1;
+                assert!(
+                    acked.is_empty(),
+                    "round {round}: bucket deleted under {acked:?}"
+                );
+                c.create_bucket().bucket("race").send().await.unwrap();
+                assert!(keys(&c, "race").await.is_empty(), "round {round}: orphans");
+            }
+            Err(e) => {
+                refused += 1;
+                assert_eq!(code(&e), "BucketNotEmpty", "{e:?}");
+                assert_eq!(keys(&c, "race").await, acked, "round {round}");
+            }
+        }
+        for k in keys(&c, "race").await {
+            c.delete_object()
+                .bucket("race")
+                .key(k)
+                .send()
+                .await
+                .unwrap();
+        }
+        c.delete_bucket().bucket("race").send().await.unwrap();
+    }
+    eprintln!("delete won {deleted} rounds, puts won {refused}");
+
+    // An upload in flight when its bucket goes: completing it afterwards
+    // must not commit an object into the deleted (or a re-created) bucket.
+    c.create_bucket().bucket("race").send().await.unwrap();
+    let id = c
+        .create_multipart_upload()
+        .bucket("race")
+        .key("late")
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    let etag = c
+        .upload_part()
+        .bucket("race")
+        .key("late")
+        .upload_id(&id)
+        .part_number(1)
+        .body(b"part".to_vec().into())
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_owned();
+    match c.delete_bucket().bucket("race").send().await {
+        Ok(_) => {
+            eprintln!("a bucket with an upload in flight was deleted");
+            c.create_bucket().bucket("race").send().await.unwrap();
+            let e = c
+                .complete_multipart_upload()
+                .bucket("race")
+                .key("late")
+                .upload_id(&id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .parts(part(1, &etag))
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap_err();
+            assert_eq!(code(&e), "NoSuchUpload");
+            assert!(keys(&c, "race").await.is_empty());
+        }
+        Err(e) => {
+            eprintln!("an upload in flight keeps its bucket");
+            assert_eq!(code(&e), "BucketNotEmpty", "{e:?}");
+        }
+    }
+}
