@@ -2,6 +2,7 @@
 //! its own file; this one owns the global options and config resolution.
 
 mod admin;
+mod image;
 mod chain;
 mod objects;
 mod pull;
@@ -66,6 +67,15 @@ enum Command {
     Pull(pull::PullArgs),
     /// Print a presigned GET URL for s3://BUCKET/KEY
     Presign(pull::PresignArgs),
+    /// qcow2 overlays over backing files
+    #[command(subcommand)]
+    Overlay(image::OverlayCmd),
+    /// Prepare VM disks on a hypervisor node
+    #[command(subcommand)]
+    Vm(image::VmCmd),
+    /// On-demand pseudo images over NBD
+    #[command(subcommand)]
+    Nbd(image::NbdCmd),
     /// Run a broadcast-chain node that receives images (unauthenticated: trusted networks only)
     ChainAgent(chain::AgentArgs),
     /// Send BUCKET/KEY down a broadcast chain of chain-agents
@@ -165,6 +175,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Gc(a) => admin::gc(&ctx, a),
         Command::Pull(a) => pull::pull(&ctx, a),
         Command::Presign(a) => pull::presign(&ctx, a),
+        Command::Overlay(c) => image::overlay(&ctx, c),
+        Command::Vm(c) => image::vm(&ctx, c),
+        Command::Nbd(c) => image::nbd(&ctx, c),
         Command::ChainAgent(a) => chain::agent(&ctx, a),
         Command::Propagate(a) => chain::propagate(&ctx, a),
     }

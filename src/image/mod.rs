@@ -1,2 +1,6 @@
 //! What a hypervisor node runs VMs on: qcow2 overlays over a backing file,
 //! and pseudo images (a lazy, chunk-fetching block cache exported over NBD).
+
+pub mod nbd;
+pub mod pseudo;
+pub mod qcow2;

@@ -1,0 +1,335 @@
+//! Hypervisor-node commands: `strato overlay create`, `strato vm prepare`
+//! and `strato nbd serve` (pseudo images).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use strato::image::nbd::{self, Exports};
+use strato::image::pseudo::PseudoImage;
+use strato::image::qcow2::{self, BackingFormat, OverlaySpec};
+
+use super::pull::{open_cache, runtime, s3_url, Remote};
+use super::Ctx;
+
+#[derive(Subcommand, Debug)]
+pub enum OverlayCmd {
+    /// Create an empty qcow2 v3 overlay over a backing file or NBD URL
+    Create(OverlayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OverlayArgs {
+    /// Backing file: a path (made absolute) or a URL such as nbd+unix:///NAME?socket=PATH
+    #[arg(long)]
+    pub backing: String,
+    /// raw or qcow2 (default: detected for files, raw for URLs)
+    #[arg(long)]
+    pub backing_format: Option<BackingFormat>,
+    /// Virtual size in bytes (default: the backing file's; required for URLs)
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// The overlay to create (never replaces an existing file)
+    pub out: PathBuf,
+}
+
+pub fn overlay(ctx: &Ctx, cmd: OverlayCmd) -> Result<ExitCode> {
+    match cmd {
+        OverlayCmd::Create(a) => {
+            let t = Instant::now();
+            let info = qcow2::create_overlay(
+                &a.out,
+                &OverlaySpec {
+                    backing: a.backing.clone(),
+                    format: a.backing_format,
+                    size: a.size,
+                },
+            )
+            .with_context(|| format!("creating overlay {}", a.out.display()))?;
+            if ctx.json {
+                ctx.print_json(&info)?;
+            } else {
+                println!(
+                    "created {} ({} bytes) over {} ({}) in {:.1} ms",
+                    info.path.display(),
+                    info.size,
+                    info.backing,
+                    info.backing_format,
+                    t.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// Pull an image once and create COUNT overlays over it
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PrepareArgs {
+    /// s3://BUCKET/KEY
+    #[arg(long)]
+    pub image: String,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Node-local chunk cache (default: DIR/cache)
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Where the backing file (base.img) and overlays (vm-N.qcow2) go
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Format of the pulled image
+    #[arg(long, default_value = "raw")]
+    pub format: BackingFormat,
+}
+
+#[derive(serde::Serialize)]
+struct PrepareReport {
+    pull: strato::distribute::PullReport,
+    backing: PathBuf,
+    overlays: Vec<PathBuf>,
+    overlay_ms_max: f64,
+    overlay_ms_total: f64,
+}
+
+pub fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<ExitCode> {
+    let VmCmd::Prepare(a) = cmd;
+    let (bucket, key) = s3_url(&a.image)?;
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let cache = open_cache(&a.cache.clone().unwrap_or_else(|| a.dir.join("cache")))?;
+    let client = a.remote.client()?;
+    let base = a.dir.join("base.img");
+    let rt = runtime()?;
+    let pull = rt
+        .block_on(strato::distribute::pull(
+            &client,
+            &cache,
+            &bucket,
+            &key,
+            Some(&base),
+            &Default::default(),
+        ))
+        .with_context(|| format!("pulling s3://{bucket}/{key}"))?;
+    let (backing, format, size) = qcow2::resolve_backing(&OverlaySpec {
+        backing: base.to_string_lossy().into_owned(),
+        format: Some(a.format),
+        size: None,
+    })?;
+    let mut overlays = Vec::with_capacity(a.count);
+    let (mut max, mut total) = (0f64, 0f64);
+    for i in 0..a.count {
+        let out = a.dir.join(format!("vm-{i}.qcow2"));
+        let t = Instant::now();
+        qcow2::write_overlay(&out, &backing, format, size)
+            .with_context(|| format!("creating {}", out.display()))?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        max = max.max(ms);
+        total += ms;
+        overlays.push(out);
+    }
+    let report = PrepareReport {
+        pull,
+        backing: base,
+        overlays,
+        overlay_ms_max: max,
+        overlay_ms_total: total,
+    };
+    if ctx.json {
+        ctx.print_json(&report)?;
+    } else {
+        println!(
+            "pulled {} bytes (fetched {}) into {}; {} overlays in {:.1} ms (max {:.2} ms each)",
+            report.pull.size,
+            report.pull.fetched_bytes,
+            report.backing.display(),
+            report.overlays.len(),
+            total,
+            max
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NbdCmd {
+    /// Export s3://BUCKET/KEY over NBD as an on-demand pseudo image
+    Serve(NbdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NbdArgs {
+    /// s3://BUCKET/KEY
+    #[arg(long)]
+    pub image: String,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Node-local chunk cache (a strato store)
+    #[arg(long)]
+    pub cache: PathBuf,
+    /// Unix socket to listen on
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// TCP address to listen on (e.g. 127.0.0.1:10809)
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Export name (default: the object key)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Fetch the whole image in the background, this many chunks at once (0: only on demand)
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: usize,
+    /// Log export statistics this often (seconds; 0: only at exit)
+    #[arg(long, default_value_t = 60)]
+    pub stats_interval: u64,
+}
+
+pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
+    let NbdCmd::Serve(a) = cmd;
+    if a.socket.is_none() && a.listen.is_none() {
+        anyhow::bail!("give --socket PATH and/or --listen ADDR");
+    }
+    let (bucket, key) = s3_url(&a.image)?;
+    let name = a.name.clone().unwrap_or_else(|| key.clone());
+    let client = a.remote.client()?;
+    let cache = open_cache(&a.cache)?;
+    let rt = runtime()?;
+    let json = ctx.json;
+    rt.block_on(async move {
+        let img = PseudoImage::open(&name, client, cache, &bucket, &key)
+            .await
+            .with_context(|| format!("opening s3://{bucket}/{key}"))?;
+        let mut exports = Exports::default();
+        exports.add(&name, img.clone());
+        let mut urls = Vec::new();
+        if let Some(path) = &a.socket {
+            remove_stale_socket(path)?;
+            let l = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            urls.push(format!("nbd+unix:///{name}?socket={}", path.display()));
+            let ex = exports.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, _)) => spawn_conn(s, ex.clone()),
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        if let Some(addr) = a.listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            urls.push(format!("nbd://{}/{name}", l.local_addr()?));
+            let ex = exports.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, _)) => {
+                            let _ = s.set_nodelay(true);
+                            spawn_conn(s, ex.clone())
+                        }
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        if a.prefetch > 0 {
+            tokio::spawn(img.clone().prefetch(a.prefetch));
+        }
+        if a.stats_interval > 0 {
+            let img = img.clone();
+            let every = Duration::from_secs(a.stats_interval);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    tracing::info!(stats = ?img.stats(), "export statistics");
+                }
+            });
+        }
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for u in &urls {
+                writeln!(out, "strato nbd serving {u}")?;
+            }
+            out.flush()?;
+        }
+        shutdown_signal().await;
+        let stats = img.stats();
+        if json {
+            println!("{}", serde_json::to_string(&stats)?);
+        } else {
+            println!(
+                "export {}: {} reads, {} cache hits, {} misses, fetched {} bytes in {} chunks, complete: {}",
+                stats.name, stats.reads, stats.cache_hits, stats.cache_misses, stats.fetched_bytes,
+                stats.fetched_chunks, stats.complete
+            );
+        }
+        if let Some(path) = &a.socket {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_conn<S>(s: S, exports: Exports)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = nbd::serve_conn(s, exports).await {
+            // A misbehaving client loses only its own connection.
+            tracing::info!("NBD connection closed: {e}");
+        }
+    });
+}
+
+/// A socket file left by a killed export would make bind fail; anything
+/// that is not a socket is someone else's file and stays.
+fn remove_stale_socket(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("{} is in use by a running server", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a socket", path.display()),
+        Err(_) => Ok(()),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
