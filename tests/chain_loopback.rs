@@ -214,7 +214,13 @@ fn agent_refuses_names_that_would_escape_its_out_dir() {
     repo.ok(&["put", src.to_str().unwrap(), "bkt/x/.."]);
     let tmp = tempfile::tempdir().unwrap();
     let a = Agent::local(Kind::Files, &tmp.path().join("out"));
-    let (ok, report, _) = propagate(&[], &repo.data_dir(), "bkt/x/..", &[a.addr.clone()], &[]);
+    let (ok, report, _) = propagate(
+        &[],
+        &repo.data_dir(),
+        "bkt/x/..",
+        std::slice::from_ref(&a.addr),
+        &[],
+    );
     assert!(!ok, "{report}");
     assert_eq!(report["nodes"][0]["ok"], false);
     assert!(!tmp.path().join("x").exists());
