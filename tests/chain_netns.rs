@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use chain_util::{propagate, run_bounded, Agent, Kind};
+use chain_util::{dir_bytes, propagate, run_bounded, Agent, Kind};
 use common::*;
 
 /// Namespaces (and with them every veth and the bridge inside) and the
@@ -32,9 +32,10 @@ fn ip(args: &[&str]) {
 }
 
 impl Topology {
-    /// `hosts` namespaces with 10.77.0.(i+1)/24, bridged.
-    fn new(hosts: usize) -> Topology {
-        let prefix = format!("stc{}", std::process::id());
+    /// `hosts` namespaces with 10.77.0.(i+1)/24, bridged. Names start with
+    /// `stc<PID><tag>`: unique per test process and per test.
+    fn new(tag: &str, hosts: usize) -> Topology {
+        let prefix = format!("stc{}{tag}", std::process::id());
         let mut t = Topology {
             prefix: prefix.clone(),
             namespaces: Vec::new(),
@@ -100,9 +101,9 @@ fn netns_list() -> String {
 #[test]
 fn chain_across_namespaces() {
     require_tool("ip");
-    let prefix = format!("stc{}", std::process::id());
+    let prefix = format!("stc{}a", std::process::id());
     {
-        let mut topo = Topology::new(4);
+        let mut topo = Topology::new("a", 4);
         let repo = Strato::new("redb");
         repo.ok(&["mb", "bkt"]);
         let mut data = random_bytes(24 << 20, 3);
@@ -145,6 +146,89 @@ fn chain_across_namespaces() {
         }
         assert!(netns_list().contains(&prefix));
     }
+    let left = netns_list();
+    assert!(!left.contains(&prefix), "namespaces left behind: {left}");
+}
+
+#[test]
+fn node_whose_link_goes_down_is_bypassed() {
+    require_tool("ip");
+    let tc = require_tool("tc");
+    let prefix = format!("stc{}b", std::process::id());
+    let mut topo = Topology::new("b", 4);
+    // Slow links (80 Mbit/s each way) so the transfer is still under way
+    // when the middle node's link goes down.
+    for i in 0..4 {
+        let ns = topo.host(i);
+        let mut cmd = Command::new(require_tool("ip"));
+        cmd.args(["netns", "exec", &ns])
+            .arg(&tc)
+            .args([
+                "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "80mbit",
+            ])
+            .args(["burst", "128kb", "latency", "50ms"]);
+        let out = run_bounded(cmd, Duration::from_secs(20));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let repo = Strato::new("redb");
+    repo.ok(&["mb", "bkt"]);
+    let data = random_bytes(32 << 20, 5);
+    let src = repo.dir.path().join("img");
+    std::fs::write(&src, &data).unwrap();
+    repo.put(&src, "bkt/disk.img", "block");
+
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        let ns = topo.host(i + 1);
+        let listen = format!("{}:7400", topo.addr(i + 1));
+        let dir = tmp.path().join(format!("node{i}"));
+        let agent = Agent::start(&["ip", "netns", "exec", &ns], &listen, Kind::Store, &dir);
+        topo.agents.push(agent);
+    }
+    let nodes: Vec<String> = topo.agents.iter().map(|a| a.addr.clone()).collect();
+    let middle_dir = topo.agents[1].dir.clone();
+    let base = dir_bytes(&middle_dir);
+    let middle_ns = topo.host(2);
+    let cutter = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if dir_bytes(&middle_dir) > base + (4 << 20) {
+                let mut cmd = Command::new("ip");
+                cmd.args(["-n", &middle_ns, "link", "set", "eth0", "down"]);
+                return run_bounded(cmd, Duration::from_secs(20)).status.success();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    let repo_ns = topo.host(0);
+    let (ok, report, stderr) = propagate(
+        &["ip", "netns", "exec", &repo_ns],
+        &repo.data_dir(),
+        "bkt/disk.img",
+        &nodes,
+        &["--io-timeout", "3", "--connect-timeout", "2"],
+    );
+    assert!(
+        cutter.join().unwrap(),
+        "the middle node never received data"
+    );
+    assert!(!ok, "{report}");
+    assert!(stderr.contains(&nodes[1]), "{stderr}");
+    let r = report["nodes"].as_array().unwrap();
+    assert_eq!(r[0]["ok"], true, "{report}");
+    assert_eq!(r[1]["ok"], false, "{report}");
+    assert_eq!(r[2]["ok"], true, "{report}");
+    let want = md5_hex(&data);
+    for i in [0, 2] {
+        let img = topo.agents[i].image("bkt/disk.img", tmp.path());
+        assert_eq!(md5_file(&img), want, "node {i}");
+    }
+    drop(topo);
     let left = netns_list();
     assert!(!left.contains(&prefix), "namespaces left behind: {left}");
 }
