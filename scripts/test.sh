@@ -19,6 +19,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# QEMU's curl block driver (tests/overlay.rs uses a presigned URL as a backing
+# file). It must be the same version as qemu-utils: with qemu-utils from
+# bookworm-backports, a plain install would pull 7.2 and remove qemu-utils 10.
+if ! ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1; then
+  echo "== installing qemu-block-extra (QEMU curl driver)"
+  export DEBIAN_FRONTEND=noninteractive
+  qv=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+  if [[ "$qv" == *bpo* ]] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb $(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources) bookworm-backports main" > /etc/apt/sources.list.d/strato-backports.list
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "qemu-block-extra${qv:+=$qv}"
+fi
+
 if [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c 'import boto3' 2>/dev/null; then
   echo "== creating .venv with s3cmd and boto3"
   python3 -m venv .venv
