@@ -69,6 +69,9 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// Header pairs and query pairs a signature adds to a request.
+type Signed = (Vec<(&'static str, String)>, Vec<(&'static str, String)>);
+
 /// Access key pair for the endpoint.
 #[derive(Clone)]
 pub struct Keys {
@@ -155,7 +158,7 @@ impl ChunkClient {
         settings: SigningSettings,
         body: SignableBody<'_>,
         expires: Option<Duration>,
-    ) -> Result<(Vec<(&'static str, String)>, Vec<(&'static str, String)>)> {
+    ) -> Result<Signed> {
         let identity: aws_smithy_runtime_api::client::identity::Identity =
             aws_credential_types::Credentials::new(
                 &self.keys.access_key,

@@ -166,13 +166,13 @@ pub fn read_header(path: &Path) -> Result<Qcow2Header> {
             "L1 table of {l1_size} entries cannot map {size} bytes"
         )));
     }
-    if l1_offset % cluster != 0 || l1_offset.saturating_add(l1_size * 8) > file_len.max(l1_offset) {
+    if !l1_offset.is_multiple_of(cluster) || l1_offset.saturating_add(l1_size * 8) > file_len.max(l1_offset) {
         return Err(corrupt(format!(
             "L1 table offset {l1_offset:#x} is invalid"
         )));
     }
     let rt_offset = be64(&head, 48);
-    if rt_offset == 0 || rt_offset % cluster != 0 || rt_offset >= file_len {
+    if rt_offset == 0 || !rt_offset.is_multiple_of(cluster) || rt_offset >= file_len {
         return Err(corrupt(format!(
             "refcount table offset {rt_offset:#x} is invalid"
         )));
@@ -199,7 +199,7 @@ pub fn read_header(path: &Path) -> Result<Qcow2Header> {
             )));
         }
         header_len = be32(&head, 100) as usize;
-        if header_len < 104 || header_len > head.len() || header_len % 8 != 0 && header_len != 104 {
+        if header_len < 104 || header_len > head.len() || !header_len.is_multiple_of(8) {
             return Err(corrupt(format!("header_length {header_len} is invalid")));
         }
     }
