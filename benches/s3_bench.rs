@@ -10,9 +10,13 @@
 //!   * direct: `strato put FILE` / `strato get BUCKET/KEY /dev/null` on a
 //!     separate data directory;
 //!   * cp: copy the file and fsync the copy / read the copy and discard it.
+//!
 //!   Every PUT goes to a fresh data directory, so nothing deduplicates against
 //!   an earlier run. GETs read what the PUT just wrote (page cache warm, for
 //!   all three alike).
+//!   The GET is also timed from a plain hyper client (presigned URL), and
+//!   next to it the ceiling of any HTTP GET here: the file sent through a
+//!   loopback TCP connection with sendfile.
 //! - 4 KiB GETs/s with 32 concurrent SDK clients over 5 s, median of 3.
 //!
 //! Client and server share the machine's cores.
@@ -25,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use rand::{Rng, SeedableRng};
 
@@ -135,6 +140,45 @@ fn make_source(path: &Path, size: usize) {
     f.into_inner().unwrap().sync_all().unwrap();
 }
 
+/// GET with hyper's client; the body is counted and discarded.
+async fn plain_http_get(url: &str) -> usize {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let req = http::Request::get(url).body(Empty::new()).unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            n += data.len();
+        }
+    }
+    n
+}
+
+/// Seconds to move the file through a loopback TCP connection (sendfile on
+/// the sending side, 1 MiB reads on the other): the ceiling for any GET
+/// over HTTP on this machine.
+fn tcp_ceiling(src: &Path) -> f64 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let src = src.to_path_buf();
+    let sender = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut f = std::fs::File::open(src).unwrap();
+        std::io::copy(&mut f, &mut sock).unwrap();
+    });
+    let t0 = Instant::now();
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    while sock.read(&mut buf).unwrap() > 0 {}
+    let secs = t0.elapsed().as_secs_f64();
+    sender.join().unwrap();
+    secs
+}
+
 fn main() {
     // `cargo bench` passes --bench; under `cargo test --all-targets` (no
     // --bench) run once on a small object, as a smoke test.
@@ -165,6 +209,7 @@ fn main() {
     let (mut cp_put, mut cp_get) = (Vec::new(), Vec::new());
     let (mut direct_put, mut direct_get) = (Vec::new(), Vec::new());
     let (mut s3_put, mut s3_get) = (Vec::new(), Vec::new());
+    let (mut plain_get, mut tcp) = (Vec::new(), Vec::new());
     let mut hwm = 0;
     for r in 0..runs {
         eprintln!("s3_bench: run {} of {runs}", r + 1);
@@ -230,7 +275,22 @@ fn main() {
             }
             s3_get.push(t0.elapsed().as_secs_f64());
             assert_eq!(n, size);
+
+            // The same GET from a plain HTTP client (presigned URL, hyper),
+            // to separate the SDK's own cost from the server's.
+            let url = c
+                .get_object()
+                .bucket("bench")
+                .key("obj")
+                .presigned(PresigningConfig::expires_in(Duration::from_secs(600)).unwrap())
+                .await
+                .unwrap();
+            let t0 = Instant::now();
+            let n = plain_http_get(url.uri()).await;
+            plain_get.push(t0.elapsed().as_secs_f64());
+            assert_eq!(n, size);
         });
+        tcp.push(tcp_ceiling(&src));
         hwm = hwm.max(server.hwm_mib());
         drop(server);
         std::fs::remove_dir_all(&data).unwrap();
@@ -297,28 +357,25 @@ fn main() {
     let (cpp, cpg) = (mibs(cp_put), mibs(cp_get));
     let (dp, dg) = (mibs(direct_put), mibs(direct_get));
     let (sp, sg) = (mibs(s3_put), mibs(s3_get));
+    let (pg, tg) = (mibs(plain_get), mibs(tcp));
+    let row = |name: &str, put: Option<f64>, get: f64, prec: usize| {
+        let put = put.map_or_else(String::new, |v| format!("{v:.prec$}"));
+        println!("| {name:<40} | {put:>7} | {get:>7.prec$} |");
+    };
     println!();
     println!("s3_bench: {mib} MiB random object, median of {runs} runs (MiB/s)");
-    println!("| path                         |    PUT |    GET |");
-    println!("|------------------------------|-------:|-------:|");
-    println!("| cp (copy + fsync / read)     | {cpp:6.0} | {cpg:6.0} |");
-    println!("| store direct (strato put/get)| {dp:6.0} | {dg:6.0} |");
-    println!("| S3 API (aws-sdk-s3, 1 stream)| {sp:6.0} | {sg:6.0} |");
-    println!(
-        "| S3 / direct                  | {:6.2} | {:6.2} |",
-        sp / dp,
-        sg / dg
-    );
-    println!(
-        "| S3 / cp                      | {:6.2} | {:6.2} |",
-        sp / cpp,
-        sg / cpg
-    );
-    println!(
-        "| direct / cp                  | {:6.2} | {:6.2} |",
-        dp / cpp,
-        dg / cpg
-    );
+    println!("| {:<40} | {:>7} | {:>7} |", "path", "PUT", "GET");
+    println!("|{:-<42}|{:->8}:|{:->8}:|", "", "", "");
+    row("cp (copy + fsync / read)", Some(cpp), cpg, 0);
+    row("store direct (strato put / get)", Some(dp), dg, 0);
+    row("S3 API, aws-sdk-s3 (1 stream each way)", Some(sp), sg, 0);
+    row("S3 API GET, plain hyper client", None, pg, 0);
+    row("TCP loopback ceiling (sendfile -> recv)", None, tg, 0);
+    row("ratio S3 sdk / direct", Some(sp / dp), sg / dg, 2);
+    row("ratio S3 plain GET / direct", None, pg / dg, 2);
+    row("ratio S3 plain GET / TCP ceiling", None, pg / tg, 2);
+    row("ratio S3 sdk / cp", Some(sp / cpp), sg / cpg, 2);
+    row("ratio direct / cp", Some(dp / cpp), dg / cpg, 2);
     println!(
         "4 KiB GET, 32 concurrent SDK clients: {:.0} req/s (median of {runs} x {small_secs} s; runs {:?})",
         median(rps.clone()),
