@@ -26,8 +26,13 @@ if ! ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1; then
   echo "== installing qemu-block-extra (QEMU curl driver)"
   export DEBIAN_FRONTEND=noninteractive
   qv=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
-  if [[ "$qv" == *bpo* ]] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "deb $(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources) bookworm-backports main" > /etc/apt/sources.list.d/strato-backports.list
+  if [[ "$qv" == *bpo* ]] && ! grep -rqs -- "-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # Backports from the mirror this machine is already configured with.
+    . /etc/os-release
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$mirror" ] || { echo "no Debian mirror configured in apt sources" >&2; exit 1; }
+    echo "deb $mirror ${VERSION_CODENAME}-backports main" > /etc/apt/sources.list.d/strato-backports.list
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "qemu-block-extra${qv:+=$qv}"
