@@ -241,3 +241,28 @@ fn upstream_down_fails_reads_with_eio_then_recovers() {
     convert(&url(&sock), "raw", &out);
     assert_eq!(md5_file(&out), md5_hex(&data));
 }
+
+#[test]
+fn restarted_export_reuses_its_cache_without_upstream() {
+    let (tmp, _st, data, port, server) = image_server(8 << 20, 13);
+    let sock = tmp.path().join("nbd.sock");
+    let cache = tmp.path().join("cache");
+    let (nbd, mut lines) = nbd_serve(port, "a.img", &cache, &sock);
+    let out = tmp.path().join("first.raw");
+    convert(&url(&sock), "raw", &out);
+    sigterm(&nbd);
+    let stats: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(stats["complete"], true, "{stats}");
+    drop(nbd);
+
+    // Upstream gone: the export comes back from the complete cached copy.
+    drop(server);
+    let (nbd, mut lines) = nbd_serve(port, "a.img", &cache, &sock);
+    let out = tmp.path().join("second.raw");
+    convert(&url(&sock), "raw", &out);
+    assert_eq!(md5_file(&out), md5_hex(&data));
+    sigterm(&nbd);
+    let stats: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(stats["fetched_bytes"], 0, "{stats}");
+    assert_eq!(stats["cache_misses"], 0, "{stats}");
+}

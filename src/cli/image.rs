@@ -273,6 +273,9 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
             out.flush()?;
         }
         shutdown_signal().await;
+        if let Err(e) = img.close() {
+            tracing::warn!("closing the cache: {e}");
+        }
         let stats = img.stats();
         if json {
             println!("{}", serde_json::to_string(&stats)?);

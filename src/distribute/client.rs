@@ -230,7 +230,7 @@ impl ChunkClient {
                 .map_err(|e| ClientError::Unreachable {
                     what: what.to_string(),
                     endpoint: self.endpoint.clone(),
-                    err: format!("{e:#}"),
+                    err: chain(&e),
                 })?;
             let status = resp.status();
             let body = resp
@@ -391,6 +391,18 @@ const NON_ALPHANUMERIC_QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// An error with its causes ("client error (Connect): Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 /// `s3://BUCKET/KEY` (or `BUCKET/KEY`) split in two.
 pub fn parse_s3_url(s: &str) -> Option<(String, String)> {

@@ -180,6 +180,12 @@ impl PseudoImage {
         }
     }
 
+    /// Seal the cache's open segments, so the next open has nothing to
+    /// recover. Call at shutdown; reads after it still work.
+    pub fn close(&self) -> Result<(), PseudoError> {
+        Ok(self.cache.seal_idle_segments()?)
+    }
+
     /// `len` bytes at `offset`; fetches whatever is not local yet.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, PseudoError> {
         self.c.reads.fetch_add(1, Ordering::Relaxed);
