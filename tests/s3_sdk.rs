@@ -2352,3 +2352,54 @@ async fn puts_racing_delete_bucket() {
         }
     }
 }
+
+/// "Stream, never buffer an object": one 256 MiB PUT from memory (the SDK
+/// signs the payload hash over plain HTTP) and one GET leave the server's
+/// peak RSS far below the object size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_transfer_is_not_buffered() {
+    let server = Server::start("redb");
+    let c = client(&server);
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let data = Bytes::from(random_bytes(256 * MIB, 40));
+    c.put_object()
+        .bucket("bkt")
+        .key("big")
+        .body(ByteStream::from(data.clone()))
+        .send()
+        .await
+        .unwrap();
+    let after_put = hwm_mib(server.pid());
+    let mut body = c
+        .get_object()
+        .bucket("bkt")
+        .key("big")
+        .send()
+        .await
+        .unwrap()
+        .body;
+    let mut at = 0;
+    while let Some(piece) = body.try_next().await.unwrap() {
+        assert!(piece[..] == data[at..at + piece.len()]);
+        at += piece.len();
+    }
+    assert_eq!(at, data.len());
+    let after_get = hwm_mib(server.pid());
+    eprintln!(
+        "server peak RSS: {after_put} MiB after a 256 MiB PUT, {after_get} MiB after its GET"
+    );
+    assert!(
+        after_get < 128,
+        "server peak RSS {after_get} MiB for one 256 MiB object"
+    );
+}
+
+fn hwm_mib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib >> 10
+}
