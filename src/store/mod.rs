@@ -117,6 +117,7 @@ pub(crate) struct Inner {
     /// Start times (ms) of writers in flight, by token.
     inflight: Mutex<BTreeMap<u64, u64>>,
     next_token: AtomicU64,
+    layouts: Mutex<LayoutCache>,
     opened_ms: u64,
     _lock: File,
 }
@@ -222,6 +223,7 @@ impl Store {
             commit_lock: RwLock::new(()),
             inflight: Mutex::new(BTreeMap::new()),
             next_token: AtomicU64::new(1),
+            layouts: Mutex::new(LayoutCache::default()),
             opened_ms: now_ms(),
             _lock: lock,
         };
@@ -292,7 +294,12 @@ impl Store {
         // Exclusive: no manifest may commit into the bucket between the
         // emptiness check and the delete. Bucket deletion is rare.
         let _paused = self.inner.commit_lock.write();
-        if !self.inner.meta.scan(Table::Objects, &prefix, &prefix, 1)?.is_empty() {
+        if !self
+            .inner
+            .meta
+            .scan(Table::Objects, &prefix, &prefix, 1)?
+            .is_empty()
+        {
             return Err(StoreError::BucketNotEmpty(name.into()));
         }
         self.inner
@@ -402,7 +409,7 @@ impl Store {
         key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<ObjectReader> {
-        let (rec, chunks) = self.manifest(bucket, key)?;
+        let (rec, layout) = self.layout(bucket, key)?;
         let range = range.unwrap_or(0..rec.size);
         if range.start > range.end || range.end > rec.size {
             return Err(StoreError::InvalidRange {
@@ -415,9 +422,25 @@ impl Store {
             self.clone(),
             format!("{bucket}/{key}"),
             rec,
-            chunks,
+            layout,
             range,
         ))
+    }
+
+    /// The object's record and chunk layout, from the layout cache when the
+    /// cached copy belongs to the current version of the object. Ranged
+    /// reads of a large object (many small GETs, as Hadoop does) then cost a
+    /// record lookup and a binary search instead of decoding the manifest.
+    fn layout(&self, bucket: &str, key: &str) -> Result<(ObjectRecord, Arc<reader::Layout>)> {
+        let okey = model::object_key(bucket, key);
+        let rec = self.head(bucket, key)?;
+        if let Some(l) = self.inner.layouts.lock().get(&okey, &rec) {
+            return Ok((rec, l));
+        }
+        let (rec, chunks) = self.manifest(bucket, key)?;
+        let layout = Arc::new(reader::Layout::new(chunks));
+        self.inner.layouts.lock().insert(okey, &rec, layout.clone());
+        Ok((rec, layout))
     }
 
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
@@ -943,6 +966,54 @@ impl Store {
     /// Start time of the oldest write in flight, if any.
     pub fn oldest_inflight_ms(&self) -> Option<u64> {
         self.inner.inflight.lock().values().min().copied()
+    }
+}
+
+/// Recently read manifests, bounded by their total number of entries.
+/// Entries are keyed by object and checked against the object's current
+/// ETag and modification time, so an overwritten object is never served
+/// from a stale layout.
+#[derive(Default)]
+struct LayoutCache {
+    map: HashMap<Vec<u8>, (String, u64, Arc<reader::Layout>)>,
+    order: std::collections::VecDeque<Vec<u8>>,
+    entries: usize,
+}
+
+impl LayoutCache {
+    /// About 44 bytes per entry: ~45 MB at most.
+    const MAX_ENTRIES: usize = 1 << 20;
+
+    fn get(&self, okey: &[u8], rec: &ObjectRecord) -> Option<Arc<reader::Layout>> {
+        match self.map.get(okey) {
+            Some((etag, modified, l)) if *etag == rec.etag && *modified == rec.modified_ms => {
+                Some(l.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, okey: Vec<u8>, rec: &ObjectRecord, layout: Arc<reader::Layout>) {
+        let n = layout.chunks.len();
+        if n > Self::MAX_ENTRIES / 4 {
+            return; // huge manifests are not worth evicting everything for
+        }
+        if let Some((_, _, old)) = self.map.remove(&okey) {
+            self.entries -= old.chunks.len();
+            self.order.retain(|k| *k != okey);
+        }
+        while self.entries + n > Self::MAX_ENTRIES {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, _, old)) = self.map.remove(&k) {
+                self.entries -= old.chunks.len();
+            }
+        }
+        self.entries += n;
+        self.order.push_back(okey.clone());
+        self.map
+            .insert(okey, (rec.etag.clone(), rec.modified_ms, layout));
     }
 }
 

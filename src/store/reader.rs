@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -18,14 +19,32 @@ static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 const READ_BATCH_BYTES: u64 = 4 << 20;
 const READ_BATCH_CHUNKS: usize = 64;
 
+/// An object's chunk list with each chunk's offset: what a ranged read
+/// binary-searches. Shared (and cached by the store) between readers.
+pub struct Layout {
+    pub chunks: Vec<ManifestEntry>,
+    /// `starts[i]` is the object offset of `chunks[i]`.
+    pub starts: Vec<u64>,
+}
+
+impl Layout {
+    pub fn new(chunks: Vec<ManifestEntry>) -> Layout {
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut off = 0u64;
+        for c in &chunks {
+            starts.push(off);
+            off += c.len as u64;
+        }
+        Layout { chunks, starts }
+    }
+}
+
 /// Iterates an object's bytes (or a range of them) as `Bytes` pieces.
 pub struct ObjectReader {
     store: Store,
     name: String,
     record: ObjectRecord,
-    chunks: Vec<ManifestEntry>,
-    /// `starts[i]` is the object offset of `chunks[i]`.
-    starts: Vec<u64>,
+    layout: Arc<Layout>,
     pos: u64,
     end: u64,
     next: usize,
@@ -39,17 +58,12 @@ impl ObjectReader {
         store: Store,
         name: String,
         record: ObjectRecord,
-        chunks: Vec<ManifestEntry>,
+        layout: Arc<Layout>,
         range: Range<u64>,
     ) -> ObjectReader {
-        let mut starts = Vec::with_capacity(chunks.len());
-        let mut off = 0u64;
-        for c in &chunks {
-            starts.push(off);
-            off += c.len as u64;
-        }
         // First chunk whose end is beyond the range start.
-        let next = starts
+        let next = layout
+            .starts
             .partition_point(|&s| s <= range.start)
             .saturating_sub(1);
         let verify = store.config().verify_reads;
@@ -57,8 +71,7 @@ impl ObjectReader {
             store,
             name,
             record,
-            chunks,
-            starts,
+            layout,
             pos: range.start,
             end: range.end,
             next,
@@ -80,11 +93,11 @@ impl ObjectReader {
         if self.pos >= self.end {
             return Ok(None);
         }
-        let (i, entry) = match self.chunks.get(self.next) {
+        let (i, entry) = match self.layout.chunks.get(self.next) {
             Some(e) => (self.next, *e),
             None => return Ok(None),
         };
-        let chunk_start = self.starts[i];
+        let chunk_start = self.layout.starts[i];
         let chunk_end = chunk_start + entry.len as u64;
         let from = (self.pos - chunk_start) as usize;
         let to = (self.end.min(chunk_end) - chunk_start) as usize;
@@ -115,20 +128,20 @@ impl ObjectReader {
         self.ready.clear();
         let mut wanted = Vec::new();
         let mut bytes = 0u64;
-        for j in first..self.chunks.len() {
-            if self.starts[j] >= self.end
+        for j in first..self.layout.chunks.len() {
+            if self.layout.starts[j] >= self.end
                 || wanted.len() >= READ_BATCH_CHUNKS
                 || bytes >= READ_BATCH_BYTES
             {
                 break;
             }
-            let e = self.chunks[j];
+            let e = self.layout.chunks[j];
             if !e.id.is_zero_run() {
                 wanted.push(j);
                 bytes += e.len as u64;
             }
         }
-        let ids: Vec<ChunkId> = wanted.iter().map(|&j| self.chunks[j].id).collect();
+        let ids: Vec<ChunkId> = wanted.iter().map(|&j| self.layout.chunks[j].id).collect();
         let fetched = self.store.read_chunks(&ids, &self.name, self.verify)?;
         self.ready.extend(wanted.into_iter().zip(fetched));
         Ok(())
