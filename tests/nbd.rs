@@ -266,3 +266,97 @@ fn restarted_export_reuses_its_cache_without_upstream() {
     assert_eq!(stats["fetched_bytes"], 0, "{stats}");
     assert_eq!(stats["cache_misses"], 0, "{stats}");
 }
+
+#[test]
+fn rack_level_pseudo_image_feeds_node_level_ones() {
+    let (tmp, _st, data, port, _server) = image_server(16 << 20, 14);
+    // Rack level: fetches from the repository, serves chunks to nodes.
+    let rack_sock = tmp.path().join("rack.sock");
+    let mut rack = Command::new(strato_bin())
+        .args([
+            "--json",
+            "nbd",
+            "serve",
+            "--image",
+            "s3://imgs/a.img",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--name",
+            "img",
+            "--serve-chunks",
+            "127.0.0.1:0",
+            "--cache",
+        ])
+        .arg(tmp.path().join("rack-cache"))
+        .arg("--socket")
+        .arg(&rack_sock)
+        .env("STRATO_ACCESS_KEY", KEY_A)
+        .env("STRATO_SECRET_KEY", KEY_S)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rack_lines = std::io::BufReader::new(rack.stdout.take().unwrap()).lines();
+    let _nbd_line = rack_lines.next().unwrap().unwrap();
+    let chunk_line = rack_lines.next().unwrap().unwrap();
+    let rack_endpoint = chunk_line
+        .strip_prefix("strato nbd serving chunks at ")
+        .unwrap_or_else(|| panic!("{chunk_line}"))
+        .to_string();
+    let rack = Proc(rack);
+
+    // Two node-level pseudo images using the rack as their upstream.
+    let mut nodes = Vec::new();
+    for n in 0..2 {
+        let sock = tmp.path().join(format!("node{n}.sock"));
+        let child = Command::new(strato_bin())
+            .args([
+                "--json",
+                "nbd",
+                "serve",
+                "--image",
+                "s3://imgs/a.img",
+                "--endpoint",
+                &rack_endpoint,
+                "--name",
+                "img",
+                "--cache",
+            ])
+            .arg(tmp.path().join(format!("node{n}-cache")))
+            .arg("--socket")
+            .arg(&sock)
+            .env("STRATO_ACCESS_KEY", KEY_A)
+            .env("STRATO_SECRET_KEY", KEY_S)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut p = Proc(child);
+        let mut lines = std::io::BufReader::new(p.0.stdout.take().unwrap()).lines();
+        assert!(lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .starts_with("strato nbd serving nbd+unix"));
+        nodes.push((p, lines, sock));
+    }
+    for (_, _, sock) in &nodes {
+        let out = sock.with_extension("raw");
+        convert(&url(sock), "raw", &out);
+        assert_eq!(md5_file(&out), md5_hex(&data));
+    }
+    for (p, mut lines, _) in nodes {
+        sigterm(&p);
+        let s: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert!(
+            s["fetched_bytes"].as_u64().unwrap() >= data.len() as u64 / 2,
+            "{s}"
+        );
+    }
+    sigterm(&rack);
+    let s: serde_json::Value = serde_json::from_str(&rack_lines.next().unwrap().unwrap()).unwrap();
+    // The repository sent the image to the rack once for both nodes.
+    assert!(
+        s["fetched_bytes"].as_u64().unwrap() <= data.len() as u64,
+        "{s}"
+    );
+    assert_eq!(s["complete"], true, "{s}");
+}

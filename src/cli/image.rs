@@ -187,6 +187,11 @@ pub struct NbdArgs {
     /// Fetch the whole image in the background, this many chunks at once (0: only on demand)
     #[arg(long, default_value_t = 0)]
     pub prefetch: usize,
+    /// Also serve the chunk API on this address (same keys), fetching what
+    /// the cache lacks from upstream: other pseudo images can use it as
+    /// their --endpoint (a rack-level image feeding node-level ones)
+    #[arg(long)]
+    pub serve_chunks: Option<std::net::SocketAddr>,
     /// Log export statistics this often (seconds; 0: only at exit)
     #[arg(long, default_value_t = 60)]
     pub stats_interval: u64,
@@ -200,11 +205,12 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
     let (bucket, key) = s3_url(&a.image)?;
     let name = a.name.clone().unwrap_or_else(|| key.clone());
     let client = a.remote.client()?;
+    let keys = a.remote.keys()?;
     let cache = open_cache(&a.cache)?;
     let rt = runtime()?;
     let json = ctx.json;
     rt.block_on(async move {
-        let img = PseudoImage::open(&name, client, cache, &bucket, &key)
+        let img = PseudoImage::open(&name, client, cache.clone(), &bucket, &key)
             .await
             .with_context(|| format!("opening s3://{bucket}/{key}"))?;
         let mut exports = Exports::default();
@@ -249,6 +255,13 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
                 }
             });
         }
+        if let Some(addr) = a.serve_chunks {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            urls.push(format!("chunks at http://{}", l.local_addr()?));
+            spawn_chunk_server(l, cache.clone(), img.clone(), &keys);
+        }
         if a.prefetch > 0 {
             tokio::spawn(img.clone().prefetch(a.prefetch));
         }
@@ -292,6 +305,58 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The chunk API over the cache, SigV4-checked with the export's keys,
+/// falling back to the pseudo image (and so to its upstream) on a miss.
+fn spawn_chunk_server(
+    l: tokio::net::TcpListener,
+    cache: strato::store::Store,
+    img: std::sync::Arc<PseudoImage>,
+    keys: &strato::distribute::Keys,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use strato::server::chunks::ChunkRoute;
+    let creds = s3_compat::StaticCredentials::new().with_user(
+        strato::server::FIRST_USER,
+        &keys.access_key,
+        &keys.secret_key,
+    );
+    let s3 = s3_compat::S3Service::builder(
+        std::sync::Arc::new(strato::server::StoreBackend::new(cache.clone())),
+        std::sync::Arc::new(creds),
+        s3_compat::S3Config::default(),
+    )
+    .extra_route(std::sync::Arc::new(
+        ChunkRoute::new(cache).with_fallback(img),
+    ))
+    .build();
+    tokio::spawn(async move {
+        loop {
+            let stream = match l.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let s3 = s3.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let s3 = s3.clone();
+                    async move { Ok::<_, std::convert::Infallible>(s3.handle(req).await) }
+                });
+                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!("chunk API connection ended: {e}");
+                }
+            });
+        }
+    });
 }
 
 fn spawn_conn<S>(s: S, exports: Exports)

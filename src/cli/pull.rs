@@ -38,7 +38,7 @@ fn env_first(names: &[&str]) -> Option<String> {
 }
 
 impl Remote {
-    pub fn client(&self) -> Result<ChunkClient> {
+    pub fn keys(&self) -> Result<Keys> {
         let access_key = self
             .access_key
             .clone()
@@ -49,12 +49,16 @@ impl Remote {
             .clone()
             .or_else(|| env_first(&["STRATO_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"]))
             .context("no secret key: use --secret-key or STRATO_SECRET_KEY")?;
+        Ok(Keys {
+            access_key,
+            secret_key,
+        })
+    }
+
+    pub fn client(&self) -> Result<ChunkClient> {
         Ok(ChunkClient::new(
             &self.endpoint,
-            Keys {
-                access_key,
-                secret_key,
-            },
+            self.keys()?,
             &self.region,
         )?)
     }

@@ -87,6 +87,8 @@ pub struct PseudoImage {
     upstream: ChunkClient,
     fetching: Mutex<HashMap<ChunkId, Arc<tokio::sync::Mutex<()>>>>,
     missing: AtomicUsize,
+    /// Every chunk id of the image: the only ids it fetches for others.
+    ids: HashSet<ChunkId>,
     committed: tokio::sync::Mutex<bool>,
     c: Counters,
 }
@@ -137,6 +139,7 @@ impl PseudoImage {
             upstream,
             fetching: Mutex::new(HashMap::new()),
             missing: AtomicUsize::new(missing),
+            ids: unique,
             committed: tokio::sync::Mutex::new(false),
             c: Counters::default(),
         });
@@ -350,6 +353,26 @@ impl PseudoImage {
             })
             .await;
         tracing::info!(export = %self.name, stats = ?self.stats(), "prefetch pass finished");
+    }
+}
+
+/// A pseudo image as the upstream of others (`nbd serve --serve-chunks`):
+/// it hands out its manifest and fetches its chunks on their behalf.
+#[async_trait::async_trait]
+impl crate::server::chunks::ChunkFallback for PseudoImage {
+    async fn chunk(&self, id: ChunkId) -> Result<Option<Bytes>, String> {
+        if !self.ids.contains(&id) {
+            return Ok(None);
+        }
+        PseudoImage::chunk(self, id)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    fn manifest(&self, bucket: &str, key: &str) -> Option<ManifestDoc> {
+        let d = &self.manifest.doc;
+        (d.bucket == bucket && d.key == key).then(|| d.clone())
     }
 }
 

@@ -55,13 +55,48 @@ pub struct ManifestChunk {
 
 pub const MANIFEST_VERSION: u32 = 1;
 
+/// Where a route looks for what its store lacks: a pseudo image serving
+/// as a rack-level upstream fetches missing chunks from its own upstream,
+/// so node-level pseudo images can be fed from it.
+#[async_trait]
+pub trait ChunkFallback: Send + Sync + 'static {
+    /// The chunk, if this source can produce it (`Err` = upstream failure).
+    async fn chunk(&self, id: ChunkId) -> Result<Option<Bytes>, String>;
+    /// The manifest of `bucket/key`, if this source serves that object.
+    fn manifest(&self, bucket: &str, key: &str) -> Option<ManifestDoc>;
+}
+
 pub struct ChunkRoute {
     store: Store,
+    fallback: Option<Arc<dyn ChunkFallback>>,
 }
 
 impl ChunkRoute {
     pub fn new(store: Store) -> ChunkRoute {
-        ChunkRoute { store }
+        ChunkRoute {
+            store,
+            fallback: None,
+        }
+    }
+
+    pub fn with_fallback(mut self, f: Arc<dyn ChunkFallback>) -> ChunkRoute {
+        self.fallback = Some(f);
+        self
+    }
+
+    async fn read_chunk(&self, id: ChunkId) -> Result<Bytes, ApiError> {
+        let store = self.store.clone();
+        match blocking(move || store.read_chunk(&id)).await {
+            Err(ApiError::NotFound(m)) => match &self.fallback {
+                Some(f) => match f.chunk(id).await {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => Err(ApiError::NotFound(m)),
+                    Err(e) => Err(ApiError::Unavailable(e)),
+                },
+                None => Err(ApiError::NotFound(m)),
+            },
+            other => other,
+        }
     }
 }
 
@@ -91,6 +126,8 @@ enum ApiError {
     BadDigest,
     #[error("{0}")]
     Internal(String),
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -101,6 +138,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
     fn code(&self) -> &'static str {
@@ -111,6 +149,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NoSuchChunk",
             ApiError::TooLarge(_) => "EntityTooLarge",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
         }
     }
 }
@@ -218,7 +257,7 @@ impl ChunkRoute {
         let store = self.store.clone();
         match ep {
             Endpoint::HeadChunk(id) => {
-                let data = blocking(move || store.read_chunk(&id)).await?;
+                let data = self.read_chunk(id).await?;
                 Ok(response(
                     StatusCode::OK,
                     Bytes::new(),
@@ -227,7 +266,7 @@ impl ChunkRoute {
                 ))
             }
             Endpoint::GetChunk(id) => {
-                let data = blocking(move || store.read_chunk(&id)).await?;
+                let data = self.read_chunk(id).await?;
                 let len = data.len();
                 Ok(response(
                     StatusCode::OK,
@@ -273,6 +312,20 @@ impl ChunkRoute {
                 ))
             }
             Endpoint::Manifest { bucket, key } => {
+                if let Some(doc) = self
+                    .fallback
+                    .as_ref()
+                    .and_then(|f| f.manifest(&bucket, &key))
+                {
+                    let json =
+                        serde_json::to_vec(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    return Ok(response(
+                        StatusCode::OK,
+                        Bytes::from(json),
+                        None,
+                        "application/json",
+                    ));
+                }
                 let me = user.id.clone();
                 let doc = blocking(move || {
                     let b = store.bucket(&bucket)?;
