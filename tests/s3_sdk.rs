@@ -2403,3 +2403,92 @@ fn hwm_mib(pid: u32) -> u64 {
         .unwrap();
     kib >> 10
 }
+
+/// Conditional writes on CompleteMultipartUpload (If-None-Match: *, If-Match),
+/// checked atomically with the commit: racing completions of two uploads to
+/// one fresh key, exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_multipart_completion() {
+    let server = Server::start("redb");
+    let c = client(&server);
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let start = |key: &'static str, body: Vec<u8>| {
+        let c = c.clone();
+        async move {
+            let id = c
+                .create_multipart_upload()
+                .bucket("bkt")
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .upload_id()
+                .unwrap()
+                .to_owned();
+            let etag = c
+                .upload_part()
+                .bucket("bkt")
+                .key(key)
+                .upload_id(&id)
+                .part_number(1)
+                .body(body.into())
+                .send()
+                .await
+                .unwrap()
+                .e_tag()
+                .unwrap()
+                .to_owned();
+            (id, etag)
+        }
+    };
+    let complete = |key: &'static str, id: String, etag: String| {
+        c.complete_multipart_upload()
+            .bucket("bkt")
+            .key(key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(part(1, &etag))
+                    .build(),
+            )
+    };
+
+    let old = put(&c, "bkt", "exists", b"old").await;
+    let (id, etag) = start("exists", b"new".to_vec()).await;
+    let e = complete("exists", id.clone(), etag.clone())
+        .if_none_match("*")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "PreconditionFailed");
+    let e = complete("exists", id.clone(), etag.clone())
+        .if_match("\"00000000000000000000000000000000\"")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "PreconditionFailed");
+    assert_eq!(get(&c, "bkt", "exists").await, b"old");
+    complete("exists", id, etag)
+        .if_match(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "bkt", "exists").await, b"new");
+
+    for round in 0..5u64 {
+        let key: &'static str = ["r0", "r1", "r2", "r3", "r4"][round as usize];
+        let a = start(key, random_bytes(1000, round * 2)).await;
+        let b = start(key, random_bytes(1000, round * 2 + 1)).await;
+        let (ra, rb) = tokio::join!(
+            complete(key, a.0, a.1).if_none_match("*").send(),
+            complete(key, b.0, b.1).if_none_match("*").send()
+        );
+        let wins = [ra.is_ok(), rb.is_ok()];
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "round {round}");
+        for r in [ra.err(), rb.err()].into_iter().flatten() {
+            assert_eq!(code(&r), "PreconditionFailed");
+        }
+        let winner = if wins[0] { round * 2 } else { round * 2 + 1 };
+        assert_eq!(get(&c, "bkt", key).await, random_bytes(1000, winner));
+    }
+}

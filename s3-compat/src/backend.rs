@@ -278,11 +278,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, BackendError>;
     /// Checks that parts exist with those ETags, ascend, and that non-final
     /// parts are at least 5 MiB; computes the `md5-of-md5s-N` ETag.
-    /// Errors: `InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`, `NoSuchUpload`.
+    /// `opts` carries the CompleteMultipartUpload request's conditional-write
+    /// headers (`If-Match`, `If-None-Match: *`), checked atomically with the
+    /// commit like [`Backend::put_object`]'s.
+    /// Errors: `InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`, `NoSuchUpload`,
+    /// `PreconditionFailed`.
     async fn complete_multipart(
         &self,
         upload_id: &str,
         parts: Vec<(u32, String)>,
+        opts: PutOptions,
     ) -> Result<ObjectInfo, BackendError>;
     async fn abort_multipart(&self, upload_id: &str) -> Result<(), BackendError>;
     async fn list_multipart_uploads(

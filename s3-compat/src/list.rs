@@ -256,6 +256,7 @@ mod tests {
             &self,
             _: &str,
             _: Vec<(u32, String)>,
+            _: PutOptions,
         ) -> Result<ObjectInfo, BackendError> {
             nope()
         }

@@ -452,11 +452,13 @@ impl Backend for StoreBackend {
         &self,
         upload_id: &str,
         parts: Vec<(u32, String)>,
+        opts: PutOptions,
     ) -> Result<ObjectInfo, BackendError> {
         let (store, id) = (self.store.clone(), upload_id.to_string());
+        let pre = precondition(&opts);
         let (upload, rec) = blocking(move || {
             let upload = store.upload(&id)?;
-            let rec = store.complete_upload(&id, &parts, &Precondition::None)?;
+            let rec = store.complete_upload(&id, &parts, &pre)?;
             Ok((upload, rec))
         })
         .await?;

@@ -210,9 +210,11 @@ pub(super) async fn complete(
         let e = p.e_tag.as_ref().ok_or_else(malformed_xml)?;
         list.push((n, cond::bare_etag(e.value()).to_owned()));
     }
+    let mut opts = put_options(&req.headers)?;
+    opts.content_md5 = None; // an MD5 of the XML request, not of the object
     let info = a
         .backend
-        .complete_multipart(&i.upload_id, list)
+        .complete_multipart(&i.upload_id, list, opts)
         .await
         .map_err(|e| a.map_err(&ctx, e))?;
     Ok(S3Response::new(dto::CompleteMultipartUploadOutput {

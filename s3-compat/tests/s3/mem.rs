@@ -431,6 +431,7 @@ impl Backend for MemBackend {
         &self,
         upload_id: &str,
         parts: Vec<(u32, String)>,
+        complete_opts: PutOptions,
     ) -> Result<ObjectInfo, BackendError> {
         let mut st = self.lock();
         let up = st
@@ -466,7 +467,11 @@ impl Backend for MemBackend {
             last_modified: SystemTime::now(),
             attrs: up.attrs.clone(),
         };
-        let opts = up.opts.clone();
+        let opts = if complete_opts.if_match.is_some() || complete_opts.if_none_match_any {
+            complete_opts
+        } else {
+            up.opts.clone()
+        };
         let (bucket, key) = (up.bucket.clone(), up.key.clone());
         let b = st
             .buckets
