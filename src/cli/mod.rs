@@ -2,8 +2,8 @@
 //! its own file; this one owns the global options and config resolution.
 
 mod admin;
-mod image;
 mod chain;
+mod image;
 mod objects;
 mod pull;
 mod serve;

@@ -166,7 +166,9 @@ pub fn read_header(path: &Path) -> Result<Qcow2Header> {
             "L1 table of {l1_size} entries cannot map {size} bytes"
         )));
     }
-    if !l1_offset.is_multiple_of(cluster) || l1_offset.saturating_add(l1_size * 8) > file_len.max(l1_offset) {
+    if !l1_offset.is_multiple_of(cluster)
+        || l1_offset.saturating_add(l1_size * 8) > file_len.max(l1_offset)
+    {
         return Err(corrupt(format!(
             "L1 table offset {l1_offset:#x} is invalid"
         )));
