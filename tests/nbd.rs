@@ -360,3 +360,69 @@ fn rack_level_pseudo_image_feeds_node_level_ones() {
     );
     assert_eq!(s["complete"], true, "{s}");
 }
+
+#[test]
+fn prefetch_completes_the_cache_and_corrupt_chunks_are_refetched() {
+    let (tmp, _st, data, port, _server) = image_server(8 << 20, 15);
+    let sock = tmp.path().join("nbd.sock");
+    let cache = tmp.path().join("cache");
+    let mut child = Command::new(strato_bin())
+        .args([
+            "--json",
+            "nbd",
+            "serve",
+            "--image",
+            "s3://imgs/a.img",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--name",
+            "img",
+            "--prefetch",
+            "4",
+            "--cache",
+        ])
+        .arg(&cache)
+        .arg("--socket")
+        .arg(&sock)
+        .env("STRATO_ACCESS_KEY", KEY_A)
+        .env("STRATO_SECRET_KEY", KEY_S)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .starts_with("strato nbd serving"));
+    let p = Proc(child);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    sigterm(&p);
+    let s: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    drop(p);
+    assert_eq!(s["reads"], 0, "{s}");
+    assert_eq!(s["complete"], true, "prefetch did not finish in 3 s: {s}");
+
+    // Damage one byte in the middle of the cached chunk data.
+    let seg = std::fs::read_dir(cache.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (p, mut lines) = nbd_serve(port, "a.img", &cache, &sock);
+    let out = tmp.path().join("out.raw");
+    convert(&url(&sock), "raw", &out);
+    assert_eq!(md5_file(&out), md5_hex(&data));
+    sigterm(&p);
+    let s: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(s["refetched_corrupt"].as_u64().unwrap() >= 1, "{s}");
+    assert!(
+        s["fetched_bytes"].as_u64().unwrap() < data.len() as u64 / 4,
+        "{s}"
+    );
+}
