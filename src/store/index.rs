@@ -37,6 +37,10 @@ impl ChunkIndex {
         self.inner.lock().map.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, id: &ChunkId) -> Option<Loc> {
         self.inner.lock().map.get(id).copied()
     }

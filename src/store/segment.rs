@@ -117,6 +117,11 @@ impl Segment {
         self.written.load(Ordering::Acquire)
     }
 
+    /// Never true: a segment always holds at least its file header.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Read one record's data, checking that the header at `offset` is the
     /// record the index says it is.
     pub fn read_record(&self, offset: u64, id: &ChunkId, len: u32) -> Result<Bytes> {
@@ -501,6 +506,60 @@ pub fn verify_segment(seg: &Segment, records: &[RecordRef]) -> Result<SegmentChe
     })
 }
 
+impl Segment {
+    /// The records of a sealed segment, from its trailer.
+    pub fn records(&self) -> Result<Vec<RecordRef>> {
+        let file_len = self.file.metadata().at(&self.path)?.len();
+        match read_trailer(&self.file, file_len)? {
+            Some((records, _)) => Ok(records),
+            None => Err(StoreError::CorruptSegment {
+                path: self.path.clone(),
+                what: "no valid trailer".into(),
+            }),
+        }
+    }
+
+    /// Bytes of record data (headers included) the segment holds.
+    pub fn record_bytes(&self) -> u64 {
+        self.len().saturating_sub(FILE_HEADER_LEN)
+    }
+}
+
+impl Segment {
+    /// Read several adjacent records with one read: `records` are (id, len)
+    /// in file order, the first starting at `offset` and each following the
+    /// previous one directly. Returns each record's data (zero-copy slices).
+    pub fn read_run(&self, offset: u64, records: &[(ChunkId, u32)]) -> Result<Vec<Bytes>> {
+        let total: u64 = records
+            .iter()
+            .map(|(_, len)| RECORD_HEADER_LEN + *len as u64)
+            .sum();
+        let mut buf = vec![0u8; total as usize];
+        self.file.read_exact_at(&mut buf, offset).at(&self.path)?;
+        let buf = Bytes::from(buf);
+        let mut out = Vec::with_capacity(records.len());
+        let mut pos = 0usize;
+        for (id, len) in records {
+            let end = pos + RECORD_HEADER_LEN as usize + *len as usize;
+            match decode_record_header(&buf[pos..]) {
+                Some((hid, hlen, _)) if hid == *id && hlen == *len => {}
+                _ => {
+                    return Err(StoreError::CorruptSegment {
+                        path: self.path.clone(),
+                        what: format!(
+                            "record header at offset {} does not describe chunk {id}",
+                            offset + pos as u64
+                        ),
+                    })
+                }
+            }
+            out.push(buf.slice(pos + RECORD_HEADER_LEN as usize..end));
+            pos = end;
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,59 +614,5 @@ mod tests {
                 .unwrap()
                 .segment_hash_ok
         );
-    }
-}
-
-impl Segment {
-    /// The records of a sealed segment, from its trailer.
-    pub fn records(&self) -> Result<Vec<RecordRef>> {
-        let file_len = self.file.metadata().at(&self.path)?.len();
-        match read_trailer(&self.file, file_len)? {
-            Some((records, _)) => Ok(records),
-            None => Err(StoreError::CorruptSegment {
-                path: self.path.clone(),
-                what: "no valid trailer".into(),
-            }),
-        }
-    }
-
-    /// Bytes of record data (headers included) the segment holds.
-    pub fn record_bytes(&self) -> u64 {
-        self.len().saturating_sub(FILE_HEADER_LEN)
-    }
-}
-
-impl Segment {
-    /// Read several adjacent records with one read: `records` are (id, len)
-    /// in file order, the first starting at `offset` and each following the
-    /// previous one directly. Returns each record's data (zero-copy slices).
-    pub fn read_run(&self, offset: u64, records: &[(ChunkId, u32)]) -> Result<Vec<Bytes>> {
-        let total: u64 = records
-            .iter()
-            .map(|(_, len)| RECORD_HEADER_LEN + *len as u64)
-            .sum();
-        let mut buf = vec![0u8; total as usize];
-        self.file.read_exact_at(&mut buf, offset).at(&self.path)?;
-        let buf = Bytes::from(buf);
-        let mut out = Vec::with_capacity(records.len());
-        let mut pos = 0usize;
-        for (id, len) in records {
-            let end = pos + RECORD_HEADER_LEN as usize + *len as usize;
-            match decode_record_header(&buf[pos..]) {
-                Some((hid, hlen, _)) if hid == *id && hlen == *len => {}
-                _ => {
-                    return Err(StoreError::CorruptSegment {
-                        path: self.path.clone(),
-                        what: format!(
-                            "record header at offset {} does not describe chunk {id}",
-                            offset + pos as u64
-                        ),
-                    })
-                }
-            }
-            out.push(buf.slice(pos + RECORD_HEADER_LEN as usize..end));
-            pos = end;
-        }
-        Ok(out)
     }
 }

@@ -277,7 +277,7 @@ fn multipart_assembles_and_checks_parts() {
             s.complete_upload(&id, &unordered, &Precondition::None),
             Err(StoreError::InvalidPartOrder)
         ));
-        let small_first = vec![etags[2].clone()];
+        let small_first = [etags[2].clone()];
         let rec = s.complete_upload(
             &id,
             &small_first
