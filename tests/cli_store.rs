@@ -244,7 +244,10 @@ fn get_to_a_device_writes_through_and_leaves_it_alone() {
     s.put(&src, "bkt/x", "auto");
     s.ok(&["get", "bkt/x", "/dev/null"]);
     let meta = std::fs::metadata("/dev/null").unwrap();
-    assert!(meta.file_type().is_char_device(), "/dev/null must stay a device");
+    assert!(
+        meta.file_type().is_char_device(),
+        "/dev/null must stay a device"
+    );
     assert!(!std::path::Path::new("/dev/null.strato-partial").exists());
     // standard output too
     let out = s.run(&["get", "bkt/x", "-"]);
