@@ -2,10 +2,13 @@
 //! (a strato store) by moving only the chunks the cache lacks, then write
 //! it out as a sparse file.
 //!
-//! Resuming is free: every fetched chunk is durable in the cache as soon as
-//! `put_chunk` returns, and a restarted pull only asks for what is still
-//! missing. The manifest is committed in the cache once every chunk is
-//! there, so the next version of the image deduplicates against this one.
+//! Resuming is free: every fetched chunk is in the cache's segments as soon
+//! as `put_chunk_unsynced` returns (a killed pull's chunks survive; only a
+//! power loss could drop the unsynced tail, which the segment scan cuts off
+//! cleanly), and a restarted pull only asks for what is still missing. The
+//! manifest is committed in the cache once every chunk is there — that
+//! commit syncs them all, once per segment instead of once per chunk — so
+//! the next version of the image deduplicates against this one.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -103,7 +106,7 @@ pub async fn fetch_into(
     };
     let len = data.len() as u64;
     let cache = cache.clone();
-    tokio::task::spawn_blocking(move || cache.put_chunk(&id, &data))
+    tokio::task::spawn_blocking(move || cache.put_chunk_unsynced(&id, &data))
         .await
         .map_err(|e| PullError::Task(e.to_string()))??;
     Ok(len)

@@ -24,7 +24,7 @@ use crate::store::{
 /// How many pieces a GET reads ahead of the client.
 const READ_AHEAD: usize = 4;
 /// How many body pieces a PUT buffers ahead of the chunker.
-const WRITE_AHEAD: usize = 8;
+const WRITE_AHEAD: usize = 4;
 
 #[derive(Clone)]
 pub struct StoreBackend {

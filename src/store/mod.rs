@@ -817,6 +817,18 @@ impl Store {
     /// a manifest names it (GC reclaims it after the grace period otherwise).
     /// Returns false if the chunk was already stored.
     pub fn put_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<bool> {
+        self.put_chunk_with(id, data, true)
+    }
+
+    /// Like `put_chunk`, without waiting for the data to reach the disk.
+    /// For callers that commit a manifest afterwards (pull, chain, caches):
+    /// `commit_manifest` makes every chunk it references durable first, so
+    /// one sync per segment replaces one per chunk.
+    pub fn put_chunk_unsynced(&self, id: &ChunkId, data: &[u8]) -> Result<bool> {
+        self.put_chunk_with(id, data, false)
+    }
+
+    fn put_chunk_with(&self, id: &ChunkId, data: &[u8], durable: bool) -> Result<bool> {
         if ChunkId::of(data) != *id {
             return Err(StoreError::Integrity {
                 object: "uploaded chunk".into(),
@@ -825,7 +837,7 @@ impl Store {
             });
         }
         if let Some(loc) = self.inner.index.pin_lookup(id) {
-            let r = self.sync_loc(loc);
+            let r = if durable { self.sync_loc(loc) } else { Ok(()) };
             self.inner.index.unpin_all([id]);
             return r.map(|_| false);
         }
@@ -847,7 +859,10 @@ impl Store {
             }
             self.return_appender(app);
             flushed?;
-            seg.sync_to(end)
+            if durable {
+                seg.sync_to(end)?;
+            }
+            Ok(())
         })();
         self.inner.index.unpin_all([id]);
         result.map(|_| true)

@@ -88,7 +88,9 @@ struct Md5Pipe {
 
 impl Md5Pipe {
     fn start() -> Md5Pipe {
-        let (tx, rx) = sync_channel::<Bytes>(32);
+        // Each queued piece keeps a buffer alive the chunker is already done
+        // with: a short queue bounds a writer's memory (64 clients at once).
+        let (tx, rx) = sync_channel::<Bytes>(8);
         let handle = std::thread::Builder::new()
             .name("strato-md5".into())
             .spawn(move || {
