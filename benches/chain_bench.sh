@@ -18,6 +18,7 @@
 # socat (and taktuk + openssh-server for (d)) if missing.
 #
 #   SIZE_MB=512 REPS=3 NS=1,2,4,8 benches/chain_bench.sh
+#   (TAKTUK=0 skips TakTuk; ONLY=strato runs only strato's chain)
 #
 # Everything it creates (namespaces, processes by PID, the tmpfs) is removed
 # on exit, whatever happens.
@@ -61,7 +62,8 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 mkdir -p "$T/fs"
-mount -t tmpfs -o size=$(( (SIZE_MB * (MAXN + 3) + 512) ))m tmpfs "$T/fs"
+# Image, repository store, and per node a store plus the copy read back.
+mount -t tmpfs -o size=$(( SIZE_MB * (2 * MAXN + 4) + 512 ))m tmpfs "$T/fs"
 D=$T/fs
 
 # --- topology --------------------------------------------------------------
@@ -252,6 +254,9 @@ echo "one TCP copy (socat, measured): ${ONE} s"
 echo
 
 METHODS="seq par tee"
+if [ -n "${ONLY:-}" ]; then
+  METHODS=""; TAKTUK=0   # e.g. ONLY=strato: just strato's chain (and the one-copy baseline)
+fi
 if [ "$TAKTUK" = 1 ]; then
   if tk_setup; then METHODS="$METHODS taktuk"; else echo "(d) TakTuk skipped: $TK_REASON"; fi
 else
