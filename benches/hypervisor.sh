@@ -92,8 +92,9 @@ PSEUDO_B=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read(
 # 3. four VMs through one pseudo image
 export_up four "$W/c3" "$W/four.sock"
 t0=$(now)
-for i in 1 2 3 4; do qemu-io -r -f raw "nbd+unix:///four?socket=$W/four.sock" "${READS[@]}" & done
-wait_ok=0; for j in $(jobs -p); do [ "$j" = "$EXPORT_PID" ] || wait "$j" || wait_ok=1; done
+VMS=()
+for i in 1 2 3 4; do qemu-io -r -f raw "nbd+unix:///four?socket=$W/four.sock" "${READS[@]}" & VMS+=($!); done
+wait_ok=0; for j in "${VMS[@]}"; do wait "$j" || wait_ok=1; done
 t1=$(now)
 export_down
 [ "$wait_ok" = 0 ] || { echo "a VM's reads failed" >&2; exit 1; }
