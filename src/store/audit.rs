@@ -9,6 +9,28 @@ use super::meta::{self, Table};
 use super::model::{self, ManifestEntry, PartRecord};
 use super::Store;
 
+/// A chunk whose recorded reference state disagrees with the manifests.
+pub(crate) struct RefMismatch {
+    pub id: ChunkId,
+    /// None: manifests reference the chunk but no state was recorded.
+    pub recorded: Option<model::ChunkState>,
+    pub actual: u64,
+}
+
+impl RefMismatch {
+    pub fn recorded_refs(&self) -> u64 {
+        self.recorded.map(|s| s.refs).unwrap_or(0)
+    }
+}
+
+pub(crate) struct RefAudit {
+    /// Reference counts recomputed from every manifest.
+    pub actual: HashMap<ChunkId, u64, BuildIdHasher>,
+    /// Reference state as recorded in metadata.
+    pub recorded: HashMap<ChunkId, model::ChunkState, BuildIdHasher>,
+    pub mismatches: Vec<RefMismatch>,
+}
+
 /// Which manifest a chunk list belongs to.
 pub enum Owner<'a> {
     Object {
@@ -88,6 +110,40 @@ impl Store {
             }
         })?;
         Ok(refs)
+    }
+
+    /// Mark and sweep: recompute every chunk's reference count from the
+    /// manifests and list the chunks whose recorded state disagrees. Call it
+    /// with manifest commits paused (the commit lock held exclusively), so
+    /// both sides describe one state.
+    pub(crate) fn audit_refs(&self) -> Result<RefAudit> {
+        let actual = self.true_refs()?;
+        let recorded = self.recorded_refs()?;
+        let mut mismatches = Vec::new();
+        for (id, state) in &recorded {
+            let a = actual.get(id).copied().unwrap_or(0);
+            if a != state.refs {
+                mismatches.push(RefMismatch {
+                    id: *id,
+                    recorded: Some(*state),
+                    actual: a,
+                });
+            }
+        }
+        for (id, a) in &actual {
+            if !recorded.contains_key(id) {
+                mismatches.push(RefMismatch {
+                    id: *id,
+                    recorded: None,
+                    actual: *a,
+                });
+            }
+        }
+        Ok(RefAudit {
+            actual,
+            recorded,
+            mismatches,
+        })
     }
 
     /// Reference state as recorded in metadata.

@@ -177,28 +177,18 @@ impl Store {
         }
         report.problems.extend(manifest_problems);
         let _paused = self.inner().commit_lock.write();
-        let actual = self.true_refs()?;
-        let recorded = self.recorded_refs()?;
+        let audit = self.audit_refs()?;
         drop(_paused);
-        for (id, state) in &recorded {
-            let a = actual.get(id).copied().unwrap_or(0);
-            if a != state.refs {
-                report.problems.push(FsckProblem::RefCountMismatch {
-                    chunk: id.to_hex(),
-                    recorded: state.refs,
-                    actual: a,
-                });
-            }
-        }
-        for (id, a) in &actual {
-            if !recorded.contains_key(id) {
-                report.problems.push(FsckProblem::RefCountMismatch {
-                    chunk: id.to_hex(),
-                    recorded: 0,
-                    actual: *a,
-                });
-            }
-        }
+        report.problems.extend(
+            audit
+                .mismatches
+                .iter()
+                .map(|m| FsckProblem::RefCountMismatch {
+                    chunk: m.id.to_hex(),
+                    recorded: m.recorded_refs(),
+                    actual: m.actual,
+                }),
+        );
         for (id, loc) in &index {
             if !referenced.contains(id) {
                 report.unreferenced_chunks += 1;

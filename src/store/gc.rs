@@ -103,27 +103,17 @@ impl Store {
         plan.cutoff_ms = oldest.saturating_sub(opts.grace.as_millis() as u64);
 
         let _paused = self.inner().commit_lock.write();
-        let actual = self.true_refs()?;
-        let recorded = self.recorded_refs()?;
-        for (id, state) in &recorded {
-            let a = actual.get(id).copied().unwrap_or(0);
-            if a != state.refs {
-                plan.ref_fixes.push(RefFix {
-                    chunk: id.to_hex(),
-                    recorded: state.refs,
-                    actual: a,
-                });
-            }
-        }
-        for (id, a) in &actual {
-            if !recorded.contains_key(id) {
-                plan.ref_fixes.push(RefFix {
-                    chunk: id.to_hex(),
-                    recorded: 0,
-                    actual: *a,
-                });
-            }
-        }
+        let audit = self.audit_refs()?;
+        plan.ref_fixes = audit
+            .mismatches
+            .iter()
+            .map(|m| RefFix {
+                chunk: m.id.to_hex(),
+                recorded: m.recorded_refs(),
+                actual: m.actual,
+            })
+            .collect();
+        let (actual, recorded) = (&audit.actual, &audit.recorded);
         let snapshot = self.inner().index.snapshot();
         let mut live_per_segment: HashMap<u32, u64> = HashMap::new();
         for (id, loc) in &snapshot {
@@ -184,36 +174,23 @@ impl Store {
         let now = now_ms();
         {
             let _paused = self.inner().commit_lock.write();
-            let actual = self.true_refs()?;
-            let recorded = self.recorded_refs()?;
+            let audit = self.audit_refs()?;
+            let actual = &audit.actual;
             let mut fixes: Vec<(ChunkId, ChunkState)> = Vec::new();
-            for (id, state) in &recorded {
-                let a = actual.get(id).copied().unwrap_or(0);
-                if a != state.refs {
-                    let zero_since_ms = if a == 0 { now } else { 0 };
-                    fixes.push((
-                        *id,
-                        ChunkState {
-                            refs: a,
-                            zero_since_ms,
-                            ..*state
-                        },
-                    ));
-                }
-            }
-            for (id, a) in &actual {
-                if !recorded.contains_key(id) {
-                    if let Some(loc) = self.inner().index.get(id) {
-                        fixes.push((
-                            *id,
-                            ChunkState {
-                                refs: *a,
-                                len: loc.len,
-                                zero_since_ms: 0,
-                            },
-                        ));
-                    }
-                }
+            for m in &audit.mismatches {
+                let fixed = match m.recorded {
+                    Some(state) => Some(ChunkState {
+                        refs: m.actual,
+                        zero_since_ms: if m.actual == 0 { now } else { 0 },
+                        ..state
+                    }),
+                    None => self.inner().index.get(&m.id).map(|loc| ChunkState {
+                        refs: m.actual,
+                        len: loc.len,
+                        zero_since_ms: 0,
+                    }),
+                };
+                fixes.extend(fixed.map(|f| (m.id, f)));
             }
             let mut removed: Vec<ChunkId> = Vec::new();
             for (id, loc) in &plan.reclaim {

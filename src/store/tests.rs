@@ -605,3 +605,43 @@ fn chunks_by_id_and_manifest_commit() {
         assert!(s.fsck().unwrap().is_clean());
     }
 }
+
+#[test]
+fn damaged_reference_counts_are_reported_then_repaired() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), engine);
+        s.create_bucket("bkt", "me").unwrap();
+        let data = random(1 << 20, 11);
+        put(&s, "bkt", "a", &data, "cdc");
+        let (_, chunks) = s.manifest("bkt", "a").unwrap();
+        let victim = chunks[0];
+        // A recorded count that disagrees with the manifests, and a
+        // referenced chunk whose state is missing altogether.
+        s.inner()
+            .meta
+            .write(&mut |tx| {
+                let bogus = model::ChunkState {
+                    refs: 7,
+                    len: victim.len,
+                    zero_since_ms: 0,
+                };
+                tx.put(meta::Table::Chunks, &victim.id.0, &model::encode(&bogus)?)?;
+                tx.delete(meta::Table::Chunks, &chunks[1].id.0)
+            })
+            .unwrap();
+        let report = s.fsck().unwrap();
+        let mismatches = report
+            .problems
+            .iter()
+            .filter(|p| matches!(p, FsckProblem::RefCountMismatch { .. }))
+            .count();
+        assert_eq!(mismatches, 2, "{:?}", report.problems);
+        let plan = s.gc_plan(&GcOptions::default()).unwrap();
+        assert_eq!(plan.ref_fixes.len(), 2);
+        let done = s.gc(&GcOptions::default()).unwrap();
+        assert_eq!(done.fixed_refs, 2);
+        assert!(s.fsck().unwrap().is_clean());
+        assert_eq!(get(&s, "bkt", "a", None), data);
+    }
+}
