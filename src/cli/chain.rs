@@ -73,21 +73,7 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<ExitCode> {
             max_sessions: a.max_sessions.max(1),
             ..ServeOptions::default()
         };
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("no SIGTERM handler: {e}");
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-        };
+        let shutdown = strato::server::shutdown_signal();
         chain_broadcast::serve_until(listener, factory, opts, shutdown).await?;
         anyhow::Ok(())
     })?;

@@ -285,7 +285,7 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
             }
             out.flush()?;
         }
-        shutdown_signal().await;
+        strato::server::shutdown_signal().await;
         if let Err(e) = img.close() {
             tracing::warn!("closing the cache: {e}");
         }
@@ -384,20 +384,5 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
         }
         Ok(_) => anyhow::bail!("{} exists and is not a socket", path.display()),
         Err(_) => Ok(()),
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
     }
 }

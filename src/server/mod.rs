@@ -158,7 +158,9 @@ fn spawn_gc(store: Store, opts: GcOptions, every: Duration) {
     });
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM: how every long-running strato command
+/// (serve, nbd serve, chain-agent) is told to stop cleanly.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
