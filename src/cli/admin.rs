@@ -1,10 +1,10 @@
-//! stats, fsck, gc.
+//! stats, fsck, gc, block-index.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use strato::config::parse_duration;
 
@@ -165,6 +165,68 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<ExitCode> {
             r.segments_deleted,
             human(r.bytes_freed_on_disk)
         );
+        if r.block_entries_dropped > 0 {
+            println!(
+                "gc: dropped {} block index entries of reclaimed chunks",
+                r.block_entries_dropped
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BlockIndexCmd {
+    /// Index the 4 KiB blocks of BUCKET's objects, now and on every write
+    On { bucket: String },
+    /// Stop indexing new objects of BUCKET (entries already made stay valid)
+    Off { bucket: String },
+    /// Which buckets are indexed, and the number of entries
+    Status,
+}
+
+pub fn block_index(ctx: &Ctx, cmd: BlockIndexCmd) -> Result<ExitCode> {
+    let store = ctx.open_store()?;
+    match cmd {
+        BlockIndexCmd::On { bucket } => {
+            let r = store.set_block_index(&bucket, true)?;
+            if ctx.json {
+                ctx.print_json(&r)?;
+            } else {
+                println!(
+                    "block index on for {bucket}: {} blocks indexed, {} zero blocks skipped, {} blocks straddle chunk boundaries",
+                    r.indexed, r.zero, r.straddling
+                );
+            }
+        }
+        BlockIndexCmd::Off { bucket } => {
+            store.set_block_index(&bucket, false)?;
+            if !ctx.json {
+                println!("block index off for {bucket}");
+            }
+        }
+        BlockIndexCmd::Status => {
+            let mut on = Vec::new();
+            for (name, _) in store.list_buckets()? {
+                if store.bucket_options(&name)?.block_index {
+                    on.push(name);
+                }
+            }
+            let entries = store.block_index_len()?;
+            if ctx.json {
+                ctx.print_json(&serde_json::json!({ "buckets": on, "entries": entries }))?;
+            } else {
+                println!(
+                    "indexed buckets: {}",
+                    if on.is_empty() {
+                        "none".to_string()
+                    } else {
+                        on.join(", ")
+                    }
+                );
+                println!("entries: {entries}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,7 +46,12 @@ enum Command {
     /// Serve the S3-compatible API over the data directory
     Serve(serve::ServeArgs),
     /// Create a bucket
-    Mb { bucket: String },
+    Mb {
+        bucket: String,
+        /// Also index the 4 KiB blocks of its objects (see `block-index`)
+        #[arg(long)]
+        block_index: bool,
+    },
     /// Remove an empty bucket
     Rb { bucket: String },
     /// Store a file as BUCKET/KEY
@@ -63,6 +68,9 @@ enum Command {
     Fsck,
     /// Reclaim space of unreferenced chunks (plan, then execute)
     Gc(admin::GcArgs),
+    /// Per-bucket index of 4 KiB blocks, so pages and disk blocks resolve by id
+    #[command(subcommand)]
+    BlockIndex(admin::BlockIndexCmd),
     /// Delta pull s3://BUCKET/KEY into a node-local cache (and a sparse file)
     Pull(pull::PullArgs),
     /// Print a presigned GET URL for s3://BUCKET/KEY
@@ -164,7 +172,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(a) => serve::serve(&ctx, a),
-        Command::Mb { bucket } => objects::mb(&ctx, &bucket),
+        Command::Mb {
+            bucket,
+            block_index,
+        } => objects::mb(&ctx, &bucket, block_index),
         Command::Rb { bucket } => objects::rb(&ctx, &bucket),
         Command::Put(a) => objects::put(&ctx, a),
         Command::Get(a) => objects::get(&ctx, a),
@@ -173,6 +184,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stats => admin::stats(&ctx),
         Command::Fsck => admin::fsck(&ctx),
         Command::Gc(a) => admin::gc(&ctx, a),
+        Command::BlockIndex(c) => admin::block_index(&ctx, c),
         Command::Pull(a) => pull::pull(&ctx, a),
         Command::Presign(a) => pull::presign(&ctx, a),
         Command::Overlay(c) => image::overlay(&ctx, c),

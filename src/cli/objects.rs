@@ -34,11 +34,15 @@ pub struct GetArgs {
     range: Option<String>,
 }
 
-pub fn mb(ctx: &Ctx, bucket: &str) -> Result<ExitCode> {
-    ctx.open_store()?
-        .create_bucket(bucket, &local_owner(&ctx.file))?;
+pub fn mb(ctx: &Ctx, bucket: &str, block_index: bool) -> Result<ExitCode> {
+    let store = ctx.open_store()?;
+    store.create_bucket(bucket, &local_owner(&ctx.file))?;
+    if block_index {
+        store.set_block_index(bucket, true)?;
+    }
     if !ctx.json {
-        println!("created bucket {bucket}");
+        let extra = if block_index { " (block index on)" } else { "" };
+        println!("created bucket {bucket}{extra}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -86,7 +86,7 @@ impl ChunkRoute {
 
     async fn read_chunk(&self, id: ChunkId) -> Result<Bytes, ApiError> {
         let store = self.store.clone();
-        match blocking(move || store.read_chunk(&id)).await {
+        match blocking(move || store.read_content(&id)).await {
             Err(ApiError::NotFound(m)) => match &self.fallback {
                 Some(f) => match f.chunk(id).await {
                     Ok(Some(b)) => Ok(b),
@@ -299,11 +299,16 @@ impl ChunkRoute {
                         .map_err(|_| ApiError::BadRequest(format!("{line:?} is not a chunk id")))?;
                     ids.push(id);
                 }
-                let mut out = String::with_capacity(ids.len() * 65);
-                for id in ids.iter().filter(|id| store.has_chunk(id)) {
-                    out.push_str(&id.to_hex());
-                    out.push('\n');
-                }
+                // Block ids cost a metadata read each: off the reactor.
+                let out = blocking(move || {
+                    let mut out = String::with_capacity(ids.len() * 65);
+                    for id in ids.iter().filter(|id| store.has_content(id)) {
+                        out.push_str(&id.to_hex());
+                        out.push('\n');
+                    }
+                    Ok(out)
+                })
+                .await?;
                 Ok(response(
                     StatusCode::OK,
                     Bytes::from(out),

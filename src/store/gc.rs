@@ -83,6 +83,8 @@ pub struct GcReport {
     pub segments_compacted: usize,
     pub segments_deleted: usize,
     pub bytes_freed_on_disk: u64,
+    /// Block index entries dropped because their chunk was reclaimed.
+    pub block_entries_dropped: u64,
 }
 
 impl Store {
@@ -211,6 +213,9 @@ impl Store {
                 }
                 Ok(())
             })?;
+        }
+        if report.reclaimed_chunks > 0 {
+            report.block_entries_dropped = self.sweep_block_index()?;
         }
         for sp in &plan.segments {
             let freed = self.compact_segment(sp.segment)?;

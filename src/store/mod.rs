@@ -15,6 +15,7 @@
 //! the next open), never a manifest pointing at missing data.
 
 mod audit;
+pub mod blocks;
 pub mod chunker;
 pub mod error;
 mod fsck;
@@ -40,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
+pub use blocks::{BlockIndexReport, BlockRef, BucketOptions};
 pub use chunker::{Profile, ProfileChoice};
 pub use error::{Result, StoreError};
 pub use fsck::{FsckProblem, FsckReport};
@@ -302,9 +304,10 @@ impl Store {
         {
             return Err(StoreError::BucketNotEmpty(name.into()));
         }
-        self.inner
-            .meta
-            .write(&mut |tx| tx.delete(Table::Buckets, name.as_bytes()))
+        self.inner.meta.write(&mut |tx| {
+            tx.delete(Table::BucketOptions, name.as_bytes())?;
+            tx.delete(Table::Buckets, name.as_bytes())
+        })
     }
 
     // ---- objects -----------------------------------------------------------
@@ -489,6 +492,8 @@ impl Store {
             replace_object(tx, &dkey, &rec, &chunks, precondition, &mut deltas)?;
             deltas.apply(tx, now)
         })?;
+        drop(_c);
+        self.index_if_enabled(dst.0, dst.1);
         Ok(rec)
     }
 
@@ -677,6 +682,8 @@ impl Store {
             replace_object(tx, &okey, &rec, &chunks, precondition, &mut deltas)?;
             deltas.apply(tx, now)
         })?;
+        drop(_c);
+        self.index_if_enabled(&upload.bucket, &upload.key);
         Ok(rec)
     }
 
@@ -929,6 +936,9 @@ impl Store {
             Ok(rec)
         })();
         self.inner.index.unpin_all(pinned.iter());
+        if result.is_ok() {
+            self.index_if_enabled(bucket, key);
+        }
         result
     }
 

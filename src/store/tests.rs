@@ -645,3 +645,78 @@ fn damaged_reference_counts_are_reported_then_repaired() {
         assert_eq!(get(&s, "bkt", "a", None), data);
     }
 }
+
+#[test]
+fn block_index_resolves_aligned_blocks_of_indexed_buckets() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), engine);
+        s.create_bucket("plain", "me").unwrap();
+        s.create_bucket("img", "me").unwrap();
+        // 1 MiB of data with a zero block in it.
+        let mut data = random(1 << 20, 21);
+        data[8192..12288].fill(0);
+        let block = |n: usize| &data[n * 4096..(n + 1) * 4096];
+        let id5 = ChunkId::of(block(5));
+
+        put(&s, "plain", "a", &data, "block:16384");
+        assert!(!s.has_content(&id5), "a bucket without the index");
+        assert!(matches!(
+            s.read_content(&id5),
+            Err(StoreError::MissingChunk(_))
+        ));
+
+        // Turning the index on indexes what is there already.
+        let r = s.set_block_index("img", true).unwrap();
+        assert_eq!(r.indexed, 0);
+        let r2 = s.set_block_index("plain", true).unwrap();
+        assert_eq!(r2.indexed, 255, "every non-zero block");
+        assert_eq!(r2.zero, 1);
+        assert_eq!(r2.straddling, 0, "block-aligned chunking cuts no block");
+        assert!(s.has_content(&id5));
+        assert_eq!(&s.read_content(&id5).unwrap()[..], block(5));
+        s.set_block_index("plain", false).unwrap();
+
+        // New writes into an indexed bucket are indexed; FastCDC leaves
+        // blocks across chunk boundaries out.
+        let other = random(1 << 20, 22);
+        put(&s, "img", "b", &other, "cdc:4096:8192:16384");
+        let oid = ChunkId::of(&other[40960..45056]);
+        let r = s.index_object_blocks("img", "b").unwrap();
+        assert_eq!(r.indexed + r.straddling + r.zero, 256);
+        assert!(r.straddling > 0);
+        assert!(r.indexed > 100);
+        if s.has_content(&oid) {
+            assert_eq!(&s.read_content(&oid).unwrap()[..], &other[40960..45056]);
+        }
+        // Multipart objects and copies are indexed as well.
+        s.copy_object(("plain", "a"), ("img", "c"), None, &Precondition::None)
+            .unwrap();
+        let before = s.block_index_len().unwrap();
+
+        // Deleting every object holding the blocks and collecting garbage
+        // drops the entries: the index never outlives its chunks.
+        s.delete_object("plain", "a").unwrap();
+        s.delete_object("img", "c").unwrap();
+        let gc = s
+            .gc(&GcOptions {
+                grace: Duration::ZERO,
+                ..Default::default()
+            })
+            .unwrap();
+        // (A block that is a whole chunk by itself needs no entry.)
+        assert!(
+            gc.block_entries_dropped >= 250,
+            "{}",
+            gc.block_entries_dropped
+        );
+        assert!(s.block_index_len().unwrap() < before);
+        assert!(!s.has_content(&id5));
+        assert!(s.fsck().unwrap().is_clean());
+        // Bucket options go with the bucket.
+        s.delete_object("img", "b").unwrap();
+        s.delete_bucket("img").unwrap();
+        s.create_bucket("img", "me").unwrap();
+        assert!(!s.bucket_options("img").unwrap().block_index);
+    }
+}

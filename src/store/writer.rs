@@ -453,6 +453,8 @@ impl ObjectWriter {
                     replace_object(tx, &okey, &rec, entries, precondition, &mut deltas)?;
                     deltas.apply(tx, now)
                 })?;
+                drop(_c);
+                store.index_if_enabled(bucket, key);
             }
             Target::Part { upload_id, part } => {
                 let rec = PartRecord {

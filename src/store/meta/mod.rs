@@ -33,6 +33,10 @@ pub enum Table {
     Uploads = b'u',
     /// upload id \0 part number (big endian) -> PartRecord
     Parts = b'p',
+    /// bucket name -> BucketOptions (see blocks.rs)
+    BucketOptions = b's',
+    /// 4 KiB block id -> chunk id + offset (see blocks.rs)
+    Blocks = b'k',
 }
 
 pub(crate) fn full_key(t: Table, key: &[u8]) -> Vec<u8> {
