@@ -11,6 +11,11 @@ command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tc >/dev/null || need_apt+=(iproute2)
+# The migration tests' guest (scripts/build-guest.sh): a static busybox for
+# its initramfs, cpio to pack it.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt+=(busybox-static)
+command -v cpio >/dev/null || need_apt+=(cpio)
+command -v zstd >/dev/null || need_apt+=(zstd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"
@@ -19,21 +24,47 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# Debian backports, from the mirror this machine is already configured with
+# (added once). QEMU 10 comes from there.
+. /etc/os-release
+backports="${VERSION_CODENAME}-backports"
+ensure_backports() {
+  grep -rqs -- "-backports" /etc/apt/sources.list /etc/apt/sources.list.d/ && return 0
+  local mirror
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || { echo "no Debian mirror configured in apt sources" >&2; exit 1; }
+  echo "deb $mirror $backports main" > /etc/apt/sources.list.d/strato-backports.list
+}
+installed_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+
+# qemu-system-x86 for the migration tests, which need QEMU >= 9 (mapped-ram
+# for `strato vm save`): the version of qemu-utils from backports. A plain
+# install would pull 7.2 and remove qemu-utils 10; seabios must come from
+# backports too.
+qv=$(installed_version qemu-utils)
+if ! command -v qemu-system-x86_64 >/dev/null || [[ "$qv" != *bpo* ]] ||
+  [ "$(installed_version qemu-system-x86)" != "$qv" ]; then
+  echo "== installing qemu-system-x86 from $backports"
+  export DEBIAN_FRONTEND=noninteractive
+  ensure_backports
+  apt-get update -qq
+  if [[ "$qv" != *bpo* ]]; then
+    qv=$(apt-cache madison qemu-utils | awk -v s="$backports" '$0 ~ s {print $3; exit}')
+    [ -n "$qv" ] || { echo "no qemu-utils in $backports" >&2; exit 1; }
+  fi
+  apt-get install -y -qq --no-install-recommends -t "$backports" \
+    "qemu-utils=$qv" "qemu-system-x86=$qv" "qemu-system-common=$qv" "qemu-system-data=$qv" seabios ipxe-qemu
+fi
+
 # QEMU's curl block driver (tests/overlay.rs uses a presigned URL as a backing
 # file). It must be the same version as qemu-utils: with qemu-utils from
 # bookworm-backports, a plain install would pull 7.2 and remove qemu-utils 10.
 if ! ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1; then
   echo "== installing qemu-block-extra (QEMU curl driver)"
   export DEBIAN_FRONTEND=noninteractive
-  qv=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
-  if [[ "$qv" == *bpo* ]] && ! grep -rqs -- "-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    # Backports from the mirror this machine is already configured with.
-    . /etc/os-release
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$mirror" ] || { echo "no Debian mirror configured in apt sources" >&2; exit 1; }
-    echo "deb $mirror ${VERSION_CODENAME}-backports main" > /etc/apt/sources.list.d/strato-backports.list
-  fi
+  qv=$(installed_version qemu-utils)
+  [[ "$qv" == *bpo* ]] && ensure_backports
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "qemu-block-extra${qv:+=$qv}"
 fi
@@ -46,7 +77,7 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 export STRATO_TEST_PYTHON="$PWD/.venv/bin/python"
 
-echo "== tools: $(qemu-img --version | head -1); $(s3cmd --version); boto3 $(python -c 'import boto3; print(boto3.__version__)')"
+echo "== tools: $(qemu-img --version | head -1); $(qemu-system-x86_64 --version | head -1); $(s3cmd --version); boto3 $(python -c 'import boto3; print(boto3.__version__)')"
 # Benchmarks run once each on small inputs (criterion's test mode), so they
 # keep working; their harness takes no --test-threads.
 cargo test --workspace --benches

@@ -4,5 +4,6 @@
 pub mod config;
 pub mod distribute;
 pub mod image;
+pub mod migrate;
 pub mod server;
 pub mod store;

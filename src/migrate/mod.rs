@@ -1,0 +1,5 @@
+//! Live migration of QEMU guests between sites, store-assisted (Shrinker):
+//! agents on QEMU's `exec:` hook replace every page the destination site
+//! already holds, or another agent of the same group sends, by its id.
+
+pub mod qmp;
