@@ -4,6 +4,7 @@
 mod admin;
 mod chain;
 mod image;
+mod migrate;
 mod objects;
 mod pull;
 mod serve;
@@ -88,6 +89,9 @@ enum Command {
     ChainAgent(chain::AgentArgs),
     /// Send BUCKET/KEY down a broadcast chain of chain-agents
     Propagate(chain::PropagateArgs),
+    /// Live migration agents for QEMU's exec: hook (Shrinker, store-assisted)
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCmd),
 }
 
 /// What every command gets: resolved settings and how to report.
@@ -192,6 +196,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Nbd(c) => image::nbd(&ctx, c),
         Command::ChainAgent(a) => chain::agent(&ctx, a),
         Command::Propagate(a) => chain::propagate(&ctx, a),
+        Command::Migrate(c) => migrate::migrate(&ctx, c),
     }
 }
 

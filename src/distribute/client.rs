@@ -359,6 +359,39 @@ impl ChunkClient {
         Ok(out)
     }
 
+    /// Claim `ids` for migration `group` at the endpoint (Shrinker's
+    /// coordination service): the answer is the subset this caller won and
+    /// must send; the others were claimed first by another sender.
+    pub async fn claim(&self, group: &str, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
+        let what = "claiming pages for a migration group";
+        let mut out = HashSet::new();
+        for batch in ids.chunks(64 * 1024) {
+            let mut body = String::with_capacity(batch.len() * 65);
+            for id in batch {
+                body.push_str(&id.to_hex());
+                body.push('\n');
+            }
+            let path = format!(
+                "/chunks?claim&group={}",
+                utf8_percent_encode(group, KEY_SET)
+            );
+            let (status, resp) = self
+                .send(what, Method::POST, &path, Bytes::from(body))
+                .await?;
+            if status != StatusCode::OK {
+                return Err(Self::status_error(what, status, &resp));
+            }
+            for line in String::from_utf8_lossy(&resp).lines() {
+                let id = line.trim().parse().map_err(|_| ClientError::Invalid {
+                    what: what.to_string(),
+                    why: format!("bad chunk id {line:?}"),
+                })?;
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// A presigned S3 GET URL for an object (e.g. a QEMU curl backing file).
     pub fn presign_get(&self, bucket: &str, key: &str, expires: Duration) -> Result<String> {
         let url = format!(

@@ -2,4 +2,11 @@
 //! agents on QEMU's `exec:` hook replace every page the destination site
 //! already holds, or another agent of the same group sends, by its id.
 
+pub mod agent_error;
+pub mod claims;
 pub mod qmp;
+pub mod receiver;
+pub mod report;
+pub mod sender;
+pub mod stream;
+pub mod wire;

@@ -8,6 +8,8 @@
 //! PUT  /chunks/{id}                    store bytes; 400 BadDigest unless BLAKE3(body) == id
 //!                                      201 when new, 200 when already held
 //! POST /chunks?have                    body: hex ids, one per line; answer: the held ones
+//! POST /chunks?claim&group=G           body: hex ids; answer: those this caller won for
+//!                                      migration group G (first claimant wins, atomic)
 //! GET  /chunks/manifest/{bucket}/{key} JSON manifest (see [`ManifestDoc`])
 //! ```
 //!
@@ -25,6 +27,7 @@ use http_body_util::BodyExt;
 use s3_compat::{ByteStream, ExtraRoute, ResponseBody, User};
 use serde::{Deserialize, Serialize};
 
+use crate::migrate::claims::{ClaimError, ClaimTable};
 use crate::store::{ChunkId, Store, StoreError};
 
 /// Largest chunk body accepted by `PUT /chunks/{id}`. The chunkers cut at
@@ -69,6 +72,8 @@ pub trait ChunkFallback: Send + Sync + 'static {
 pub struct ChunkRoute {
     store: Store,
     fallback: Option<Arc<dyn ChunkFallback>>,
+    /// Shrinker's coordination service for migrations into this site.
+    claims: Arc<ClaimTable>,
 }
 
 impl ChunkRoute {
@@ -76,6 +81,7 @@ impl ChunkRoute {
         ChunkRoute {
             store,
             fallback: None,
+            claims: Arc::new(ClaimTable::default()),
         }
     }
 
@@ -107,6 +113,7 @@ enum Endpoint {
     HeadChunk(ChunkId),
     PutChunk(ChunkId),
     Have,
+    Claim { group: String },
     Manifest { bucket: String, key: String },
 }
 
@@ -178,9 +185,21 @@ fn parse(method: &Method, uri: &http::Uri) -> Result<Endpoint, ApiError> {
         let have = uri
             .query()
             .is_some_and(|q| q.split('&').any(|p| p == "have" || p.starts_with("have=")));
+        let params: Vec<&str> = uri.query().unwrap_or("").split('&').collect();
+        if method == Method::POST && params.contains(&"claim") {
+            let group = params
+                .iter()
+                .find_map(|p| p.strip_prefix("group="))
+                .ok_or_else(|| ApiError::BadRequest("claim needs group=NAME".into()))?;
+            return Ok(Endpoint::Claim {
+                group: group.to_string(),
+            });
+        }
         return match (method, have) {
             (&Method::POST, true) => Ok(Endpoint::Have),
-            _ => Err(ApiError::BadRequest("use POST /chunks?have".into())),
+            _ => Err(ApiError::BadRequest(
+                "use POST /chunks?have or POST /chunks?claim&group=G".into(),
+            )),
         };
     }
     let rest = &rest[1..];
@@ -316,6 +335,29 @@ impl ChunkRoute {
                     "text/plain",
                 ))
             }
+            Endpoint::Claim { group } => {
+                let data = collect(body, MAX_HAVE_BODY).await?;
+                let ids = parse_id_lines(&data)?;
+                let claims = self.claims.clone();
+                let won = tokio::task::spawn_blocking(move || claims.claim(&group, &ids))
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
+                    .map_err(|e| match e {
+                        ClaimError::BadGroup(_) => ApiError::BadRequest(e.to_string()),
+                        ClaimError::Full(_) => ApiError::Unavailable(e.to_string()),
+                    })?;
+                let mut out = String::with_capacity(won.len() * 65);
+                for id in won {
+                    out.push_str(&id.to_hex());
+                    out.push('\n');
+                }
+                Ok(response(
+                    StatusCode::OK,
+                    Bytes::from(out),
+                    None,
+                    "text/plain",
+                ))
+            }
             Endpoint::Manifest { bucket, key } => {
                 if let Some(doc) = self
                     .fallback
@@ -367,6 +409,20 @@ impl ChunkRoute {
             }
         }
     }
+}
+
+/// Hex ids, one per line (the body of `have` and `claim`).
+fn parse_id_lines(data: &[u8]) -> Result<Vec<ChunkId>, ApiError> {
+    let text = std::str::from_utf8(data)
+        .map_err(|_| ApiError::BadRequest("ids must be hex text".into()))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.parse()
+                .map_err(|_| ApiError::BadRequest(format!("{l:?} is not a chunk id")))
+        })
+        .collect()
 }
 
 async fn blocking<T: Send + 'static>(
@@ -469,6 +525,11 @@ mod tests {
             Endpoint::Have
         );
         assert!(parse(&Method::GET, &uri("/chunks?have")).is_err());
+        assert_eq!(
+            parse(&Method::POST, &uri("/chunks?claim&group=g1")).unwrap(),
+            Endpoint::Claim { group: "g1".into() }
+        );
+        assert!(parse(&Method::POST, &uri("/chunks?claim")).is_err());
         assert_eq!(
             parse(&Method::GET, &uri("/chunks/manifest/b/dir/a%20b")).unwrap(),
             Endpoint::Manifest {

@@ -1,0 +1,281 @@
+//! `strato migrate send|recv|report`: the migration agents QEMU runs on its
+//! `exec:` hook, and the per-group report.
+//!
+//! Source:      migrate "exec:strato migrate send --to DEST:PORT --site URL ..."
+//! Destination: -incoming "exec:strato migrate recv --listen ADDR:PORT --site URL ..."
+//!
+//! QEMU owns standard input and output, so reports go to standard error
+//! and to `--report FILE` (JSON).
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use strato::distribute::ChunkClient;
+use strato::migrate::receiver::{self, ReceiverOptions};
+use strato::migrate::report::{GroupReport, VmReport};
+use strato::migrate::sender::{self, SenderOptions};
+
+use super::pull::{runtime, Remote};
+use super::Ctx;
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateCmd {
+    /// Source agent: QEMU's migration stream on stdin, to a receiver over the WAN
+    Send(SendArgs),
+    /// Destination agent: listen for a sender, rebuild QEMU's stream on stdout
+    Recv(RecvArgs),
+    /// Combine the JSON reports of a group's senders
+    Report(ReportArgs),
+    #[command(flatten)]
+    Policy(super::migsim::MigsimCmd),
+}
+
+/// The destination site's chunk API (optional: without it only repeated
+/// pages of the same VM are deduplicated).
+#[derive(Args, Debug, Clone)]
+pub struct SiteArgs {
+    /// Destination site's strato endpoint, e.g. http://site:9000
+    #[arg(long)]
+    site: Option<String>,
+    /// Access key (default: STRATO_ACCESS_KEY, then AWS_ACCESS_KEY_ID)
+    #[arg(long)]
+    access_key: Option<String>,
+    /// Secret key (default: STRATO_SECRET_KEY, then AWS_SECRET_ACCESS_KEY)
+    #[arg(long)]
+    secret_key: Option<String>,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+}
+
+impl SiteArgs {
+    fn client(&self) -> Result<Option<ChunkClient>> {
+        let Some(endpoint) = &self.site else {
+            return Ok(None);
+        };
+        let remote = Remote {
+            endpoint: endpoint.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            region: self.region.clone(),
+        };
+        Ok(Some(remote.client()?.with_timeout(Duration::from_secs(30))))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Receiver's address (HOST:PORT)
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    site: SiteArgs,
+    /// Migration group shared by the VMs of one cluster migration
+    #[arg(long)]
+    group: Option<String>,
+    /// Name of this VM in reports
+    #[arg(long, default_value = "vm")]
+    vm: String,
+    /// Send every page (no deduplication); with --zstd this is zstd only
+    #[arg(long)]
+    no_dedup: bool,
+    /// zstd level for sent pages and other bytes (0: no compression)
+    #[arg(long, default_value_t = 3)]
+    zstd: i32,
+    /// Pages per batch (one site query and one compressed blob each)
+    #[arg(long, default_value_t = 512)]
+    batch_pages: usize,
+    /// Batches whose site queries may be in flight at once
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Seconds to keep trying to reach the receiver
+    #[arg(long, default_value_t = 30)]
+    connect_timeout: u64,
+    /// Write the JSON report here
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecvArgs {
+    /// Address to listen on for the sender (HOST:PORT)
+    #[arg(long)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    site: SiteArgs,
+    /// Milliseconds to wait for a page another agent is still sending
+    #[arg(long, default_value_t = 2000)]
+    wait_ms: u64,
+    /// Don't store pages received in full at the site
+    #[arg(long)]
+    no_store: bool,
+    /// Seconds to wait for the sender to connect
+    #[arg(long, default_value_t = 600)]
+    accept_timeout: u64,
+    /// Write the JSON report here
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// JSON reports written by `migrate send --report`
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// QEMU's downtime of a VM (from query-migrate), as VM=MILLISECONDS
+    #[arg(long)]
+    downtime: Vec<String>,
+}
+
+pub fn migrate(ctx: &Ctx, cmd: MigrateCmd) -> Result<ExitCode> {
+    match cmd {
+        MigrateCmd::Send(a) => send(ctx, a),
+        MigrateCmd::Recv(a) => recv(ctx, a),
+        MigrateCmd::Report(a) => report(ctx, a),
+        MigrateCmd::Policy(c) => super::migsim::migsim(ctx, c),
+    }
+}
+
+/// Standard input/output as files: QEMU's stream is binary, so no line
+/// buffering, and the blocking threads own them.
+fn stdio_file(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<std::fs::File> {
+    Ok(std::fs::File::from(
+        fd.try_clone_to_owned()
+            .with_context(|| format!("duplicating {what}"))?,
+    ))
+}
+
+fn write_report(
+    ctx: &Ctx,
+    path: Option<&PathBuf>,
+    v: &impl serde::Serialize,
+    human: &str,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(v)?;
+    if let Some(p) = path {
+        std::fs::write(p, &json).with_context(|| format!("writing the report {}", p.display()))?;
+    }
+    if ctx.json {
+        eprintln!("{json}");
+    } else {
+        eprint!("{human}");
+    }
+    Ok(())
+}
+
+fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
+    if let Some(g) = &a.group {
+        if !strato::migrate::claims::valid_group(g) {
+            bail!("invalid --group {g:?}: use 1-128 of A-Z a-z 0-9 . _ -");
+        }
+    }
+    let mut opts = SenderOptions::new(&a.vm);
+    opts.group = a.group.clone();
+    opts.site = a.site.client()?;
+    opts.dedup = !a.no_dedup;
+    opts.zstd_level = (a.zstd != 0).then_some(a.zstd);
+    opts.batch_pages = a.batch_pages.clamp(1, 8192);
+    opts.window = a.window.clamp(1, 64);
+    if opts.group.is_some() && opts.site.is_none() {
+        bail!("--group needs --site (the destination site coordinates the group)");
+    }
+    let input = stdio_file(std::io::stdin().as_fd(), "standard input")?;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let conn = connect(&a.to, Duration::from_secs(a.connect_timeout)).await?;
+        sender::send(input, conn, opts)
+            .await
+            .context("migration sender")
+    })?;
+    write_report(ctx, a.report.as_ref(), &report, &report.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connect, retrying while the receiver is starting (bounded).
+async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::net::TcpStream::connect(to).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("connecting to {to}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to the receiver {to}")),
+        }
+    }
+}
+
+fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
+    let opts = ReceiverOptions {
+        site: a.site.client()?,
+        wait: Duration::from_millis(a.wait_ms.min(60_000)),
+        store_pages: !a.no_store,
+        ..ReceiverOptions::default()
+    };
+    let output = stdio_file(std::io::stdout().as_fd(), "standard output")?;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        let (conn, peer) =
+            tokio::time::timeout(Duration::from_secs(a.accept_timeout), listener.accept())
+                .await
+                .map_err(|_| anyhow::anyhow!("no sender connected within {} s", a.accept_timeout))?
+                .context("accepting the sender")?;
+        drop(listener);
+        tracing::info!("sender connected from {peer}");
+        receiver::receive(conn, output, opts)
+            .await
+            .context("migration receiver")
+    })?;
+    let human = format!(
+        "received vm {}: {} stream bytes from {} WAN bytes; pages raw {} local {} site {} pulled {}; stored {}; {:.2} s, verified\n",
+        report.vm,
+        report.stream_bytes,
+        report.wan_bytes,
+        report.pages_raw,
+        report.pages_local,
+        report.pages_site,
+        report.pages_pulled,
+        report.pages_stored,
+        report.seconds
+    );
+    write_report(ctx, a.report.as_ref(), &report, &human)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(ctx: &Ctx, a: ReportArgs) -> Result<ExitCode> {
+    let mut vms = Vec::new();
+    for f in &a.files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: VmReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a migration report", f.display()))?;
+        vms.push(v);
+    }
+    for d in &a.downtime {
+        let (vm, ms) = d
+            .split_once('=')
+            .and_then(|(v, m)| Some((v, m.parse::<u64>().ok()?)))
+            .with_context(|| format!("expected --downtime VM=MILLISECONDS, got {d:?}"))?;
+        let v = vms
+            .iter_mut()
+            .find(|r| r.vm == vm)
+            .with_context(|| format!("--downtime names {vm:?}, which no report has"))?;
+        v.downtime_ms = Some(ms);
+    }
+    let g = GroupReport::of(vms);
+    if ctx.json {
+        ctx.print_json(&g)?;
+    } else {
+        print!("{g}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

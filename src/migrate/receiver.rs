@@ -1,0 +1,586 @@
+//! The receiving agent: WAN frames in, QEMU's migration stream out (stdout
+//! of `-incoming exec:`), byte for byte what the source QEMU wrote.
+//!
+//! A page sent by id is looked up, in this order, in the pages this
+//! receiver got in full (bounded memory), in the destination site's store
+//! (chunk API, many requests in flight), again in the site for a short
+//! bounded time (another agent of the group may still be sending it), and
+//! finally pulled from the sender over the same connection. Every page
+//! taken by id is checked against its BLAKE3 id. Content nobody can
+//! produce stops the migration: a page is never guessed or zero-filled.
+//!
+//! Pages received in full are stored at the site in the background, so the
+//! other agents' references resolve and later migrations find them.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::agent_error::{AgentError, Result};
+use super::stream::PAGE_SIZE;
+use super::wire::{self, Frame, Op, PROTOCOL};
+use crate::distribute::ChunkClient;
+use crate::store::ChunkId;
+
+#[derive(Clone)]
+pub struct ReceiverOptions {
+    pub site: Option<ChunkClient>,
+    /// How long a page missing at the site is waited for before pulling it.
+    pub wait: Duration,
+    /// Store the pages received in full at the site.
+    pub store_pages: bool,
+    /// Site requests in flight.
+    pub concurrency: usize,
+    /// Bytes of pages received in full kept in memory.
+    pub cache_bytes: usize,
+    pub pull_timeout: Duration,
+    /// How long to wait for the sender's first frame.
+    pub hello_timeout: Duration,
+}
+
+impl Default for ReceiverOptions {
+    fn default() -> Self {
+        ReceiverOptions {
+            site: None,
+            wait: Duration::from_secs(2),
+            store_pages: true,
+            concurrency: 32,
+            cache_bytes: 1 << 30,
+            pull_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The receiver's view of one migration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReceiverReport {
+    pub vm: String,
+    pub group: Option<String>,
+    pub stream_bytes: u64,
+    pub wan_bytes: u64,
+    pub pages_raw: u64,
+    pub pages_local: u64,
+    pub pages_site: u64,
+    pub pages_pulled: u64,
+    pub pages_stored: u64,
+    pub store_errors: u64,
+    pub seconds: f64,
+    pub verified: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    wan: AtomicU64,
+    raw: AtomicU64,
+    local: AtomicU64,
+    site: AtomicU64,
+    pulled: AtomicU64,
+    stored: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+/// Pages received in full, FIFO-bounded.
+struct LocalPages {
+    map: HashMap<ChunkId, Bytes>,
+    order: VecDeque<ChunkId>,
+    cap: usize,
+}
+
+impl LocalPages {
+    fn insert(&mut self, id: ChunkId, page: Bytes) {
+        if self.map.contains_key(&id) {
+            return;
+        }
+        while self.map.len() >= self.cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.map.insert(id, page);
+        self.order.push_back(id);
+    }
+}
+
+type Waiters = HashMap<ChunkId, Vec<oneshot::Sender<Option<Bytes>>>>;
+
+/// What every batch's resolution shares.
+struct Shared {
+    opts: ReceiverOptions,
+    local: Mutex<LocalPages>,
+    pulls: Mutex<Waiters>,
+    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    site_slots: Semaphore,
+    counters: Counters,
+}
+
+enum Incoming {
+    Batch {
+        ops: Vec<Op>,
+        raw_len: u32,
+        compressed: bool,
+        blob: Bytes,
+    },
+    End {
+        stream_len: u64,
+        digest: u128,
+    },
+}
+
+/// Run the receiver on an accepted WAN connection, writing to `out`.
+pub async fn receive<W: Write + Send + 'static>(
+    conn: TcpStream,
+    out: W,
+    opts: ReceiverOptions,
+) -> Result<ReceiverReport> {
+    let started = Instant::now();
+    conn.set_nodelay(true).ok();
+    let (mut rd, wr) = conn.into_split();
+    let hello = tokio::time::timeout(opts.hello_timeout, wire::read_frame(&mut rd))
+        .await
+        .map_err(|_| AgentError::Timeout("no hello from the sender".into()))??;
+    let (vm, group) = match hello {
+        Some(Frame::Hello {
+            protocol,
+            vm,
+            group,
+        }) if protocol == PROTOCOL => (vm, group),
+        Some(Frame::Hello { protocol, .. }) => {
+            return Err(AgentError::Peer(format!(
+                "sender speaks protocol {protocol}, this receiver {PROTOCOL}"
+            )))
+        }
+        other => return Err(AgentError::Peer(format!("expected a hello, got {other:?}"))),
+    };
+    let shared = Arc::new(Shared {
+        local: Mutex::new(LocalPages {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap: (opts.cache_bytes / PAGE_SIZE).max(1),
+        }),
+        pulls: Mutex::new(HashMap::new()),
+        wr: tokio::sync::Mutex::new(wr),
+        site_slots: Semaphore::new(opts.concurrency.max(1)),
+        counters: Counters::default(),
+        opts,
+    });
+
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Incoming>>(8);
+    let reader = tokio::spawn(read_frames(rd, shared.clone(), in_tx));
+
+    // Pages to store at the site, in the background.
+    let (store_tx, store_rx) = mpsc::channel::<(ChunkId, Bytes)>(8192);
+    let storer = tokio::spawn(store_pages(shared.clone(), store_rx));
+
+    // Stream bytes go to a thread that owns the blocking output.
+    let (out_tx, out_rx) = mpsc::channel::<Vec<Bytes>>(16);
+    let writer = std::thread::Builder::new()
+        .name("migrate-write".into())
+        .spawn(move || write_output(out, out_rx))
+        .map_err(|e| AgentError::io("starting the writer", e))?;
+
+    let result = run(&shared, &mut in_rx, &store_tx, out_tx, writer).await;
+    reader.abort();
+    let (ok, message) = match &result {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, e.to_string()),
+    };
+    {
+        let mut w = shared.wr.lock().await;
+        let _ = wire::write_frame(&mut *w, &Frame::Ack { ok, message }).await;
+        let _ = w.flush().await;
+    }
+    let stream_bytes = result?;
+    // Let the background stores finish (bounded) so the site holds the
+    // pages for the group and for later migrations.
+    drop(store_tx);
+    if tokio::time::timeout(Duration::from_secs(60), storer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("storing received pages at the site timed out");
+    }
+    let c = &shared.counters;
+    Ok(ReceiverReport {
+        vm,
+        group,
+        stream_bytes,
+        wan_bytes: c.wan.load(Ordering::Relaxed),
+        pages_raw: c.raw.load(Ordering::Relaxed),
+        pages_local: c.local.load(Ordering::Relaxed),
+        pages_site: c.site.load(Ordering::Relaxed),
+        pages_pulled: c.pulled.load(Ordering::Relaxed),
+        pages_stored: c.stored.load(Ordering::Relaxed),
+        store_errors: c.store_errors.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+        verified: true,
+    })
+}
+
+/// Rebuild batches in order until the sender's end; returns the stream length.
+async fn run(
+    shared: &Arc<Shared>,
+    in_rx: &mut mpsc::Receiver<Result<Incoming>>,
+    store_tx: &mpsc::Sender<(ChunkId, Bytes)>,
+    out_tx: mpsc::Sender<Vec<Bytes>>,
+    writer: std::thread::JoinHandle<Result<(u64, u128)>>,
+) -> Result<u64> {
+    // Resolution of by-id pages runs ahead in tasks; output stays in order.
+    let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<Bytes>>>> = VecDeque::new();
+    let end = loop {
+        let msg = in_rx
+            .recv()
+            .await
+            .ok_or_else(|| AgentError::Peer("connection closed mid-stream".into()))??;
+        match msg {
+            Incoming::Batch {
+                ops,
+                raw_len,
+                compressed,
+                blob,
+            } => {
+                // Sequential on purpose: a later batch may name a page this
+                // one carries, so its raw pages must be known first.
+                let sh = shared.clone();
+                let (pieces, raws) = tokio::task::spawn_blocking(move || {
+                    prepare(&sh, &ops, &wire::open_blob(&blob, raw_len, compressed)?)
+                })
+                .await
+                .map_err(|e| AgentError::Internal(format!("prepare task: {e}")))??;
+                if shared.opts.store_pages && shared.opts.site.is_some() {
+                    for r in raws {
+                        if store_tx.send(r).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                pending.push_back(tokio::spawn(resolve(shared.clone(), pieces)));
+            }
+            Incoming::End { stream_len, digest } => break (stream_len, digest),
+        }
+        while pending.len() > 8 || pending.front().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = pending.pop_front() {
+                flush_one(h, &out_tx).await?;
+            }
+        }
+    };
+    while let Some(h) = pending.pop_front() {
+        flush_one(h, &out_tx).await?;
+    }
+    drop(out_tx);
+    let (len, digest) = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| AgentError::Internal(format!("writer: {e}")))?
+        .map_err(|_| AgentError::Internal("writer panicked".into()))??;
+    if (len, digest) != end {
+        return Err(AgentError::Mismatch(format!(
+            "{len} bytes written, sender sent {}; digests {}",
+            end.0,
+            if digest == end.1 { "match" } else { "differ" }
+        )));
+    }
+    Ok(len)
+}
+
+async fn flush_one(
+    h: tokio::task::JoinHandle<Result<Vec<Bytes>>>,
+    out_tx: &mpsc::Sender<Vec<Bytes>>,
+) -> Result<()> {
+    let pieces = h
+        .await
+        .map_err(|e| AgentError::Internal(format!("resolve task: {e}")))??;
+    out_tx
+        .send(pieces)
+        .await
+        .map_err(|_| AgentError::Internal("output closed".into()))
+}
+
+/// A piece of the output: bytes, or a page still to find.
+enum Slot {
+    Ready(Bytes),
+    Wanted(ChunkId),
+}
+
+type Prepared = (Vec<Slot>, Vec<(ChunkId, Bytes)>);
+
+/// Cut a batch's blob along its operations; index its raw pages.
+fn prepare(shared: &Shared, ops: &[Op], blob: &Bytes) -> Result<Prepared> {
+    let mut slots = Vec::with_capacity(ops.len());
+    let mut at = 0usize;
+    let mut raws = Vec::new();
+    let take = |at: &mut usize, n: usize| -> Result<Bytes> {
+        if *at + n > blob.len() {
+            return Err(wire::WireError::Malformed("batch blob too short".into()).into());
+        }
+        let b = blob.slice(*at..*at + n);
+        *at += n;
+        Ok(b)
+    };
+    for op in ops {
+        match op {
+            Op::Literal(n) => slots.push(Slot::Ready(take(&mut at, *n as usize)?)),
+            Op::Raw => {
+                let p = take(&mut at, PAGE_SIZE)?;
+                raws.push(p.clone());
+                slots.push(Slot::Ready(p));
+            }
+            Op::Hash(id) => slots.push(Slot::Wanted(*id)),
+        }
+    }
+    if at != blob.len() {
+        return Err(wire::WireError::Malformed("batch blob has extra bytes".into()).into());
+    }
+    let ids: Vec<ChunkId> = raws.par_iter().map(|p| ChunkId::of(p)).collect();
+    let raws: Vec<(ChunkId, Bytes)> = ids.into_iter().zip(raws).collect();
+    {
+        let mut local = shared.local.lock();
+        for (id, p) in &raws {
+            local.insert(*id, p.clone());
+        }
+    }
+    shared
+        .counters
+        .raw
+        .fetch_add(raws.len() as u64, Ordering::Relaxed);
+    Ok((slots, raws))
+}
+
+/// Find every page a batch names by id (concurrently), keep the order.
+async fn resolve(shared: Arc<Shared>, prepared: Vec<Slot>) -> Result<Vec<Bytes>> {
+    let futs = prepared.into_iter().map(|slot| {
+        let sh = shared.clone();
+        async move {
+            match slot {
+                Slot::Ready(b) => Ok(b),
+                Slot::Wanted(id) => find_page(&sh, id).await,
+            }
+        }
+    });
+    futures::stream::iter(futs)
+        .buffered(shared.opts.concurrency.max(1) * 2)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+async fn find_page(shared: &Shared, id: ChunkId) -> Result<Bytes> {
+    if let Some(p) = shared.local.lock().map.get(&id).cloned() {
+        shared.counters.local.fetch_add(1, Ordering::Relaxed);
+        return Ok(p);
+    }
+    if let Some(site) = &shared.opts.site {
+        let deadline = Instant::now() + shared.opts.wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let got = {
+                let _slot = shared
+                    .site_slots
+                    .acquire()
+                    .await
+                    .map_err(|_| AgentError::Internal("site slots closed".into()))?;
+                site.get_chunk(&id).await
+            };
+            match got {
+                // get_chunk checked the bytes against the id.
+                Ok(b) if b.len() == PAGE_SIZE => {
+                    shared.counters.site.fetch_add(1, Ordering::Relaxed);
+                    return Ok(b);
+                }
+                Ok(_) => return Err(AgentError::BadPage(id)),
+                Err(e) if e.is_not_found() => {}
+                Err(crate::distribute::client::ClientError::Integrity(_)) => {
+                    tracing::warn!("site returned wrong bytes for page {id}; pulling it");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("site lookup of page {id}: {e}; pulling it");
+                    break;
+                }
+            }
+            if Instant::now() + pause > deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+            if let Some(p) = shared.local.lock().map.get(&id).cloned() {
+                shared.counters.local.fetch_add(1, Ordering::Relaxed);
+                return Ok(p);
+            }
+        }
+    }
+    pull(shared, id).await
+}
+
+/// Ask the sender for a page over the WAN connection.
+async fn pull(shared: &Shared, id: ChunkId) -> Result<Bytes> {
+    let (tx, rx) = oneshot::channel();
+    let first = {
+        let mut p = shared.pulls.lock();
+        let v = p.entry(id).or_default();
+        v.push(tx);
+        v.len() == 1
+    };
+    if first {
+        let mut w = shared.wr.lock().await;
+        wire::write_frame(&mut *w, &Frame::Pull(vec![id])).await?;
+    }
+    let got = tokio::time::timeout(shared.opts.pull_timeout, rx)
+        .await
+        .map_err(|_| AgentError::Timeout(format!("pulling page {id} from the sender")))?
+        .map_err(|_| AgentError::Peer("connection closed while pulling a page".into()))?;
+    match got {
+        Some(p) if ChunkId::of(&p) == id => {
+            shared.counters.pulled.fetch_add(1, Ordering::Relaxed);
+            Ok(p)
+        }
+        Some(_) => Err(AgentError::BadPage(id)),
+        None => Err(AgentError::UnknownPage(id)),
+    }
+}
+
+/// Read the sender's frames: batches and the end go on in order, pulled
+/// pages go straight to whoever waits for them.
+async fn read_frames(
+    mut rd: OwnedReadHalf,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Result<Incoming>>,
+) {
+    loop {
+        let frame = match wire::read_frame(&mut rd).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                let _ = tx
+                    .send(Err(AgentError::Peer("connection closed mid-stream".into())))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let size = frame_size(&frame);
+        shared.counters.wan.fetch_add(size, Ordering::Relaxed);
+        let item = match frame {
+            Frame::Batch {
+                ops,
+                raw_len,
+                compressed,
+                blob,
+            } => Incoming::Batch {
+                ops,
+                raw_len,
+                compressed,
+                blob,
+            },
+            Frame::End { stream_len, digest } => Incoming::End { stream_len, digest },
+            Frame::Pulled(pages) => {
+                let mut p = shared.pulls.lock();
+                for (id, data) in pages {
+                    for w in p.remove(&id).unwrap_or_default() {
+                        let _ = w.send(data.clone());
+                    }
+                }
+                continue;
+            }
+            other => {
+                let _ = tx
+                    .send(Err(AgentError::Peer(format!("unexpected frame {other:?}"))))
+                    .await;
+                return;
+            }
+        };
+        let end = matches!(item, Incoming::End { .. });
+        if tx.send(Ok(item)).await.is_err() {
+            return;
+        }
+        if end {
+            // Keep serving pulled pages until the batches are resolved.
+            continue;
+        }
+    }
+}
+
+fn frame_size(f: &Frame) -> u64 {
+    match f {
+        Frame::Batch { ops, blob, .. } => {
+            14 + blob.len() as u64
+                + ops
+                    .iter()
+                    .map(|o| match o {
+                        Op::Literal(_) => 5,
+                        Op::Raw => 1,
+                        Op::Hash(_) => 33,
+                    })
+                    .sum::<u64>()
+        }
+        Frame::Pulled(p) => {
+            5 + p
+                .iter()
+                .map(|(_, d)| 33 + d.as_ref().map_or(0, |d| d.len() as u64))
+                .sum::<u64>()
+        }
+        _ => 5,
+    }
+}
+
+async fn store_pages(shared: Arc<Shared>, rx: mpsc::Receiver<(ChunkId, Bytes)>) {
+    let Some(site) = shared.opts.site.clone() else {
+        return;
+    };
+    let concurrency = shared.opts.concurrency.max(1);
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+        .for_each_concurrent(concurrency, |(id, page)| {
+            let site = site.clone();
+            let sh = shared.clone();
+            async move {
+                match site.put_chunk(&id, page).await {
+                    Ok(_) => sh.counters.stored.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::debug!("storing page {id} at the site: {e}");
+                        sh.counters.store_errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+        .await;
+}
+
+/// Write the rebuilt stream (blocking); returns its length and digest.
+fn write_output<W: Write>(out: W, mut rx: mpsc::Receiver<Vec<Bytes>>) -> Result<(u64, u128)> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    let mut len = 0u64;
+    while let Some(pieces) = rx.blocking_recv() {
+        for p in pieces {
+            digest.update(&p);
+            len += p.len() as u64;
+            out.write_all(&p)
+                .map_err(|e| AgentError::io("writing the stream to QEMU", e))?;
+        }
+        // Don't hold bytes back while the WAN is quiet.
+        if rx.is_empty() {
+            out.flush()
+                .map_err(|e| AgentError::io("writing the stream to QEMU", e))?;
+        }
+    }
+    out.flush()
+        .map_err(|e| AgentError::io("writing the stream to QEMU", e))?;
+    Ok((len, digest.digest128()))
+}

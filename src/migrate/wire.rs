@@ -1,0 +1,371 @@
+//! Framing of the WAN connection between a sender and a receiver agent.
+//!
+//! Every frame is `u8 kind, be32 length, payload`. The sender turns the
+//! tokenized migration stream into batches: a list of operations
+//! (copy N literal bytes, take one raw page, resolve one page by id) plus one
+//! blob holding the literal bytes and raw pages in order, zstd-compressed as
+//! a whole (compressing pages one by one gains little). The receiver walks
+//! the operations to rebuild QEMU's stream byte for byte.
+//!
+//! The connection is bidirectional: the receiver asks its sender for pages
+//! it cannot find at its site (`Pull`), and acknowledges the end.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::stream::PAGE_SIZE;
+use crate::store::ChunkId;
+
+/// Protocol version spoken in `Hello`.
+pub const PROTOCOL: u32 = 1;
+/// Upper bound on one frame, so a bad peer cannot make us allocate much.
+pub const MAX_FRAME: usize = 64 << 20;
+
+const KIND_HELLO: u8 = 1;
+const KIND_BATCH: u8 = 2;
+const KIND_PULL: u8 = 3;
+const KIND_PULLED: u8 = 4;
+const KIND_END: u8 = 5;
+const KIND_ACK: u8 = 6;
+
+const OP_LITERAL: u8 = 0;
+const OP_RAW: u8 = 1;
+const OP_HASH: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("WAN connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("WAN connection: malformed frame: {0}")]
+    Malformed(String),
+    #[error("WAN connection: frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+}
+
+pub type Result<T, E = WireError> = std::result::Result<T, E>;
+
+/// One step of rebuilding the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Copy this many bytes from the blob.
+    Literal(u32),
+    /// Copy one page from the blob.
+    Raw,
+    /// One page with this id: from the site store, or pulled.
+    Hash(ChunkId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello {
+        protocol: u32,
+        vm: String,
+        group: Option<String>,
+    },
+    Batch {
+        ops: Vec<Op>,
+        /// Blob length once decompressed.
+        raw_len: u32,
+        compressed: bool,
+        blob: Bytes,
+    },
+    Pull(Vec<ChunkId>),
+    Pulled(Vec<(ChunkId, Option<Bytes>)>),
+    End {
+        stream_len: u64,
+        digest: u128,
+    },
+    Ack {
+        ok: bool,
+        message: String,
+    },
+}
+
+impl Frame {
+    pub fn encode(&self) -> Bytes {
+        let mut p = BytesMut::new();
+        let kind = match self {
+            Frame::Hello {
+                protocol,
+                vm,
+                group,
+            } => {
+                p.put_u32(*protocol);
+                put_str(&mut p, vm);
+                put_str(&mut p, group.as_deref().unwrap_or(""));
+                KIND_HELLO
+            }
+            Frame::Batch {
+                ops,
+                raw_len,
+                compressed,
+                blob,
+            } => {
+                p.put_u8(u8::from(*compressed));
+                p.put_u32(*raw_len);
+                p.put_u32(ops.len() as u32);
+                for op in ops {
+                    match op {
+                        Op::Literal(n) => {
+                            p.put_u8(OP_LITERAL);
+                            p.put_u32(*n);
+                        }
+                        Op::Raw => p.put_u8(OP_RAW),
+                        Op::Hash(id) => {
+                            p.put_u8(OP_HASH);
+                            p.put_slice(&id.0);
+                        }
+                    }
+                }
+                p.put_slice(blob);
+                KIND_BATCH
+            }
+            Frame::Pull(ids) => {
+                for id in ids {
+                    p.put_slice(&id.0);
+                }
+                KIND_PULL
+            }
+            Frame::Pulled(pages) => {
+                for (id, data) in pages {
+                    p.put_slice(&id.0);
+                    match data {
+                        Some(d) => {
+                            p.put_u8(1);
+                            p.put_slice(d);
+                        }
+                        None => p.put_u8(0),
+                    }
+                }
+                KIND_PULLED
+            }
+            Frame::End { stream_len, digest } => {
+                p.put_u64(*stream_len);
+                p.put_u128(*digest);
+                KIND_END
+            }
+            Frame::Ack { ok, message } => {
+                p.put_u8(u8::from(*ok));
+                p.put_slice(message.as_bytes());
+                KIND_ACK
+            }
+        };
+        let mut out = BytesMut::with_capacity(5 + p.len());
+        out.put_u8(kind);
+        out.put_u32(p.len() as u32);
+        out.put_slice(&p);
+        out.freeze()
+    }
+
+    pub fn decode(kind: u8, mut p: Bytes) -> Result<Frame> {
+        let bad = |w: &str| WireError::Malformed(w.to_string());
+        match kind {
+            KIND_HELLO => {
+                need(&p, 4)?;
+                let protocol = p.get_u32();
+                let vm = get_str(&mut p)?;
+                let group = get_str(&mut p)?;
+                Ok(Frame::Hello {
+                    protocol,
+                    vm,
+                    group: (!group.is_empty()).then_some(group),
+                })
+            }
+            KIND_BATCH => {
+                need(&p, 9)?;
+                let compressed = p.get_u8() != 0;
+                let raw_len = p.get_u32();
+                let n = p.get_u32() as usize;
+                if raw_len as usize > MAX_FRAME || n > p.len() {
+                    return Err(bad("batch sizes"));
+                }
+                let mut ops = Vec::with_capacity(n);
+                for _ in 0..n {
+                    need(&p, 1)?;
+                    match p.get_u8() {
+                        OP_LITERAL => {
+                            need(&p, 4)?;
+                            ops.push(Op::Literal(p.get_u32()));
+                        }
+                        OP_RAW => ops.push(Op::Raw),
+                        OP_HASH => {
+                            need(&p, 32)?;
+                            ops.push(Op::Hash(get_id(&mut p)));
+                        }
+                        t => return Err(WireError::Malformed(format!("operation {t}"))),
+                    }
+                }
+                Ok(Frame::Batch {
+                    ops,
+                    raw_len,
+                    compressed,
+                    blob: p,
+                })
+            }
+            KIND_PULL => {
+                if !p.len().is_multiple_of(32) {
+                    return Err(bad("pull request length"));
+                }
+                let mut ids = Vec::with_capacity(p.len() / 32);
+                while p.has_remaining() {
+                    ids.push(get_id(&mut p));
+                }
+                Ok(Frame::Pull(ids))
+            }
+            KIND_PULLED => {
+                let mut pages = Vec::new();
+                while p.has_remaining() {
+                    need(&p, 33)?;
+                    let id = get_id(&mut p);
+                    let data = if p.get_u8() != 0 {
+                        need(&p, PAGE_SIZE)?;
+                        Some(p.split_to(PAGE_SIZE))
+                    } else {
+                        None
+                    };
+                    pages.push((id, data));
+                }
+                Ok(Frame::Pulled(pages))
+            }
+            KIND_END => {
+                need(&p, 24)?;
+                Ok(Frame::End {
+                    stream_len: p.get_u64(),
+                    digest: p.get_u128(),
+                })
+            }
+            KIND_ACK => {
+                need(&p, 1)?;
+                let ok = p.get_u8() != 0;
+                Ok(Frame::Ack {
+                    ok,
+                    message: String::from_utf8_lossy(&p).into_owned(),
+                })
+            }
+            k => Err(WireError::Malformed(format!("frame kind {k}"))),
+        }
+    }
+}
+
+fn need(p: &Bytes, n: usize) -> Result<()> {
+    if p.len() < n {
+        Err(WireError::Malformed("truncated frame".into()))
+    } else {
+        Ok(())
+    }
+}
+
+fn get_id(p: &mut Bytes) -> ChunkId {
+    let mut id = [0u8; 32];
+    p.copy_to_slice(&mut id);
+    ChunkId(id)
+}
+
+fn put_str(p: &mut BytesMut, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(255);
+    p.put_u8(n as u8);
+    p.put_slice(&b[..n]);
+}
+
+fn get_str(p: &mut Bytes) -> Result<String> {
+    need(p, 1)?;
+    let n = p.get_u8() as usize;
+    need(p, n)?;
+    let s = p.split_to(n);
+    String::from_utf8(s.to_vec()).map_err(|_| WireError::Malformed("name is not UTF-8".into()))
+}
+
+/// Read one frame; `None` on a clean end of connection between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    r.read_exact(&mut head[1..]).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Frame::decode(head[0], Bytes::from(payload)).map(Some)
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<()> {
+    w.write_all(&f.encode()).await?;
+    Ok(())
+}
+
+/// Decompress (if needed) a batch blob to exactly `raw_len` bytes.
+pub fn open_blob(blob: &Bytes, raw_len: u32, compressed: bool) -> Result<Bytes> {
+    let out = if compressed {
+        Bytes::from(
+            zstd::bulk::decompress(blob, raw_len as usize)
+                .map_err(|e| WireError::Malformed(format!("zstd: {e}")))?,
+        )
+    } else {
+        blob.clone()
+    };
+    if out.len() != raw_len as usize {
+        return Err(WireError::Malformed(format!(
+            "batch blob is {} bytes, expected {raw_len}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let id = ChunkId::of(b"x");
+        let frames = vec![
+            Frame::Hello {
+                protocol: PROTOCOL,
+                vm: "vm1".into(),
+                group: Some("g".into()),
+            },
+            Frame::Batch {
+                ops: vec![Op::Literal(3), Op::Raw, Op::Hash(id)],
+                raw_len: 7,
+                compressed: false,
+                blob: Bytes::from_static(b"abcdefg"),
+            },
+            Frame::Pull(vec![id, id]),
+            Frame::Pulled(vec![
+                (id, Some(Bytes::from(vec![7u8; PAGE_SIZE]))),
+                (id, None),
+            ]),
+            Frame::End {
+                stream_len: 99,
+                digest: 12345,
+            },
+            Frame::Ack {
+                ok: false,
+                message: "nope".into(),
+            },
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            write_frame(&mut buf, f).await.unwrap();
+        }
+        let mut r = &buf[..];
+        for f in &frames {
+            assert_eq!(&read_frame(&mut r).await.unwrap().unwrap(), f);
+        }
+        assert!(read_frame(&mut r).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn truncated_or_unknown_frames_are_errors() {
+        assert!(Frame::decode(KIND_BATCH, Bytes::from_static(b"\0\0\0\0\x05\0\0\0\x09")).is_err());
+        assert!(Frame::decode(99, Bytes::new()).is_err());
+        assert!(Frame::decode(KIND_PULL, Bytes::from_static(b"abc")).is_err());
+    }
+}
