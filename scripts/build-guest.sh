@@ -76,7 +76,7 @@ moddir="$work/kernel/lib/modules/$kver/kernel"
 # makes it at install time), so the order comes from each module's own
 # "depends=" field, which is what depmod reads too.
 root="$work/root"
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,shared,etc,lib/modules}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt,shared,etc,lib/modules}
 declare -A seen=()
 order=()
 modpath() { find "$moddir" -name "$1.ko" -o -name "$1.ko.xz" -o -name "$1.ko.zst" | head -1; }

@@ -108,6 +108,15 @@ impl VmSpec {
         }
     }
 
+    /// Attach a disk image as virtio-blk (`/dev/vda` in the guest, which
+    /// has the ext4 module loaded).
+    pub fn with_disk(mut self, path: &Path, format: &str) -> VmSpec {
+        self.extra_args.push("-drive".into());
+        self.extra_args
+            .push(format!("file={},if=virtio,format={format}", path.display()));
+        self
+    }
+
     /// The QEMU command line (without `-incoming`) for sockets in `dir`.
     pub fn command(&self, dir: &Path) -> Command {
         let image = guest_image();
