@@ -5,6 +5,7 @@ mod admin;
 mod chain;
 mod image;
 mod migrate;
+mod mcast;
 mod objects;
 mod pull;
 mod serve;
@@ -92,6 +93,9 @@ enum Command {
     /// Live migration agents for QEMU's exec: hook (Shrinker, store-assisted)
     #[command(subcommand)]
     Migrate(migrate::MigrateCmd),
+    /// Multicast image distribution with repair (send / recv)
+    #[command(subcommand)]
+    Mcast(mcast::McastCmd),
 }
 
 /// What every command gets: resolved settings and how to report.
@@ -197,6 +201,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::ChainAgent(a) => chain::agent(&ctx, a),
         Command::Propagate(a) => chain::propagate(&ctx, a),
         Command::Migrate(c) => migrate::migrate(&ctx, c),
+        Command::Mcast(c) => mcast::mcast(&ctx, c),
     }
 }
 

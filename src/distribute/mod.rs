@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod client;
+pub mod mcast;
 pub mod pull;
 
 pub use client::{ChunkClient, ClientError, Keys, RemoteManifest};

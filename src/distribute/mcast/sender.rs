@@ -1,0 +1,768 @@
+//! `strato mcast send`: one multicast stream to every registered receiver,
+//! then repair rounds until each has every chunk or is evicted.
+//!
+//! Policy for slow or dead receivers (the others never wait forever):
+//! - a receiver whose control connection drops is evicted at once;
+//! - after each round every receiver answers (NACK or DONE) within the
+//!   round timeout; no answer, or an answer showing no new pieces although
+//!   pieces it missed were sent, is a stalled round;
+//! - a round in which some receiver lost more than `loss_threshold` of what
+//!   was sent to it halves the rate for the next round (never below
+//!   `min_rate_bits`); clean rounds double it back up to `rate_bits`;
+//! - `max_stalled_rounds` stalled rounds in a row, or still incomplete after
+//!   `max_rounds`, evicts the receiver with the reason in the report.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::control::{self, Progress, SessionInfo, ToReceiver, ToSender, PROTOCOL};
+use super::layout::{Layout, PieceSet};
+use super::pacing::TokenBucket;
+use super::report::{Outcome, ReceiverOutcome, RoundStats, SenderReport};
+use super::wire::{self, Header};
+use super::McastError;
+use crate::distribute::ChunkClient;
+use crate::store::{ChunkId, ManifestEntry, Store};
+
+/// Where the image comes from.
+#[derive(Clone)]
+pub enum Source {
+    /// A repository's chunk API (ids are verified by the client).
+    Remote(Box<ChunkClient>),
+    /// The sender's own store.
+    Local(Store),
+}
+
+/// An object's manifest fields as the receivers need them.
+struct Object {
+    size: u64,
+    etag: String,
+    profile: String,
+    parts: u32,
+    entries: Vec<ManifestEntry>,
+}
+
+impl Source {
+    async fn object(&self, bucket: &str, key: &str) -> Result<Object, McastError> {
+        match self {
+            Source::Remote(c) => {
+                let m = c.manifest(bucket, key).await?;
+                Ok(Object {
+                    size: m.doc.size,
+                    etag: m.doc.etag,
+                    profile: m.doc.profile,
+                    parts: m.doc.parts,
+                    entries: m.entries,
+                })
+            }
+            Source::Local(s) => {
+                let (s, b, k) = (s.clone(), bucket.to_string(), key.to_string());
+                let (rec, entries) = tokio::task::spawn_blocking(move || s.manifest(&b, &k))
+                    .await
+                    .map_err(|e| McastError::Task(e.to_string()))??;
+                Ok(Object {
+                    size: rec.size,
+                    etag: rec.etag,
+                    profile: rec.profile,
+                    parts: rec.parts,
+                    entries,
+                })
+            }
+        }
+    }
+
+    async fn chunk(&self, id: ChunkId) -> Result<Bytes, McastError> {
+        let data = match self {
+            Source::Remote(c) => c.get_chunk(&id).await?,
+            Source::Local(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.read_chunk(&id))
+                    .await
+                    .map_err(|e| McastError::Task(e.to_string()))??
+            }
+        };
+        Ok(data)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub group: SocketAddrV4,
+    /// Local address multicast leaves through (unspecified: the routing default).
+    pub interface: std::net::Ipv4Addr,
+    pub ttl: u32,
+    /// Chunk bytes per datagram.
+    pub payload: usize,
+    /// Link bits per second, headers included.
+    pub rate_bits: u64,
+    pub min_rate_bits: u64,
+    /// Receivers to wait for before the first round.
+    pub expect: usize,
+    pub join_timeout: Duration,
+    pub round_timeout: Duration,
+    pub max_stalled_rounds: u32,
+    pub max_rounds: u32,
+    /// Fraction of a round's pieces a receiver may lose before the rate halves.
+    pub loss_threshold: f64,
+    /// Chunks kept in memory for repair rounds (beyond it they are fetched again).
+    pub cache_bytes: u64,
+}
+
+/// Counters a progress display reads while a session runs.
+#[derive(Debug, Default)]
+pub struct SendProgress {
+    pub bytes_sent: AtomicU64,
+    pub planned: AtomicU64,
+}
+
+enum Event {
+    Joined {
+        id: usize,
+        addr: SocketAddr,
+        held: Vec<(u32, u32)>,
+        tx: mpsc::UnboundedSender<ToReceiver>,
+    },
+    Msg {
+        id: usize,
+        msg: ToSender,
+    },
+    Closed {
+        id: usize,
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Active,
+    Done,
+    Evicted(String),
+}
+
+struct Peer {
+    addr: SocketAddr,
+    tx: Option<mpsc::UnboundedSender<ToReceiver>>,
+    missing: PieceSet,
+    state: State,
+    progress: Progress,
+    held_chunks: u64,
+    joined_round: u32,
+    stalled: u32,
+    joined_at: Instant,
+    finished: Option<Instant>,
+}
+
+impl Peer {
+    fn evict(&mut self, reason: String) {
+        tracing::warn!(receiver = %self.addr, "evicted: {reason}");
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(ToReceiver::Evicted {
+                reason: reason.clone(),
+            });
+        }
+        self.state = State::Evicted(reason);
+        self.finished = Some(Instant::now());
+    }
+}
+
+/// Runs one session on `listener` (the control channel) until every
+/// receiver is complete or evicted.
+pub async fn send(
+    source: Source,
+    bucket: &str,
+    key: &str,
+    listener: TcpListener,
+    opts: &SendOptions,
+    progress: Arc<SendProgress>,
+) -> Result<SenderReport, McastError> {
+    let started = Instant::now();
+    let obj = source.object(bucket, key).await?;
+    let payload = opts.payload.clamp(64, 65507 - wire::HEADER) as u32;
+    let layout = Arc::new(Layout::new(&obj.entries, payload)?);
+    let session = loop {
+        let s: u32 = rand::random();
+        if s != 0 {
+            break s;
+        }
+    };
+    let info = Arc::new(SessionInfo {
+        protocol: PROTOCOL,
+        session,
+        group: opts.group.to_string(),
+        payload,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        size: obj.size,
+        etag: obj.etag.clone(),
+        profile: obj.profile.clone(),
+        parts: obj.parts,
+        entries: obj.entries.iter().map(|e| (e.id.0, e.len)).collect(),
+    });
+    let sock = super::socket::sender(opts.interface, opts.ttl)
+        .map_err(McastError::io("multicast sender socket"))?;
+    let sock = Arc::new(sock);
+    tracing::info!(
+        session = format!("{session:08x}"),
+        chunks = layout.chunks.len(),
+        pieces = layout.total_pieces,
+        "multicast session ready"
+    );
+
+    let (ev_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&info), ev_tx));
+    let _abort = AbortOnDrop(acceptor);
+
+    let mut peers: HashMap<usize, Peer> = HashMap::new();
+    let mut order: Vec<usize> = Vec::new();
+    let mut round: u32 = 0;
+    let on_event = |ev: Event,
+                    peers: &mut HashMap<usize, Peer>,
+                    order: &mut Vec<usize>,
+                    round: u32|
+     -> Option<(usize, ToSender)> {
+        match ev {
+            Event::Joined { id, addr, held, tx } => {
+                let mut have = PieceSet::empty(layout.total_pieces);
+                let mut held_chunks = 0u64;
+                for (first, n) in held {
+                    for c in first..first.saturating_add(n) {
+                        if (c as usize) < layout.chunks.len() {
+                            have.insert_range(layout.piece_range(c as usize));
+                            held_chunks += 1;
+                        }
+                    }
+                }
+                tracing::info!(receiver = %addr, held_chunks, "receiver joined");
+                peers.insert(
+                    id,
+                    Peer {
+                        addr,
+                        tx: Some(tx),
+                        missing: have.complement(),
+                        state: State::Active,
+                        progress: Progress::default(),
+                        held_chunks,
+                        joined_round: round,
+                        stalled: 0,
+                        joined_at: Instant::now(),
+                        finished: None,
+                    },
+                );
+                order.push(id);
+                None
+            }
+            Event::Closed { id, why } => {
+                if let Some(p) = peers.get_mut(&id) {
+                    if p.state == State::Active {
+                        p.tx.take();
+                        p.evict(format!("control connection lost: {why}"));
+                    }
+                }
+                None
+            }
+            Event::Msg { id, msg } => Some((id, msg)),
+        }
+    };
+
+    // Registration: wait for the expected receivers (bounded).
+    let deadline = tokio::time::Instant::now() + opts.join_timeout;
+    while peers.len() < opts.expect.max(1) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ev)) => {
+                if let Some((id, msg)) = on_event(ev, &mut peers, &mut order, round) {
+                    tracing::debug!(id, "message before the first round ignored: {msg:?}");
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    "join timeout: {} of {} receivers joined",
+                    peers.len(),
+                    opts.expect
+                );
+                break;
+            }
+        }
+    }
+
+    let cache = Arc::new(ChunkCache::new(opts.cache_bytes));
+    let mut bucket_rate = opts.rate_bits;
+    let mut rounds = Vec::new();
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
+    loop {
+        while let Ok(ev) = events.try_recv() {
+            if let Some((id, msg)) = on_event(ev, &mut peers, &mut order, round) {
+                tracing::debug!(id, "late message ignored: {msg:?}");
+            }
+        }
+        let active: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|id| peers[id].state == State::Active)
+            .collect();
+        if active.is_empty() {
+            break;
+        }
+        if round >= opts.max_rounds {
+            for id in &active {
+                if let Some(p) = peers.get_mut(id) {
+                    p.evict(format!("incomplete after {} rounds", opts.max_rounds));
+                }
+            }
+            break;
+        }
+        let mut needs = PieceSet::empty(layout.total_pieces);
+        for id in &active {
+            needs.union_with(&peers[id].missing);
+        }
+        let before: HashMap<usize, u64> = active
+            .iter()
+            .map(|id| (*id, peers[id].missing.count()))
+            .collect();
+
+        let t0 = Instant::now();
+        let needs = Arc::new(needs);
+        let stats = send_round(
+            &source,
+            &layout,
+            &needs,
+            Arc::clone(&sock),
+            opts.group,
+            session,
+            bucket_rate,
+            Arc::clone(&cache),
+            Arc::clone(&progress),
+        )
+        .await?;
+        datagrams += stats.0;
+        bytes += stats.1;
+        send_marker(&sock, opts.group, session, round).await;
+        rounds.push(RoundStats {
+            round,
+            pieces: stats.0,
+            bytes: stats.1,
+            rate_bits: bucket_rate,
+            elapsed_ms: t0.elapsed().as_millis() as u64,
+        });
+        tracing::info!(
+            round,
+            pieces = stats.0,
+            secs = t0.elapsed().as_secs_f64(),
+            "round sent"
+        );
+
+        // Ask every active receiver what it still misses.
+        let mut pending: Vec<usize> = Vec::new();
+        for id in &active {
+            if let Some(p) = peers.get_mut(id) {
+                let ok =
+                    p.tx.as_ref()
+                        .map(|tx| tx.send(ToReceiver::RoundEnd { round }).is_ok())
+                        .unwrap_or(false);
+                if ok {
+                    pending.push(*id);
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + opts.round_timeout;
+        let mut answered: Vec<usize> = Vec::new();
+        while !pending.is_empty() {
+            let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) | Err(_) => break,
+            };
+            let Some((id, msg)) = on_event(ev, &mut peers, &mut order, round + 1) else {
+                pending.retain(|id| peers.get(id).is_some_and(|p| p.state == State::Active));
+                continue;
+            };
+            let Some(p) = peers.get_mut(&id) else {
+                continue;
+            };
+            match msg {
+                ToSender::Nack {
+                    round: r,
+                    missing,
+                    progress,
+                } if r == round => {
+                    p.missing = PieceSet::from_ranges(layout.total_pieces, &missing);
+                    p.progress = progress;
+                    pending.retain(|x| *x != id);
+                    answered.push(id);
+                }
+                ToSender::Done { progress } => {
+                    tracing::info!(receiver = %p.addr, "receiver complete");
+                    p.progress = progress;
+                    p.missing = PieceSet::empty(layout.total_pieces);
+                    p.state = State::Done;
+                    p.finished = Some(Instant::now());
+                    p.tx.take();
+                    pending.retain(|x| *x != id);
+                }
+                other => tracing::debug!(id, "unexpected message ignored: {other:?}"),
+            }
+        }
+
+        // Stalls, evictions and the next round's rate.
+        let mut worst_loss: f64 = 0.0;
+        for id in &active {
+            let Some(p) = peers.get_mut(id) else { continue };
+            if p.state != State::Active {
+                continue;
+            }
+            let was = before.get(id).copied().unwrap_or(0);
+            let now = p.missing.count();
+            let progressed = answered.contains(id) && (now < was || was == 0);
+            if progressed {
+                p.stalled = 0;
+            } else {
+                p.stalled += 1;
+            }
+            if answered.contains(id) && was >= 64 {
+                worst_loss = worst_loss.max(now as f64 / was as f64);
+            }
+            if p.stalled >= opts.max_stalled_rounds {
+                let why = if answered.contains(id) {
+                    format!("no progress in {} rounds", p.stalled)
+                } else {
+                    format!(
+                        "no answer within {:?} for {} rounds",
+                        opts.round_timeout, p.stalled
+                    )
+                };
+                p.evict(why);
+            }
+        }
+        let old = bucket_rate;
+        if worst_loss > opts.loss_threshold {
+            bucket_rate = (bucket_rate / 2).max(opts.min_rate_bits);
+        } else if worst_loss < opts.loss_threshold / 4.0 {
+            bucket_rate = (bucket_rate.saturating_mul(2)).min(opts.rate_bits);
+        }
+        if bucket_rate != old {
+            tracing::info!(
+                worst_loss,
+                rate_bits = bucket_rate,
+                "rate adapted for the next round"
+            );
+        }
+        round += 1;
+    }
+
+    let receivers = order
+        .iter()
+        .filter_map(|id| peers.get(id))
+        .map(|p| ReceiverOutcome {
+            addr: p.addr.to_string(),
+            outcome: match p.state {
+                State::Done => Outcome::Complete,
+                _ => Outcome::Evicted,
+            },
+            reason: match &p.state {
+                State::Evicted(r) => Some(r.clone()),
+                State::Active => Some("still active at the end".into()),
+                State::Done => None,
+            },
+            held_chunks: p.held_chunks,
+            joined_round: p.joined_round,
+            progress: p.progress.clone(),
+            elapsed_ms: p
+                .finished
+                .unwrap_or_else(Instant::now)
+                .duration_since(p.joined_at)
+                .as_millis() as u64,
+        })
+        .collect();
+    // Dropping the peers closes their control connections (writers end).
+    drop(peers);
+    Ok(SenderReport {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        size: obj.size,
+        session: format!("{session:08x}"),
+        group: opts.group.to_string(),
+        payload,
+        chunks: layout.chunks.len(),
+        pieces: layout.total_pieces,
+        expected: opts.expect,
+        joined: order.len(),
+        rounds,
+        datagrams_sent: datagrams,
+        bytes_sent: bytes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        receivers,
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    info: Arc<SessionInfo>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut next_id = 0usize;
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let id = next_id;
+        next_id += 1;
+        let (info, events) = (Arc::clone(&info), events.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_peer(id, stream, addr, info, events).await {
+                tracing::info!(peer = %addr, "control connection: {e}");
+            }
+        });
+    }
+}
+
+/// Handshake, then relay the peer's messages as events and the
+/// coordinator's messages to the peer.
+async fn serve_peer(
+    id: usize,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    info: Arc<SessionInfo>,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<(), McastError> {
+    const HANDSHAKE: Duration = Duration::from_secs(30);
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = tokio::time::timeout(HANDSHAKE, control::read_frame::<_, ToSender>(&mut rd))
+        .await
+        .map_err(|_| McastError::Timeout("no HELLO".into()))??;
+    match hello {
+        Some(ToSender::Hello { protocol }) if protocol == PROTOCOL => {}
+        other => {
+            return Err(McastError::Protocol(format!(
+                "expected HELLO v{PROTOCOL}, got {other:?}"
+            )))
+        }
+    }
+    control::write_frame(&mut wr, &ToReceiver::Session(Box::new((*info).clone()))).await?;
+    let held = match tokio::time::timeout(HANDSHAKE, control::read_frame(&mut rd))
+        .await
+        .map_err(|_| McastError::Timeout("no JOIN".into()))??
+    {
+        Some(ToSender::Join { held }) => held,
+        other => {
+            return Err(McastError::Protocol(format!(
+                "expected JOIN, got {other:?}"
+            )))
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<ToReceiver>();
+    if events.send(Event::Joined { id, addr, held, tx }).is_err() {
+        return Ok(());
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if control::write_frame(&mut wr, &msg).await.is_err() {
+                break;
+            }
+        }
+        // The coordinator is done with this peer: close our side.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+    });
+    let why = loop {
+        match control::read_frame::<_, ToSender>(&mut rd).await {
+            Ok(Some(msg)) => {
+                if events.send(Event::Msg { id, msg }).is_err() {
+                    break "session over".to_string();
+                }
+            }
+            Ok(None) => break "closed by the receiver".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = events.send(Event::Closed { id, why });
+    let _ = writer.await;
+    Ok(())
+}
+
+/// Chunks kept for repair rounds, up to a byte budget (first come first
+/// kept: repairs hit every chunk about equally).
+struct ChunkCache {
+    limit: u64,
+    inner: Mutex<(u64, HashMap<usize, Bytes>)>,
+}
+
+impl ChunkCache {
+    fn new(limit: u64) -> ChunkCache {
+        ChunkCache {
+            limit,
+            inner: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<Bytes> {
+        self.inner.lock().1.get(&i).cloned()
+    }
+
+    fn put(&self, i: usize, data: &Bytes) {
+        let mut g = self.inner.lock();
+        if g.0 + data.len() as u64 <= self.limit && !g.1.contains_key(&i) {
+            g.0 += data.len() as u64;
+            g.1.insert(i, data.clone());
+        }
+    }
+}
+
+/// Sends the pieces in `needs`: chunks are fetched ahead (in order, a few
+/// at a time) while a blocking thread paces the datagrams out. Returns
+/// (datagrams, bytes on the wire).
+#[allow(clippy::too_many_arguments)]
+async fn send_round(
+    source: &Source,
+    layout: &Arc<Layout>,
+    needs: &Arc<PieceSet>,
+    sock: Arc<UdpSocket>,
+    group: SocketAddrV4,
+    session: u32,
+    rate_bits: u64,
+    cache: Arc<ChunkCache>,
+    progress: Arc<SendProgress>,
+) -> Result<(u64, u64), McastError> {
+    const AHEAD: usize = 8;
+    let chunks: Vec<usize> = (0..layout.chunks.len())
+        .filter(|&c| layout.piece_range(c).any(|p| needs.contains(p)))
+        .collect();
+    progress
+        .planned
+        .fetch_add(needs.count() * layout.payload as u64, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<(usize, Bytes)>(AHEAD);
+    let (layout2, needs2) = (Arc::clone(layout), Arc::clone(needs));
+    let pacer = tokio::task::spawn_blocking(move || -> Result<(u64, u64), McastError> {
+        let mut bucket = TokenBucket::new(rate_bits, 64 * 1024);
+        let mut buf = vec![0u8; wire::HEADER + layout2.payload as usize];
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some((c, data)) = rx.blocking_recv() {
+            for p in layout2.piece_range(c) {
+                if !needs2.contains(p) {
+                    continue;
+                }
+                let (off, len) = layout2.piece_bytes(c, p);
+                let h = Header {
+                    kind: wire::DATA,
+                    session,
+                    index: c as u32,
+                    offset: off,
+                };
+                let mut hdr = [0u8; wire::HEADER];
+                h.encode(&mut hdr);
+                buf[..wire::HEADER].copy_from_slice(&hdr);
+                let end = wire::HEADER + len as usize;
+                buf[wire::HEADER..end].copy_from_slice(&data[off as usize..(off + len) as usize]);
+                bucket.wait(end + wire::LINK_OVERHEAD);
+                send_dgram(&sock, &buf[..end], group)?;
+                n += 1;
+                bytes += (end + wire::LINK_OVERHEAD) as u64;
+                progress.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+            }
+        }
+        Ok((n, bytes))
+    });
+    let mut fetched = futures::stream::iter(chunks.into_iter().map(|c| {
+        let cache = Arc::clone(&cache);
+        let source = source.clone();
+        let id = layout.chunks[c].id;
+        let len = layout.chunks[c].len;
+        async move {
+            if let Some(d) = cache.get(c) {
+                return Ok((c, d));
+            }
+            let d = source.chunk(id).await?;
+            if d.len() != len as usize {
+                return Err(McastError::Integrity(id.to_hex()));
+            }
+            cache.put(c, &d);
+            Ok::<_, McastError>((c, d))
+        }
+    }))
+    .buffered(AHEAD);
+    let mut fetch_err = None;
+    while let Some(r) = fetched.next().await {
+        match r {
+            Ok(item) => {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                fetch_err = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let sent = pacer.await.map_err(|e| McastError::Task(e.to_string()))??;
+    match fetch_err {
+        Some(e) => Err(e),
+        None => Ok(sent),
+    }
+}
+
+/// One datagram; a full socket buffer (ENOBUFS/EAGAIN) is waited out a
+/// bounded number of times rather than dropping the piece.
+fn send_dgram(sock: &UdpSocket, buf: &[u8], to: SocketAddrV4) -> Result<(), McastError> {
+    let mut tries = 0;
+    loop {
+        match sock.send_to(buf, to) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if tries < 1000
+                    && (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(105)) =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => {
+                return Err(McastError::Io {
+                    what: format!("sending to {to}"),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// End-of-round marker, three times a millisecond apart (it can be lost
+/// like any datagram; receivers also fall back to a timeout).
+async fn send_marker(sock: &UdpSocket, group: SocketAddrV4, session: u32, round: u32) {
+    let mut hdr = [0u8; wire::HEADER];
+    Header {
+        kind: wire::ROUND_END,
+        session,
+        index: round,
+        offset: 0,
+    }
+    .encode(&mut hdr);
+    for _ in 0..3 {
+        if let Err(e) = sock.send_to(&hdr, group) {
+            tracing::debug!("round marker: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
