@@ -32,6 +32,8 @@ pub enum MigrateCmd {
     Recv(RecvArgs),
     /// Combine the JSON reports of a group's senders
     Report(ReportArgs),
+    #[command(flatten)]
+    Policy(super::migsim::MigsimCmd),
 }
 
 /// The destination site's chunk API (optional: without it only repeated
@@ -135,6 +137,7 @@ pub fn migrate(ctx: &Ctx, cmd: MigrateCmd) -> Result<ExitCode> {
         MigrateCmd::Send(a) => send(ctx, a),
         MigrateCmd::Recv(a) => recv(ctx, a),
         MigrateCmd::Report(a) => report(ctx, a),
+        MigrateCmd::Policy(c) => super::migsim::migsim(ctx, c),
     }
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod chain;
 mod image;
 mod migrate;
+mod migsim;
 mod mcast;
 mod objects;
 mod pull;

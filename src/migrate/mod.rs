@@ -4,9 +4,13 @@
 
 pub mod agent_error;
 pub mod claims;
+pub mod delta;
+pub mod policy;
 pub mod qmp;
+pub mod rcache;
 pub mod receiver;
 pub mod report;
 pub mod sender;
+pub mod sim;
 pub mod stream;
 pub mod wire;

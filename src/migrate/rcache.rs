@@ -1,0 +1,834 @@
+//! Content-based redundancy elimination for migrated pages (CloudNet §4.2,
+//! §5.3), combined with page deltas (`delta`) and optional zstd into one
+//! per-page frame codec.
+//!
+//! Both ends keep a FIFO cache of recently sent blocks (a page split into
+//! `blocks_per_page` sub-page blocks, default 4). A block found in the cache
+//! goes as a 4-byte slot index instead of its bytes. A hit needs the weak
+//! hash (xxh3) AND a byte comparison to match, so a hash collision can
+//! never put wrong bytes into the guest.
+//!
+//! The caches stay in lockstep without ever naming a slot for a new block:
+//! after each page, both ends have "admitted" every block of it in order
+//! (look it up; on a miss write it at the FIFO's next slot). The encoder
+//! does that while choosing tokens, the decoder while decoding; whatever
+//! frame kind was chosen, the sequence of cache operations is the same.
+//!
+//! Frames are self-describing except for the page number and length, which
+//! belong to the transport:
+//!
+//! ```text
+//! u8      kind (RAW=0, BLOCKS=1, DELTA=2) | 0x80 when the body is zstd
+//! u32 LE  cache generation (both ends reset to a new one after a reconnect)
+//! body    RAW:    the page
+//!         BLOCKS: per block, 0x00 + u32 LE slot (hit) or 0x01 + block bytes
+//!         DELTA:  u64 LE xxh3 of the base page, then a `delta` encoding
+//! ```
+//!
+//! Pure and synchronous, no I/O: the migration engine and the simulator
+//! (`sim`) call the same code. A decoder that sees a bad frame refuses all
+//! further frames until `reset`, so a desynchronised cache is detected, not
+//! silently trusted; the engine then resets both ends with a new
+//! generation (or falls back to sending raw pages without the codec).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::delta;
+
+const KIND_RAW: u8 = 0;
+const KIND_BLOCKS: u8 = 1;
+const KIND_DELTA: u8 = 2;
+const ZSTD_FLAG: u8 = 0x80;
+const HEADER_LEN: usize = 5;
+const TAG_HIT: u8 = 0;
+const TAG_LITERAL: u8 = 1;
+const HIT_LEN: usize = 5;
+const DELTA_BASE_LEN: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum CodecError {
+    #[error("invalid codec configuration: {0}")]
+    Config(String),
+    #[error("page is {got} bytes, the codec is configured for {want}")]
+    PageSize { got: usize, want: usize },
+    #[error(
+        "frame is from cache generation {frame}, this end is at {ours}: the caches are out of sync"
+    )]
+    GenerationMismatch { frame: u32, ours: u32 },
+    #[error("frame is malformed: {0}")]
+    Malformed(String),
+    #[error("frame uses {0}, which this end has disabled")]
+    Disabled(&'static str),
+    #[error("cache slot {0} is empty on this end: the caches are out of sync")]
+    UnknownSlot(u32),
+    #[error("delta base differs from the page held here: the page histories are out of sync")]
+    DeltaBaseMismatch,
+    #[error("decoder refused frames since an earlier error; reset both ends")]
+    Poisoned,
+    #[error("zstd: {0}")]
+    Zstd(std::io::Error),
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
+}
+
+/// What the codec does; both ends must use the same values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodecConfig {
+    pub page_size: usize,
+    /// Content-based redundancy cache on/off.
+    pub cbr: bool,
+    /// Sub-page blocks per page for the cache (CloudNet Fig. 5: finer finds more).
+    pub blocks_per_page: usize,
+    /// Bytes of block data each end caches (CloudNet used a 100 MB FIFO).
+    pub cache_bytes: usize,
+    /// Page deltas on/off.
+    pub delta: bool,
+    /// Largest delta body worth sending; bigger ones go whole (CloudNet §5.3).
+    pub delta_threshold: usize,
+    /// Bytes of previously sent pages the sender keeps to make deltas from
+    /// (QEMU's xbzrle cache; the receiver's copy is its guest memory).
+    pub delta_history_bytes: usize,
+    /// zstd level for frame bodies; None = no compression.
+    pub zstd_level: Option<i32>,
+}
+
+impl Default for CodecConfig {
+    fn default() -> Self {
+        CodecConfig {
+            page_size: 4096,
+            cbr: true,
+            blocks_per_page: 4,
+            cache_bytes: 64 << 20,
+            delta: true,
+            delta_threshold: 2048,
+            delta_history_bytes: 64 << 20,
+            zstd_level: None,
+        }
+    }
+}
+
+impl CodecConfig {
+    /// No optimisation at all: every page goes raw (the baseline).
+    pub fn plain() -> Self {
+        CodecConfig {
+            cbr: false,
+            delta: false,
+            zstd_level: None,
+            ..CodecConfig::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), CodecError> {
+        let bad = |m: String| Err(CodecError::Config(m));
+        if self.page_size < 64 || self.page_size > 1 << 20 {
+            return bad(format!("page size {} not in 64..=1048576", self.page_size));
+        }
+        if self.cbr {
+            if self.blocks_per_page == 0
+                || !self.page_size.is_multiple_of(self.blocks_per_page)
+                || self.page_size / self.blocks_per_page < 16
+            {
+                return bad(format!(
+                    "{} blocks per page must divide the {}-byte page into blocks of at least 16 bytes",
+                    self.blocks_per_page, self.page_size
+                ));
+            }
+            let slots = self.cache_bytes / self.block_size();
+            if slots == 0 || slots > u32::MAX as usize {
+                return bad(format!(
+                    "cache of {} bytes holds {} blocks; need 1..=2^32-1",
+                    self.cache_bytes, slots
+                ));
+            }
+        }
+        if self.delta {
+            if self.delta_threshold == 0 || self.delta_threshold > self.page_size {
+                return bad(format!(
+                    "delta threshold {} not in 1..={}",
+                    self.delta_threshold, self.page_size
+                ));
+            }
+            if self.delta_history_bytes < self.page_size {
+                return bad("delta history must hold at least one page".into());
+            }
+        }
+        if let Some(l) = self.zstd_level {
+            if !(1..=19).contains(&l) {
+                return bad(format!("zstd level {l} not in 1..=19"));
+            }
+        }
+        Ok(())
+    }
+
+    fn block_size(&self) -> usize {
+        self.page_size / self.blocks_per_page.max(1)
+    }
+
+    /// Largest possible body: a BLOCKS frame of literals.
+    fn max_body(&self) -> usize {
+        self.page_size + self.blocks_per_page.max(1) + DELTA_BASE_LEN + 16
+    }
+}
+
+/// How a page went on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameKind {
+    Raw,
+    Blocks,
+    Delta,
+}
+
+/// Accounting for one encoded page: where the bytes were saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOutcome {
+    pub kind: FrameKind,
+    pub frame_len: usize,
+    pub cache_hits: u32,
+    /// Page bytes minus the BLOCKS body (0 for other kinds).
+    pub saved_by_cache: u64,
+    /// Page bytes minus the DELTA body (0 for other kinds).
+    pub saved_by_delta: u64,
+    /// Body bytes minus the compressed body (0 without zstd).
+    pub saved_by_zstd: u64,
+}
+
+/// u64 keys are already hashes: pass them through.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type HashIndex = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
+
+/// The FIFO block cache, identical at both ends.
+struct BlockCache {
+    block: usize,
+    slots: usize,
+    /// Grows to `slots * block` as the cache fills, so a short migration
+    /// never pays for the whole cache.
+    data: Vec<u8>,
+    slot_hash: Vec<u64>,
+    next: usize,
+    index: HashIndex,
+}
+
+impl BlockCache {
+    fn new(block: usize, slots: usize) -> Self {
+        BlockCache {
+            block,
+            slots,
+            data: Vec::new(),
+            slot_hash: Vec::new(),
+            next: 0,
+            index: HashIndex::default(),
+        }
+    }
+
+    fn slot(&self, s: usize) -> Option<&[u8]> {
+        self.data.get(s * self.block..(s + 1) * self.block)
+    }
+
+    /// A slot holding exactly these bytes (weak hash, then byte compare).
+    fn lookup(&self, hash: u64, blk: &[u8]) -> Option<u32> {
+        let s = *self.index.get(&hash)?;
+        (self.slot(s as usize) == Some(blk)).then_some(s)
+    }
+
+    fn insert(&mut self, hash: u64, blk: &[u8]) {
+        let s = self.next;
+        if s < self.slot_hash.len() {
+            // Evict the FIFO's oldest block; drop its index entry unless a
+            // newer block with the same hash took the entry over.
+            let old = self.slot_hash[s];
+            if self.index.get(&old) == Some(&(s as u32)) {
+                self.index.remove(&old);
+            }
+            self.data[s * self.block..(s + 1) * self.block].copy_from_slice(blk);
+            self.slot_hash[s] = hash;
+        } else {
+            self.data.extend_from_slice(blk);
+            self.slot_hash.push(hash);
+        }
+        self.index.insert(hash, s as u32);
+        self.next = (s + 1) % self.slots;
+    }
+
+    /// Look up; on a miss, cache the block. Returns the hit slot.
+    fn admit(&mut self, blk: &[u8]) -> Option<u32> {
+        let h = xxh3_64(blk);
+        let hit = self.lookup(h, blk);
+        if hit.is_none() {
+            self.insert(h, blk);
+        }
+        hit
+    }
+}
+
+/// Sender-side copies of the pages last sent, FIFO-bounded.
+struct PageHistory {
+    max_pages: usize,
+    pages: HashMap<u64, Box<[u8]>>,
+    order: VecDeque<u64>,
+}
+
+impl PageHistory {
+    fn new(max_pages: usize) -> Self {
+        PageHistory {
+            max_pages,
+            pages: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn remember(&mut self, page_no: u64, page: &[u8]) {
+        if let Some(p) = self.pages.get_mut(&page_no) {
+            p.copy_from_slice(page);
+            return;
+        }
+        if self.order.len() >= self.max_pages {
+            if let Some(old) = self.order.pop_front() {
+                self.pages.remove(&old);
+            }
+        }
+        self.order.push_back(page_no);
+        self.pages.insert(page_no, page.into());
+    }
+}
+
+/// Sending end of the page codec.
+pub struct PageEncoder {
+    cfg: CodecConfig,
+    generation: u32,
+    cache: Option<BlockCache>,
+    history: Option<PageHistory>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    body: Vec<u8>,
+    delta_buf: Vec<u8>,
+}
+
+impl PageEncoder {
+    pub fn new(cfg: CodecConfig, generation: u32) -> Result<Self, CodecError> {
+        cfg.validate()?;
+        let zstd = match cfg.zstd_level {
+            Some(l) => Some(zstd::bulk::Compressor::new(l).map_err(CodecError::Zstd)?),
+            None => None,
+        };
+        let mut e = PageEncoder {
+            cfg,
+            generation,
+            cache: None,
+            history: None,
+            zstd,
+            body: Vec::new(),
+            delta_buf: Vec::new(),
+        };
+        e.reset(generation);
+        Ok(e)
+    }
+
+    pub fn config(&self) -> &CodecConfig {
+        &self.cfg
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Forget everything sent so far (after a reconnect); the receiver
+    /// must reset to the same generation.
+    pub fn reset(&mut self, generation: u32) {
+        self.generation = generation;
+        self.cache = self.cfg.cbr.then(|| {
+            BlockCache::new(
+                self.cfg.block_size(),
+                self.cfg.cache_bytes / self.cfg.block_size(),
+            )
+        });
+        self.history = self
+            .cfg
+            .delta
+            .then(|| PageHistory::new(self.cfg.delta_history_bytes / self.cfg.page_size));
+    }
+
+    /// Encode `page` (guest page number `page_no`) into `out` (cleared).
+    pub fn encode(
+        &mut self,
+        page_no: u64,
+        page: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<EncodeOutcome, CodecError> {
+        let ps = self.cfg.page_size;
+        if page.len() != ps {
+            return Err(CodecError::PageSize {
+                got: page.len(),
+                want: ps,
+            });
+        }
+        let mut outcome = EncodeOutcome {
+            kind: FrameKind::Raw,
+            frame_len: 0,
+            cache_hits: 0,
+            saved_by_cache: 0,
+            saved_by_delta: 0,
+            saved_by_zstd: 0,
+        };
+        // Candidate 1: block tokens (this also admits the page's blocks,
+        // the lockstep rule both ends follow for every page).
+        self.body.clear();
+        let mut best_kind = KIND_RAW;
+        if let Some(cache) = self.cache.as_mut() {
+            for blk in page.chunks_exact(cache.block) {
+                match cache.admit(blk) {
+                    Some(slot) => {
+                        outcome.cache_hits += 1;
+                        self.body.push(TAG_HIT);
+                        self.body.extend_from_slice(&slot.to_le_bytes());
+                    }
+                    None => {
+                        self.body.push(TAG_LITERAL);
+                        self.body.extend_from_slice(blk);
+                    }
+                }
+            }
+            if outcome.cache_hits > 0 && self.body.len() < ps {
+                best_kind = KIND_BLOCKS;
+            }
+        }
+        let best_len = if best_kind == KIND_BLOCKS {
+            self.body.len()
+        } else {
+            ps
+        };
+        // Candidate 2: a delta against the version sent last time, when
+        // it beats both the threshold and the block tokens.
+        if let Some(hist) = self.history.as_mut() {
+            if let Some(prev) = hist.pages.get(&page_no) {
+                let limit = self
+                    .cfg
+                    .delta_threshold
+                    .min(best_len.saturating_sub(DELTA_BASE_LEN + 1));
+                if limit > 0 && delta::encode(prev, page, limit, &mut self.delta_buf)? {
+                    self.body.clear();
+                    self.body.extend_from_slice(&xxh3_64(prev).to_le_bytes());
+                    self.body.extend_from_slice(&self.delta_buf);
+                    best_kind = KIND_DELTA;
+                }
+            }
+            hist.remember(page_no, page);
+        }
+        if best_kind == KIND_RAW {
+            self.body.clear();
+            self.body.extend_from_slice(page);
+        }
+        match best_kind {
+            KIND_BLOCKS => {
+                outcome.kind = FrameKind::Blocks;
+                outcome.saved_by_cache = (ps - self.body.len()) as u64;
+            }
+            KIND_DELTA => {
+                outcome.kind = FrameKind::Delta;
+                outcome.saved_by_delta = (ps - self.body.len()) as u64;
+            }
+            _ => {}
+        }
+        out.clear();
+        out.push(best_kind);
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        let mut compressed = false;
+        if let Some(z) = self.zstd.as_mut() {
+            // Tiny bodies (a cache hit, a few-byte delta) never shrink.
+            if self.body.len() > 64 {
+                let c = z.compress(&self.body).map_err(CodecError::Zstd)?;
+                if c.len() < self.body.len() {
+                    outcome.saved_by_zstd = (self.body.len() - c.len()) as u64;
+                    out.extend_from_slice(&c);
+                    compressed = true;
+                }
+            }
+        }
+        if compressed {
+            out[0] |= ZSTD_FLAG;
+        } else {
+            out.extend_from_slice(&self.body);
+        }
+        outcome.frame_len = out.len();
+        Ok(outcome)
+    }
+}
+
+/// Receiving end of the page codec.
+pub struct PageDecoder {
+    cfg: CodecConfig,
+    generation: u32,
+    cache: Option<BlockCache>,
+    zstd: zstd::bulk::Decompressor<'static>,
+    poisoned: bool,
+    body: Vec<u8>,
+}
+
+impl PageDecoder {
+    pub fn new(cfg: CodecConfig, generation: u32) -> Result<Self, CodecError> {
+        cfg.validate()?;
+        let mut d = PageDecoder {
+            cfg,
+            generation,
+            cache: None,
+            zstd: zstd::bulk::Decompressor::new().map_err(CodecError::Zstd)?,
+            poisoned: false,
+            body: Vec::new(),
+        };
+        d.reset(generation);
+        Ok(d)
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Start over with an empty cache at `generation` (after a reconnect).
+    pub fn reset(&mut self, generation: u32) {
+        self.generation = generation;
+        self.poisoned = false;
+        self.cache = self.cfg.cbr.then(|| {
+            BlockCache::new(
+                self.cfg.block_size(),
+                self.cfg.cache_bytes / self.cfg.block_size(),
+            )
+        });
+    }
+
+    /// Rebuild a page from `frame` into `page`, which holds this end's
+    /// current copy of the page (the base of a delta). On any error the
+    /// decoder refuses further frames until `reset`.
+    pub fn decode(&mut self, frame: &[u8], page: &mut [u8]) -> Result<FrameKind, CodecError> {
+        if self.poisoned {
+            return Err(CodecError::Poisoned);
+        }
+        let r = self.decode_inner(frame, page);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn decode_inner(&mut self, frame: &[u8], page: &mut [u8]) -> Result<FrameKind, CodecError> {
+        let ps = self.cfg.page_size;
+        if page.len() != ps {
+            return Err(CodecError::PageSize {
+                got: page.len(),
+                want: ps,
+            });
+        }
+        if frame.len() < HEADER_LEN {
+            return Err(CodecError::Malformed(format!(
+                "{} bytes is shorter than a header",
+                frame.len()
+            )));
+        }
+        let gen = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
+        if gen != self.generation {
+            return Err(CodecError::GenerationMismatch {
+                frame: gen,
+                ours: self.generation,
+            });
+        }
+        let mut body = std::mem::take(&mut self.body);
+        let raw_body: &[u8] = if frame[0] & ZSTD_FLAG != 0 {
+            body = self
+                .zstd
+                .decompress(&frame[HEADER_LEN..], self.cfg.max_body())
+                .map_err(|e| CodecError::Malformed(format!("zstd body: {e}")))?;
+            &body
+        } else {
+            &frame[HEADER_LEN..]
+        };
+        let r = match frame[0] & !ZSTD_FLAG {
+            KIND_RAW => {
+                if raw_body.len() != ps {
+                    Err(CodecError::Malformed(format!(
+                        "raw body of {} bytes",
+                        raw_body.len()
+                    )))
+                } else {
+                    page.copy_from_slice(raw_body);
+                    self.admit_page(page);
+                    Ok(FrameKind::Raw)
+                }
+            }
+            KIND_BLOCKS => self
+                .decode_blocks(raw_body, page)
+                .map(|()| FrameKind::Blocks),
+            KIND_DELTA => self.decode_delta(raw_body, page).map(|()| FrameKind::Delta),
+            k => Err(CodecError::Malformed(format!("unknown frame kind {k}"))),
+        };
+        self.body = body;
+        r
+    }
+
+    fn decode_blocks(&mut self, body: &[u8], page: &mut [u8]) -> Result<(), CodecError> {
+        let cache = self
+            .cache
+            .as_mut()
+            .ok_or(CodecError::Disabled("the block cache"))?;
+        let bs = cache.block;
+        let mut at = 0usize;
+        for dst in page.chunks_exact_mut(bs) {
+            match body.get(at) {
+                Some(&TAG_HIT) => {
+                    let s = body
+                        .get(at + 1..at + HIT_LEN)
+                        .ok_or_else(|| CodecError::Malformed("cache index truncated".into()))?;
+                    let slot = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                    let src = cache
+                        .slot(slot as usize)
+                        .ok_or(CodecError::UnknownSlot(slot))?;
+                    dst.copy_from_slice(src);
+                    at += HIT_LEN;
+                }
+                Some(&TAG_LITERAL) => {
+                    let src = body
+                        .get(at + 1..at + 1 + bs)
+                        .ok_or_else(|| CodecError::Malformed("literal block truncated".into()))?;
+                    dst.copy_from_slice(src);
+                    at += 1 + bs;
+                }
+                _ => {
+                    return Err(CodecError::Malformed(format!(
+                        "bad block tag at body byte {at}"
+                    )))
+                }
+            }
+            // Same admission as the encoder's, block by block, so a later
+            // block of this page may hit an earlier one.
+            cache.admit(dst);
+        }
+        if at != body.len() {
+            return Err(CodecError::Malformed(
+                "trailing bytes after the last block".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn decode_delta(&mut self, body: &[u8], page: &mut [u8]) -> Result<(), CodecError> {
+        if !self.cfg.delta {
+            return Err(CodecError::Disabled("page deltas"));
+        }
+        let base = body
+            .get(..DELTA_BASE_LEN)
+            .ok_or_else(|| CodecError::Malformed("delta base hash truncated".into()))?;
+        let want = u64::from_le_bytes(base.try_into().unwrap_or([0; 8]));
+        if xxh3_64(page) != want {
+            return Err(CodecError::DeltaBaseMismatch);
+        }
+        delta::apply(page, &body[DELTA_BASE_LEN..])?;
+        self.admit_page(page);
+        Ok(())
+    }
+
+    fn admit_page(&mut self, page: &[u8]) {
+        if let Some(cache) = self.cache.as_mut() {
+            for blk in page.chunks_exact(cache.block) {
+                cache.admit(blk);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn configs() -> Vec<CodecConfig> {
+        let mut v = Vec::new();
+        for cbr in [false, true] {
+            for delta in [false, true] {
+                for zstd_level in [None, Some(3)] {
+                    v.push(CodecConfig {
+                        cbr,
+                        delta,
+                        zstd_level,
+                        cache_bytes: 64 * 1024, // small: exercises eviction
+                        delta_history_bytes: 8 * 4096,
+                        ..CodecConfig::default()
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    /// Random mix of fresh, duplicated, slightly edited and zero pages.
+    fn stream(seed: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut mem: Vec<Vec<u8>> = (0..32).map(|_| vec![0u8; 4096]).collect();
+        let mut out = Vec::new();
+        for _ in 0..600 {
+            let p = rng.gen_range(0..32usize);
+            match rng.gen_range(0..4) {
+                0 => rng.fill(&mut mem[p][..]),
+                1 => {
+                    let q = rng.gen_range(0..32usize);
+                    mem[p] = mem[q].clone();
+                }
+                2 => {
+                    let off = rng.gen_range(0..4000);
+                    rng.fill(&mut mem[p][off..off + 64]);
+                }
+                _ => {
+                    let b = rng.gen_range(0..4) * 1024;
+                    mem[p][b..b + 1024].fill(0);
+                }
+            }
+            out.push((p as u64, mem[p].clone()));
+        }
+        out
+    }
+
+    #[test]
+    fn every_combination_reconstructs() {
+        for cfg in configs() {
+            let mut enc = PageEncoder::new(cfg.clone(), 1).unwrap();
+            let mut dec = PageDecoder::new(cfg.clone(), 1).unwrap();
+            let mut dst: Vec<Vec<u8>> = (0..32).map(|_| vec![0u8; 4096]).collect();
+            let mut frame = Vec::new();
+            let mut wire = 0;
+            let mut raw = 0;
+            for (p, page) in stream(7) {
+                let o = enc.encode(p, &page, &mut frame).unwrap();
+                wire += o.frame_len;
+                raw += 4096;
+                dec.decode(&frame, &mut dst[p as usize]).unwrap();
+                assert_eq!(dst[p as usize], page, "{cfg:?}");
+            }
+            if cfg.cbr || cfg.delta || cfg.zstd_level.is_some() {
+                assert!(wire < raw, "{cfg:?}: {wire} >= {raw}");
+            }
+        }
+    }
+
+    #[test]
+    fn hash_collision_cannot_fool_the_cache() {
+        let mut c = BlockCache::new(16, 4);
+        c.insert(42, &[1u8; 16]);
+        // Same (forced) hash, other bytes: a miss, not a hit.
+        assert_eq!(c.lookup(42, &[2u8; 16]), None);
+        assert_eq!(c.lookup(42, &[1u8; 16]), Some(0));
+    }
+
+    #[test]
+    fn receiver_reset_alone_is_detected_then_both_reset_resyncs() {
+        let cfg = CodecConfig::default();
+        let mut enc = PageEncoder::new(cfg.clone(), 1).unwrap();
+        let mut dec = PageDecoder::new(cfg.clone(), 1).unwrap();
+        let page = vec![9u8; 4096];
+        let mut dst = vec![0u8; 4096];
+        let mut f = Vec::new();
+        enc.encode(0, &page, &mut f).unwrap();
+        dec.decode(&f, &mut dst).unwrap();
+        // The receiver restarts with an empty cache at generation 2; the
+        // sender still thinks generation 1 and would send a cache hit.
+        dec.reset(2);
+        enc.encode(1, &page, &mut f).unwrap();
+        let mut dst2 = vec![0u8; 4096];
+        assert!(matches!(
+            dec.decode(&f, &mut dst2),
+            Err(CodecError::GenerationMismatch { frame: 1, ours: 2 })
+        ));
+        assert!(matches!(
+            dec.decode(&f, &mut dst2),
+            Err(CodecError::Poisoned)
+        ));
+        enc.reset(2);
+        dec.reset(2);
+        enc.encode(1, &page, &mut f).unwrap();
+        dec.decode(&f, &mut dst2).unwrap();
+        assert_eq!(dst2, page);
+    }
+
+    #[test]
+    fn delta_on_a_different_base_is_refused() {
+        let cfg = CodecConfig {
+            cbr: false,
+            ..CodecConfig::default()
+        };
+        let mut enc = PageEncoder::new(cfg.clone(), 1).unwrap();
+        let mut dec = PageDecoder::new(cfg, 1).unwrap();
+        let mut page = vec![3u8; 4096];
+        let mut dst = vec![0u8; 4096];
+        let mut f = Vec::new();
+        enc.encode(5, &page, &mut f).unwrap();
+        dec.decode(&f, &mut dst).unwrap();
+        page[10] = 4;
+        let o = enc.encode(5, &page, &mut f).unwrap();
+        assert_eq!(o.kind, FrameKind::Delta);
+        dst[0] ^= 1; // receiver's copy is not what the sender believes
+        assert!(matches!(
+            dec.decode(&f, &mut dst),
+            Err(CodecError::DeltaBaseMismatch)
+        ));
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let cfg = CodecConfig::default();
+        let mut dst = vec![0u8; 4096];
+        for f in [
+            &[][..],
+            &[0, 1, 0, 0, 0, 1, 2][..],
+            &[9, 1, 0, 0, 0][..],
+            &[1, 1, 0, 0, 0, 0, 9, 0, 0, 0][..],
+        ] {
+            let mut dec = PageDecoder::new(cfg.clone(), 1).unwrap();
+            assert!(dec.decode(f, &mut dst).is_err(), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn bad_config_is_rejected() {
+        for cfg in [
+            CodecConfig {
+                blocks_per_page: 3,
+                ..CodecConfig::default()
+            },
+            CodecConfig {
+                blocks_per_page: 512,
+                ..CodecConfig::default()
+            },
+            CodecConfig {
+                delta_threshold: 0,
+                ..CodecConfig::default()
+            },
+            CodecConfig {
+                zstd_level: Some(40),
+                ..CodecConfig::default()
+            },
+            CodecConfig {
+                cache_bytes: 10,
+                ..CodecConfig::default()
+            },
+        ] {
+            assert!(PageEncoder::new(cfg, 0).is_err());
+        }
+    }
+}
