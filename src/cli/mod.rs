@@ -4,9 +4,9 @@
 mod admin;
 mod chain;
 mod image;
+mod mcast;
 mod migrate;
 mod migsim;
-mod mcast;
 mod objects;
 mod pull;
 mod serve;
