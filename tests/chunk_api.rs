@@ -128,3 +128,74 @@ fn chunks_manifest_and_have() {
     let out = s.strato.cmd().arg("--version").output().unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn batches_of_pages_go_in_and_out_in_few_requests() {
+    let (s, _) = server_with_image(1 << 20);
+    let c = client(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = random_bytes(3000 * 4096, 31);
+    let pages: Vec<(ChunkId, Bytes)> = data
+        .chunks(4096)
+        .map(|p| (ChunkId::of(p), Bytes::copy_from_slice(p)))
+        .collect();
+    assert_eq!(rt.block_on(c.put_many(&pages)).unwrap(), 3000);
+    assert_eq!(
+        rt.block_on(c.put_many(&pages[..10])).unwrap(),
+        0,
+        "held already"
+    );
+    let unknown = ChunkId::of(b"never stored");
+    let mut ids: Vec<ChunkId> = pages.iter().map(|(id, _)| *id).collect();
+    ids.push(unknown);
+    let got = rt.block_on(c.get_many(&ids)).unwrap();
+    assert_eq!(got.len(), 3000, "absent ids are left out");
+    assert!(!got.contains_key(&unknown));
+    for (id, p) in &pages {
+        assert_eq!(&got[id], p);
+    }
+
+    // One wrong frame: the batch is refused whole and nothing is stored.
+    let fresh = random_bytes(3 * 4096, 32);
+    let mut bad: Vec<(ChunkId, Bytes)> = fresh
+        .chunks(4096)
+        .map(|p| (ChunkId::of(p), Bytes::copy_from_slice(p)))
+        .collect();
+    bad[1].1 = Bytes::from(vec![9u8; 4096]);
+    let e = rt.block_on(c.put_many(&bad)).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Status { status, .. } if *status == 400),
+        "{e}"
+    );
+    let held = rt
+        .block_on(c.have(&bad.iter().map(|(id, _)| *id).collect::<Vec<_>>()))
+        .unwrap();
+    assert!(held.is_empty(), "a refused batch stored {held:?}");
+}
+
+#[test]
+fn blocks_of_indexed_images_resolve_by_their_own_id() {
+    let st = Strato::new("redb");
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(2 << 20, 33);
+    let f = dir.path().join("disk.img");
+    std::fs::write(&f, &data).unwrap();
+    st.ok(&["mb", "--block-index", "imgs"]);
+    st.ok(&["mb", "plain"]);
+    st.put(&f, "imgs/disk.img", "block");
+    st.put(&f, "plain/disk.img", "cdc");
+    let status = st.ok(&["block-index", "status"]);
+    assert!(status.contains("indexed buckets: imgs"), "{status}");
+    let s = Server::start_with(st, &[]);
+    let c = client(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Every 4 KiB page of the image is known to the site by its page id.
+    let pages: Vec<ChunkId> = data.chunks(4096).map(ChunkId::of).collect();
+    let held = rt.block_on(c.have(&pages)).unwrap();
+    assert_eq!(held.len(), pages.len());
+    let page = rt.block_on(c.get_chunk(&pages[77])).unwrap();
+    assert_eq!(&page[..], &data[77 * 4096..78 * 4096]);
+    let some = rt.block_on(c.get_many(&pages[100..164])).unwrap();
+    assert_eq!(some.len(), 64);
+    assert_eq!(&some[&pages[100]][..], &data[100 * 4096..101 * 4096]);
+}

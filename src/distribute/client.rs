@@ -197,7 +197,7 @@ impl ChunkClient {
         ))
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         what: &str,
         method: Method,
@@ -255,7 +255,7 @@ impl ChunkClient {
         }
     }
 
-    fn status_error(what: &str, status: StatusCode, body: &[u8]) -> ClientError {
+    pub(crate) fn status_error(what: &str, status: StatusCode, body: &[u8]) -> ClientError {
         let text = String::from_utf8_lossy(body);
         // Error documents are small XML; show their message, not the markup.
         let message = text

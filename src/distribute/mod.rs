@@ -1,6 +1,7 @@
 //! Getting images onto hypervisor nodes: the chunk API client and the
 //! delta pull built on it (see DESIGN.md, "Who uses it").
 
+mod batch;
 pub mod chain;
 pub mod client;
 pub mod mcast;

@@ -8,6 +8,8 @@
 //! PUT  /chunks/{id}                    store bytes; 400 BadDigest unless BLAKE3(body) == id
 //!                                      201 when new, 200 when already held
 //! POST /chunks?have                    body: hex ids, one per line; answer: the held ones
+//! POST /chunks?put                     body: frames (see chunk_batch.rs); all stored, durable
+//! POST /chunks?get                     body: hex ids; answer: frames of the held ones
 //! POST /chunks?claim&group=G           body: hex ids; answer: those this caller won for
 //!                                      migration group G (first claimant wins, atomic)
 //! GET  /chunks/manifest/{bucket}/{key} JSON manifest (see [`ManifestDoc`])
@@ -27,6 +29,7 @@ use http_body_util::BodyExt;
 use s3_compat::{ByteStream, ExtraRoute, ResponseBody, User};
 use serde::{Deserialize, Serialize};
 
+use super::chunk_batch;
 use crate::migrate::claims::{ClaimError, ClaimTable};
 use crate::store::{ChunkId, Store, StoreError};
 
@@ -113,6 +116,8 @@ enum Endpoint {
     HeadChunk(ChunkId),
     PutChunk(ChunkId),
     Have,
+    PutBatch,
+    GetBatch,
     Claim { group: String },
     Manifest { bucket: String, key: String },
 }
@@ -194,6 +199,12 @@ fn parse(method: &Method, uri: &http::Uri) -> Result<Endpoint, ApiError> {
             return Ok(Endpoint::Claim {
                 group: group.to_string(),
             });
+        }
+        if method == Method::POST && params.contains(&"put") {
+            return Ok(Endpoint::PutBatch);
+        }
+        if method == Method::POST && params.contains(&"get") {
+            return Ok(Endpoint::GetBatch);
         }
         return match (method, have) {
             (&Method::POST, true) => Ok(Endpoint::Have),
@@ -333,6 +344,51 @@ impl ChunkRoute {
                     Bytes::from(out),
                     None,
                     "text/plain",
+                ))
+            }
+            Endpoint::PutBatch => {
+                let data = collect(body, MAX_CHUNK_LEN).await?;
+                let frames = chunk_batch::parse_frames(&data, MAX_CHUNK_LEN)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                let total = frames.len();
+                // A wrong byte is the caller's fault (400) and stores nothing.
+                let new = blocking(move || {
+                    use rayon::prelude::*;
+                    if frames.par_iter().any(|(id, d)| ChunkId::of(d) != *id) {
+                        return Ok(None);
+                    }
+                    store.put_chunks(&frames).map(Some)
+                })
+                .await?
+                .ok_or(ApiError::BadDigest)?;
+                Ok(response(
+                    StatusCode::OK,
+                    Bytes::from(format!("stored {new} new of {total}\n")),
+                    None,
+                    "text/plain",
+                ))
+            }
+            Endpoint::GetBatch => {
+                let data = collect(body, MAX_HAVE_BODY).await?;
+                let ids = parse_id_lines(&data)?;
+                let out = blocking(move || {
+                    let mut out = bytes::BytesMut::new();
+                    for id in &ids {
+                        match store.read_content(id) {
+                            Ok(d) => chunk_batch::put_frame(&mut out, id, &d),
+                            Err(StoreError::MissingChunk(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(out.freeze())
+                })
+                .await?;
+                let len = out.len();
+                Ok(response(
+                    StatusCode::OK,
+                    out,
+                    Some(len),
+                    "application/octet-stream",
                 ))
             }
             Endpoint::Claim { group } => {

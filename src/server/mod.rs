@@ -2,6 +2,7 @@
 //! the store) and Prometheus `/metrics`.
 
 mod backend;
+pub mod chunk_batch;
 pub mod chunks;
 mod credentials;
 mod metrics;
