@@ -70,6 +70,12 @@ pub fn overlay(ctx: &Ctx, cmd: OverlayCmd) -> Result<ExitCode> {
 pub enum VmCmd {
     /// Pull an image once and create COUNT overlays over it
     Prepare(PrepareArgs),
+    /// Store a guest's RAM (QEMU mapped-ram file) as a deduplicated object
+    Save(super::vmsave::SaveArgs),
+    /// Pull a saved guest onto this host and load it into a waiting QEMU
+    Restore(super::vmsave::RestoreArgs),
+    /// Load a restored memory file into a QEMU started with -incoming defer
+    Load(super::vmsave::LoadArgs),
 }
 
 #[derive(Args, Debug)]
@@ -102,7 +108,12 @@ struct PrepareReport {
 }
 
 pub fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<ExitCode> {
-    let VmCmd::Prepare(a) = cmd;
+    let a = match cmd {
+        VmCmd::Prepare(a) => a,
+        VmCmd::Save(a) => return super::vmsave::save(ctx, a),
+        VmCmd::Restore(a) => return super::vmsave::restore(ctx, a),
+        VmCmd::Load(a) => return super::vmsave::load(ctx, a),
+    };
     let (bucket, key) = s3_url(&a.image)?;
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let cache = open_cache(&a.cache.clone().unwrap_or_else(|| a.dir.join("cache")))?;

@@ -10,6 +10,7 @@ mod migsim;
 mod objects;
 mod pull;
 mod serve;
+mod vmsave;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

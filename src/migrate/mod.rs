@@ -13,4 +13,5 @@ pub mod report;
 pub mod sender;
 pub mod sim;
 pub mod stream;
+pub mod vmsave;
 pub mod wire;

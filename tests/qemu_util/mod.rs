@@ -151,6 +151,13 @@ impl VmSpec {
             .args(["-serial", "chardev:ser0"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            // A second monitor for the tools under test (`strato vm save`,
+            // the migration agents): a QMP socket serves one client at a time.
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("qmp-tool.sock").display()
+            ))
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
@@ -234,8 +241,15 @@ impl Qemu {
         self.child.id()
     }
 
+    /// The harness's own QMP socket (busy: it stays connected).
     pub fn qmp_path(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+
+    /// A second QMP socket, free for the tool under test (one client at a
+    /// time).
+    pub fn tool_qmp_path(&self) -> PathBuf {
+        self.dir.join("qmp-tool.sock")
     }
 
     pub fn serial_path(&self) -> PathBuf {
