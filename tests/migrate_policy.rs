@@ -191,6 +191,16 @@ fn simulate(s: &Strato, extra: &[&str]) -> (Value, Vec<u8>, Vec<u8>) {
     let dir = s.dir.path();
     let src = dir.join("src.mem");
     let dst = dir.join("dst.mem");
+    // A workload of its own (not a preset, which benchmarks may retune):
+    // a 10 % working set written 5 times a second keeps several rounds busy
+    // even for a 4 MiB guest.
+    let params = dir.join("workload.toml");
+    std::fs::write(
+        &params,
+        "[workload]\nhot_fraction = 0.1\nhot_rate = 5.0\ncold_rate = 0.01\n\
+         write_bytes = 128\nrewrite_share = 0.1\ncopy_share = 0.2\n",
+    )
+    .unwrap();
     let mut args = vec![
         "--json",
         "migrate",
@@ -201,8 +211,8 @@ fn simulate(s: &Strato, extra: &[&str]) -> (Value, Vec<u8>, Vec<u8>) {
         "20",
         "--rtt-ms",
         "20",
-        "--workload",
-        "memory-heavy",
+        "--params",
+        params.to_str().unwrap(),
         "--source-out",
         src.to_str().unwrap(),
         "--dest-out",
