@@ -11,6 +11,8 @@ command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tc >/dev/null || need_apt+=(iproute2)
+# Multicast tests make link loss with nftables (this kernel has no netem).
+command -v nft >/dev/null || need_apt+=(nftables)
 # The migration tests' guest (scripts/build-guest.sh): a static busybox for
 # its initramfs, cpio to pack it.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt+=(busybox-static)

@@ -86,12 +86,20 @@ pub enum ToReceiver {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The cause is in the message (not a `source`): error chains would
+    /// print it twice.
     #[error("control connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("control frame of {0} bytes exceeds the limit")]
     TooLarge(usize),
     #[error("malformed control frame: {0}")]
     Decode(#[from] postcard::Error),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
+    }
 }
 
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>

@@ -192,15 +192,14 @@ pub async fn receive(
                     if complete {
                         return Ok(rounds);
                     }
-                    control::write_frame(
-                        &mut wr,
-                        &ToSender::Nack {
-                            round,
-                            missing,
-                            progress,
-                        },
-                    )
-                    .await?;
+                    let nack = ToSender::Nack {
+                        round,
+                        missing,
+                        progress,
+                    };
+                    if let Err(e) = control::write_frame(&mut wr, &nack).await {
+                        return Err(eviction_notice(&mut rd).await.unwrap_or(e.into()));
+                    }
                 }
                 Some(ToReceiver::Evicted { reason }) => return Err(McastError::Evicted(reason)),
                 Some(other) => {
@@ -256,6 +255,23 @@ pub async fn receive(
         progress,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// After a failed write: the sender may have evicted us and closed the
+/// connection while we were busy (e.g. stopped); its reason may still be
+/// waiting in the socket buffer, and is a better error than a broken pipe.
+async fn eviction_notice(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<McastError> {
+    for _ in 0..1000 {
+        let next = tokio::time::timeout(Duration::from_secs(1), control::read_frame(rd)).await;
+        match next {
+            Ok(Ok(Some(ToReceiver::Evicted { reason }))) => {
+                return Some(McastError::Evicted(reason))
+            }
+            Ok(Ok(Some(_))) => continue,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The session must describe something we can receive safely.
