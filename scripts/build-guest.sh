@@ -65,7 +65,9 @@ case "$kpkg" in
   linux-image-*-amd64) ;;
   *) echo "build-guest: unexpected kernel package name: $kpkg" >&2; exit 1 ;;
 esac
-(cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "$kpkg" >&2)
+download() { (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "$kpkg" >&2); }
+# Stale package lists name versions the mirror no longer has: refresh once.
+download || { apt-get update -qq >&2 && download; }
 dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/kernel"
 kver="${kpkg#linux-image-}"
 moddir="$work/kernel/lib/modules/$kver/kernel"
