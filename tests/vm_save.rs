@@ -64,7 +64,10 @@ fn save_restore_and_three_clones_from_one_save() {
     repo.ok(&["mb", "vms"]);
 
     let spec = VmSpec::new("saved", 11);
+    // Another guest (another seed) boots alongside, for dedup across guests.
+    let mut other = Qemu::start(&VmSpec::new("other", 12), &dir.path().join("other"), None);
     let mut src = Qemu::boot(&spec, &dir.path().join("src"));
+    other.wait_shell(BOOT_TIMEOUT);
     let data_md5 = src.md5("/tmp/data");
     src.run("echo saved-state > /tmp/marker");
     let qmp = src.tool_qmp_path();
@@ -105,6 +108,28 @@ fn save_restore_and_three_clones_from_one_save() {
         "a plain save leaves the guest stopped"
     );
     drop(src);
+
+    // A different guest shares the kernel, the initramfs and the pool with
+    // the saved one: those pages are not stored again, its own data is.
+    let other_qmp = other.tool_qmp_path();
+    let third = repo.json(&[
+        "vm",
+        "save",
+        "--qmp",
+        other_qmp.to_str().unwrap(),
+        "vms/other",
+    ]);
+    eprintln!("other guest's save: {third}");
+    let third_new = num(&third, &["new_bytes"]);
+    assert!(
+        third_new >= 8 << 20,
+        "the other guest's own data is new: {third_new}"
+    );
+    assert!(
+        third_new < first_new,
+        "another guest stored {third_new} new bytes, as much as the first ({first_new})"
+    );
+    drop(other);
     let stored_after_saves = repo.stored_bytes();
 
     // Three hosts, each with its own cache, each starts a clone.
