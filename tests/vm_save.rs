@@ -136,6 +136,7 @@ fn save_restore_and_three_clones_from_one_save() {
     let server = Server::start_with(repo, &[]);
     let mut clones = Vec::new();
     let mut fetched = Vec::new();
+    let mut memory_files = Vec::new();
     for i in 0..3 {
         let host = dir.path().join(format!("host{i}"));
         let mut clone_spec = spec.clone();
@@ -149,6 +150,7 @@ fn save_restore_and_three_clones_from_one_save() {
             Some(&vm.tool_qmp_path()),
         );
         eprintln!("clone {i}: {r}");
+        memory_files.push(r["out"].as_str().expect("out path").to_string());
         assert_eq!(r["qemu"]["vm_status"], "running");
         let unique = num(&r, &["pull", "unique_chunks"]);
         let chunks = num(&r, &["pull", "chunks"]);
@@ -166,6 +168,23 @@ fn save_restore_and_three_clones_from_one_save() {
         assert_eq!(vm.run("cat /tmp/who").trim(), format!("clone-{i}"));
     }
     eprintln!("bytes moved per clone: {fetched:?}");
+
+    // A QEMU whose configuration differs from the saved guest's (less
+    // memory) cannot take it: the error says why.
+    let mut small = spec.clone();
+    small.name = "mismatch".into();
+    small.mem_mib = 128;
+    let vm = Qemu::start(&small, &dir.path().join("mismatch"), Some("defer"));
+    let qmp = vm.tool_qmp_path();
+    let err = server.strato.fails(&[
+        "vm",
+        "load",
+        "--qmp",
+        qmp.to_str().unwrap(),
+        &memory_files[0],
+    ]);
+    assert!(err.contains("configuration"), "{err}");
+    drop(vm);
 
     // Another clone on host 0 moves nothing: its cache has every page.
     let again = restore(

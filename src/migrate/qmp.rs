@@ -17,16 +17,14 @@ use tokio::net::UnixStream;
 /// `query-qmp-schema`) stay well below this, so a longer line is a broken peer.
 const MAX_LINE: u64 = 16 << 20;
 
+/// Causes are part of each message (and not chained as `source` as well,
+/// which would print them twice at the CLI).
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("QMP socket {path}: {source}")]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("QMP socket {}: {cause}", path.display())]
+    Connect { path: PathBuf, cause: IoCause },
     #[error("QMP I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(IoCause),
     #[error("QMP: timed out after {timeout:?} waiting for {what}")]
     Timeout { what: String, timeout: Duration },
     #[error("QMP: QEMU closed the connection")]
@@ -34,7 +32,7 @@ pub enum QmpError {
     #[error("QMP: message longer than {MAX_LINE} bytes")]
     LineTooLong,
     #[error("QMP: not JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(String),
     #[error("QMP: unexpected message: {0}")]
     Protocol(String),
     #[error("QMP command {command} failed: {class}: {desc}")]
@@ -45,6 +43,44 @@ pub enum QmpError {
     },
     #[error("migration {status}: {desc}")]
     Migration { status: String, desc: String },
+}
+
+/// An I/O error carried in a message, not as a chained source.
+#[derive(Debug)]
+pub struct IoCause(pub std::io::Error);
+
+impl std::fmt::Display for IoCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<std::io::Error> for QmpError {
+    fn from(e: std::io::Error) -> Self {
+        QmpError::Io(IoCause(e))
+    }
+}
+
+impl From<serde_json::Error> for QmpError {
+    fn from(e: serde_json::Error) -> Self {
+        QmpError::Json(e.to_string())
+    }
+}
+
+impl QmpError {
+    /// QEMU went away (exited, or closed the socket) rather than answering.
+    pub fn is_disconnect(&self) -> bool {
+        match self {
+            QmpError::Closed => true,
+            QmpError::Io(IoCause(e)) => matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// The parts of `query-migrate` that reports and tests read. QEMU's names
@@ -112,9 +148,9 @@ impl QmpClient {
                 what: format!("connecting to {}", path.display()),
                 timeout,
             })?
-            .map_err(|source| QmpError::Connect {
+            .map_err(|e| QmpError::Connect {
                 path: path.to_path_buf(),
-                source,
+                cause: IoCause(e),
             })?;
         let (r, w) = stream.into_split();
         let mut client = QmpClient {
@@ -143,10 +179,10 @@ impl QmpClient {
         loop {
             match Self::connect(path, timeout).await {
                 Ok(c) => return Ok(c),
-                Err(QmpError::Connect { source, .. })
+                Err(QmpError::Connect { cause, .. })
                     if start.elapsed() < within
                         && matches!(
-                            source.kind(),
+                            cause.0.kind(),
                             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                         ) =>
                 {
@@ -393,7 +429,7 @@ mod tests {
         // The peer is gone now: reads report it instead of hanging.
         server.await.unwrap();
         let err = c.execute("query-status", None).await.unwrap_err();
-        assert!(matches!(err, QmpError::Closed | QmpError::Io(_)), "{err}");
+        assert!(err.is_disconnect(), "{err}");
     }
 
     #[tokio::test]

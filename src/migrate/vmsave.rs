@@ -32,6 +32,8 @@ pub enum VmSaveError {
     NotIncoming { status: String },
     #[error("QEMU is {status:?}: only a running or paused guest can be saved")]
     NotSavable { status: String },
+    #[error("QEMU went away during the load ({0}); it exits when the saved guest does not match its configuration (memory size, devices and machine type must be the saved guest's): see its log")]
+    QemuExitedDuringLoad(QmpError),
 }
 
 /// What a save or restore reports: QEMU's own figures where it has them.
@@ -129,9 +131,16 @@ pub async fn restore_from_file(
     }
     let started = Instant::now();
     qmp.set_capabilities(&[(MAPPED_RAM, true)]).await?;
-    qmp.execute("migrate-incoming", Some(json!({ "channels": channels })))
-        .await?;
-    qmp.wait_migration(POLL, within).await?;
+    let load = async {
+        qmp.execute("migrate-incoming", Some(json!({ "channels": channels })))
+            .await?;
+        qmp.wait_migration(POLL, within).await
+    };
+    match load.await {
+        Ok(_) => {}
+        Err(e) if e.is_disconnect() => return Err(VmSaveError::QemuExitedDuringLoad(e)),
+        Err(e) => return Err(e.into()),
+    }
     let loaded_ms = started.elapsed().as_millis() as u64;
     // The run state is switched right after the load completes.
     let mut now = qmp.status().await?;
