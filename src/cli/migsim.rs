@@ -25,6 +25,10 @@ pub enum MigsimCmd {
     /// Print the bandwidth schedule each policy would use and its predicted
     /// SLA cost, total time and downtime (CALM, paper 002 eq. 1–3)
     Plan(PlanArgs),
+    /// Start a real QEMU migration over QMP and apply a policy to it: per-round
+    /// max-bandwidth from the schedule, switchover (downtime-limit) when the
+    /// stop policy says so, migrate_cancel on abort
+    Control(ControlArgs),
 }
 
 /// Policy presets: a bandwidth schedule and a stop policy.
@@ -202,7 +206,169 @@ pub fn migsim(ctx: &Ctx, cmd: MigsimCmd) -> Result<std::process::ExitCode> {
     match cmd {
         MigsimCmd::Simulate(a) => simulate(ctx, a),
         MigsimCmd::Plan(a) => plan_cmd(ctx, a),
+        MigsimCmd::Control(a) => control(ctx, a),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    m: MigrationArgs,
+    /// Schedule and stop policy
+    #[arg(long, value_enum, default_value = "xen")]
+    policy: Policy,
+    /// QMP socket of the source QEMU (a free monitor: QMP takes one client per socket)
+    #[arg(long)]
+    qmp: PathBuf,
+    /// Migration URI for QEMU's `migrate` (e.g. tcp:HOST:PORT, unix:PATH, exec:CMD)
+    #[arg(long)]
+    uri: String,
+    /// p for the CALM planner (default: estimated from --workload)
+    #[arg(long)]
+    dirty_prob: Option<f64>,
+    /// query-migrate polling interval, milliseconds
+    #[arg(long, default_value_t = 50)]
+    poll_ms: u64,
+    /// Give up (and cancel the migration) after this many seconds
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+type PolicyParts = (Schedule, Box<dyn StopPolicy>, Option<PlanOutcome>);
+
+/// The schedule and stop policy of a preset (CALM ones planned on `model`).
+fn policy_parts(
+    policy: Policy,
+    params: &Params,
+    model: &PageModel,
+    pages: u64,
+    link: f64,
+) -> PolicyParts {
+    let calm_stop = |n: u64| -> Box<dyn StopPolicy> {
+        let mut s = PlannedStop::new(n);
+        s.stall_window = params.calm.stall_window;
+        s.max_rounds = params.calm.max_rounds;
+        Box::new(s)
+    };
+    match policy {
+        Policy::Xen => (Schedule::Unlimited, Box::new(params.xen), None),
+        Policy::XenBasic => (
+            Schedule::XenBasic {
+                start_mbps: params.xen_basic.start_mbps,
+                step_mbps: params.xen_basic.step_mbps,
+            },
+            Box::new(params.xen),
+            None,
+        ),
+        Policy::Kvm => (Schedule::Unlimited, Box::new(params.kvm), None),
+        Policy::Smart => (Schedule::Unlimited, Box::new(params.smart.clone()), None),
+        Policy::CalmFixed => {
+            let pl = plan::calm_fixed(model);
+            let s = Schedule::Fixed {
+                mbps: pl.rates_mbps.first().copied().unwrap_or(link),
+            };
+            (s, calm_stop(pl.clean_pages_at_stop), Some(pl))
+        }
+        Policy::CalmAdaptive => {
+            let pl = plan::calm_adaptive(model, pages);
+            let s = Schedule::PerStep {
+                rates_mbps: pl.rates_mbps.iter().map(|r| *r as f32).collect(),
+            };
+            (s, calm_stop(pl.clean_pages_at_stop), Some(pl))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ControlOutput {
+    policy: &'static str,
+    link_mbps: f64,
+    plan: Option<PlanOutcome>,
+    report: strato::migrate::control::ControlReport,
+}
+
+fn control(ctx: &Ctx, a: ControlArgs) -> Result<std::process::ExitCode> {
+    use strato::migrate::control::{self, ControlConfig};
+    use strato::migrate::qmp::QmpClient;
+    let params = load_params(a.m.params.as_ref())?;
+    check_link(a.m.link_mbps)?;
+    if a.uri.is_empty() {
+        bail!("--uri must name the migration destination");
+    }
+    if a.poll_ms == 0 || a.timeout_s == 0 {
+        bail!("--poll-ms and --timeout-s must be at least 1");
+    }
+    let ps = 4096;
+    let pages = memory_pages(a.m.memory_mib, ps)?;
+    let p = match a.dirty_prob {
+        Some(p) if p > 0.0 && p < 1.0 => p,
+        Some(p) => bail!("--dirty-prob must be in (0, 1), got {p}"),
+        None => workload(&a.m, &params, pages, ps)?.1,
+    };
+    let model = page_model(pages, ps, a.m.link_mbps, p, params.cost)?;
+    let (schedule, mut stop, planned) =
+        policy_parts(a.policy, &params, &model, pages, a.m.link_mbps);
+    let cfg = ControlConfig {
+        link_mbps: a.m.link_mbps,
+        poll: std::time::Duration::from_millis(a.poll_ms),
+        timeout: std::time::Duration::from_secs(a.timeout_s),
+        cost: params.cost,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(async {
+        let mut qmp = QmpClient::connect(&a.qmp, std::time::Duration::from_secs(30))
+            .await
+            .with_context(|| format!("connecting to QMP at {}", a.qmp.display()))?;
+        control::run(&mut qmp, &a.uri, &schedule, stop.as_mut(), &cfg)
+            .await
+            .context("controlling the migration")
+    })?;
+    let ok = report.status == "completed" || report.aborted;
+    let out = ControlOutput {
+        policy: a.policy.name(),
+        link_mbps: a.m.link_mbps,
+        plan: planned.map(|mut pl| {
+            pl.rates_mbps.truncate(16);
+            pl
+        }),
+        report,
+    };
+    if ctx.json {
+        ctx.print_json(&out)?;
+    } else {
+        let r = &out.report;
+        println!(
+            "policy {} ({} schedule, {} stop): QEMU status {}",
+            out.policy, r.schedule, r.stop_policy, r.status
+        );
+        println!(
+            "{:>5} {:>10} {:>14} {:>12} {:>12} {:>8} {:>9}",
+            "round", "Mbit/s", "max-bandwidth", "sent MiB", "left MiB", "seconds", "decision"
+        );
+        for c in &r.rounds {
+            println!(
+                "{:>5} {:>10.1} {:>14} {:>12.2} {:>12.2} {:>8.2} {:>9}",
+                c.round,
+                c.rate_mbps,
+                c.max_bandwidth_read,
+                mib(c.transferred_bytes),
+                mib(c.remaining_bytes),
+                c.seconds,
+                format!("{:?}", c.decision).to_lowercase()
+            );
+        }
+        println!(
+            "stop round {:?}, aborted {}, downtime {:?} ms, total {:?} ms, SLA cost {:.4}",
+            r.stop_round, r.aborted, r.downtime_ms, r.total_time_ms, r.sla_cost
+        );
+    }
+    if !ok {
+        bail!("migration ended {}", out.report.status);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn load_params(path: Option<&PathBuf>) -> Result<Params> {
@@ -294,40 +460,7 @@ fn simulate(ctx: &Ctx, a: SimulateArgs) -> Result<std::process::ExitCode> {
     let pages = (memory.len() / ps) as u64;
     let (writes, p) = workload(&a.m, &params, pages, ps)?;
     let model = page_model(pages, ps, a.m.link_mbps, p, params.cost)?;
-    let calm_stop = |n: u64| -> Box<dyn StopPolicy> {
-        let mut s = PlannedStop::new(n);
-        s.stall_window = params.calm.stall_window;
-        s.max_rounds = params.calm.max_rounds;
-        Box::new(s)
-    };
-    let (schedule, stop, planned): (Schedule, Box<dyn StopPolicy>, Option<PlanOutcome>) =
-        match a.policy {
-            Policy::Xen => (Schedule::Unlimited, Box::new(params.xen), None),
-            Policy::XenBasic => (
-                Schedule::XenBasic {
-                    start_mbps: params.xen_basic.start_mbps,
-                    step_mbps: params.xen_basic.step_mbps,
-                },
-                Box::new(params.xen),
-                None,
-            ),
-            Policy::Kvm => (Schedule::Unlimited, Box::new(params.kvm), None),
-            Policy::Smart => (Schedule::Unlimited, Box::new(params.smart.clone()), None),
-            Policy::CalmFixed => {
-                let pl = plan::calm_fixed(&model);
-                let s = Schedule::Fixed {
-                    mbps: pl.rates_mbps.first().copied().unwrap_or(a.m.link_mbps),
-                };
-                (s, calm_stop(pl.clean_pages_at_stop), Some(pl))
-            }
-            Policy::CalmAdaptive => {
-                let pl = plan::calm_adaptive(&model, pages);
-                let s = Schedule::PerStep {
-                    rates_mbps: pl.rates_mbps.iter().map(|r| *r as f32).collect(),
-                };
-                (s, calm_stop(pl.clean_pages_at_stop), Some(pl))
-            }
-        };
+    let (schedule, stop, planned) = policy_parts(a.policy, &params, &model, pages, a.m.link_mbps);
     let spec = SimSpec {
         memory,
         writes,

@@ -4,6 +4,7 @@
 
 pub mod agent_error;
 pub mod claims;
+pub mod control;
 pub mod delta;
 pub mod policy;
 pub mod qmp;
