@@ -55,6 +55,18 @@ fn live_migration_over_exec_keeps_guest_memory() {
     // The guest goes on working after the move.
     dst.run("echo after > /tmp/after && sync");
     assert_eq!(dst.run("cat /tmp/after").trim(), "after");
+
+    // On through a file (QEMU's plain stream format) into a third QEMU
+    // started with `-incoming file:`.
+    let file = dir.path().join("guest.mig");
+    let info = dst.migrate(&format!("file:{}", file.display()));
+    assert_eq!(info.status, "completed");
+    drop(dst);
+    let incoming = format!("file:{}", file.display());
+    let mut third = Qemu::start(&spec, &dir.path().join("third"), Some(&incoming));
+    third.wait_status("running", std::time::Duration::from_secs(60));
+    assert_eq!(third.md5("/tmp/data"), data_md5);
+    assert_eq!(third.run("cat /tmp/after").trim(), "after");
 }
 
 /// The guests the migration tests use differ by their seed and only by it:
