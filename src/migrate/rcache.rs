@@ -25,6 +25,11 @@
 //!         DELTA:  u64 LE xxh3 of the base page, then a `delta` encoding
 //! ```
 //!
+//! With the store-assisted dedup of the agents (pages the destination site
+//! already holds go by id), the codec sits behind it: only pages that would
+//! otherwise cross the WAN in full reach `PageEncoder::encode`, and both
+//! ends must run every such page through their codec in the same order.
+//!
 //! Pure and synchronous, no I/O: the migration engine and the simulator
 //! (`sim`) call the same code. A decoder that sees a bad frame refuses all
 //! further frames until `reset`, so a desynchronised cache is detected, not
