@@ -422,6 +422,16 @@ fn bad_input_is_refused_and_writes_nothing() {
     assert!(!dst.exists(), "a refused run wrote its output");
     let err = s.fails(&["migrate", "plan", "--dirty-prob", "1.5"]);
     assert!(err.contains("--dirty-prob"), "{err}");
+    let missing = dir.join("no-such-qmp.sock");
+    let err = s.fails(&[
+        "migrate",
+        "control",
+        "--qmp",
+        missing.to_str().unwrap(),
+        "--uri",
+        "unix:/nonexistent",
+    ]);
+    assert!(err.contains("connecting to QMP"), "{err}");
 }
 
 #[test]
