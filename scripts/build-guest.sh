@@ -93,13 +93,15 @@ add_module() {
     echo "build-guest: module $name is neither in $kpkg nor built in" >&2
     exit 1
   fi
+  # busybox insmod takes plain modules: newer kernels ship them compressed.
   case "$path" in
-    *.ko) ;;
-    *) echo "build-guest: compressed module $path (unsupported by busybox insmod here)" >&2; exit 1 ;;
+    *.ko) cp "$path" "$work/$name.ko" ;;
+    *.ko.xz) xz -dc "$path" >"$work/$name.ko" ;;
+    *.ko.zst) zstd -qdc "$path" >"$work/$name.ko" ;;
   esac
-  deps=$(tr '\0' '\n' <"$path" | grep -a '^depends=' | head -1 | cut -d= -f2 | tr ',' ' ')
+  deps=$(tr '\0' '\n' <"$work/$name.ko" | grep -a '^depends=' | head -1 | cut -d= -f2 | tr ',' ' ')
   for dep in $deps; do add_module "$dep"; done
-  cp "$path" "$root/lib/modules/$name.ko"
+  mv "$work/$name.ko" "$root/lib/modules/$name.ko"
   order+=("$name")
 }
 # crc32c_generic first: ext4 and jbd2 ask the crypto API for crc32c, which
