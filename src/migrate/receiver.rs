@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::agent_error::{AgentError, Result};
 use super::stream::PAGE_SIZE;
@@ -127,7 +127,16 @@ struct Shared {
     wr: tokio::sync::Mutex<OwnedWriteHalf>,
     site_slots: Semaphore,
     counters: Counters,
+    /// Batch bytes read from the WAN but not yet taken by the rebuilder.
+    queued: AtomicU64,
+    /// Signalled when `queued` shrinks or a pull starts.
+    room: Notify,
 }
+
+/// Batch bytes the frame reader may hold ahead of the rebuilder. Beyond it
+/// the reader pauses, unless a pull is outstanding: a pulled page arrives
+/// behind the batches already sent, so they must be read to reach it.
+const READ_AHEAD: u64 = 256 << 20;
 
 enum Incoming {
     Batch {
@@ -177,10 +186,12 @@ pub async fn receive<W: Write + Send + 'static>(
         wr: tokio::sync::Mutex::new(wr),
         site_slots: Semaphore::new(opts.concurrency.max(1)),
         counters: Counters::default(),
+        queued: AtomicU64::new(0),
+        room: Notify::new(),
         opts,
     });
 
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Incoming>>(8);
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Result<Incoming>>();
     let reader = tokio::spawn(read_frames(rd, shared.clone(), in_tx));
 
     // Pages to store at the site, in the background.
@@ -232,10 +243,15 @@ pub async fn receive<W: Write + Send + 'static>(
     })
 }
 
+enum Event {
+    Resolved(std::result::Result<Result<Vec<Bytes>>, tokio::task::JoinError>),
+    Frame(Option<Result<Incoming>>),
+}
+
 /// Rebuild batches in order until the sender's end; returns the stream length.
 async fn run(
     shared: &Arc<Shared>,
-    in_rx: &mut mpsc::Receiver<Result<Incoming>>,
+    in_rx: &mut mpsc::UnboundedReceiver<Result<Incoming>>,
     store_tx: &mpsc::Sender<(ChunkId, Bytes)>,
     out_tx: mpsc::Sender<Vec<Bytes>>,
     writer: std::thread::JoinHandle<Result<(u64, u128)>>,
@@ -243,10 +259,33 @@ async fn run(
     // Resolution of by-id pages runs ahead in tasks; output stays in order.
     let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<Bytes>>>> = VecDeque::new();
     let end = loop {
-        let msg = in_rx
-            .recv()
-            .await
-            .ok_or_else(|| AgentError::Peer("connection closed mid-stream".into()))??;
+        // Wait for the next frame or the oldest resolution, whichever comes
+        // first: a failed page must stop us even while the WAN is quiet.
+        let room = pending.len() < 8;
+        let event = match pending.front_mut() {
+            Some(front) if !room => Event::Resolved(front.await),
+            Some(front) => tokio::select! {
+                biased;
+                r = front => Event::Resolved(r),
+                m = in_rx.recv() => Event::Frame(m),
+            },
+            None => Event::Frame(in_rx.recv().await),
+        };
+        let msg = match event {
+            Event::Resolved(r) => {
+                pending.pop_front();
+                let pieces =
+                    r.map_err(|e| AgentError::Internal(format!("resolve task: {e}")))??;
+                out_tx
+                    .send(pieces)
+                    .await
+                    .map_err(|_| AgentError::Internal("output closed".into()))?;
+                continue;
+            }
+            Event::Frame(m) => {
+                m.ok_or_else(|| AgentError::Peer("connection closed mid-stream".into()))??
+            }
+        };
         match msg {
             Incoming::Batch {
                 ops,
@@ -254,6 +293,10 @@ async fn run(
                 compressed,
                 blob,
             } => {
+                shared
+                    .queued
+                    .fetch_sub(blob.len() as u64, Ordering::Relaxed);
+                shared.room.notify_one();
                 // Sequential on purpose: a later batch may name a page this
                 // one carries, so its raw pages must be known first.
                 let sh = shared.clone();
@@ -272,11 +315,6 @@ async fn run(
                 pending.push_back(tokio::spawn(resolve(shared.clone(), pieces)));
             }
             Incoming::End { stream_len, digest } => break (stream_len, digest),
-        }
-        while pending.len() > 8 || pending.front().is_some_and(|h| h.is_finished()) {
-            if let Some(h) = pending.pop_front() {
-                flush_one(h, &out_tx).await?;
-            }
         }
     };
     while let Some(h) = pending.pop_front() {
@@ -437,6 +475,7 @@ async fn pull(shared: &Shared, id: ChunkId) -> Result<Bytes> {
         v.len() == 1
     };
     if first {
+        shared.room.notify_one();
         let mut w = shared.wr.lock().await;
         wire::write_frame(&mut *w, &Frame::Pull(vec![id])).await?;
     }
@@ -447,6 +486,8 @@ async fn pull(shared: &Shared, id: ChunkId) -> Result<Bytes> {
     match got {
         Some(p) if ChunkId::of(&p) == id => {
             shared.counters.pulled.fetch_add(1, Ordering::Relaxed);
+            // Later references to it (repeats) resolve here, not by pulling again.
+            shared.local.lock().insert(id, p.clone());
             Ok(p)
         }
         Some(_) => Err(AgentError::BadPage(id)),
@@ -459,19 +500,20 @@ async fn pull(shared: &Shared, id: ChunkId) -> Result<Bytes> {
 async fn read_frames(
     mut rd: OwnedReadHalf,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Result<Incoming>>,
+    tx: mpsc::UnboundedSender<Result<Incoming>>,
 ) {
     loop {
+        while shared.queued.load(Ordering::Relaxed) > READ_AHEAD && shared.pulls.lock().is_empty() {
+            shared.room.notified().await;
+        }
         let frame = match wire::read_frame(&mut rd).await {
             Ok(Some(f)) => f,
             Ok(None) => {
-                let _ = tx
-                    .send(Err(AgentError::Peer("connection closed mid-stream".into())))
-                    .await;
+                let _ = tx.send(Err(AgentError::Peer("connection closed mid-stream".into())));
                 return;
             }
             Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Err(e.into()));
                 return;
             }
         };
@@ -500,14 +542,17 @@ async fn read_frames(
                 continue;
             }
             other => {
-                let _ = tx
-                    .send(Err(AgentError::Peer(format!("unexpected frame {other:?}"))))
-                    .await;
+                let _ = tx.send(Err(AgentError::Peer(format!("unexpected frame {other:?}"))));
                 return;
             }
         };
+        if let Incoming::Batch { blob, .. } = &item {
+            shared
+                .queued
+                .fetch_add(blob.len() as u64, Ordering::Relaxed);
+        }
         let end = matches!(item, Incoming::End { .. });
-        if tx.send(Ok(item)).await.is_err() {
+        if tx.send(Ok(item)).is_err() {
             return;
         }
         if end {

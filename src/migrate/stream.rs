@@ -34,6 +34,7 @@ const SECTION_CONFIGURATION: u8 = 0x07;
 const SECTION_COMMAND: u8 = 0x08;
 /// MIG_CMD_SWITCHOVER_START: sent before the stop-and-copy phase.
 const CMD_SWITCHOVER_START: u16 = 11;
+const CMD_POSTCOPY_ADVISE: u16 = 3;
 const SECTION_FOOTER: u8 = 0x7e;
 
 const FLAG_ZERO: u64 = 0x02;
@@ -374,7 +375,9 @@ impl Tokenizer {
                 let cmd = u16::from_be_bytes([b[1], b[2]]);
                 let len = u16::from_be_bytes([b[3], b[4]]) as usize;
                 match cmd {
-                    CMD_SWITCHOVER_START => {
+                    // POSTCOPY_ADVISE only announces that postcopy may
+                    // follow; the stream stays precopy until LISTEN/RUN.
+                    CMD_SWITCHOVER_START | CMD_POSTCOPY_ADVISE => {
                         if b.len() < 5 + len {
                             return Step::NeedMore;
                         }
@@ -382,9 +385,9 @@ impl Tokenizer {
                     }
                     // Return path and postcopy need a channel back to the
                     // source QEMU, which `exec:` agents do not provide.
-                    1 | 3..=10 => {
+                    4..=10 => {
                         self.stats.unsupported = Some(format!(
-                            "QEMU sent migration command {cmd} (postcopy, return path or COLO); \
+                            "QEMU sent migration command {cmd} (postcopy or COLO); \
                              strato migrate supports precopy only: disable postcopy-ram"
                         ));
                         Step::Unknown(format!("command {cmd}"))
@@ -548,6 +551,25 @@ mod tests {
         assert_eq!(rebuild(&tokens), s);
         assert_eq!(stats.pages, 0);
         assert!(stats.passthrough_reason.unwrap().contains("0x40"));
+    }
+
+    #[test]
+    fn postcopy_commands_are_flagged_unsupported_and_advise_is_not() {
+        let base = synthetic(&[1]);
+        // Insert a command section right after the configuration section.
+        let at = 8 + 1 + 4 + 4;
+        for (cmd, bad) in [(3u16, false), (11, false), (5, true)] {
+            let mut s = base[..at].to_vec();
+            s.push(SECTION_COMMAND);
+            s.extend_from_slice(&cmd.to_be_bytes());
+            s.extend_from_slice(&2u16.to_be_bytes());
+            s.extend_from_slice(b"xy");
+            s.extend_from_slice(&base[at..]);
+            let (tokens, stats) = tokenize(&s);
+            assert_eq!(rebuild(&tokens), s);
+            assert_eq!(stats.unsupported.is_some(), bad, "command {cmd}");
+            assert_eq!(stats.pages, if bad { 0 } else { 1 }, "command {cmd}");
+        }
     }
 
     #[test]

@@ -1,0 +1,340 @@
+//! Faults and bad input of the migration agents: content nobody can
+//! produce, wrong bytes for an id, a claimed page whose sender died, a
+//! stream the sender does not understand, postcopy, and the WAN connection
+//! dropping in the middle of a live migration.
+
+mod common;
+mod migrate_util;
+mod qemu_util;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use migrate_util::*;
+use qemu_util::*;
+use strato::migrate::stream::{tokenize, Token, PAGE_SIZE};
+use strato::migrate::wire::{Frame, Op, PROTOCOL};
+use strato::store::ChunkId;
+
+/// A real migration stream: a booting guest's state, written by QEMU to a file.
+fn capture(dir: &Path) -> Vec<u8> {
+    let mut spec = VmSpec::new("capture", 3);
+    spec.data_mib = 4;
+    let mut vm = Qemu::boot(&spec, &dir.join("capture-vm"));
+    let file = dir.join("capture.qevm");
+    let info = vm.migrate(&format!("exec:cat > {}", file.display()));
+    assert_eq!(info.status, "completed");
+    std::fs::read(&file).expect("capture")
+}
+
+/// `strato migrate recv` on a free port writing to `out`; returns it and the port.
+fn spawn_receiver(out: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(strato_bin())
+        .args(["migrate", "recv", "--listen", &listen])
+        .args(extra)
+        .stdout(std::fs::File::create(out).expect("output file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the receiver");
+    (child, listen)
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("connecting to {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn read_frame(s: &mut TcpStream) -> Option<Frame> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).ok()?;
+    Frame::decode(head[0], Bytes::from(p)).ok()
+}
+
+fn wait_with_stderr(mut child: std::process::Child) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.success(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fake sender names a page by id that neither the receiver's site nor
+/// the sender can produce (answer `None`), or answers with wrong bytes.
+fn receiver_facing(answer: Option<Vec<u8>>) -> (bool, String, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (child, listen) = spawn_receiver(&out, &["--wait-ms", "100"]);
+    let mut s = connect(&listen);
+    let id = ChunkId::of(&[7u8; PAGE_SIZE]);
+    let frames = [
+        Frame::Hello {
+            protocol: PROTOCOL,
+            vm: "fake".into(),
+            group: None,
+        },
+        Frame::Batch {
+            ops: vec![Op::Literal(3), Op::Hash(id)],
+            raw_len: 3,
+            compressed: false,
+            blob: Bytes::from_static(b"abc"),
+        },
+    ];
+    for f in &frames {
+        s.write_all(&f.encode()).expect("send");
+    }
+    // The receiver asks its sender for the page.
+    match read_frame(&mut s) {
+        Some(Frame::Pull(ids)) => assert_eq!(ids, vec![id]),
+        other => panic!("expected a pull, got {other:?}"),
+    }
+    let page = answer.map(Bytes::from);
+    s.write_all(&Frame::Pulled(vec![(id, page)]).encode())
+        .expect("send");
+    let (ok, err) = wait_with_stderr(child);
+    let written = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    (ok, err, written)
+}
+
+#[test]
+fn unknown_content_is_never_zero_filled() {
+    let (ok, err, written) = receiver_facing(None);
+    assert!(!ok, "receiver must fail");
+    assert!(err.contains("refusing to guess"), "{err}");
+    // Nothing of the batch reached QEMU, in particular no made-up page.
+    assert!(written < PAGE_SIZE as u64, "{written} bytes written");
+}
+
+#[test]
+fn wrong_bytes_for_an_id_are_rejected() {
+    let (ok, err, written) = receiver_facing(Some(vec![0u8; PAGE_SIZE]));
+    assert!(!ok, "receiver must fail");
+    assert!(err.contains("do not hash to its id"), "{err}");
+    assert!(written < PAGE_SIZE as u64, "{written} bytes written");
+}
+
+/// Run a sender on `input` to a receiver; returns (sender report, output).
+fn migrate_file(
+    dir: &Path,
+    input: &Path,
+    site: Option<&Server>,
+    send_extra: &[&str],
+    recv_extra: &[&str],
+) -> (serde_json::Value, Vec<u8>) {
+    let out = dir.join("out.qevm");
+    let mut recv_args: Vec<String> = recv_extra.iter().map(|s| s.to_string()).collect();
+    let mut site_args = Vec::new();
+    if let Some(s) = site {
+        site_args = vec![
+            "--site".to_string(),
+            s.endpoint.clone(),
+            "--access-key".to_string(),
+            s.access_key.clone(),
+            "--secret-key".to_string(),
+            s.secret_key.clone(),
+        ];
+    }
+    recv_args.extend(site_args.iter().cloned());
+    let recv_refs: Vec<&str> = recv_args.iter().map(|s| s.as_str()).collect();
+    let (recv, listen) = spawn_receiver(&out, &recv_refs);
+    let report = dir.join("send.json");
+    let send = Command::new(strato_bin())
+        .args(["migrate", "send", "--to", &listen, "--report"])
+        .arg(&report)
+        .args(&site_args)
+        .args(send_extra)
+        .stdin(std::fs::File::open(input).expect("input"))
+        .output()
+        .expect("running the sender");
+    let (ok, err) = wait_with_stderr(recv);
+    assert!(
+        send.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert!(ok, "receiver: {err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    (report, std::fs::read(&out).expect("output"))
+}
+
+/// Another sender of the group claimed every page and died before storing
+/// any: the receiver waits briefly, then pulls them from its own sender.
+#[test]
+fn claimed_pages_of_a_dead_sender_are_pulled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stream = capture(dir.path());
+    let input = dir.path().join("capture.qevm");
+    let site = Server::start("redb");
+    let (tokens, _) = tokenize(&stream);
+    let ids: Vec<ChunkId> = tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::Page(p) => Some(ChunkId::of(p)),
+            Token::Literal(_) => None,
+        })
+        .collect();
+    assert!(ids.len() > 100, "capture has {} pages", ids.len());
+    // The dead sender's claims.
+    let client = strato::distribute::ChunkClient::new(
+        &site.endpoint,
+        strato::distribute::Keys {
+            access_key: site.access_key.clone(),
+            secret_key: site.secret_key.clone(),
+        },
+        "us-east-1",
+    )
+    .expect("client");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let won = rt.block_on(client.claim("g1", &ids)).expect("claim");
+    assert!(!won.is_empty());
+
+    let (report, out) = migrate_file(
+        dir.path(),
+        &input,
+        Some(&site),
+        &["--group", "g1", "--vm", "late"],
+        &["--wait-ms", "200"],
+    );
+    assert!(out == stream, "rebuilt stream differs from the capture");
+    let pages = &report["pages"];
+    assert!(pages["group"].as_u64().unwrap() > 0, "{report}");
+    let pulled = pages["pulled"].as_u64().unwrap();
+    let group = pages["group"].as_u64().unwrap();
+    let repeat = pages["repeat"].as_u64().unwrap();
+    assert!(pulled >= group && pulled <= group + repeat, "{report}");
+    assert_eq!(pages["sent"], 0, "{report}");
+}
+
+/// Input that is not a migration stream at all goes through unchanged.
+#[test]
+fn stream_not_understood_is_passed_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    let data = write_random(&input, 3 << 20, 11);
+    let (report, out) = migrate_file(dir.path(), &input, None, &[], &[]);
+    assert!(out == data, "pass-through changed the bytes");
+    assert_eq!(report["passthrough_from"], 0, "{report}");
+    assert_eq!(report["pages"]["sent"], 0);
+    assert_eq!(report["verified"], true);
+}
+
+/// A capture round-trips byte for byte (no site: within-VM dedup + zstd),
+/// and also without compression or deduplication.
+#[test]
+fn capture_rebuilds_byte_identically_in_every_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stream = capture(dir.path());
+    let input = dir.path().join("capture.qevm");
+    for extra in [
+        &[][..],
+        &["--zstd", "0"][..],
+        &["--no-dedup", "--zstd", "0"][..],
+    ] {
+        let (report, out) = migrate_file(dir.path(), &input, None, extra, &[]);
+        assert!(out == stream, "mode {extra:?}: rebuilt stream differs");
+        assert_eq!(report["stream_bytes"], stream.len() as u64);
+        assert!(report["pages"]["sent"].as_u64().unwrap() > 0);
+    }
+}
+
+/// A TCP relay that drops both sides after `limit` bytes from the sender.
+fn cutting_relay(to: String, limit: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let Ok((mut a, _)) = l.accept() else { return };
+        let Ok(mut b) = TcpStream::connect(&to) else {
+            return;
+        };
+        let mut back_a = a.try_clone().expect("clone");
+        let mut back_b = b.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_b, &mut back_a);
+        });
+        let mut buf = vec![0u8; 16 << 10];
+        let mut moved = 0;
+        while moved < limit {
+            match a.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if b.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    moved += n;
+                }
+            }
+        }
+        let _ = a.shutdown(std::net::Shutdown::Both);
+        let _ = b.shutdown(std::net::Shutdown::Both);
+    });
+    addr
+}
+
+/// The WAN connection drops mid-migration: QEMU's migration fails, the
+/// source guest keeps running with its memory intact.
+#[test]
+fn wan_drop_fails_migration_and_source_keeps_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = VmSpec::new("drop", 9);
+    let mut src = Qemu::boot(&spec, &dir.path().join("src"));
+    let data_md5 = src.md5("/tmp/data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let recv_report = dir.path().join("recv.json");
+    let send_report = dir.path().join("send.json");
+    let _dst = Qemu::start(
+        &spec,
+        &dir.path().join("dst"),
+        Some(&recv_uri(&listen, None, &recv_report, "")),
+    );
+    // Pages of /tmp/data are random: 1 MiB into it the relay cuts.
+    let relay = cutting_relay(listen, 1 << 20);
+    src.start_migration(&send_uri(&relay, None, "drop", &send_report, "--zstd 0"));
+    let info = wait_finished(&mut src);
+    assert_eq!(info.status, "failed", "{info:?}");
+    assert_eq!(src.status(), "running");
+    assert_eq!(src.md5("/tmp/data"), data_md5);
+    let log = agent_log(&send_report);
+    assert!(log.contains("error"), "sender log: {log}");
+    assert!(
+        !send_report.exists(),
+        "a failed sender wrote a success report"
+    );
+}
+
+/// Poll query-migrate (bounded) until the migration ends, whatever the end.
+fn wait_finished(vm: &mut Qemu) -> strato::migrate::qmp::MigrationInfo {
+    let deadline = Instant::now() + MIGRATE_TIMEOUT;
+    loop {
+        let info = vm.query_migrate();
+        if info.is_finished() {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "migration did not end: {info:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
