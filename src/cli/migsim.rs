@@ -229,6 +229,9 @@ pub struct ControlArgs {
     /// query-migrate polling interval, milliseconds
     #[arg(long, default_value_t = 50)]
     poll_ms: u64,
+    /// Turn on QEMU's xbzrle page deltas with this cache size, MiB (a baseline for strato's codec)
+    #[arg(long)]
+    xbzrle_cache_mib: Option<u64>,
     /// Give up (and cancel the migration) after this many seconds
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
@@ -313,6 +316,7 @@ fn control(ctx: &Ctx, a: ControlArgs) -> Result<std::process::ExitCode> {
         poll: std::time::Duration::from_millis(a.poll_ms),
         timeout: std::time::Duration::from_secs(a.timeout_s),
         cost: params.cost,
+        xbzrle_cache_bytes: a.xbzrle_cache_mib.map(|m| m << 20),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -52,6 +52,9 @@ pub struct ControlConfig {
     /// Bound on the whole migration.
     pub timeout: Duration,
     pub cost: CostFunction,
+    /// QEMU's own page deltas (xbzrle) with this cache size in bytes, for
+    /// comparing them with strato's codec; None leaves the capability alone.
+    pub xbzrle_cache_bytes: Option<u64>,
 }
 
 /// One pre-copy round as the controller saw and shaped it.
@@ -82,6 +85,8 @@ pub struct ControlReport {
     /// QEMU's reported downtime and total time, ms.
     pub downtime_ms: Option<u64>,
     pub total_time_ms: Option<u64>,
+    /// RAM bytes QEMU put on the wire.
+    pub transferred_bytes: u64,
     /// ∫F(B − B_m)dt over the rounds plus QEMU's downtime at F(0) = 1.
     pub sla_cost: f64,
 }
@@ -134,6 +139,14 @@ pub async fn run(
         link_mbps: link,
     });
     set_params(qmp, Some(mbps_to_bytes(rate)), Some(HOLD_DOWNTIME_LIMIT_MS)).await?;
+    if let Some(bytes) = cfg.xbzrle_cache_bytes {
+        qmp.set_capabilities(&[("xbzrle", true)]).await?;
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(json!({ "xbzrle-cache-size": bytes })),
+        )
+        .await?;
+    }
     let mut readback = read_max_bandwidth(qmp).await?;
     qmp.migrate(uri).await?;
     let started = Instant::now();
@@ -239,6 +252,7 @@ pub async fn run(
         aborted,
         downtime_ms: info.downtime,
         total_time_ms: info.total_time,
+        transferred_bytes: info.ram.as_ref().map_or(0, |r| r.transferred),
         sla_cost,
     })
 }
