@@ -111,7 +111,16 @@ fn pull_killed_by_sigkill_resumes() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Kill once some chunks have reached the cache's segments (a fixed
+    // sleep kills before the first chunk on a loaded machine), bounded.
+    let segs = cache.join("segments");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && dir_bytes(&segs) < (4 << 20) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let _ = child.kill(); // SIGKILL
     let status = child.wait().unwrap();
 
@@ -127,4 +136,15 @@ fn pull_killed_by_sigkill_resumes() {
         eprintln!("resumed after SIGKILL: {cached} of {unique} chunks were already cached");
     }
     assert!(!tmp.path().join(".out.img.strato-part").exists());
+}
+
+/// Bytes in the files of `dir` (0 if it does not exist yet).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
