@@ -398,14 +398,65 @@ fn prepare(shared: &Shared, ops: &[Op], blob: &Bytes) -> Result<Prepared> {
     Ok((slots, raws))
 }
 
-/// Find every page a batch names by id (concurrently), keep the order.
+/// Find every page a batch names by id, keep the order: one batched
+/// request to the site for all of them, then the slow path (wait, pull)
+/// for whatever is still missing, concurrently.
 async fn resolve(shared: Arc<Shared>, prepared: Vec<Slot>) -> Result<Vec<Bytes>> {
+    let mut found: HashMap<ChunkId, Bytes> = HashMap::new();
+    let mut missing = Vec::new();
+    {
+        let local = shared.local.lock();
+        for slot in &prepared {
+            if let Slot::Wanted(id) = slot {
+                if found.contains_key(id) {
+                    continue;
+                }
+                match local.map.get(id) {
+                    Some(p) => {
+                        found.insert(*id, p.clone());
+                    }
+                    None => missing.push(*id),
+                }
+            }
+        }
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    if let (Some(site), false) = (&shared.opts.site, missing.is_empty()) {
+        let got = {
+            let _slot = shared
+                .site_slots
+                .acquire()
+                .await
+                .map_err(|_| AgentError::Internal("site slots closed".into()))?;
+            site.get_many(&missing).await
+        };
+        match got {
+            // get_many checked every page against its id.
+            Ok(map) => found.extend(map.into_iter().filter(|(_, p)| p.len() == PAGE_SIZE)),
+            Err(e) => tracing::warn!("batched site lookup failed ({e}); asking page by page"),
+        }
+    }
     let futs = prepared.into_iter().map(|slot| {
         let sh = shared.clone();
+        let hit = match &slot {
+            Slot::Wanted(id) => found.get(id).cloned(),
+            Slot::Ready(_) => None,
+        };
+        let from_site =
+            hit.is_some() && matches!(&slot, Slot::Wanted(id) if missing.binary_search(id).is_ok());
         async move {
-            match slot {
-                Slot::Ready(b) => Ok(b),
-                Slot::Wanted(id) => find_page(&sh, id).await,
+            match (slot, hit) {
+                (Slot::Ready(b), _) => Ok(b),
+                (Slot::Wanted(_), Some(p)) => {
+                    if from_site {
+                        sh.counters.site.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        sh.counters.local.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(p)
+                }
+                (Slot::Wanted(id), None) => find_page(&sh, id).await,
             }
         }
     });
@@ -585,26 +636,29 @@ fn frame_size(f: &Frame) -> u64 {
     }
 }
 
-async fn store_pages(shared: Arc<Shared>, rx: mpsc::Receiver<(ChunkId, Bytes)>) {
+async fn store_pages(shared: Arc<Shared>, mut rx: mpsc::Receiver<(ChunkId, Bytes)>) {
     let Some(site) = shared.opts.site.clone() else {
         return;
     };
-    let concurrency = shared.opts.concurrency.max(1);
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-        .for_each_concurrent(concurrency, |(id, page)| {
-            let site = site.clone();
-            let sh = shared.clone();
-            async move {
-                match site.put_chunk(&id, page).await {
-                    Ok(_) => sh.counters.stored.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::debug!("storing page {id} at the site: {e}");
-                        sh.counters.store_errors.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
+    // Batches of what has arrived so far: one request (and one sync per
+    // segment at the site) for many pages.
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 2048 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
-        })
-        .await;
+        }
+        let n = batch.len() as u64;
+        match site.put_many(&batch).await {
+            Ok(_) => shared.counters.stored.fetch_add(n, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!("storing {n} pages at the site: {e}");
+                shared.counters.store_errors.fetch_add(n, Ordering::Relaxed)
+            }
+        };
+    }
 }
 
 /// Write the rebuilt stream (blocking); returns its length and digest.
