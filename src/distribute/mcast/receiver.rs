@@ -129,6 +129,8 @@ pub async fn receive(
         prepare(sink, &layout, info.session)?
     };
     let target = Arc::new(target);
+    // Every early return from here on removes the temporary file.
+    let mut cleanup = DiscardUnlessDone(Some(Arc::clone(&target)));
     let mut asm = Assembly {
         have: PieceSet::empty(layout.total_pieces),
         left: (0..layout.chunks.len())
@@ -210,24 +212,15 @@ pub async fn receive(
         }
     }
     .await;
-    threads.stop(&shared);
-    let rounds = match result {
-        Ok(r) => r,
-        Err(e) => {
-            target.discard();
-            return Err(e);
-        }
-    };
-    let finish = {
+    threads.stop();
+    let rounds = result?;
+    {
         let (target, layout, info) = (Arc::clone(&target), Arc::clone(&layout), info.clone());
         tokio::task::spawn_blocking(move || target.finish(&layout, &info, &entries))
             .await
-            .map_err(|e| McastError::Task(e.to_string()))?
-    };
-    if let Err(e) = finish {
-        target.discard();
-        return Err(e);
+            .map_err(|e| McastError::Task(e.to_string()))??;
     }
+    cleanup.0 = None;
     let progress = shared.asm.lock().progress.clone();
     control::write_frame(
         &mut wr,
@@ -255,6 +248,17 @@ pub async fn receive(
         progress,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Removes the temporary file of an unfinished reception when dropped.
+struct DiscardUnlessDone(Option<Arc<Target>>);
+
+impl Drop for DiscardUnlessDone {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.discard();
+        }
+    }
 }
 
 /// After a failed write: the sender may have evicted us and closed the
@@ -511,8 +515,17 @@ impl Target {
     }
 }
 
+/// The datagram and verifier threads; told to stop when dropped (an early
+/// return), stopped and joined by [`Threads::stop`].
 struct Threads {
     handles: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Threads {
@@ -537,18 +550,28 @@ impl Threads {
                 .spawn(move || datagram_loop(sock, vtx, &shared, &layout, &target, session))
         };
         let rx_thread = rx_thread.map_err(spawn_err)?;
-        let verifier = std::thread::Builder::new()
-            .name("mcast-verify".into())
-            .spawn(move || verify_loop(vrx, &shared, &layout, &target))
-            .map_err(McastError::io("starting the verifier"))?;
+        let verifier = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("mcast-verify".into())
+                .spawn(move || verify_loop(vrx, &shared, &layout, &target))
+        };
+        let verifier = match verifier {
+            Ok(v) => v,
+            Err(e) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                return Err(McastError::io("starting the verifier")(e));
+            }
+        };
         Ok(Threads {
             handles: vec![rx_thread, verifier],
+            shared,
         })
     }
 
-    fn stop(self, shared: &Shared) {
-        shared.stop.store(true, Ordering::Relaxed);
-        for h in self.handles {
+    fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for h in std::mem::take(&mut self.handles) {
             let _ = h.join();
         }
     }

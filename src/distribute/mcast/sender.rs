@@ -654,7 +654,10 @@ async fn send_round(
     let (tx, mut rx) = mpsc::channel::<(usize, Bytes)>(AHEAD);
     let (layout2, needs2) = (Arc::clone(layout), Arc::clone(needs));
     let pacer = tokio::task::spawn_blocking(move || -> Result<(u64, u64), McastError> {
-        let mut bucket = TokenBucket::new(rate_bits, 64 * 1024);
+        // 256 KiB of burst: a sender thread descheduled for a few ms on a
+        // busy host catches up instead of losing the time, and still fits
+        // a shaper's queue (a 50 ms tbf queue at 200 Mbit/s holds 1.25 MB).
+        let mut bucket = TokenBucket::new(rate_bits, 256 * 1024);
         let mut buf = vec![0u8; wire::HEADER + layout2.payload as usize];
         let (mut n, mut bytes) = (0u64, 0u64);
         while let Some((c, data)) = rx.blocking_recv() {
