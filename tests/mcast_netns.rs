@@ -488,6 +488,41 @@ fn loss_on_every_link_is_repaired() {
 }
 
 #[test]
+fn heavy_loss_halves_the_rate_within_bounds() {
+    let t = Topology::new("f", 3);
+    let data = make_image(&t, 12, 16);
+    // Host 2 loses 40 % of what reaches it: above the 20 % threshold, so
+    // the next round goes at half the rate, never below --min-rate.
+    t.lose(&t.host(2), "eth0", 400);
+    let mut sender = t.sender(
+        "bkt/disk.img",
+        &["--rate", "200mbit", "--min-rate", "80mbit", "--expect", "2"],
+    );
+    let mut rx: Vec<Proc> = (1..=2).map(|i| t.receiver(i, "out")).collect();
+    let (ok, report) = sender.finish(LIMIT);
+    assert!(ok, "{}\n{report}", sender.stderr());
+    let rates: Vec<u64> = report["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rate_bits"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rates[0], 200_000_000, "{report}");
+    assert!(rates.len() >= 2, "{report}");
+    assert_eq!(
+        rates[1], 100_000_000,
+        "halved after a 40 % loss round: {report}"
+    );
+    assert!(rates.iter().all(|r| *r >= 80_000_000), "{report}");
+    let want = md5_hex(&data);
+    for (i, r) in rx.iter_mut().enumerate() {
+        let (ok, _) = r.finish(LIMIT);
+        assert!(ok, "{}", r.stderr());
+        assert_eq!(md5_file(&t.path(&format!("out{}", i + 1))), want);
+    }
+}
+
+#[test]
 fn dead_and_frozen_receivers_are_evicted_and_reported() {
     let t = Topology::new("c", 5);
     let data = make_image(&t, 16, 13);
