@@ -451,6 +451,9 @@ impl Target {
             return Ok(false);
         }
         match &self.kind {
+            // Further copies of an all-zero chunk (FastCDC stores zero
+            // regions as chunks) stay holes of the sparse file.
+            TargetKind::Image { .. } if crate::store::chunker::is_zero(&data) => {}
             TargetKind::Image { .. } => {
                 for off in &spec.image_offsets[1..] {
                     self.file
