@@ -15,7 +15,8 @@
 # each (scripts/build-guest.sh), idle. One run per cell.
 #
 # Env: STRATO_BIN (default target/release/strato, built if missing), OUT,
-#      VMS (default "1 2 4"), MODES (default all), RATE (default 100mbit).
+#      VMS (default "1 2 4"), MODES (default all), RATE (default 100mbit),
+#      SEND_EXTRA (more `strato migrate send` flags, e.g. "--batch-pages 128").
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
@@ -180,6 +181,7 @@ def migrate_set(d, n, mode, seeds, group, site):
                 inc, uri = "defer", f"tcp:{DIP}:{port}"
             else:
                 extra = "--zstd 0" if mode == "dedup" else ""
+                extra += " " + os.environ.get("SEND_EXTRA", "")
                 inc = (f"exec:{strato} migrate recv --listen {DIP}:{port} {site_flags()} "
                        f"--report {d}/recv{i}.json 2>>{d}/recv{i}.log")
                 uri = (f"exec:{strato} migrate send --to {DIP}:{port} {site_flags()} --group {group} "
