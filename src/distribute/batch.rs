@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
 
-use super::client::{ChunkClient, ClientError, Result};
+use super::client::{id_lines, ChunkClient, ClientError, Result};
 use crate::server::chunk_batch::{parse_frames, put_frame};
 use crate::server::chunks::MAX_CHUNK_LEN;
 use crate::store::ChunkId;
@@ -57,13 +57,8 @@ impl ChunkClient {
         let what = "fetching a batch of chunks";
         let mut out = HashMap::with_capacity(ids.len());
         for batch in ids.chunks(BATCH_IDS) {
-            let mut body = String::with_capacity(batch.len() * 65);
-            for id in batch {
-                body.push_str(&id.to_hex());
-                body.push('\n');
-            }
             let (status, resp) = self
-                .send(what, Method::POST, "/chunks?get", Bytes::from(body))
+                .send(what, Method::POST, "/chunks?get", id_lines(batch))
                 .await?;
             if status != StatusCode::OK {
                 return Err(Self::status_error(what, status, &resp));

@@ -333,51 +333,34 @@ impl ChunkClient {
 
     /// Which of `ids` the endpoint holds.
     pub async fn have(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
-        let what = "asking which chunks are held";
-        let mut out = HashSet::new();
-        // Bounded request bodies: 64 K ids (4 MiB of hex) per request.
-        for batch in ids.chunks(64 * 1024) {
-            let mut body = String::with_capacity(batch.len() * 65);
-            for id in batch {
-                body.push_str(&id.to_hex());
-                body.push('\n');
-            }
-            let (status, resp) = self
-                .send(what, Method::POST, "/chunks?have", Bytes::from(body))
-                .await?;
-            if status != StatusCode::OK {
-                return Err(Self::status_error(what, status, &resp));
-            }
-            for line in String::from_utf8_lossy(&resp).lines() {
-                let id = line.trim().parse().map_err(|_| ClientError::Invalid {
-                    what: what.to_string(),
-                    why: format!("bad chunk id {line:?}"),
-                })?;
-                out.insert(id);
-            }
-        }
-        Ok(out)
+        self.post_id_set("asking which chunks are held", "/chunks?have", ids)
+            .await
     }
 
     /// Claim `ids` for migration `group` at the endpoint (Shrinker's
     /// coordination service): the answer is the subset this caller won and
     /// must send; the others were claimed first by another sender.
     pub async fn claim(&self, group: &str, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
-        let what = "claiming pages for a migration group";
+        let path = format!(
+            "/chunks?claim&group={}",
+            utf8_percent_encode(group, KEY_SET)
+        );
+        self.post_id_set("claiming pages for a migration group", &path, ids)
+            .await
+    }
+
+    /// POST `ids` as hex lines to `path` and read back the subset the
+    /// endpoint answers with (`have`, `claim`). Bounded request bodies:
+    /// 64 K ids (4 MiB of hex) per request.
+    async fn post_id_set(
+        &self,
+        what: &str,
+        path: &str,
+        ids: &[ChunkId],
+    ) -> Result<HashSet<ChunkId>> {
         let mut out = HashSet::new();
         for batch in ids.chunks(64 * 1024) {
-            let mut body = String::with_capacity(batch.len() * 65);
-            for id in batch {
-                body.push_str(&id.to_hex());
-                body.push('\n');
-            }
-            let path = format!(
-                "/chunks?claim&group={}",
-                utf8_percent_encode(group, KEY_SET)
-            );
-            let (status, resp) = self
-                .send(what, Method::POST, &path, Bytes::from(body))
-                .await?;
+            let (status, resp) = self.send(what, Method::POST, path, id_lines(batch)).await?;
             if status != StatusCode::OK {
                 return Err(Self::status_error(what, status, &resp));
             }
@@ -444,4 +427,14 @@ pub fn parse_s3_url(s: &str) -> Option<(String, String)> {
         Some((b, k)) if !b.is_empty() && !k.is_empty() => Some((b.to_string(), k.to_string())),
         _ => None,
     }
+}
+
+/// Request body naming chunks: hex ids, one per line.
+pub(crate) fn id_lines(ids: &[ChunkId]) -> Bytes {
+    let mut body = String::with_capacity(ids.len() * 65);
+    for id in ids {
+        body.push_str(&id.to_hex());
+        body.push('\n');
+    }
+    Bytes::from(body)
 }

@@ -320,15 +320,7 @@ impl ChunkRoute {
             }
             Endpoint::Have => {
                 let data = collect(body, MAX_HAVE_BODY).await?;
-                let text = std::str::from_utf8(&data)
-                    .map_err(|_| ApiError::BadRequest("ids must be hex text".into()))?;
-                let mut ids = Vec::new();
-                for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    let id: ChunkId = line
-                        .parse()
-                        .map_err(|_| ApiError::BadRequest(format!("{line:?} is not a chunk id")))?;
-                    ids.push(id);
-                }
+                let ids = parse_id_lines(&data)?;
                 // Block ids cost a metadata read each: off the reactor.
                 let out = blocking(move || {
                     let mut out = String::with_capacity(ids.len() * 65);
@@ -352,12 +344,10 @@ impl ChunkRoute {
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
                 let total = frames.len();
                 // A wrong byte is the caller's fault (400) and stores nothing.
-                let new = blocking(move || {
-                    use rayon::prelude::*;
-                    if frames.par_iter().any(|(id, d)| ChunkId::of(d) != *id) {
-                        return Ok(None);
-                    }
-                    store.put_chunks(&frames).map(Some)
+                // (put_chunks checks every frame before storing any.)
+                let new = blocking(move || match store.put_chunks(&frames) {
+                    Err(StoreError::Integrity { .. }) => Ok(None),
+                    other => other.map(Some),
                 })
                 .await?
                 .ok_or(ApiError::BadDigest)?;

@@ -842,15 +842,11 @@ impl Store {
     pub fn put_chunks(&self, chunks: &[(ChunkId, Bytes)]) -> Result<usize> {
         use rayon::prelude::*;
         if let Some((id, _)) = chunks.par_iter().find_any(|(id, d)| ChunkId::of(d) != *id) {
-            return Err(StoreError::Integrity {
-                object: "uploaded chunk".into(),
-                chunk: *id,
-                what: "has bytes that do not match its id".into(),
-            });
+            return Err(mismatched_upload(id));
         }
         let mut new = 0;
         for (id, data) in chunks {
-            if self.put_chunk_with(id, data, false)? {
+            if self.append_checked(id, data, false)? {
                 new += 1;
             }
         }
@@ -871,12 +867,13 @@ impl Store {
 
     fn put_chunk_with(&self, id: &ChunkId, data: &[u8], durable: bool) -> Result<bool> {
         if ChunkId::of(data) != *id {
-            return Err(StoreError::Integrity {
-                object: "uploaded chunk".into(),
-                chunk: *id,
-                what: "has bytes that do not match its id".into(),
-            });
+            return Err(mismatched_upload(id));
         }
+        self.append_checked(id, data, durable)
+    }
+
+    /// Store a chunk whose bytes the caller has checked against `id`.
+    fn append_checked(&self, id: &ChunkId, data: &[u8], durable: bool) -> Result<bool> {
         if let Some(loc) = self.inner.index.pin_lookup(id) {
             let r = if durable { self.sync_loc(loc) } else { Ok(()) };
             self.inner.index.unpin_all([id]);
@@ -1184,3 +1181,12 @@ pub fn default_grace() -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+/// A chunk received by id whose bytes hash to something else.
+fn mismatched_upload(id: &ChunkId) -> StoreError {
+    StoreError::Integrity {
+        object: "uploaded chunk".into(),
+        chunk: *id,
+        what: "has bytes that do not match its id".into(),
+    }
+}
