@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 use common::*;
 use strato::distribute::{ChunkClient, ClientError, Keys};
-use strato::store::ChunkId;
+use strato::store::{ChunkId, ManifestEntry};
 
 fn client(s: &Server) -> ChunkClient {
     ChunkClient::new(
@@ -198,4 +198,79 @@ fn blocks_of_indexed_images_resolve_by_their_own_id() {
     let some = rt.block_on(c.get_many(&pages[100..164])).unwrap();
     assert_eq!(some.len(), 64);
     assert_eq!(&some[&pages[100]][..], &data[100 * 4096..101 * 4096]);
+}
+
+#[test]
+fn objects_committed_from_held_chunks_survive_gc() {
+    let st = Strato::new("redb");
+    st.ok(&["mb", "keep"]);
+    let s = Server::start_with(st, &[]);
+    let c = client(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = random_bytes(50 * 4096, 41);
+    let pages: Vec<(ChunkId, Bytes)> = data
+        .chunks(4096)
+        .map(|p| (ChunkId::of(p), Bytes::copy_from_slice(p)))
+        .collect();
+    rt.block_on(c.put_many(&pages)).unwrap();
+    // Eight more pages nobody keeps: the control for the GC below.
+    let loose: Vec<(ChunkId, Bytes)> = random_bytes(8 * 4096, 42)
+        .chunks(4096)
+        .map(|p| (ChunkId::of(p), Bytes::copy_from_slice(p)))
+        .collect();
+    rt.block_on(c.put_many(&loose)).unwrap();
+    let entries: Vec<ManifestEntry> = pages
+        .iter()
+        .map(|(id, p)| ManifestEntry {
+            id: *id,
+            len: p.len() as u32,
+        })
+        .collect();
+
+    // A chunk the site lacks, a wrong length, a bucket that does not
+    // exist: each refused, and nothing is committed.
+    let mut missing = entries.clone();
+    missing[3].id = ChunkId::of(b"never stored");
+    let e = rt
+        .block_on(c.commit_manifest("keep", "vm1", &missing))
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Status { status, .. } if *status == 404),
+        "{e}"
+    );
+    let mut wrong_len = entries.clone();
+    wrong_len[0].len = 100;
+    let e = rt
+        .block_on(c.commit_manifest("keep", "vm1", &wrong_len))
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Status { status, .. } if *status == 400),
+        "{e}"
+    );
+    let e = rt
+        .block_on(c.commit_manifest("nosuch", "vm1", &entries))
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Status { status, .. } if *status == 404),
+        "{e}"
+    );
+    assert!(rt.block_on(c.manifest("keep", "vm1")).is_err());
+
+    let etag = rt
+        .block_on(c.commit_manifest("keep", "migrations/vm1", &entries))
+        .unwrap();
+    assert_eq!(etag, md5_hex(&data));
+
+    // The pages are referenced now: a GC with no grace (server stopped, as
+    // GC needs the store to itself) keeps every one, and the object reads
+    // back as the pages in order.
+    let mut s = s;
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let gc = s.strato.json(&["gc", "--grace", "0"]);
+    assert_eq!(gc["reclaimed_chunks"], 8, "only the loose pages go: {gc}");
+    let out = s.strato.dir.path().join("vm1.out");
+    s.strato
+        .ok(&["get", "keep/migrations/vm1", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::server::chunks::ManifestDoc;
+use crate::server::chunks::{ManifestChunk, ManifestCommit, ManifestDoc};
 use crate::store::{ChunkId, ManifestEntry};
 
 /// Characters S3 leaves unescaped in a key (RFC 3986 unreserved, plus `/`).
@@ -301,6 +301,48 @@ impl ChunkClient {
             });
         }
         Ok(RemoteManifest { doc, entries })
+    }
+
+    /// Commit `bucket/key` at the endpoint from chunks it already holds
+    /// (`PUT /chunks/manifest/...`): keeps them referenced, so garbage
+    /// collection leaves them alone. Answers the object's ETag.
+    pub async fn commit_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        chunks: &[ManifestEntry],
+    ) -> Result<String> {
+        let what = format!("committing {bucket}/{key}");
+        let path = format!(
+            "/chunks/manifest/{}/{}",
+            utf8_percent_encode(bucket, KEY_SET),
+            utf8_percent_encode(key, KEY_SET)
+        );
+        let doc = ManifestCommit {
+            chunks: chunks
+                .iter()
+                .map(|c| ManifestChunk {
+                    id: c.id.to_hex(),
+                    len: c.len,
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&doc).map_err(|e| ClientError::Invalid {
+            what: what.clone(),
+            why: e.to_string(),
+        })?;
+        let (status, resp) = self
+            .send(&what, Method::PUT, &path, Bytes::from(body))
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::status_error(&what, status, &resp));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp).map_err(|e| ClientError::Invalid {
+                what: what.clone(),
+                why: e.to_string(),
+            })?;
+        Ok(v["etag"].as_str().unwrap_or_default().to_string())
     }
 
     /// Fetch one chunk, verified against its id.

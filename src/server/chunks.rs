@@ -13,6 +13,10 @@
 //! POST /chunks?claim&group=G           body: hex ids; answer: those this caller won for
 //!                                      migration group G (first claimant wins, atomic)
 //! GET  /chunks/manifest/{bucket}/{key} JSON manifest (see [`ManifestDoc`])
+//! PUT  /chunks/manifest/{bucket}/{key} body: JSON [`ManifestCommit`]; commits an object
+//!                                      made of chunks already held here (all must be
+//!                                      present, with those lengths; the ETag is the
+//!                                      MD5 of the content, computed here)
 //! ```
 //!
 //! Chunks are content-addressed: any authenticated user may read a chunk
@@ -31,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chunk_batch;
 use crate::migrate::claims::{ClaimError, ClaimTable};
-use crate::store::{ChunkId, Store, StoreError};
+use crate::store::{ChunkId, ManifestEntry, ObjectRecord, Precondition, Store, StoreError};
 
 /// Largest chunk body accepted by `PUT /chunks/{id}`. The chunkers cut at
 /// most a few MiB; this bounds the memory one request can hold.
@@ -60,6 +64,18 @@ pub struct ManifestChunk {
 }
 
 pub const MANIFEST_VERSION: u32 = 1;
+
+/// Body of `PUT /chunks/manifest/{bucket}/{key}`: the object's chunks, in
+/// order. A migration receiver keeps the pages it brought to the site this
+/// way, so later migrations and clones can resolve them after the GC grace
+/// period: unreferenced chunks are garbage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestCommit {
+    pub chunks: Vec<ManifestChunk>,
+}
+
+/// Bound on a manifest commit body (about 1.5 M chunks).
+const MAX_MANIFEST_BODY: usize = 128 << 20;
 
 /// Where a route looks for what its store lacks: a pseudo image serving
 /// as a rack-level upstream fetches missing chunks from its own upstream,
@@ -120,6 +136,7 @@ enum Endpoint {
     GetBatch,
     Claim { group: String },
     Manifest { bucket: String, key: String },
+    CommitManifest { bucket: String, key: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +190,9 @@ impl From<StoreError> for ApiError {
                 ApiError::NotFound(e.to_string())
             }
             StoreError::MissingChunk(_) => ApiError::NotFound(e.to_string()),
-            StoreError::InvalidKey(_) | StoreError::InvalidBucketName { .. } => {
-                ApiError::BadRequest(e.to_string())
-            }
+            StoreError::InvalidKey(_)
+            | StoreError::InvalidBucketName { .. }
+            | StoreError::InvalidArgument(_) => ApiError::BadRequest(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -215,14 +232,22 @@ fn parse(method: &Method, uri: &http::Uri) -> Result<Endpoint, ApiError> {
     }
     let rest = &rest[1..];
     if let Some(obj) = rest.strip_prefix("manifest/") {
-        if method != Method::GET {
-            return Err(ApiError::BadRequest("manifests are read with GET".into()));
+        if method != Method::GET && method != Method::PUT {
+            return Err(ApiError::BadRequest(
+                "manifests are read with GET and committed with PUT".into(),
+            ));
         }
         let decoded = percent_encoding::percent_decode_str(obj)
             .decode_utf8()
             .map_err(|_| ApiError::BadRequest("path is not UTF-8".into()))?;
         return match decoded.split_once('/') {
-            Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok(Endpoint::Manifest {
+            Some((b, k)) if !b.is_empty() && !k.is_empty() && method == Method::GET => {
+                Ok(Endpoint::Manifest {
+                    bucket: b.to_string(),
+                    key: k.to_string(),
+                })
+            }
+            Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok(Endpoint::CommitManifest {
                 bucket: b.to_string(),
                 key: k.to_string(),
             }),
@@ -404,6 +429,36 @@ impl ChunkRoute {
                     "text/plain",
                 ))
             }
+            Endpoint::CommitManifest { bucket, key } => {
+                let data = collect(body, MAX_MANIFEST_BODY).await?;
+                let doc: ManifestCommit = serde_json::from_slice(&data)
+                    .map_err(|e| ApiError::BadRequest(format!("manifest JSON: {e}")))?;
+                let chunks = doc
+                    .chunks
+                    .iter()
+                    .map(|c| {
+                        let id: ChunkId = c.id.parse().map_err(|_| {
+                            ApiError::BadRequest(format!("{:?} is not a chunk id", c.id))
+                        })?;
+                        Ok(ManifestEntry { id, len: c.len })
+                    })
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                let me = user.id.clone();
+                let rec = blocking(move || {
+                    if store.bucket(&bucket)?.owner != me {
+                        return Ok(Err(ApiError::Denied));
+                    }
+                    commit_held_chunks(&store, &bucket, &key, &chunks).map(Ok)
+                })
+                .await??;
+                let json = serde_json::json!({ "size": rec.size, "etag": rec.etag });
+                Ok(response(
+                    StatusCode::OK,
+                    Bytes::from(json.to_string()),
+                    None,
+                    "application/json",
+                ))
+            }
             Endpoint::Manifest { bucket, key } => {
                 if let Some(doc) = self
                     .fallback
@@ -455,6 +510,47 @@ impl ChunkRoute {
             }
         }
     }
+}
+
+/// Commit `bucket/key` from chunks the store already holds. Every chunk is
+/// read back (verified) to compute the object's MD5 ETag, so S3 clients
+/// that check ETags against content keep working; a missing chunk or a
+/// wrong length fails the commit and changes nothing.
+fn commit_held_chunks(
+    store: &Store,
+    bucket: &str,
+    key: &str,
+    chunks: &[ManifestEntry],
+) -> Result<ObjectRecord, StoreError> {
+    use md5::{Digest, Md5};
+    let mut md5 = Md5::new();
+    let mut size = 0u64;
+    for c in chunks {
+        if c.id.is_zero_run() {
+            md5.update(vec![0u8; c.len as usize]);
+        } else {
+            let data = store.read_chunk(&c.id)?;
+            if data.len() != c.len as usize {
+                return Err(StoreError::InvalidArgument(format!(
+                    "chunk {} is {} bytes, not {}",
+                    c.id,
+                    data.len(),
+                    c.len
+                )));
+            }
+            md5.update(&data);
+        }
+        size += c.len as u64;
+    }
+    let record = ObjectRecord {
+        size,
+        etag: hex::encode(md5.finalize()),
+        modified_ms: 0,
+        profile: "manifest".into(),
+        attrs: Vec::new(),
+        parts: 0,
+    };
+    store.commit_manifest(bucket, key, record, chunks, &Precondition::None)
 }
 
 /// Hex ids, one per line (the body of `have` and `claim`).
