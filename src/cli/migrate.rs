@@ -32,6 +32,10 @@ pub enum MigrateCmd {
     Recv(RecvArgs),
     /// Combine the JSON reports of a group's senders
     Report(ReportArgs),
+    /// Disk migration, source: a writable NBD export for QEMU's mirror job, to a disk-recv over the WAN
+    DiskSend(super::migrate_disk::DiskSendArgs),
+    /// Disk migration, destination: write what disk-send sends into QEMU's NBD export
+    DiskRecv(super::migrate_disk::DiskRecvArgs),
     #[command(flatten)]
     Policy(super::migsim::MigsimCmd),
 }
@@ -137,6 +141,8 @@ pub fn migrate(ctx: &Ctx, cmd: MigrateCmd) -> Result<ExitCode> {
         MigrateCmd::Send(a) => send(ctx, a),
         MigrateCmd::Recv(a) => recv(ctx, a),
         MigrateCmd::Report(a) => report(ctx, a),
+        MigrateCmd::DiskSend(a) => super::migrate_disk::disk_send(ctx, a),
+        MigrateCmd::DiskRecv(a) => super::migrate_disk::disk_recv(ctx, a),
         MigrateCmd::Policy(c) => super::migsim::migsim(ctx, c),
     }
 }

@@ -6,6 +6,7 @@ mod chain;
 mod image;
 mod mcast;
 mod migrate;
+mod migrate_disk;
 mod migsim;
 mod objects;
 mod pull;

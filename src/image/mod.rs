@@ -2,5 +2,6 @@
 //! and pseudo images (a lazy, chunk-fetching block cache exported over NBD).
 
 pub mod nbd;
+pub mod nbd_client;
 pub mod pseudo;
 pub mod qcow2;

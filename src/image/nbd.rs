@@ -1,5 +1,7 @@
-//! Read-only NBD server (newstyle, fixed handshake; see the NBD protocol
-//! document, doc/proto.md in the nbd project) exporting pseudo images.
+//! NBD server (newstyle, fixed handshake; see the NBD protocol document,
+//! doc/proto.md in the nbd project) exporting pseudo images read-only, and
+//! writable exports (the disk-migration sender, which QEMU's mirror job
+//! writes into).
 //!
 //! Parsing comes first: the handshake and request headers are decoded into
 //! [`Opt`] and [`Request`] values, then acted on. A client that breaks the
@@ -46,16 +48,21 @@ const INFO_BLOCK_SIZE: u16 = 3;
 const TFLAG_HAS_FLAGS: u16 = 1;
 const TFLAG_READ_ONLY: u16 = 2;
 const TFLAG_SEND_FLUSH: u16 = 4;
+const TFLAG_SEND_TRIM: u16 = 1 << 5;
+const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
 const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
 
 const EPERM: u32 = 1;
 const EIO: u32 = 5;
 const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
 
 /// Largest option payload and read we accept (qemu asks for at most 32 MiB).
 const MAX_OPTION_LEN: u32 = 64 * 1024;
@@ -63,11 +70,35 @@ const MAX_READ: u32 = 32 << 20;
 /// Requests of one connection served at once.
 const PER_CONN_INFLIGHT: usize = 16;
 
-/// Something exportable: a fixed-size, read-only block device.
+/// Something exportable: a fixed-size block device, read-only unless it
+/// says it is [`writable`](BlockSource::writable).
+///
+/// Writes, zeroes and trims of one connection are handed over one at a
+/// time in the order the client sent them, and `flush` only after every
+/// earlier one returned, so an implementation may queue them and make
+/// `flush` wait for the queue.
 #[async_trait]
 pub trait BlockSource: Send + Sync + 'static {
     fn size(&self) -> u64;
     async fn read_at(&self, offset: u64, len: u32) -> std::io::Result<Bytes>;
+    /// Accepts WRITE, WRITE_ZEROES, TRIM and FLUSH.
+    fn writable(&self) -> bool {
+        false
+    }
+    async fn write_at(&self, _offset: u64, _data: Bytes) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+    async fn write_zeroes(&self, _offset: u64, _len: u32) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+    /// Advisory: the client no longer needs these bytes.
+    async fn trim(&self, _offset: u64, _len: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Everything acknowledged so far is durable when this returns.
+    async fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Images are exported padded with zeros to a multiple of 512 bytes:
@@ -218,8 +249,26 @@ async fn opt_reply<W: AsyncWrite + Unpin>(
     w.write_all(&b).await
 }
 
-fn transmission_flags() -> u16 {
-    TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN
+fn transmission_flags(export: &dyn BlockSource) -> u16 {
+    if export.writable() {
+        // No multi-conn: a flush covers this connection's writes only.
+        TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES
+    } else {
+        TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN
+    }
+}
+
+/// Whether `offset + len` stays inside an export of `size` bytes.
+fn in_range(offset: u64, len: u32, size: u64) -> bool {
+    offset.checked_add(len as u64).is_some_and(|e| e <= size)
+}
+
+fn errno_of(e: &std::io::Error) -> u32 {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => EPERM,
+        std::io::ErrorKind::InvalidInput => EINVAL,
+        _ => EIO,
+    }
 }
 
 /// Serve one client connection to its end.
@@ -280,7 +329,7 @@ where
                 };
                 let mut b = Vec::with_capacity(10 + 124);
                 b.extend_from_slice(&src.size().to_be_bytes());
-                b.extend_from_slice(&transmission_flags().to_be_bytes());
+                b.extend_from_slice(&transmission_flags(&*src).to_be_bytes());
                 if !no_zeroes {
                     b.extend_from_slice(&[0u8; 124]);
                 }
@@ -295,7 +344,7 @@ where
                 let mut info = Vec::with_capacity(12);
                 info.extend_from_slice(&INFO_EXPORT.to_be_bytes());
                 info.extend_from_slice(&src.size().to_be_bytes());
-                info.extend_from_slice(&transmission_flags().to_be_bytes());
+                info.extend_from_slice(&transmission_flags(&*src).to_be_bytes());
                 opt_reply(&mut w, code, REP_INFO, &info).await?;
                 if requests.contains(&INFO_BLOCK_SIZE) {
                     let mut bs = Vec::with_capacity(14);
@@ -375,25 +424,77 @@ where
                 });
             }
             CMD_FLUSH => {
-                // Read-only: nothing to flush, but answer after the reads
-                // in flight, as a flush orders against earlier requests.
+                // Answer after the reads in flight, as a flush orders
+                // against earlier requests; writes were handed over inline.
                 let all = match slots.acquire_many(PER_CONN_INFLIGHT as u32).await {
                     Ok(a) => a,
                     Err(_) => break Ok(()),
                 };
                 drop(all);
-                reply(&w, req.cookie, 0, None).await?;
+                let err = match export.flush().await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::warn!("NBD flush failed: {e}");
+                        errno_of(&e)
+                    }
+                };
+                reply(&w, req.cookie, err, None).await?;
             }
             CMD_WRITE => {
-                // The payload follows the header; swallow it to stay in sync.
+                // The payload follows the header; read it even when the
+                // write is refused, to stay in sync.
                 if req.len > MAX_READ {
                     break Err(NbdError::Protocol(format!("write of {} bytes", req.len)));
                 }
-                let mut sink = vec![0u8; req.len as usize];
-                if let Err(e) = r.read_exact(&mut sink).await {
+                let mut data = vec![0u8; req.len as usize];
+                if let Err(e) = r.read_exact(&mut data).await {
                     break Err(e.into());
                 }
-                reply(&w, req.cookie, EPERM, None).await?;
+                let err = if !export.writable() {
+                    EPERM
+                } else if !in_range(req.offset, req.len, size) {
+                    ENOSPC
+                } else {
+                    // Inline, not spawned: writes reach the export in the
+                    // client's order (see BlockSource).
+                    match export.write_at(req.offset, Bytes::from(data)).await {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            tracing::warn!(
+                                offset = req.offset,
+                                len = req.len,
+                                "NBD write failed: {e}"
+                            );
+                            errno_of(&e)
+                        }
+                    }
+                };
+                reply(&w, req.cookie, err, None).await?;
+            }
+            CMD_WRITE_ZEROES | CMD_TRIM => {
+                let err = if !export.writable() {
+                    EPERM
+                } else if !in_range(req.offset, req.len, size) {
+                    ENOSPC
+                } else {
+                    let res = if req.kind == CMD_TRIM {
+                        export.trim(req.offset, req.len).await
+                    } else {
+                        export.write_zeroes(req.offset, req.len).await
+                    };
+                    match res {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            tracing::warn!(
+                                offset = req.offset,
+                                len = req.len,
+                                "NBD zero/trim failed: {e}"
+                            );
+                            errno_of(&e)
+                        }
+                    }
+                };
+                reply(&w, req.cookie, err, None).await?;
             }
             _ => {
                 let _ = req.flags;

@@ -1,0 +1,237 @@
+//! `strato migrate disk-send|disk-recv`: disk migration (non-shared
+//! storage) through QEMU's mirror job, with every 4 KiB block the
+//! destination site holds crossing the WAN as its id.
+//!
+//! ```text
+//! Destination: export the new disk writable over NBD (QMP nbd-server-start
+//!   and block-export-add), then
+//!   strato migrate disk-recv --listen ADDR:PORT --nbd HOST:PORT --export NAME --site URL
+//! Source:
+//!   strato migrate disk-send --listen 127.0.0.1:PORT --to DEST:PORT --site URL [--group G]
+//!   then QMP blockdev-add an nbd node on that port, blockdev-mirror into it.
+//! ```
+//!
+//! Each agent prints one line on standard output once it is ready (tests
+//! and scripts wait for it); reports go to standard error and `--report`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use strato::distribute::ChunkClient;
+use strato::image::nbd_client::NbdClient;
+use strato::migrate::disk_recv::{receive_disk, DiskRecvOptions};
+use strato::migrate::disk_report::DiskReport;
+use strato::migrate::disk_send::{DiskSendOptions, DiskSender};
+
+use super::pull::{runtime, Remote};
+use super::Ctx;
+
+/// The destination site's chunk API.
+#[derive(Args, Debug, Clone)]
+pub struct DiskSiteArgs {
+    /// Destination site's strato endpoint, e.g. http://site:9000
+    #[arg(long)]
+    site: Option<String>,
+    /// Access key (default: STRATO_ACCESS_KEY, then AWS_ACCESS_KEY_ID)
+    #[arg(long)]
+    access_key: Option<String>,
+    /// Secret key (default: STRATO_SECRET_KEY, then AWS_SECRET_ACCESS_KEY)
+    #[arg(long)]
+    secret_key: Option<String>,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+}
+
+impl DiskSiteArgs {
+    fn client(&self) -> Result<Option<ChunkClient>> {
+        let Some(endpoint) = &self.site else {
+            return Ok(None);
+        };
+        let remote = Remote {
+            endpoint: endpoint.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            region: self.region.clone(),
+        };
+        Ok(Some(remote.client()?.with_timeout(Duration::from_secs(30))))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DiskSendArgs {
+    /// Where QEMU's mirror job connects (NBD; keep it on localhost)
+    #[arg(long)]
+    listen: SocketAddr,
+    /// NBD export name
+    #[arg(long, default_value = "strato")]
+    export: String,
+    /// Receiver's address (HOST:PORT)
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    site: DiskSiteArgs,
+    /// Migration group shared by the VMs of one cluster migration
+    #[arg(long)]
+    group: Option<String>,
+    /// Name of this VM in reports
+    #[arg(long, default_value = "vm")]
+    vm: String,
+    /// Send every block (no lookup at the site)
+    #[arg(long)]
+    no_dedup: bool,
+    /// zstd level for blocks sent in full (0: no compression)
+    #[arg(long, default_value_t = 3)]
+    zstd: i32,
+    /// 4 KiB blocks per batch (one site query and one blob each)
+    #[arg(long, default_value_t = 512)]
+    batch_blocks: usize,
+    /// Batches prepared at once
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Seconds to keep trying to reach the receiver
+    #[arg(long, default_value_t = 30)]
+    connect_timeout: u64,
+    /// Seconds to wait for QEMU to connect
+    #[arg(long, default_value_t = 600)]
+    accept_timeout: u64,
+    /// Write the JSON report here
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiskRecvArgs {
+    /// Address to listen on for the sender (HOST:PORT)
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The destination QEMU's NBD server (HOST:PORT)
+    #[arg(long)]
+    nbd: String,
+    /// Its writable export holding the new disk
+    #[arg(long)]
+    export: String,
+    #[command(flatten)]
+    site: DiskSiteArgs,
+    /// Milliseconds to wait for a block another sender of the group claimed
+    #[arg(long, default_value_t = 5000)]
+    wait_ms: u64,
+    /// Don't store blocks received in full at the site
+    #[arg(long)]
+    no_store: bool,
+    /// Seconds to wait for the sender to connect
+    #[arg(long, default_value_t = 600)]
+    accept_timeout: u64,
+    /// Write the JSON report here
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn write_report(ctx: &Ctx, path: Option<&PathBuf>, r: &DiskReport) -> Result<()> {
+    let json = serde_json::to_string_pretty(r)?;
+    if let Some(p) = path {
+        std::fs::write(p, &json).with_context(|| format!("writing the report {}", p.display()))?;
+    }
+    if ctx.json {
+        eprintln!("{json}");
+    } else {
+        eprint!("{r}");
+    }
+    Ok(())
+}
+
+/// Connect, retrying while the receiver is starting (bounded).
+async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::net::TcpStream::connect(to).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("connecting to {to}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to the receiver {to}")),
+        }
+    }
+}
+
+pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
+    if let Some(g) = &a.group {
+        if !strato::migrate::claims::valid_group(g) {
+            bail!("invalid --group {g:?}: use 1-128 of A-Z a-z 0-9 . _ -");
+        }
+    }
+    let mut opts = DiskSendOptions::new(&a.vm);
+    opts.group = a.group.clone();
+    opts.site = a.site.client()?;
+    opts.dedup = !a.no_dedup;
+    opts.zstd_level = (a.zstd != 0).then_some(a.zstd);
+    opts.batch_blocks = a.batch_blocks.clamp(1, 8192);
+    opts.window = a.window.clamp(1, 64);
+    opts.accept_timeout = Duration::from_secs(a.accept_timeout);
+    if opts.group.is_some() && opts.site.is_none() {
+        bail!("--group needs --site (the destination site coordinates the group)");
+    }
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        // Bind first: a port already taken is the user's error, before any WAN traffic.
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        let conn = connect(&a.to, Duration::from_secs(a.connect_timeout)).await?;
+        let sender = DiskSender::connect(conn, opts)
+            .await
+            .context("greeting the disk receiver")?;
+        println!(
+            "strato disk-send: NBD export {} at {} ({} bytes)",
+            a.export,
+            listener.local_addr().unwrap_or(a.listen),
+            sender.size()
+        );
+        sender
+            .serve(listener, &a.export)
+            .await
+            .context("disk migration sender")
+    })?;
+    write_report(ctx, a.report.as_ref(), &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn disk_recv(ctx: &Ctx, a: DiskRecvArgs) -> Result<ExitCode> {
+    let opts = DiskRecvOptions {
+        site: a.site.client()?,
+        wait: Duration::from_millis(a.wait_ms.min(600_000)),
+        store_blocks: !a.no_store,
+    };
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let nbd = NbdClient::connect(&a.nbd, &a.export)
+            .await
+            .with_context(|| format!("opening NBD export {:?} at {}", a.export, a.nbd))?;
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        println!(
+            "strato disk-recv: listening on {} for export {} ({} bytes)",
+            listener.local_addr().unwrap_or(a.listen),
+            a.export,
+            nbd.size()
+        );
+        let (conn, peer) =
+            tokio::time::timeout(Duration::from_secs(a.accept_timeout), listener.accept())
+                .await
+                .map_err(|_| anyhow::anyhow!("no sender connected within {} s", a.accept_timeout))?
+                .context("accepting the sender")?;
+        drop(listener);
+        tracing::info!("disk sender connected from {peer}");
+        receive_disk(conn, nbd, opts)
+            .await
+            .context("disk migration receiver")
+    })?;
+    write_report(ctx, a.report.as_ref(), &report)?;
+    Ok(ExitCode::SUCCESS)
+}

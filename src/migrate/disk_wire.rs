@@ -1,0 +1,441 @@
+//! Framing of the WAN connection between `migrate disk-send` and
+//! `migrate disk-recv` (versioned by [`DISK_PROTOCOL`] in `Hello`).
+//!
+//! Every frame is `u8 kind, be32 length, payload`. The sender turns the
+//! writes of QEMU's mirror job into batches: operations that say where each
+//! 4 KiB block goes and how it crosses (zero range, id the destination site
+//! holds, id another VM of the group claimed, literal block with its id,
+//! unaligned literal bytes) plus one blob with the literal bytes in order,
+//! zstd-compressed as a whole. `Flush` / `Flushed` carry NBD flushes end to
+//! end: the sender acknowledges QEMU's flush only once the receiver wrote
+//! and flushed everything before it into the destination export.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::store::ChunkId;
+
+/// Protocol version spoken in `Hello` and `Welcome`.
+pub const DISK_PROTOCOL: u32 = 1;
+/// Upper bound on one frame, so a bad peer cannot make us allocate much.
+pub const MAX_FRAME: usize = 64 << 20;
+/// Disk blocks deduplicated by id.
+pub const BLOCK: usize = 4096;
+
+const KIND_HELLO: u8 = 1;
+const KIND_WELCOME: u8 = 2;
+const KIND_BATCH: u8 = 3;
+const KIND_FLUSH: u8 = 4;
+const KIND_FLUSHED: u8 = 5;
+const KIND_END: u8 = 6;
+const KIND_DONE: u8 = 7;
+
+const OP_ZERO: u8 = 0;
+const OP_SITE: u8 = 1;
+const OP_GROUP: u8 = 2;
+const OP_BLOCK: u8 = 3;
+const OP_BYTES: u8 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskWireError {
+    #[error("WAN connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("WAN connection: malformed frame: {0}")]
+    Malformed(String),
+    #[error("WAN connection: frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+}
+
+pub type Result<T, E = DiskWireError> = std::result::Result<T, E>;
+
+/// Where one range of the disk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskOp {
+    /// `len` zero bytes at `offset`.
+    Zero { offset: u64, len: u32 },
+    /// One block the destination site holds (image block index or chunk).
+    Site { offset: u64, id: ChunkId },
+    /// One block another sender of the group claimed first; it reaches the
+    /// site through that sender's receiver.
+    Group { offset: u64, id: ChunkId },
+    /// One block from the blob, with its id (checked, then stored).
+    Block { offset: u64, id: ChunkId },
+    /// `len` unaligned bytes from the blob.
+    Bytes { offset: u64, len: u32 },
+}
+
+impl DiskOp {
+    pub fn offset(&self) -> u64 {
+        match *self {
+            DiskOp::Zero { offset, .. }
+            | DiskOp::Site { offset, .. }
+            | DiskOp::Group { offset, .. }
+            | DiskOp::Block { offset, .. }
+            | DiskOp::Bytes { offset, .. } => offset,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match *self {
+            DiskOp::Zero { len, .. } | DiskOp::Bytes { len, .. } => len as u64,
+            _ => BLOCK as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes this op takes from the batch's blob.
+    pub fn blob_len(&self) -> usize {
+        match *self {
+            DiskOp::Block { .. } => BLOCK,
+            DiskOp::Bytes { len, .. } => len as usize,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskFrame {
+    Hello {
+        protocol: u32,
+        vm: String,
+        group: Option<String>,
+    },
+    /// The receiver's answer: the destination export's size.
+    Welcome {
+        protocol: u32,
+        size: u64,
+    },
+    Batch {
+        seq: u64,
+        ops: Vec<DiskOp>,
+        /// Blob length once decompressed.
+        raw_len: u32,
+        compressed: bool,
+        blob: Bytes,
+    },
+    /// Everything before this is to be written and flushed.
+    Flush {
+        seq: u64,
+    },
+    Flushed {
+        seq: u64,
+    },
+    /// The source is done (mirror completed or cancelled).
+    End,
+    /// The receiver's last word: success, or why it stopped.
+    Done {
+        ok: bool,
+        message: String,
+    },
+}
+
+fn put_str(p: &mut BytesMut, s: &str) {
+    p.put_u32(s.len() as u32);
+    p.put_slice(s.as_bytes());
+}
+
+fn get_str(b: &mut &[u8]) -> Result<String> {
+    let n = get_u32(b)? as usize;
+    if b.remaining() < n {
+        return Err(DiskWireError::Malformed("string overruns the frame".into()));
+    }
+    let s = String::from_utf8(b[..n].to_vec())
+        .map_err(|_| DiskWireError::Malformed("string is not UTF-8".into()))?;
+    b.advance(n);
+    Ok(s)
+}
+
+fn need(b: &[u8], n: usize) -> Result<()> {
+    if b.remaining() < n {
+        Err(DiskWireError::Malformed("frame too short".into()))
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(b: &mut &[u8]) -> Result<u8> {
+    need(b, 1)?;
+    Ok(b.get_u8())
+}
+fn get_u32(b: &mut &[u8]) -> Result<u32> {
+    need(b, 4)?;
+    Ok(b.get_u32())
+}
+fn get_u64(b: &mut &[u8]) -> Result<u64> {
+    need(b, 8)?;
+    Ok(b.get_u64())
+}
+fn get_id(b: &mut &[u8]) -> Result<ChunkId> {
+    need(b, 32)?;
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&b[..32]);
+    b.advance(32);
+    Ok(ChunkId(id))
+}
+
+impl DiskFrame {
+    pub fn encode(&self) -> Bytes {
+        let mut p = BytesMut::new();
+        let kind = match self {
+            DiskFrame::Hello {
+                protocol,
+                vm,
+                group,
+            } => {
+                p.put_u32(*protocol);
+                put_str(&mut p, vm);
+                put_str(&mut p, group.as_deref().unwrap_or(""));
+                KIND_HELLO
+            }
+            DiskFrame::Welcome { protocol, size } => {
+                p.put_u32(*protocol);
+                p.put_u64(*size);
+                KIND_WELCOME
+            }
+            DiskFrame::Batch {
+                seq,
+                ops,
+                raw_len,
+                compressed,
+                blob,
+            } => {
+                p.put_u64(*seq);
+                p.put_u8(u8::from(*compressed));
+                p.put_u32(*raw_len);
+                p.put_u32(ops.len() as u32);
+                for op in ops {
+                    match *op {
+                        DiskOp::Zero { offset, len } => {
+                            p.put_u8(OP_ZERO);
+                            p.put_u64(offset);
+                            p.put_u32(len);
+                        }
+                        DiskOp::Site { offset, id } => {
+                            p.put_u8(OP_SITE);
+                            p.put_u64(offset);
+                            p.put_slice(&id.0);
+                        }
+                        DiskOp::Group { offset, id } => {
+                            p.put_u8(OP_GROUP);
+                            p.put_u64(offset);
+                            p.put_slice(&id.0);
+                        }
+                        DiskOp::Block { offset, id } => {
+                            p.put_u8(OP_BLOCK);
+                            p.put_u64(offset);
+                            p.put_slice(&id.0);
+                        }
+                        DiskOp::Bytes { offset, len } => {
+                            p.put_u8(OP_BYTES);
+                            p.put_u64(offset);
+                            p.put_u32(len);
+                        }
+                    }
+                }
+                p.put_slice(blob);
+                KIND_BATCH
+            }
+            DiskFrame::Flush { seq } => {
+                p.put_u64(*seq);
+                KIND_FLUSH
+            }
+            DiskFrame::Flushed { seq } => {
+                p.put_u64(*seq);
+                KIND_FLUSHED
+            }
+            DiskFrame::End => KIND_END,
+            DiskFrame::Done { ok, message } => {
+                p.put_u8(u8::from(*ok));
+                put_str(&mut p, message);
+                KIND_DONE
+            }
+        };
+        let mut out = BytesMut::with_capacity(5 + p.len());
+        out.put_u8(kind);
+        out.put_u32(p.len() as u32);
+        out.put_slice(&p);
+        out.freeze()
+    }
+
+    pub fn decode(kind: u8, payload: Bytes) -> Result<DiskFrame> {
+        let mut b: &[u8] = &payload;
+        let f = match kind {
+            KIND_HELLO => {
+                let protocol = get_u32(&mut b)?;
+                let vm = get_str(&mut b)?;
+                let group = get_str(&mut b)?;
+                DiskFrame::Hello {
+                    protocol,
+                    vm,
+                    group: (!group.is_empty()).then_some(group),
+                }
+            }
+            KIND_WELCOME => DiskFrame::Welcome {
+                protocol: get_u32(&mut b)?,
+                size: get_u64(&mut b)?,
+            },
+            KIND_BATCH => {
+                let seq = get_u64(&mut b)?;
+                let compressed = get_u8(&mut b)? != 0;
+                let raw_len = get_u32(&mut b)?;
+                let n = get_u32(&mut b)? as usize;
+                // Each op is at least 13 bytes: a count beyond that is a lie.
+                if n > b.remaining() / 13 {
+                    return Err(DiskWireError::Malformed(format!(
+                        "{n} ops in a short frame"
+                    )));
+                }
+                let mut ops = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let code = get_u8(&mut b)?;
+                    let offset = get_u64(&mut b)?;
+                    ops.push(match code {
+                        OP_ZERO => DiskOp::Zero {
+                            offset,
+                            len: get_u32(&mut b)?,
+                        },
+                        OP_SITE => DiskOp::Site {
+                            offset,
+                            id: get_id(&mut b)?,
+                        },
+                        OP_GROUP => DiskOp::Group {
+                            offset,
+                            id: get_id(&mut b)?,
+                        },
+                        OP_BLOCK => DiskOp::Block {
+                            offset,
+                            id: get_id(&mut b)?,
+                        },
+                        OP_BYTES => DiskOp::Bytes {
+                            offset,
+                            len: get_u32(&mut b)?,
+                        },
+                        c => return Err(DiskWireError::Malformed(format!("unknown op {c}"))),
+                    });
+                }
+                let want: usize = ops.iter().map(DiskOp::blob_len).sum();
+                if want != raw_len as usize {
+                    return Err(DiskWireError::Malformed(format!(
+                        "ops take {want} blob bytes, batch says {raw_len}"
+                    )));
+                }
+                let at = payload.len() - b.remaining();
+                DiskFrame::Batch {
+                    seq,
+                    ops,
+                    raw_len,
+                    compressed,
+                    blob: payload.slice(at..),
+                }
+            }
+            KIND_FLUSH => DiskFrame::Flush {
+                seq: get_u64(&mut b)?,
+            },
+            KIND_FLUSHED => DiskFrame::Flushed {
+                seq: get_u64(&mut b)?,
+            },
+            KIND_END => DiskFrame::End,
+            KIND_DONE => DiskFrame::Done {
+                ok: get_u8(&mut b)? != 0,
+                message: get_str(&mut b)?,
+            },
+            k => return Err(DiskWireError::Malformed(format!("unknown frame kind {k}"))),
+        };
+        Ok(f)
+    }
+}
+
+/// Write one frame; returns its size on the wire.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &DiskFrame) -> Result<u64> {
+    let b = f.encode();
+    w.write_all(&b).await?;
+    Ok(b.len() as u64)
+}
+
+/// Read one frame; returns it and its size on the wire.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(DiskFrame, u64)> {
+    let kind = r.read_u8().await?;
+    let len = r.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(DiskWireError::TooLarge(len));
+    }
+    let mut p = vec![0u8; len];
+    r.read_exact(&mut p).await?;
+    Ok((DiskFrame::decode(kind, Bytes::from(p))?, 5 + len as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(f: DiskFrame) {
+        let b = f.encode();
+        let back = DiskFrame::decode(b[0], b.slice(5..)).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn frames_roundtrip() {
+        let id = ChunkId::of(b"x");
+        roundtrip(DiskFrame::Hello {
+            protocol: DISK_PROTOCOL,
+            vm: "a".into(),
+            group: Some("g".into()),
+        });
+        roundtrip(DiskFrame::Welcome {
+            protocol: 1,
+            size: 1 << 30,
+        });
+        roundtrip(DiskFrame::Batch {
+            seq: 3,
+            ops: vec![
+                DiskOp::Zero {
+                    offset: 0,
+                    len: 8192,
+                },
+                DiskOp::Site { offset: 8192, id },
+                DiskOp::Group { offset: 12288, id },
+                DiskOp::Block { offset: 16384, id },
+                DiskOp::Bytes {
+                    offset: 20480,
+                    len: 3,
+                },
+            ],
+            raw_len: 4099,
+            compressed: false,
+            blob: Bytes::from(vec![7u8; 4099]),
+        });
+        roundtrip(DiskFrame::Flush { seq: 9 });
+        roundtrip(DiskFrame::Flushed { seq: 9 });
+        roundtrip(DiskFrame::End);
+        roundtrip(DiskFrame::Done {
+            ok: false,
+            message: "no".into(),
+        });
+    }
+
+    #[test]
+    fn rejects_lies() {
+        // An op count far beyond the payload.
+        let mut p = BytesMut::new();
+        p.put_u64(1);
+        p.put_u8(0);
+        p.put_u32(0);
+        p.put_u32(u32::MAX);
+        assert!(DiskFrame::decode(KIND_BATCH, p.freeze()).is_err());
+        // Blob length disagreeing with the ops.
+        let f = DiskFrame::Batch {
+            seq: 1,
+            ops: vec![DiskOp::Bytes { offset: 0, len: 5 }],
+            raw_len: 4,
+            compressed: false,
+            blob: Bytes::from_static(b"abcd"),
+        };
+        let b = f.encode();
+        assert!(DiskFrame::decode(b[0], b.slice(5..)).is_err());
+        assert!(DiskFrame::decode(99, Bytes::new()).is_err());
+    }
+}
