@@ -5,5 +5,6 @@ pub mod config;
 pub mod distribute;
 pub mod image;
 pub mod migrate;
+pub mod netem;
 pub mod server;
 pub mod store;
