@@ -96,6 +96,8 @@ fn receiver_facing(answer: Option<Vec<u8>>) -> (bool, String, u64) {
             protocol: PROTOCOL,
             vm: "fake".into(),
             group: None,
+            generation: 1,
+            codec: None,
         },
         Frame::Batch {
             ops: vec![Op::Literal(3), Op::Hash(id)],
@@ -107,7 +109,11 @@ fn receiver_facing(answer: Option<Vec<u8>>) -> (bool, String, u64) {
     for f in &frames {
         s.write_all(&f.encode()).expect("send");
     }
-    // The receiver asks its sender for the page.
+    // The receiver accepts the hello, then asks its sender for the page.
+    match read_frame(&mut s) {
+        Some(Frame::Ack { ok: true, .. }) => {}
+        other => panic!("expected the hello accepted, got {other:?}"),
+    }
     match read_frame(&mut s) {
         Some(Frame::Pull(ids)) => assert_eq!(ids, vec![id]),
         other => panic!("expected a pull, got {other:?}"),

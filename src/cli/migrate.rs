@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use strato::distribute::ChunkClient;
+use strato::migrate::rcache::CodecConfig;
 use strato::migrate::receiver::{self, ReceiverOptions};
 use strato::migrate::report::{GroupReport, VmReport};
 use strato::migrate::sender::{self, SenderOptions};
@@ -97,6 +98,25 @@ pub struct SendArgs {
     /// Batches whose site queries may be in flight at once
     #[arg(long, default_value_t = 4)]
     window: usize,
+    /// Redundancy cache (CloudNet §4.2): sub-page blocks per page for
+    /// pages sent in full (0: cache off)
+    #[arg(long, default_value_t = 4)]
+    rcache_blocks: usize,
+    /// Redundancy cache size at each end, MiB
+    #[arg(long, default_value_t = 64)]
+    rcache_mib: usize,
+    /// Send a re-sent page as a delta against its previous version (CloudNet §4.3)
+    #[arg(long, overrides_with = "no_deltas")]
+    deltas: bool,
+    /// Send re-sent pages whole (no page deltas)
+    #[arg(long, overrides_with = "deltas")]
+    no_deltas: bool,
+    /// Largest delta worth sending, bytes; bigger changes go whole
+    #[arg(long, default_value_t = 2048)]
+    delta_threshold: usize,
+    /// Previous page versions kept for deltas at each end, MiB (FIFO)
+    #[arg(long, default_value_t = 64)]
+    delta_history_mib: usize,
     /// Seconds to keep trying to reach the receiver
     #[arg(long, default_value_t = 30)]
     connect_timeout: u64,
@@ -187,6 +207,7 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     opts.zstd_level = (a.zstd != 0).then_some(a.zstd);
     opts.batch_pages = a.batch_pages.clamp(1, 8192);
     opts.window = a.window.clamp(1, 64);
+    opts.codec = codec_config(&a)?;
     if opts.group.is_some() && opts.site.is_none() {
         bail!("--group needs --site (the destination site coordinates the group)");
     }
@@ -200,6 +221,27 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     })?;
     write_report(ctx, a.report.as_ref(), &report, &report.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The page codec the flags ask for (`None`: cache and deltas both off).
+fn codec_config(a: &SendArgs) -> Result<Option<CodecConfig>> {
+    // --deltas and --no-deltas override each other: the last one wins.
+    let deltas = !a.no_deltas;
+    if a.rcache_blocks == 0 && !deltas {
+        return Ok(None);
+    }
+    let c = CodecConfig {
+        cbr: a.rcache_blocks > 0,
+        blocks_per_page: a.rcache_blocks.max(1),
+        cache_bytes: a.rcache_mib.saturating_mul(1 << 20),
+        delta: deltas,
+        delta_threshold: a.delta_threshold,
+        delta_history_bytes: a.delta_history_mib.saturating_mul(1 << 20),
+        ..sender::default_codec()
+    };
+    c.validate()
+        .context("page codec flags (--rcache-*, --delta-*)")?;
+    Ok(Some(c))
 }
 
 /// Connect, retrying while the receiver is starting (bounded).

@@ -27,6 +27,8 @@ pub enum AgentError {
     Unsupported(String),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("page codec (redundancy cache / page deltas): {0}")]
+    Codec(#[from] super::rcache::CodecError),
 }
 
 impl AgentError {

@@ -73,6 +73,10 @@ pub enum CodecError {
     UnknownSlot(u32),
     #[error("delta base differs from the page held here: the page histories are out of sync")]
     DeltaBaseMismatch,
+    #[error(
+        "delta for page {0:#x}, which this end does not hold: the page histories are out of sync"
+    )]
+    DeltaBaseMissing(u64),
     #[error("decoder refused frames since an earlier error; reset both ends")]
     Poisoned,
     #[error("zstd: {0}")]
@@ -485,9 +489,14 @@ pub struct PageDecoder {
     cfg: CodecConfig,
     generation: u32,
     cache: Option<BlockCache>,
+    /// Mirror of the encoder's page history, for a receiver that holds no
+    /// guest memory (the live agent): same capacity, same update rule.
+    history: Option<PageHistory>,
+    keyed: bool,
     zstd: zstd::bulk::Decompressor<'static>,
     poisoned: bool,
     body: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 impl PageDecoder {
@@ -497,12 +506,60 @@ impl PageDecoder {
             cfg,
             generation,
             cache: None,
+            history: None,
+            keyed: false,
             zstd: zstd::bulk::Decompressor::new().map_err(CodecError::Zstd)?,
             poisoned: false,
             body: Vec::new(),
+            scratch: Vec::new(),
         };
         d.reset(generation);
         Ok(d)
+    }
+
+    /// A decoder that keeps its own copy of the last version of every page
+    /// (bounded exactly like the encoder's history), for [`decode_keyed`].
+    ///
+    /// [`decode_keyed`]: PageDecoder::decode_keyed
+    pub fn new_keyed(cfg: CodecConfig, generation: u32) -> Result<Self, CodecError> {
+        let mut d = PageDecoder::new(cfg, generation)?;
+        d.keyed = true;
+        d.reset(generation);
+        Ok(d)
+    }
+
+    /// Rebuild page `page_no` from `frame` against this decoder's own page
+    /// history, and remember the result as the encoder does. A delta for a
+    /// page the history does not hold is refused (never decoded against
+    /// zeros). Same poisoning as [`decode`](PageDecoder::decode).
+    pub fn decode_keyed(&mut self, page_no: u64, frame: &[u8]) -> Result<&[u8], CodecError> {
+        if self.poisoned {
+            return Err(CodecError::Poisoned);
+        }
+        if !self.keyed {
+            return Err(CodecError::Config("decoder was not built keyed".into()));
+        }
+        let ps = self.cfg.page_size;
+        let mut page = std::mem::take(&mut self.scratch);
+        page.clear();
+        let is_delta = frame.first().is_some_and(|k| k & !ZSTD_FLAG == KIND_DELTA);
+        match self.history.as_ref().and_then(|h| h.pages.get(&page_no)) {
+            Some(prev) => page.extend_from_slice(prev),
+            None if is_delta => {
+                self.poisoned = true;
+                self.scratch = page;
+                return Err(CodecError::DeltaBaseMissing(page_no));
+            }
+            None => page.resize(ps, 0),
+        }
+        let r = self.decode_inner(frame, &mut page);
+        if r.is_err() {
+            self.poisoned = true;
+        } else if let Some(h) = self.history.as_mut() {
+            h.remember(page_no, &page);
+        }
+        self.scratch = page;
+        r.map(|_| &self.scratch[..])
     }
 
     pub fn generation(&self) -> u32 {
@@ -519,6 +576,8 @@ impl PageDecoder {
                 self.cfg.cache_bytes / self.cfg.block_size(),
             )
         });
+        self.history = (self.keyed && self.cfg.delta)
+            .then(|| PageHistory::new(self.cfg.delta_history_bytes / self.cfg.page_size));
     }
 
     /// Rebuild a page from `frame` into `page`, which holds this end's
@@ -730,6 +789,46 @@ mod tests {
                 assert!(wire < raw, "{cfg:?}: {wire} >= {raw}");
             }
         }
+    }
+
+    /// The live receiver holds no guest memory: its keyed decoder keeps
+    /// its own page history, mirrored from the encoder's (same bound, same
+    /// FIFO rule), and rebuilds every page exactly.
+    #[test]
+    fn keyed_decoder_mirrors_the_history() {
+        for cfg in configs() {
+            let mut enc = PageEncoder::new(cfg.clone(), 3).unwrap();
+            let mut dec = PageDecoder::new_keyed(cfg.clone(), 3).unwrap();
+            let mut frame = Vec::new();
+            let mut deltas = 0;
+            for (p, page) in stream(11) {
+                let o = enc.encode(p, &page, &mut frame).unwrap();
+                deltas += u32::from(o.kind == FrameKind::Delta);
+                assert_eq!(dec.decode_keyed(p, &frame).unwrap(), &page[..], "{cfg:?}");
+            }
+            assert_eq!(deltas > 0, cfg.delta, "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn keyed_delta_for_an_unknown_page_is_refused() {
+        let cfg = CodecConfig {
+            cbr: false,
+            ..CodecConfig::default()
+        };
+        let mut enc = PageEncoder::new(cfg.clone(), 1).unwrap();
+        let mut dec = PageDecoder::new_keyed(cfg, 1).unwrap();
+        let mut page = vec![3u8; 4096];
+        let mut f = Vec::new();
+        enc.encode(5, &page, &mut f).unwrap();
+        // The receiver never got that first version.
+        page[10] = 4;
+        assert_eq!(enc.encode(5, &page, &mut f).unwrap().kind, FrameKind::Delta);
+        assert!(matches!(
+            dec.decode_keyed(5, &f),
+            Err(CodecError::DeltaBaseMissing(5))
+        ));
+        assert!(matches!(dec.decode_keyed(6, &f), Err(CodecError::Poisoned)));
     }
 
     #[test]

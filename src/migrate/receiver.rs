@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::agent_error::{AgentError, Result};
+use super::rcache::{CodecConfig, CodecError, PageDecoder};
 use super::stream::PAGE_SIZE;
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
@@ -119,8 +120,37 @@ impl LocalPages {
 
 type Waiters = HashMap<ChunkId, Vec<oneshot::Sender<Option<Bytes>>>>;
 
+/// Largest codec state a sender may ask this receiver to keep (each of
+/// block cache and page history), so a bad peer cannot exhaust memory.
+const MAX_CODEC_BYTES: usize = 8 << 30;
+
+/// The decoder for a sender's codec settings, or why they are refused.
+fn codec_for(codec: Option<CodecConfig>, generation: u32) -> Result<Option<PageDecoder>> {
+    let Some(c) = codec else {
+        return Ok(None);
+    };
+    if c.page_size != PAGE_SIZE {
+        return Err(AgentError::Peer(format!(
+            "codec page size {} (this receiver handles {PAGE_SIZE})",
+            c.page_size
+        )));
+    }
+    if (c.cbr && c.cache_bytes > MAX_CODEC_BYTES)
+        || (c.delta && c.delta_history_bytes > MAX_CODEC_BYTES)
+    {
+        return Err(AgentError::Peer(format!(
+            "codec state of more than {} GiB requested",
+            MAX_CODEC_BYTES >> 30
+        )));
+    }
+    Ok(Some(PageDecoder::new_keyed(c, generation)?))
+}
+
 /// What every batch's resolution shares.
 struct Shared {
+    /// Page codec state, mirrored from the sender's (`None`: codec off).
+    /// Only `prepare` touches it, one batch at a time in stream order.
+    decoder: Mutex<Option<PageDecoder>>,
     opts: ReceiverOptions,
     local: Mutex<LocalPages>,
     pulls: Mutex<Waiters>,
@@ -163,20 +193,32 @@ pub async fn receive<W: Write + Send + 'static>(
     let hello = tokio::time::timeout(opts.hello_timeout, wire::read_frame(&mut rd))
         .await
         .map_err(|_| AgentError::Timeout("no hello from the sender".into()))??;
-    let (vm, group) = match hello {
+    let accepted = match hello {
         Some(Frame::Hello {
             protocol,
             vm,
             group,
-        }) if protocol == PROTOCOL => (vm, group),
-        Some(Frame::Hello { protocol, .. }) => {
-            return Err(AgentError::Peer(format!(
-                "sender speaks protocol {protocol}, this receiver {PROTOCOL}"
-            )))
-        }
-        other => return Err(AgentError::Peer(format!("expected a hello, got {other:?}"))),
+            generation,
+            codec,
+        }) if protocol == PROTOCOL => codec_for(codec, generation).map(|d| (vm, group, d)),
+        Some(Frame::Hello { protocol, .. }) => Err(AgentError::Peer(format!(
+            "sender speaks migration protocol {protocol}, this receiver {PROTOCOL}: run the same strato version at both ends"
+        ))),
+        other => Err(AgentError::Peer(format!("expected a hello, got {other:?}"))),
     };
+    // Answer the hello either way, so the sender reports why.
+    let (ok, message) = match &accepted {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, e.to_string()),
+    };
+    let mut wr = wr;
+    wire::write_frame(&mut wr, &Frame::Ack { ok, message }).await?;
+    wr.flush()
+        .await
+        .map_err(|e| AgentError::io("answering the sender", e))?;
+    let (vm, group, decoder) = accepted?;
     let shared = Arc::new(Shared {
+        decoder: Mutex::new(decoder),
         local: Mutex::new(LocalPages {
             map: HashMap::new(),
             order: VecDeque::new(),
@@ -378,6 +420,16 @@ fn prepare(shared: &Shared, ops: &[Op], blob: &Bytes) -> Result<Prepared> {
                 slots.push(Slot::Ready(p));
             }
             Op::Hash(id) => slots.push(Slot::Wanted(*id)),
+            Op::Coded { key, len } => {
+                let frame = take(&mut at, *len as usize)?;
+                let mut dec = shared.decoder.lock();
+                // A coded page without codec state (codec off in the
+                // hello) is refused like any frame naming unknown state.
+                let dec = dec.as_mut().ok_or(CodecError::Disabled("the page codec"))?;
+                let p = Bytes::copy_from_slice(dec.decode_keyed(*key, &frame)?);
+                raws.push(p.clone());
+                slots.push(Slot::Ready(p));
+            }
         }
     }
     if at != blob.len() {
@@ -623,6 +675,7 @@ fn frame_size(f: &Frame) -> u64 {
                         Op::Literal(_) => 5,
                         Op::Raw => 1,
                         Op::Hash(_) => 33,
+                        Op::Coded { .. } => 13,
                     })
                     .sum::<u64>()
         }

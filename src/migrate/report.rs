@@ -43,6 +43,29 @@ pub struct PageCounts {
     pub repeat: u64,
     /// By id, then pulled back from the sender.
     pub pulled: u64,
+    /// Of `sent`: as redundancy-cache block references (CloudNet §4.2).
+    #[serde(default)]
+    pub cache: u64,
+    /// Of `sent`: as a delta against the version sent before (CloudNet §4.3).
+    #[serde(default)]
+    pub delta: u64,
+}
+
+/// Page bytes the codec kept off the WAN (before zstd, which applies to
+/// what is left).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedBytes {
+    /// By redundancy-cache hits.
+    pub cache: u64,
+    /// By page deltas.
+    pub delta: u64,
+}
+
+impl SavedBytes {
+    fn add(&mut self, o: &SavedBytes) {
+        self.cache += o.cache;
+        self.delta += o.delta;
+    }
 }
 
 /// One VM's migration, as seen by its sender.
@@ -53,6 +76,9 @@ pub struct VmReport {
     pub stream_bytes: u64,
     pub wan: WanBytes,
     pub pages: PageCounts,
+    /// Bytes saved by the redundancy cache and by page deltas.
+    #[serde(default)]
+    pub saved: SavedBytes,
     pub seconds: f64,
     /// QEMU's `query-migrate` downtime, filled in by whoever asked QEMU.
     pub downtime_ms: Option<u64>,
@@ -71,6 +97,8 @@ pub struct GroupReport {
     pub stream_bytes: u64,
     pub wan: WanBytes,
     pub pages: PageCounts,
+    #[serde(default)]
+    pub saved: SavedBytes,
     /// The slowest VM's time (they migrate in parallel).
     pub seconds: f64,
     pub max_downtime_ms: Option<u64>,
@@ -99,6 +127,8 @@ impl PageCounts {
         self.group += o.group;
         self.repeat += o.repeat;
         self.pulled += o.pulled;
+        self.cache += o.cache;
+        self.delta += o.delta;
     }
 }
 
@@ -113,6 +143,7 @@ impl GroupReport {
             g.stream_bytes += v.stream_bytes;
             g.wan.add(&v.wan);
             g.pages.add(&v.pages);
+            g.saved.add(&v.saved);
             g.seconds = g.seconds.max(v.seconds);
             g.max_downtime_ms = match (g.max_downtime_ms, v.downtime_ms) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -152,7 +183,7 @@ impl std::fmt::Display for VmReport {
                 .unwrap_or_default(),
             if self.verified { ", verified" } else { "" },
         )?;
-        write_counts(f, &self.wan, &self.pages)
+        write_counts(f, &self.wan, &self.pages, &self.saved)
     }
 }
 
@@ -175,11 +206,16 @@ impl std::fmt::Display for GroupReport {
                 ""
             }
         )?;
-        write_counts(f, &self.wan, &self.pages)
+        write_counts(f, &self.wan, &self.pages, &self.saved)
     }
 }
 
-fn write_counts(f: &mut std::fmt::Formatter<'_>, w: &WanBytes, p: &PageCounts) -> std::fmt::Result {
+fn write_counts(
+    f: &mut std::fmt::Formatter<'_>,
+    w: &WanBytes,
+    p: &PageCounts,
+    s: &SavedBytes,
+) -> std::fmt::Result {
     writeln!(
         f,
         "  WAN bytes: zero {} literal {} raw {} compressed {} by-hash {} pulled {} framing {} queries {}",
@@ -187,7 +223,12 @@ fn write_counts(f: &mut std::fmt::Formatter<'_>, w: &WanBytes, p: &PageCounts) -
     )?;
     writeln!(
         f,
-        "  pages: zero {} sent {} site {} group {} repeat {} pulled {}",
-        p.zero, p.sent, p.site, p.group, p.repeat, p.pulled
+        "  pages: zero {} sent {} (cache {} delta {}) site {} group {} repeat {} pulled {}",
+        p.zero, p.sent, p.cache, p.delta, p.site, p.group, p.repeat, p.pulled
+    )?;
+    writeln!(
+        f,
+        "  saved before zstd: by cache {} by deltas {}",
+        s.cache, s.delta
     )
 }

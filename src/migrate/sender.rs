@@ -5,8 +5,23 @@
 //! reader thread (stdin) -> tokenizer thread (pages, ids, whole-stream
 //! digest) -> site queries (`have`, then `claim` for the group; a window
 //! of batches in flight, claims issued in stream order) -> decisions (in
+//! order) -> page codec (blocking pool, one batch at a time in stream
 //! order) -> encoding and zstd (blocking pool) -> the WAN connection.
 //! A second task answers the receiver's pulls from a bounded page cache.
+//!
+//! The page codec (`rcache`: CloudNet's sub-page redundancy cache and page
+//! deltas) sits behind the store-assisted dedup: only pages that would
+//! cross in full reach it. Each such page goes as a delta against the last
+//! version of the same guest page this connection sent (QEMU resends dirty
+//! pages in later rounds), else as cache references for the blocks seen
+//! before, else literally; zstd then compresses the batch blob as before.
+//! Pages sent by id (site, group, repeat) and zero pages leave the codec
+//! state untouched at both ends: the receiver resolves by-id pages
+//! asynchronously, after later batches were decoded, so feeding them in
+//! would need a stall; a later delta for such a page is simply taken
+//! against the older version both ends still hold.
+//! The codec state lives for one connection (a fresh generation in the
+//! `Hello`): a retried migration starts empty at both ends.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
@@ -23,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::agent_error::{AgentError, Result};
+use super::rcache::{CodecConfig, FrameKind, PageEncoder};
 use super::report::VmReport;
 use super::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use super::wire::{self, Frame, Op, PROTOCOL};
@@ -49,6 +65,18 @@ pub struct SenderOptions {
     pub keep_bytes: usize,
     /// How long to wait for the receiver's final acknowledgement.
     pub ack_timeout: Duration,
+    /// Redundancy cache and page deltas for pages sent in full (`None`:
+    /// both off). Its zstd level is ignored: batches are compressed whole.
+    pub codec: Option<CodecConfig>,
+}
+
+/// The agents' default codec: CloudNet's 4 blocks per page, a 64 MiB block
+/// cache and 64 MiB of page history at each end, deltas up to half a page.
+pub fn default_codec() -> CodecConfig {
+    CodecConfig {
+        zstd_level: None,
+        ..CodecConfig::default()
+    }
 }
 
 impl SenderOptions {
@@ -63,6 +91,7 @@ impl SenderOptions {
             window: 4,
             keep_bytes: 512 << 20,
             ack_timeout: Duration::from_secs(120),
+            codec: Some(default_codec()),
         }
     }
 }
@@ -89,6 +118,8 @@ struct TokBatch {
     tokens: Vec<Token>,
     /// One id per `Token::Page`, in order.
     ids: Vec<ChunkId>,
+    /// One guest-page key per `Token::Page`, in order.
+    keys: Vec<u64>,
 }
 
 /// A batch with the site's answers.
@@ -107,6 +138,16 @@ struct Encoded {
     literal: u64,
     raw: u64,
     hashes: u64,
+    codec: CodecTally,
+}
+
+/// What the page codec did to one batch.
+#[derive(Default, Clone, Copy)]
+struct CodecTally {
+    cache_pages: u64,
+    delta_pages: u64,
+    saved_cache: u64,
+    saved_delta: u64,
 }
 
 /// Pages sent by id, kept (bounded, FIFO) so the receiver can pull them.
@@ -142,16 +183,47 @@ pub async fn send<R: Read + Send + 'static>(
 ) -> Result<VmReport> {
     let started = Instant::now();
     conn.set_nodelay(true).ok();
-    let (rd, mut wr) = conn.into_split();
+    let (mut rd, mut wr) = conn.into_split();
+    // A fresh generation per connection: no codec frame of an earlier
+    // (dropped) connection can ever match the state of this one.
+    let generation: u32 = rand::random();
+    let mut encoder = match &opts.codec {
+        Some(c) => Some(PageEncoder::new(c.clone(), generation)?),
+        None => None,
+    };
     wire::write_frame(
         &mut wr,
         &Frame::Hello {
             protocol: PROTOCOL,
             vm: opts.vm.clone(),
             group: opts.group.clone(),
+            generation,
+            codec: opts.codec.clone(),
         },
     )
     .await?;
+    wr.flush()
+        .await
+        .map_err(|e| AgentError::io("sending to the receiver", e))?;
+    // The receiver accepts or refuses (protocol, codec settings) before
+    // any page is sent.
+    match tokio::time::timeout(opts.ack_timeout, wire::read_frame(&mut rd)).await {
+        Err(_) => return Err(AgentError::Timeout("receiver did not answer the hello".into())),
+        Ok(Ok(Some(Frame::Ack { ok: true, .. }))) => {}
+        Ok(Ok(Some(Frame::Ack { ok: false, message }))) => {
+            return Err(AgentError::Peer(format!("receiver refused: {message}")))
+        }
+        Ok(Ok(Some(other))) => {
+            return Err(AgentError::Peer(format!(
+                "expected the receiver's answer to the hello, got {other:?}"
+            )))
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            return Err(AgentError::Peer(format!(
+                "receiver closed the connection after the hello (an agent older than protocol {PROTOCOL}?)"
+            )))
+        }
+    }
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
     let cache = Arc::new(Mutex::new(PageCache {
         map: HashMap::new(),
@@ -187,14 +259,14 @@ pub async fn send<R: Read + Send + 'static>(
 
     // Frames are written by their own task, in order, so site queries
     // (tasks too) and encoding keep going while the WAN is busy.
-    let (enc_tx, mut enc_rx) = mpsc::channel::<tokio::task::JoinHandle<Encoded>>(2);
+    let (enc_tx, mut enc_rx) = mpsc::channel::<tokio::task::JoinHandle<Result<Encoded>>>(2);
     let writer_wr = wr.clone();
     let writer = tokio::spawn(async move {
         let mut totals = VmReport::default();
         while let Some(h) = enc_rx.recv().await {
             let enc = h
                 .await
-                .map_err(|e| AgentError::Internal(format!("encode task: {e}")))?;
+                .map_err(|e| AgentError::Internal(format!("encode task: {e}")))??;
             account(&mut totals, &enc);
             let mut w = writer_wr.lock().await;
             w.write_all(&enc.frame)
@@ -206,6 +278,10 @@ pub async fn send<R: Read + Send + 'static>(
 
     // Claims are chained so they reach the site in stream order.
     let mut lookups: VecDeque<tokio::task::JoinHandle<Result<Looked>>> = VecDeque::new();
+    // The codec runs batch after batch in stream order (its state is a
+    // sequence); each batch waits for the previous one's signal.
+    let codec = encoder.take().map(|e| Arc::new(Mutex::new(e)));
+    let mut prev_codec: Option<oneshot::Receiver<()>> = None;
     let mut prev_claim: Option<oneshot::Receiver<()>> = None;
     let mut end: Option<(u64, u128, StreamStats)> = None;
     let mut input_done = false;
@@ -252,7 +328,26 @@ pub async fn send<R: Read + Send + 'static>(
                 let looked = r.map_err(|e| AgentError::Internal(format!("lookup task: {e}")))??;
                 let plan = decide(looked, &opts, &known, &cache, &mut report);
                 let level = opts.zstd_level;
-                let h = tokio::task::spawn_blocking(move || encode(plan, level));
+                let codec = codec.clone();
+                let (done_tx, done_rx) = oneshot::channel();
+                let prev = prev_codec.replace(done_rx);
+                let h = tokio::task::spawn_blocking(move || {
+                    let mut tally = CodecTally::default();
+                    let plan = match codec {
+                        Some(c) => {
+                            if let Some(p) = prev {
+                                // An error upstream drops the sender: the
+                                // writer stops at that batch anyway.
+                                let _ = p.blocking_recv();
+                            }
+                            let r = apply_codec(&mut c.lock(), plan, &mut tally);
+                            let _ = done_tx.send(());
+                            r?
+                        }
+                        None => plan,
+                    };
+                    Ok(encode(plan, level, tally))
+                });
                 if enc_tx.send(h).await.is_err() {
                     break;
                 }
@@ -264,6 +359,9 @@ pub async fn send<R: Read + Send + 'static>(
         .await
         .map_err(|e| AgentError::Internal(format!("writer task: {e}")))??;
     report.wan = totals.wan;
+    report.saved = totals.saved;
+    report.pages.cache = totals.pages.cache;
+    report.pages.delta = totals.pages.delta;
     let tokenizer_result = tokenizer
         .join()
         .map_err(|_| AgentError::Internal("tokenizer panicked".into()))?;
@@ -354,8 +452,13 @@ fn tokenize_input<R: Read + Send + 'static>(
         }
         let batch = std::mem::take(tokens);
         let ids = page_ids(&batch);
-        out.blocking_send(Piece::Batch(TokBatch { tokens: batch, ids }))
-            .map_err(|_| AgentError::Internal("sender pipeline stopped".into()))
+        let keys = tok.take_page_keys();
+        out.blocking_send(Piece::Batch(TokBatch {
+            tokens: batch,
+            ids,
+            keys,
+        }))
+        .map_err(|_| AgentError::Internal("sender pipeline stopped".into()))
     };
     loop {
         let msg = match since {
@@ -483,6 +586,16 @@ enum Item {
     Literal(Bytes),
     Raw(Bytes),
     Hash(ChunkId),
+    /// A page to send in full, still to go through the codec.
+    Page {
+        key: u64,
+        page: Bytes,
+    },
+    /// A page as a codec frame.
+    Coded {
+        key: u64,
+        frame: Bytes,
+    },
 }
 
 /// Decide, in stream order, how each page crosses.
@@ -495,19 +608,25 @@ fn decide(
 ) -> Vec<Item> {
     let Looked { batch, held, won } = looked;
     let mut ids = batch.ids.into_iter();
+    let mut keys = batch.keys.into_iter();
+    let full = |key: Option<u64>, p: Bytes| match key {
+        Some(key) if opts.codec.is_some() => Item::Page { key, page: p },
+        _ => Item::Raw(p),
+    };
     let mut known = known.lock();
     let mut items = Vec::with_capacity(batch.tokens.len());
     for t in batch.tokens {
         match t {
             Token::Literal(b) => items.push(Item::Literal(b)),
             Token::Page(p) => {
+                let key = keys.next();
                 let Some(id) = ids.next() else {
                     items.push(Item::Raw(p));
                     continue;
                 };
                 if !opts.dedup {
                     report.pages.sent += 1;
-                    items.push(Item::Raw(p));
+                    items.push(full(key, p));
                 } else if known.contains(&id) {
                     report.pages.repeat += 1;
                     cache.lock().insert(id, p);
@@ -527,7 +646,7 @@ fn decide(
                 } else {
                     report.pages.sent += 1;
                     known.insert(id);
-                    items.push(Item::Raw(p));
+                    items.push(full(key, p));
                 }
             }
         }
@@ -535,13 +654,44 @@ fn decide(
     items
 }
 
+/// Run a batch's full pages through the codec, in order (blocking).
+fn apply_codec(
+    enc: &mut PageEncoder,
+    items: Vec<Item>,
+    tally: &mut CodecTally,
+) -> Result<Vec<Item>> {
+    let mut frame = Vec::with_capacity(PAGE_SIZE + 64);
+    items
+        .into_iter()
+        .map(|i| match i {
+            Item::Page { key, page } => {
+                let o = enc.encode(key, &page, &mut frame)?;
+                match o.kind {
+                    FrameKind::Blocks => tally.cache_pages += 1,
+                    FrameKind::Delta => tally.delta_pages += 1,
+                    FrameKind::Raw => {}
+                }
+                tally.saved_cache += o.saved_by_cache;
+                tally.saved_delta += o.saved_by_delta;
+                Ok(Item::Coded {
+                    key,
+                    frame: Bytes::copy_from_slice(&frame),
+                })
+            }
+            other => Ok(other),
+        })
+        .collect()
+}
+
 /// Build one batch frame (blocking: zstd).
-fn encode(items: Vec<Item>, level: Option<i32>) -> Encoded {
+fn encode(items: Vec<Item>, level: Option<i32>, codec: CodecTally) -> Encoded {
     let mut ops = Vec::with_capacity(items.len());
     let blob_len: usize = items
         .iter()
         .map(|i| match i {
             Item::Literal(b) | Item::Raw(b) => b.len(),
+            Item::Page { page, .. } => page.len(),
+            Item::Coded { frame, .. } => frame.len(),
             Item::Hash(_) => 0,
         })
         .sum();
@@ -557,10 +707,19 @@ fn encode(items: Vec<Item>, level: Option<i32>) -> Encoded {
                     _ => ops.push(Op::Literal(b.len() as u32)),
                 }
             }
-            Item::Raw(p) => {
+            // A page the codec did not see (no key) goes raw.
+            Item::Raw(p) | Item::Page { page: p, .. } => {
                 raw += p.len() as u64;
                 blob.extend_from_slice(&p);
                 ops.push(Op::Raw);
+            }
+            Item::Coded { key, frame } => {
+                raw += frame.len() as u64;
+                blob.extend_from_slice(&frame);
+                ops.push(Op::Coded {
+                    key,
+                    len: frame.len() as u32,
+                });
             }
             Item::Hash(id) => {
                 hashes += 1;
@@ -594,6 +753,7 @@ fn encode(items: Vec<Item>, level: Option<i32>) -> Encoded {
         literal,
         raw,
         hashes,
+        codec,
     }
 }
 
@@ -608,6 +768,10 @@ fn account(report: &mut VmReport, e: &Encoded) {
     }
     w.by_hash += 32 * e.hashes;
     w.framing += e.frame.len() as u64 - e.blob_len - 32 * e.hashes;
+    report.pages.cache += e.codec.cache_pages;
+    report.pages.delta += e.codec.delta_pages;
+    report.saved.cache += e.codec.saved_cache;
+    report.saved.delta += e.codec.saved_delta;
 }
 
 /// Serve the receiver's pulls until it acknowledges the end.

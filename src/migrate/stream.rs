@@ -96,6 +96,12 @@ pub struct Tokenizer {
     offset: u64,
     ram_section: Option<u32>,
     stats: StreamStats,
+    /// Hash of the RAM block named by the last record without CONTINUE.
+    block_hash: u64,
+    /// Key of the page whose record `step` just parsed.
+    pending_key: u64,
+    /// One key per `Token::Page` emitted and not yet taken.
+    page_keys: Vec<u64>,
 }
 
 impl Default for Tokenizer {
@@ -136,7 +142,18 @@ impl Tokenizer {
             offset: 0,
             ram_section: None,
             stats: StreamStats::default(),
+            block_hash: 0,
+            pending_key: 0,
+            page_keys: Vec::new(),
         }
+    }
+
+    /// Take the keys of the pages emitted since the last call, one per
+    /// `Token::Page` in order. A key names a guest page (RAM block and
+    /// offset), so a page QEMU resends in a later round has the same key
+    /// (the page-delta history is indexed by it).
+    pub fn take_page_keys(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.page_keys)
     }
 
     pub fn stats(&self) -> &StreamStats {
@@ -179,6 +196,7 @@ impl Tokenizer {
                     let page = self.buf.split_to(PAGE_SIZE).freeze();
                     self.offset += PAGE_SIZE as u64;
                     self.stats.pages += 1;
+                    self.page_keys.push(self.pending_key);
                     out.push(Token::Page(page));
                 }
                 Step::NeedMore => return,
@@ -428,6 +446,10 @@ impl Tokenizer {
                 return Step::NeedMore;
             }
             header += 1 + b[8] as usize;
+            if b.len() < header {
+                return Step::NeedMore;
+            }
+            self.block_hash = xxhash_rust::xxh3::xxh3_64(&b[9..header]);
         }
         if zero {
             if b.len() < header + 1 {
@@ -439,6 +461,11 @@ impl Tokenizer {
         if b.len() < header + PAGE_SIZE {
             return Step::NeedMore;
         }
+        // Block hash in the high bits, page number (blocks are < 2^40
+        // pages) in the low ones: unique per guest page in practice; a
+        // collision would only cost delta opportunities, never bytes.
+        let addr = be64(b) & !FLAG_MASK;
+        self.pending_key = (self.block_hash << 40) ^ (addr / PAGE_SIZE as u64);
         Step::Page { header }
     }
 }

@@ -7,17 +7,26 @@
 //! a whole (compressing pages one by one gains little). The receiver walks
 //! the operations to rebuild QEMU's stream byte for byte.
 //!
-//! The connection is bidirectional: the receiver asks its sender for pages
-//! it cannot find at its site (`Pull`), and acknowledges the end.
+//! The connection is bidirectional: the receiver answers the `Hello` with
+//! an `Ack` (accepted, or refused with the reason, e.g. a protocol
+//! mismatch), asks its sender for pages it cannot find at its site
+//! (`Pull`), and acknowledges the end.
+//!
+//! Protocol 2 adds the page codec (CloudNet redundancy cache and page
+//! deltas, `rcache`): its settings and a fresh cache generation travel in
+//! the `Hello`, and pages that cross in full may go as `Coded` operations
+//! (a codec frame in the blob, keyed by guest page so the receiver finds
+//! the base of a delta).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::rcache::CodecConfig;
 use super::stream::PAGE_SIZE;
 use crate::store::ChunkId;
 
-/// Protocol version spoken in `Hello`.
-pub const PROTOCOL: u32 = 1;
+/// Protocol version spoken in `Hello` (2: page codec, hello answered).
+pub const PROTOCOL: u32 = 2;
 /// Upper bound on one frame, so a bad peer cannot make us allocate much.
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -31,6 +40,7 @@ const KIND_ACK: u8 = 6;
 const OP_LITERAL: u8 = 0;
 const OP_RAW: u8 = 1;
 const OP_HASH: u8 = 2;
+const OP_CODED: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -53,6 +63,9 @@ pub enum Op {
     Raw,
     /// One page with this id: from the site store, or pulled.
     Hash(ChunkId),
+    /// One page as a codec frame of `len` blob bytes; `key` names the
+    /// guest page (see `Tokenizer::take_page_keys`).
+    Coded { key: u64, len: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +74,11 @@ pub enum Frame {
         protocol: u32,
         vm: String,
         group: Option<String>,
+        /// Cache generation of this connection (fresh per connection, so
+        /// no frame of another connection can match this state).
+        generation: u32,
+        /// Page codec settings; `None`: pages go raw (or by id).
+        codec: Option<CodecConfig>,
     },
     Batch {
         ops: Vec<Op>,
@@ -89,10 +107,26 @@ impl Frame {
                 protocol,
                 vm,
                 group,
+                generation,
+                codec,
             } => {
                 p.put_u32(*protocol);
                 put_str(&mut p, vm);
                 put_str(&mut p, group.as_deref().unwrap_or(""));
+                p.put_u32(*generation);
+                match codec {
+                    None => p.put_u8(0),
+                    Some(c) => {
+                        p.put_u8(1);
+                        p.put_u32(c.page_size as u32);
+                        // 0 blocks per page: redundancy cache off.
+                        p.put_u32(if c.cbr { c.blocks_per_page as u32 } else { 0 });
+                        p.put_u64(c.cache_bytes as u64);
+                        p.put_u8(u8::from(c.delta));
+                        p.put_u32(c.delta_threshold as u32);
+                        p.put_u64(c.delta_history_bytes as u64);
+                    }
+                }
                 KIND_HELLO
             }
             Frame::Batch {
@@ -114,6 +148,11 @@ impl Frame {
                         Op::Hash(id) => {
                             p.put_u8(OP_HASH);
                             p.put_slice(&id.0);
+                        }
+                        Op::Coded { key, len } => {
+                            p.put_u8(OP_CODED);
+                            p.put_u64(*key);
+                            p.put_u32(*len);
                         }
                     }
                 }
@@ -163,12 +202,52 @@ impl Frame {
             KIND_HELLO => {
                 need(&p, 4)?;
                 let protocol = p.get_u32();
+                if protocol != PROTOCOL {
+                    // Another version's layout: report only the version,
+                    // so the peer gets a clear refusal, not a parse error.
+                    return Ok(Frame::Hello {
+                        protocol,
+                        vm: String::new(),
+                        group: None,
+                        generation: 0,
+                        codec: None,
+                    });
+                }
                 let vm = get_str(&mut p)?;
                 let group = get_str(&mut p)?;
+                need(&p, 5)?;
+                let generation = p.get_u32();
+                let codec = match p.get_u8() {
+                    0 => None,
+                    1 => {
+                        need(&p, 4 + 4 + 8 + 1 + 4 + 8)?;
+                        let page_size = p.get_u32() as usize;
+                        let blocks = p.get_u32() as usize;
+                        let cache_bytes =
+                            usize::try_from(p.get_u64()).map_err(|_| bad("cache size"))?;
+                        let delta = p.get_u8() != 0;
+                        let delta_threshold = p.get_u32() as usize;
+                        let delta_history_bytes =
+                            usize::try_from(p.get_u64()).map_err(|_| bad("delta history size"))?;
+                        Some(CodecConfig {
+                            page_size,
+                            cbr: blocks > 0,
+                            blocks_per_page: blocks.max(1),
+                            cache_bytes,
+                            delta,
+                            delta_threshold,
+                            delta_history_bytes,
+                            zstd_level: None,
+                        })
+                    }
+                    _ => return Err(bad("codec flag")),
+                };
                 Ok(Frame::Hello {
                     protocol,
                     vm,
                     group: (!group.is_empty()).then_some(group),
+                    generation,
+                    codec,
                 })
             }
             KIND_BATCH => {
@@ -191,6 +270,12 @@ impl Frame {
                         OP_HASH => {
                             need(&p, 32)?;
                             ops.push(Op::Hash(get_id(&mut p)));
+                        }
+                        OP_CODED => {
+                            need(&p, 12)?;
+                            let key = p.get_u64();
+                            let len = p.get_u32();
+                            ops.push(Op::Coded { key, len });
                         }
                         t => return Err(WireError::Malformed(format!("operation {t}"))),
                     }
@@ -330,9 +415,26 @@ mod tests {
                 protocol: PROTOCOL,
                 vm: "vm1".into(),
                 group: Some("g".into()),
+                generation: 7,
+                codec: None,
+            },
+            Frame::Hello {
+                protocol: PROTOCOL,
+                vm: "vm2".into(),
+                group: None,
+                generation: 8,
+                codec: Some(CodecConfig {
+                    zstd_level: None,
+                    ..CodecConfig::default()
+                }),
             },
             Frame::Batch {
-                ops: vec![Op::Literal(3), Op::Raw, Op::Hash(id)],
+                ops: vec![
+                    Op::Literal(3),
+                    Op::Raw,
+                    Op::Hash(id),
+                    Op::Coded { key: 5, len: 0 },
+                ],
                 raw_len: 7,
                 compressed: false,
                 blob: Bytes::from_static(b"abcdefg"),
@@ -367,5 +469,20 @@ mod tests {
         assert!(Frame::decode(KIND_BATCH, Bytes::from_static(b"\0\0\0\0\x05\0\0\0\x09")).is_err());
         assert!(Frame::decode(99, Bytes::new()).is_err());
         assert!(Frame::decode(KIND_PULL, Bytes::from_static(b"abc")).is_err());
+    }
+
+    #[test]
+    fn hello_of_another_protocol_decodes_to_its_version_only() {
+        // Protocol 1's hello: version, vm, group, nothing else.
+        let p = Bytes::from_static(b"\0\0\0\x01\x03vm1\x00");
+        match Frame::decode(KIND_HELLO, p).unwrap() {
+            Frame::Hello {
+                protocol, codec, ..
+            } => {
+                assert_eq!(protocol, 1);
+                assert!(codec.is_none());
+            }
+            f => panic!("{f:?}"),
+        }
     }
 }
