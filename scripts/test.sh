@@ -9,6 +9,8 @@ need_apt=()
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
+# tests/migrate_disk.rs exports a destination disk with qemu-nbd.
+command -v qemu-nbd >/dev/null || need_apt+=(qemu-utils)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tc >/dev/null || need_apt+=(iproute2)
 # Multicast tests make link loss with nftables (this kernel has no netem).

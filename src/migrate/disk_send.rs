@@ -624,7 +624,8 @@ async fn wan_writer(
                         .map_err(|e| DiskError::io("WAN connection", e))?;
                     let mut r = report.lock();
                     add_report(&mut r, &p.report);
-                    r.wan.total += p.frame.len() as u64;
+                    // Site queries cross the WAN too (the site is at the destination).
+                    r.wan.total += p.frame.len() as u64 + p.report.wan.site_queries;
                 }
                 Queued::Flush(done) => {
                     flush_seq += 1;
