@@ -1,40 +1,67 @@
 #!/usr/bin/env bash
 # Live migration of idle TCG guests over an emulated WAN: QEMU plain,
 # QEMU multifd + zstd, strato dedup, strato dedup + zstd, and strato with
-# the destination site pre-seeded by an earlier guest, for 1, 2 and 4 VMs
-# migrated at once (one migration group).
+# the destination site pre-seeded (the guest image in a block-indexed
+# bucket, then an earlier guest migrated in), for 1, 2 and 4 VMs migrated
+# at once (one migration group).
 #
-# WAN: source and destination namespaces joined by a veth pair shaped to
-# RATE (default 100 Mbit/s) each way with tbf. This machine's kernel has no
-# netem, so no delay is added (the 20 ms of the issue are not emulated).
-# Bytes are the veth's counters (both directions: pages, ids, site queries,
-# TCP/IP headers), time is from the first `migrate` to the last guest
-# running at the destination, downtime is QEMU's own (max over the VMs).
+# WAN (WAN=wanem, the default): source and destination namespaces joined by
+# strato-wanem, the userspace emulator (this kernel has no netem): RATE
+# (default 100mbit) and DELAY_MS (default 10) each way, so 20 ms round
+# trips, with a LIMIT-frame queue (default 420 frames = 50 ms at 100 Mbit/s,
+# like the tbf latency below). WAN=tbf: a veth pair shaped with tbf, no
+# delay (the earlier setup). Bytes are the source end's counters (both
+# directions: pages, ids, site queries, TCP/IP and Ethernet headers), time is
+# from the first `migrate` to the last guest running at the destination,
+# downtime is QEMU's own (max over the VMs).
 #
 # Guests: 256 MiB, the same kernel/initramfs, 8 MiB of seed-specific data
 # each (scripts/build-guest.sh), idle. One run per cell.
 #
-# Env: STRATO_BIN (default target/release/strato, built if missing), OUT,
-#      VMS (default "1 2 4"), MODES (default all), RATE (default 100mbit),
-#      SEND_EXTRA (more `strato migrate send` flags, e.g. "--batch-pages 128").
+# `migrate_bench.sh captures` instead captures the migration streams of
+# CAPTURES (default 16) distinct idle guests once (`migrate "exec:cat >
+# FILE"`, kept in OUT/captures), replays REPLAY (default "1 2 4 8 16") of
+# them at once through `strato migrate send` -> the WAN -> `strato migrate
+# recv` as one group against a fresh site, checks every rebuilt stream
+# against its capture, and compares the WAN bytes to a QEMU multifd + zstd
+# anchor: zstd -1 of the captures (QEMU's multifd zstd level), calibrated by
+# the live multifd + zstd runs of OUT/results.json at the same guests (run
+# the live table first).
+#
+# Env: STRATO_BIN (default target/release/strato, built if missing; the
+#      emulator is strato-wanem beside it), OUT, VMS (default "1 2 4"),
+#      MODES (default all), WAN, RATE, DELAY_MS, LIMIT, CAPTURES, REPLAY,
+#      SEND_EXTRA (more `strato migrate send` flags, e.g. "--batch-pages 128"),
+#      SWITCHOVER_BW (bytes/s: QEMU's avail-switchover-bandwidth for the
+#      strato modes), TCP_WMEM (the source site's net.ipv4.tcp_wmem).
+# Downtime: QEMU's (source side, query-migrate) and "paused", the guest's
+# pause from the source leaving "running" to the destination running.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
 if [ -z "${STRATO_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin strato >&2)
+  (cd "$ROOT" && cargo build --release --bin strato --bin strato-wanem >&2)
 fi
-for t in qemu-system-x86_64 ip tc; do
+WANEM=$(dirname "$STRATO")/strato-wanem
+[ "${WAN:-wanem}" != wanem ] || [ -x "$WANEM" ] || { echo "$WANEM missing (cargo build --release --bin strato-wanem)" >&2; exit 1; }
+for t in qemu-system-x86_64 ip tc zstd; do
   command -v $t >/dev/null || { echo "$t missing (scripts/test.sh installs it)" >&2; exit 1; }
 done
 GUEST=$("$ROOT/scripts/build-guest.sh")
 OUT=${OUT:-$ROOT/target/bench-migrate}
 mkdir -p "$OUT"
 
-python3 - "$STRATO" "$GUEST" "$OUT" "${VMS:-1 2 4}" "${MODES:-plain multifd-zstd dedup dedup-zstd seeded}" "${RATE:-100mbit}" <<'PY'
-import json, os, signal, socket, subprocess, sys, time
-strato, guest, out, vms_list, modes, rate = sys.argv[1:7]
+python3 - "$STRATO" "$GUEST" "$OUT" "${VMS:-1 2 4}" "${MODES:-plain multifd-zstd dedup dedup-zstd seeded}" "${RATE:-100mbit}" \
+  "${WAN:-wanem}" "$WANEM" "${DELAY_MS:-10}" "${LIMIT:-420}" "${1:-live}" "${CAPTURES:-16}" "${REPLAY:-1 2 4 8 16}" <<'PY'
+import hashlib, json, os, signal, socket, subprocess, sys, time
+strato, guest, out, vms_list, modes, rate, wan, wanem, delay_ms, limit, bench, captures, replay = sys.argv[1:14]
 vms_list = [int(v) for v in vms_list.split()]
 modes = modes.split()
+captures = int(captures)
+replay = [int(v) for v in replay.split()]
+if wan not in ("wanem", "tbf") or bench not in ("live", "captures"):
+    raise SystemExit(f"WAN must be wanem or tbf, the argument live or captures (got {wan}, {bench})")
+wanem_proc = None
 pid = os.getpid()
 NS_S, NS_D = f"smb{pid}s", f"smb{pid}d"
 net = pid % 250 + 1
@@ -45,15 +72,39 @@ def sh(*a, check=True):
     return subprocess.run(list(a), check=check, capture_output=True, text=True).stdout
 
 def netns_up():
+    global wanem_proc
     sh("ip", "netns", "add", NS_S); sh("ip", "netns", "add", NS_D)
-    sh("ip", "-n", NS_S, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", NS_D)
+    if wan == "tbf":
+        sh("ip", "-n", NS_S, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", NS_D)
+    else:
+        # strato-wanem's TAPs, moved into the sites and renamed like the veth ends.
+        wanem_proc = subprocess.Popen(
+            [wanem, "--tap-a", f"smb{pid}a", "--tap-b", f"smb{pid}b", "--rate", rate, "--delay-ms", delay_ms,
+             "--limit", limit, "--report", f"{out}/wanem.json"],
+            stdout=subprocess.PIPE, stderr=open(f"{out}/wanem.log", "w"), text=True)
+        line = wanem_proc.stdout.readline().strip()
+        if line != f"tap-a=smb{pid}a tap-b=smb{pid}b":
+            raise SystemExit(f"strato-wanem: {line!r}")
+        for ns, tap, dev in ((NS_S, f"smb{pid}a", "wan0"), (NS_D, f"smb{pid}b", "wan1")):
+            sh("ip", "link", "set", tap, "netns", ns)
+            sh("ip", "-n", ns, "link", "set", tap, "name", dev)
+    if os.environ.get("TCP_WMEM"):
+        # TCP send buffers of the source site (per namespace), e.g. "4096 16384 262144".
+        sh("ip", "netns", "exec", NS_S, "sysctl", "-q", "-w", f"net.ipv4.tcp_wmem={os.environ['TCP_WMEM']}")
     for ns, dev, ip in ((NS_S, "wan0", SIP), (NS_D, "wan1", DIP)):
         sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
         sh("ip", "-n", ns, "link", "set", dev, "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kbit", "latency", "50ms")
+        if wan == "tbf":
+            sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kbit", "latency", "50ms")
 
 def netns_down():
+    if wanem_proc and wanem_proc.poll() is None:
+        wanem_proc.send_signal(signal.SIGTERM)
+        try:
+            wanem_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            wanem_proc.kill()
     for ns in (NS_S, NS_D):
         for p in sh("ip", "netns", "pids", ns, check=False).split():
             try:
@@ -139,9 +190,16 @@ def wait_shell(d, limit=120):
         time.sleep(0.5)
     print(f"warning: no shell seen in {d} after {limit} s; going on", file=sys.stderr)
 
-def site_start(d):
+def site_start(d, seed_image=False):
     env = dict(os.environ, STRATO_DATA_DIR=f"{d}/site", STRATO_ACCESS_KEY=AK, STRATO_SECRET_KEY=SK)
     env.pop("STRATO_CONFIG", None)
+    if seed_image:
+        # The guest's image (kernel, initramfs) in a block-indexed bucket:
+        # its 4 KiB blocks resolve page ids too.
+        subprocess.run([strato, "mb", "--block-index", "images"], env=env, check=True, capture_output=True)
+        for f in ("vmlinuz", "initramfs.cpio"):
+            subprocess.run([strato, "put", "--chunking", "block", f"{guest}/{f}", f"images/{f}"],
+                           env=env, check=True, capture_output=True)
     p = subprocess.Popen(["ip", "netns", "exec", NS_D, strato, "serve", "--listen", f"{DIP}:9000"],
                          env=env, stdout=subprocess.PIPE, stderr=open(f"{d}/serve.log", "w"), text=True)
     line = p.stdout.readline()
@@ -187,6 +245,12 @@ def migrate_set(d, n, mode, seeds, group, site):
                 uri = (f"exec:{strato} migrate send --to {DIP}:{port} {site_flags()} --group {group} "
                        f"--vm vm{i} {extra} --report {d}/send{i}.json 2>>{d}/send{i}.log")
             p, q = qemu(f"{d}/dst{i}", NS_D, seeds[i], inc); procs.append(p); dsts.append(q)
+            if os.environ.get("SWITCHOVER_BW") and mode not in ("plain", "multifd-zstd"):
+                # What the WAN really drains at switchover (bytes/s of
+                # QEMU's stream), instead of QEMU's estimate from how fast
+                # the sender's buffers took the stream.
+                srcs[i].cmd("migrate-set-parameters",
+                            **{"avail-switchover-bandwidth": int(os.environ["SWITCHOVER_BW"])})
             if mode == "multifd-zstd":
                 for qq in (q, srcs[i]):
                     qq.cmd("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
@@ -198,25 +262,28 @@ def migrate_set(d, n, mode, seeds, group, site):
         before, t0 = wan_bytes(), time.time()
         for i in range(n):
             srcs[i].cmd("migrate", uri=uris[i])
-        downtimes = []
-        for i in range(n):
-            end = time.time() + 900
-            while True:
-                info = srcs[i].cmd("query-migrate")
-                if info.get("status") in ("completed", "failed", "cancelled"):
-                    break
-                if time.time() > end:
-                    raise SystemExit("migration timed out")
-                time.sleep(0.05)
-            if info["status"] != "completed":
-                raise SystemExit(f"{mode} vm{i}: {info}")
-            downtimes.append(info.get("downtime", 0))
-        for i in range(n):
-            end = time.time() + 300
-            while dsts[i].cmd("query-status")["status"] != "running":
-                if time.time() > end:
-                    raise SystemExit(f"{mode} dst{i} never ran")
-                time.sleep(0.05)
+        # One poll loop over all VMs: QEMU's downtime (source side, from
+        # query-migrate) and the pause the guest sees, from the source
+        # leaving "running" to the destination running (20 ms polls).
+        downtimes, stopped_at, running_at = [None] * n, [None] * n, [None] * n
+        end = time.time() + 900
+        while None in downtimes or None in running_at:
+            if time.time() > end:
+                raise SystemExit(f"{mode}: migration timed out")
+            for i in range(n):
+                if stopped_at[i] is None and srcs[i].cmd("query-status")["status"] != "running":
+                    stopped_at[i] = time.time()
+                if downtimes[i] is None:
+                    info = srcs[i].cmd("query-migrate")
+                    if info.get("status") in ("failed", "cancelled"):
+                        raise SystemExit(f"{mode} vm{i}: {info}")
+                    if info.get("status") == "completed":
+                        downtimes[i] = info.get("downtime", 0)
+                if running_at[i] is None and stopped_at[i] is not None \
+                        and dsts[i].cmd("query-status")["status"] == "running":
+                    running_at[i] = time.time()
+            time.sleep(0.02)
+        paused = max(round((running_at[i] - stopped_at[i]) * 1000) for i in range(n))
         reports = []
         if mode not in ("plain", "multifd-zstd"):
             for i in range(n):
@@ -228,45 +295,193 @@ def migrate_set(d, n, mode, seeds, group, site):
                 reports.append(f"{d}/send{i}.json")
         secs = time.time() - t0
         time.sleep(0.5)
-        return wan_bytes() - before, secs, max(downtimes), reports
+        return wan_bytes() - before, secs, max(downtimes), reports, paused
     finally:
         stop(procs)
 
-rows = []
-netns_up()
-try:
-    for n in vms_list:
-        for mode in modes:
-            d = f"{out}/n{n}-{mode}"
-            subprocess.run(["rm", "-rf", d]); os.makedirs(d)
-            site = site_start(d) if mode not in ("plain", "multifd-zstd") else None
-            try:
-                if mode == "seeded":
-                    # An earlier guest (another seed) migrated into this site first.
-                    os.makedirs(f"{d}/earlier")
-                    migrate_set(f"{d}/earlier", 1, "dedup-zstd", [99], f"early{n}", site)
-                b, s, dt, reps = migrate_set(d, n, "dedup-zstd" if mode == "seeded" else mode,
-                                             list(range(1, n + 1)), f"g{n}{mode}", site)
-                verified = None
-                if reps:
-                    g = json.loads(subprocess.run([strato, "--json", "migrate", "report", *reps],
-                                                  check=True, capture_output=True, text=True).stdout)
-                    verified = g["all_verified"]
-                    json.dump(g, open(f"{d}/group.json", "w"), indent=1)
-                rows.append((n, mode, b, s, dt, verified))
-                print(f"{n} VMs {mode:<13} {b/2**20:8.1f} MiB {s:7.1f} s downtime {dt} ms verified {verified}",
-                      file=sys.stderr, flush=True)
-            finally:
-                stop([site])
-finally:
-    netns_down()
+def group_report(reps, d):
+    g = json.loads(subprocess.run([strato, "--json", "migrate", "report", *reps],
+                                  check=True, capture_output=True, text=True).stdout)
+    json.dump(g, open(f"{d}/group.json", "w"), indent=1)
+    return g["all_verified"]
 
-print(f"{'VMs':>3} {'mode':<13} {'WAN MiB':>8} {'vs plain':>8} {'vs mfd+zstd':>11} {'time s':>7} {'downtime ms':>11} verified")
-base = {(n, m): b for n, m, b, *_ in rows}
-for n, mode, b, s, dt, v in rows:
-    p = base.get((n, "plain")); z = base.get((n, "multifd-zstd"))
-    rp = f"{b/p:8.2f}" if p else f"{'-':>8}"
-    rz = f"{b/z:11.2f}" if z else f"{'-':>11}"
-    print(f"{n:>3} {mode:<13} {b/2**20:8.1f} {rp} {rz} {s:7.1f} {dt:>11} {'' if v is None else v}")
-json.dump(rows, open(f"{out}/results.json", "w"), indent=1)
+def live():
+    rows = []
+    netns_up()
+    try:
+        for n in vms_list:
+            for mode in modes:
+                d = f"{out}/n{n}-{mode}"
+                subprocess.run(["rm", "-rf", d]); os.makedirs(d)
+                site = site_start(d, seed_image=(mode == "seeded")) if mode not in ("plain", "multifd-zstd") else None
+                try:
+                    if mode == "seeded":
+                        # An earlier guest (another seed) migrated into this site first.
+                        os.makedirs(f"{d}/earlier")
+                        migrate_set(f"{d}/earlier", 1, "dedup-zstd", [99], f"early{n}", site)
+                    b, s, dt, reps, paused = migrate_set(d, n, "dedup-zstd" if mode == "seeded" else mode,
+                                                 list(range(1, n + 1)), f"g{n}{mode}{pid}", site)
+                    verified = group_report(reps, d) if reps else None
+                    rows.append((n, mode, b, s, dt, verified, paused))
+                    print(f"{n} VMs {mode:<13} {b/2**20:8.1f} MiB {s:7.1f} s downtime {dt} ms "
+                          f"paused {paused} ms verified {verified}",
+                          file=sys.stderr, flush=True)
+                finally:
+                    stop([site])
+    finally:
+        netns_down()
+    # Merge into earlier results (runs of a few cells keep the others).
+    path = f"{out}/results-{wan}.json"
+    old = json.load(open(path)) if os.path.exists(path) else []
+    keep = {(r[0], r[1]) for r in rows}
+    rows = sorted([r for r in old if (r[0], r[1]) not in keep] + rows,
+                  key=lambda r: (r[0], ["plain", "multifd-zstd", "dedup", "dedup-zstd", "seeded"].index(r[1])
+                                 if r[1] in ["plain", "multifd-zstd", "dedup", "dedup-zstd", "seeded"] else 9))
+    json.dump(rows, open(path, "w"), indent=1)
+    print(f"WAN: {wan}, {rate}" + (f", {delay_ms} ms each way, queue {limit} frames" if wan == "wanem" else ", no delay"))
+    print(f"{'VMs':>3} {'mode':<13} {'WAN MiB':>8} {'vs plain':>8} {'vs mfd+zstd':>11} {'time s':>7} {'t vs mfd':>8} "
+          f"{'downtime ms':>11} {'paused ms':>9} verified")
+    base = {(r[0], r[1]): r for r in rows}
+    for n, mode, b, s, dt, v, *rest in rows:
+        pz = rest[0] if rest else "-"
+        p = base.get((n, "plain")); z = base.get((n, "multifd-zstd"))
+        rp = f"{b/p[2]:8.2f}" if p else f"{'-':>8}"
+        rz = f"{b/z[2]:11.2f}" if z else f"{'-':>11}"
+        tz = f"{s/z[3]:8.2f}" if z else f"{'-':>8}"
+        print(f"{n:>3} {mode:<13} {b/2**20:8.1f} {rp} {rz} {s:7.1f} {tz} {dt:>11} {pz:>9} {'' if v is None else v}")
+
+def md5_file(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+def capture_all(cdir):
+    """Migration streams of `captures` idle guests (seeds 1..N) into files,
+    four guests at a time; kept across runs (a .done file marks each)."""
+    os.makedirs(cdir, exist_ok=True)
+    todo = [i for i in range(1, captures + 1) if not os.path.exists(f"{cdir}/cap{i}.done")]
+    for k in range(0, len(todo), 4):
+        batch = todo[k:k + 4]
+        procs, qmps = [], []
+        try:
+            for i in batch:
+                p, q = qemu(f"{cdir}/vm{i}", NS_S, i); procs.append(p); qmps.append(q)
+            for i in batch:
+                wait_shell(f"{cdir}/vm{i}")
+            time.sleep(3)  # idle, as in the live runs
+            for i, q in zip(batch, qmps):
+                q.cmd("migrate", uri=f"exec:cat > {cdir}/cap{i}.qemu")
+            for i, q in zip(batch, qmps):
+                end = time.time() + 600
+                while (st := q.cmd("query-migrate").get("status")) not in ("completed", "failed", "cancelled"):
+                    if time.time() > end:
+                        raise SystemExit("capture timed out")
+                    time.sleep(0.1)
+                if st != "completed":
+                    raise SystemExit(f"capture {i}: {st}")
+                zs = int(subprocess.run(f"zstd -1 -T1 -c {cdir}/cap{i}.qemu | wc -c", shell=True, check=True,
+                                        capture_output=True, text=True).stdout)
+                json.dump({"bytes": os.path.getsize(f"{cdir}/cap{i}.qemu"), "zstd1": zs,
+                           "md5": md5_file(f"{cdir}/cap{i}.qemu")}, open(f"{cdir}/cap{i}.done", "w"))
+                print(f"captured guest {i}: {os.path.getsize(f'{cdir}/cap{i}.qemu')/2**20:.1f} MiB, "
+                      f"zstd -1 {zs/2**20:.1f} MiB", file=sys.stderr, flush=True)
+        finally:
+            stop(procs)
+    return {i: json.load(open(f"{cdir}/cap{i}.done")) for i in range(1, captures + 1)}
+
+def replay_set(d, n, caps, cdir):
+    """Replay captures 1..n at once through the agents; (bytes, secs, verified)."""
+    site = site_start(d)
+    procs = []
+    try:
+        flags = site_flags().split()
+        extra = os.environ.get("SEND_EXTRA", "").split()
+        recvs, sends = [], []
+        for i in range(1, n + 1):
+            recvs.append(subprocess.Popen(
+                ["ip", "netns", "exec", NS_D, strato, "migrate", "recv", "--listen", f"{DIP}:{7100 + i}", *flags,
+                 "--report", f"{d}/recv{i}.json"],
+                stdin=subprocess.DEVNULL, stdout=open(f"{d}/out{i}", "wb"), stderr=open(f"{d}/recv{i}.log", "w")))
+        procs += recvs
+        time.sleep(0.5)
+        before, t0 = wan_bytes(), time.time()
+        for i in range(1, n + 1):
+            sends.append(subprocess.Popen(
+                ["ip", "netns", "exec", NS_S, strato, "migrate", "send", "--to", f"{DIP}:{7100 + i}", *flags,
+                 "--group", f"cap{n}g{pid}", "--vm", f"vm{i}", *extra, "--report", f"{d}/send{i}.json"],
+                stdin=open(f"{cdir}/cap{i}.qemu", "rb"), stdout=subprocess.DEVNULL,
+                stderr=open(f"{d}/send{i}.log", "w")))
+        procs += sends
+        for p in sends + recvs:
+            if p.wait(1800) != 0:
+                raise SystemExit(f"replay of {n}: an agent failed; see {d}/*.log")
+        secs = time.time() - t0
+        time.sleep(0.5)
+        b = wan_bytes() - before
+        same = all(md5_file(f"{d}/out{i}") == caps[i]["md5"] for i in range(1, n + 1))
+        for i in range(1, n + 1):
+            os.remove(f"{d}/out{i}")
+        verified = group_report([f"{d}/send{i}.json" for i in range(1, n + 1)], d)
+        return b, secs, same and verified
+    finally:
+        stop(procs + [site])
+
+def captured():
+    if max(replay) > captures:
+        raise SystemExit(f"REPLAY asks for {max(replay)} guests, CAPTURES is {captures}")
+    cdir = f"{out}/captures"
+    netns_up()
+    rows = []
+    try:
+        caps = capture_all(cdir)
+        for n in replay:
+            d = f"{out}/replay-n{n}"
+            subprocess.run(["rm", "-rf", d]); os.makedirs(d)
+            b, s, ok = replay_set(d, n, caps, cdir)
+            rows.append((n, b, s, ok))
+            print(f"replay {n:>2} VMs: {b/2**20:8.1f} MiB {s:7.1f} s rebuilt streams identical {ok}",
+                  file=sys.stderr, flush=True)
+    finally:
+        netns_down()
+    json.dump(rows, open(f"{out}/replay-{wan}.json", "w"), indent=1)
+    # The QEMU anchor: live multifd + zstd bytes and time per zstd -1 byte of
+    # the same guests' captures, from the live runs at n = 1, 2, 4.
+    live_rows = json.load(open(f"{out}/results-{wan}.json")) if os.path.exists(f"{out}/results-{wan}.json") else []
+    calib = []
+    for n, mode, b, s, *_ in live_rows:
+        if mode == "multifd-zstd" and n <= captures:
+            z = sum(caps[i]["zstd1"] for i in range(1, n + 1))
+            calib.append((n, b / z, s / b))
+    if not calib:
+        print("no live multifd-zstd rows: run the live table first for the anchor", file=sys.stderr)
+    for n, f, _ in calib:
+        print(f"calibration n={n}: live multifd+zstd WAN bytes = {f:.3f} x zstd -1 of the captures")
+    fs = sorted(f for _, f, _ in calib)
+    ts = sorted(t for _, _, t in calib)
+    f = fs[len(fs) // 2] if fs else None
+    t = ts[len(ts) // 2] if ts else None
+    if fs:
+        print(f"anchor factor {f:.3f} (spread {fs[0]:.3f}-{fs[-1]:.3f}); anchor time {t*2**20:.4f} s per MiB")
+    print(f"{'VMs':>3} {'strato MiB':>10} {'time s':>7} {'capt MiB':>9} {'zstd MiB':>9} {'anchor MiB':>10} "
+          f"{'vs anchor':>9} {'anchor s':>8} {'t vs anchor':>11} verified")
+    for n, b, s, ok in rows:
+        raw = sum(caps[i]["bytes"] for i in range(1, n + 1))
+        z = sum(caps[i]["zstd1"] for i in range(1, n + 1))
+        if f:
+            a = z * f
+            at = a * t
+            print(f"{n:>3} {b/2**20:10.1f} {s:7.1f} {raw/2**20:9.1f} {z/2**20:9.1f} {a/2**20:10.1f} {b/a:9.2f} "
+                  f"{at:8.1f} {s/at:11.2f} {ok}")
+        else:
+            print(f"{n:>3} {b/2**20:10.1f} {s:7.1f} {raw/2**20:9.1f} {z/2**20:9.1f} {'-':>10} {b/z:9.2f} "
+                  f"{'-':>8} {'-':>11} {ok}")
+
+if bench == "live":
+    live()
+else:
+    captured()
 PY

@@ -16,7 +16,8 @@ command -v tc >/dev/null || need_apt+=(iproute2)
 # Multicast tests make link loss with nftables (this kernel has no netem).
 command -v nft >/dev/null || need_apt+=(nftables)
 # The migration tests' guest (scripts/build-guest.sh): a static busybox for
-# its initramfs, cpio to pack it.
+# its initramfs, cpio to pack it. tests/wanem.rs pings with that busybox and
+# runs its TCP/UDP ends with python3.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt+=(busybox-static)
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v zstd >/dev/null || need_apt+=(zstd)
