@@ -35,7 +35,7 @@
 #      SWITCHOVER_BW (bytes/s: QEMU's avail-switchover-bandwidth for the
 #      strato modes), TCP_WMEM (the source site's net.ipv4.tcp_wmem).
 # Downtime: QEMU's (source side, query-migrate) and "paused", the guest's
-# pause from the source leaving "running" to the destination running.
+# pause: the source's STOP event to the destination's RESUME event.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
@@ -136,6 +136,7 @@ class Qmp:
                 time.sleep(0.1)
         self.f = self.s.makefile("rw")
         self.f.readline()
+        self.events = []
         self.cmd("qmp_capabilities")
     def cmd(self, name, **args):
         msg = {"execute": name}
@@ -144,6 +145,8 @@ class Qmp:
         self.f.write(json.dumps(msg) + "\n"); self.f.flush()
         while True:
             r = json.loads(self.f.readline())
+            if "event" in r:
+                self.events.append(r)
             if "return" in r:
                 return r["return"]
             if "error" in r:
@@ -262,28 +265,29 @@ def migrate_set(d, n, mode, seeds, group, site):
         before, t0 = wan_bytes(), time.time()
         for i in range(n):
             srcs[i].cmd("migrate", uri=uris[i])
-        # One poll loop over all VMs: QEMU's downtime (source side, from
-        # query-migrate) and the pause the guest sees, from the source
-        # leaving "running" to the destination running (20 ms polls).
-        downtimes, stopped_at, running_at = [None] * n, [None] * n, [None] * n
+        # QEMU's downtime (source side, query-migrate), and the pause the
+        # guest sees: the source's STOP event to the destination's RESUME
+        # event (QEMU timestamps both with the host clock).
+        downtimes, running = [None] * n, [False] * n
         end = time.time() + 900
-        while None in downtimes or None in running_at:
+        while None in downtimes or not all(running):
             if time.time() > end:
                 raise SystemExit(f"{mode}: migration timed out")
             for i in range(n):
-                if stopped_at[i] is None and srcs[i].cmd("query-status")["status"] != "running":
-                    stopped_at[i] = time.time()
                 if downtimes[i] is None:
                     info = srcs[i].cmd("query-migrate")
                     if info.get("status") in ("failed", "cancelled"):
                         raise SystemExit(f"{mode} vm{i}: {info}")
                     if info.get("status") == "completed":
                         downtimes[i] = info.get("downtime", 0)
-                if running_at[i] is None and stopped_at[i] is not None \
-                        and dsts[i].cmd("query-status")["status"] == "running":
-                    running_at[i] = time.time()
+                if not running[i]:
+                    running[i] = dsts[i].cmd("query-status")["status"] == "running"
             time.sleep(0.02)
-        paused = max(round((running_at[i] - stopped_at[i]) * 1000) for i in range(n))
+        def event_time(q, name):
+            ts = next(e["timestamp"] for e in q.events if e["event"] == name)
+            return ts["seconds"] + ts["microseconds"] / 1e6
+        paused = max(round((event_time(dsts[i], "RESUME") - event_time(srcs[i], "STOP")) * 1000)
+                     for i in range(n))
         reports = []
         if mode not in ("plain", "multifd-zstd"):
             for i in range(n):
