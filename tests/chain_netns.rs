@@ -9,80 +9,41 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use chain_util::lan::Lan;
 use chain_util::{dir_bytes, propagate, run_bounded, Agent, Kind};
 use common::*;
 
-/// Namespaces (and with them every veth and the bridge inside) and the
-/// processes started in them; all removed on drop, by name and by PID.
+/// The hosts' LAN and the processes started in it; all removed on drop,
+/// by PID and by namespace name.
 struct Topology {
-    prefix: String,
-    namespaces: Vec<String>,
+    lan: Lan,
     agents: Vec<Agent>,
-}
-
-fn ip(args: &[&str]) {
-    let mut cmd = Command::new(require_tool("ip"));
-    cmd.args(args);
-    let out = run_bounded(cmd, Duration::from_secs(20));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Topology {
     /// `hosts` namespaces with 10.77.0.(i+1)/24, bridged. Names start with
     /// `stc<PID><tag>`: unique per test process and per test.
     fn new(tag: &str, hosts: usize) -> Topology {
-        let prefix = format!("stc{}{tag}", std::process::id());
-        let mut t = Topology {
-            prefix: prefix.clone(),
-            namespaces: Vec::new(),
+        Topology {
+            lan: Lan::new("stc", tag, hosts, false),
             agents: Vec::new(),
-        };
-        let br = format!("{prefix}br");
-        ip(&["netns", "add", &br]);
-        t.namespaces.push(br.clone());
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &br, "link", "set", "br0", "up"]);
-        for i in 0..hosts {
-            let ns = t.host(i);
-            ip(&["netns", "add", &ns]);
-            t.namespaces.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            // Created inside the host namespace, peer straight into the
-            // bridge namespace: nothing ever appears in the root namespace.
-            let peer = format!("p{i}");
-            ip(&[
-                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
-                &br,
-            ]);
-            ip(&["-n", &br, "link", "set", &peer, "master", "br0"]);
-            ip(&["-n", &br, "link", "set", &peer, "up"]);
-            let addr = format!("{}/24", t.addr(i));
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         }
-        t
     }
 
     fn host(&self, i: usize) -> String {
-        format!("{}h{i}", self.prefix)
+        self.lan.host(i)
     }
 
     fn addr(&self, i: usize) -> String {
-        format!("10.77.0.{}", i + 1)
+        self.lan.addr(i)
     }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // Processes first; the namespaces go when `lan` drops after this.
         for a in &mut self.agents {
             a.kill();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }

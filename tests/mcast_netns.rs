@@ -8,6 +8,7 @@
 //! sender's bridge port for its link, each receiver's eth0 for its own).
 //! Only UDP is dropped; the TCP control channel is left alone.
 
+mod chain_util;
 mod common;
 
 use std::fs::File;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chain_util::lan::Lan;
 use common::*;
 
 const GROUP: &str = "239.77.0.1:7500";
@@ -49,10 +51,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip(args: &[&str]) {
-    run(Command::new(require_tool("ip")).args(args));
 }
 
 /// A background process with its output in files; killed by PID on drop.
@@ -138,70 +136,30 @@ impl Drop for Proc {
 /// Namespaces h0 (sender), h1..hN joined by a bridge in a namespace of its
 /// own; everything removed on drop (processes by PID first).
 struct Topology {
-    prefix: String,
-    namespaces: Vec<String>,
+    lan: Lan,
     procs: Vec<Proc>,
     dir: tempfile::TempDir,
 }
 
 impl Topology {
     fn new(tag: &str, hosts: usize) -> Topology {
-        require_tool("ip");
-        let prefix = format!("stm{}{tag}", std::process::id());
-        let mut t = Topology {
-            prefix: prefix.clone(),
-            namespaces: Vec::new(),
+        Topology {
+            lan: Lan::new("stm", tag, hosts, true),
             procs: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
-        };
-        let br = t.bridge();
-        ip(&["netns", "add", &br]);
-        t.namespaces.push(br.clone());
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
-        // Without an IGMP querier a snooping bridge may stop forwarding
-        // the group; flooding multicast is what a small segment does anyway.
-        ip(&[
-            "-n",
-            &br,
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        ip(&["-n", &br, "link", "set", "br0", "up"]);
-        for i in 0..hosts {
-            let ns = t.host(i);
-            ip(&["netns", "add", &ns]);
-            t.namespaces.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            let peer = format!("p{i}");
-            ip(&[
-                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
-                &br,
-            ]);
-            ip(&["-n", &br, "link", "set", &peer, "master", "br0"]);
-            ip(&["-n", &br, "link", "set", &peer, "up"]);
-            let addr = format!("{}/24", t.addr(i));
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
         }
-        t
     }
 
     fn bridge(&self) -> String {
-        format!("{}br", self.prefix)
+        self.lan.bridge()
     }
 
     fn host(&self, i: usize) -> String {
-        format!("{}h{i}", self.prefix)
+        self.lan.host(i)
     }
 
     fn addr(&self, i: usize) -> String {
-        format!("10.77.0.{}", i + 1)
+        self.lan.addr(i)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -298,11 +256,9 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // Processes first; the namespaces go when `lan` drops after this.
         for p in &mut self.procs {
             p.kill();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use crate::common::strato_bin;
 
+pub mod lan;
+
 /// What a node keeps received images in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
