@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use strato::migrate::policy::adaptive::{CalmAdaptive, SharedRate};
 use strato::migrate::policy::cost::{CostFunction, PageModel};
 use strato::migrate::policy::plan::{self, PlanOutcome};
 use strato::migrate::policy::schedule::Schedule;
@@ -273,11 +274,17 @@ fn policy_parts(
             (s, calm_stop(pl.clean_pages_at_stop), Some(pl))
         }
         Policy::CalmAdaptive => {
+            // The first round follows the whole-memory plan; after each
+            // round the policy applies §5's rule to the pages still dirty.
             let pl = plan::calm_adaptive(model, pages);
-            let s = Schedule::PerStep {
-                rates_mbps: pl.rates_mbps.iter().map(|r| *r as f32).collect(),
+            let current = SharedRate::unset();
+            let s = Schedule::Adaptive {
+                initial_mbps: pl.rates_mbps.iter().map(|r| *r as f32).collect(),
+                current: current.clone(),
             };
-            (s, calm_stop(pl.clean_pages_at_stop), Some(pl))
+            let mut stop = CalmAdaptive::new(link, model.page_size, model.cost, current);
+            stop.max_rounds = params.calm.max_rounds;
+            (s, Box::new(stop), Some(pl))
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Pure computation, no I/O: the simulator (`migrate::sim`), the planner
 //! command and the live engine share these.
 
+pub mod adaptive;
 pub mod cost;
 pub mod plan;
 pub mod schedule;

@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use super::adaptive::SharedRate;
+
 /// What a schedule may look at when it picks a rate.
 #[derive(Debug, Clone, Copy)]
 pub struct ScheduleInput {
@@ -34,6 +36,13 @@ pub enum Schedule {
         #[serde(skip)]
         rates_mbps: Vec<f32>,
     },
+    /// CALM-adaptive online (`adaptive::CalmAdaptive`): the per-step plan
+    /// until the first round ends, then the rate the policy re-planned.
+    Adaptive {
+        #[serde(skip)]
+        initial_mbps: Vec<f32>,
+        current: SharedRate,
+    },
 }
 
 impl Schedule {
@@ -55,15 +64,13 @@ impl Schedule {
                 step_mbps,
             } => start_mbps + step_mbps * f64::from(input.round.saturating_sub(1)),
             Schedule::Fixed { mbps } => *mbps,
-            Schedule::PerStep { rates_mbps } => {
-                // Past the planned stop point the stop policy ends the
-                // pre-copy; until it does, keep the last planned rate.
-                let i = usize::try_from(input.clean_pages).unwrap_or(usize::MAX);
-                match rates_mbps.get(i).or(rates_mbps.last()) {
-                    Some(r) => f64::from(*r),
-                    None => link,
-                }
-            }
+            Schedule::PerStep { rates_mbps } => per_step(rates_mbps, input),
+            Schedule::Adaptive {
+                initial_mbps,
+                current,
+            } => current
+                .get()
+                .unwrap_or_else(|| per_step(initial_mbps, input)),
         };
         r.clamp(f64::MIN_POSITIVE, link)
     }
@@ -74,7 +81,19 @@ impl Schedule {
             Schedule::XenBasic { .. } => "xen-basic",
             Schedule::Fixed { .. } => "fixed",
             Schedule::PerStep { .. } => "per-step",
+            Schedule::Adaptive { .. } => "adaptive",
         }
+    }
+}
+
+/// B_i for the step out of the current clean-page count. Past the planned
+/// stop point the stop policy ends the pre-copy; until it does, keep the
+/// last planned rate.
+fn per_step(rates_mbps: &[f32], input: ScheduleInput) -> f64 {
+    let i = usize::try_from(input.clean_pages).unwrap_or(usize::MAX);
+    match rates_mbps.get(i).or(rates_mbps.last()) {
+        Some(r) => f64::from(*r),
+        None => input.link_mbps,
     }
 }
 
