@@ -553,6 +553,15 @@ fn qemu_nbd_export(dir: &Path, mib: usize) -> (Proc, PathBuf, u16) {
 }
 
 fn start_recv(dir: &Path, nbd_port: u16, site: Option<&Server>) -> (Proc, String) {
+    start_recv_with(dir, nbd_port, site, &[])
+}
+
+fn start_recv_with(
+    dir: &Path,
+    nbd_port: u16,
+    site: Option<&Server>,
+    extra: &[&str],
+) -> (Proc, String) {
     let wan = format!("127.0.0.1:{}", free_port());
     let mut c = strato_cmd(&[
         "migrate",
@@ -569,6 +578,7 @@ fn start_recv(dir: &Path, nbd_port: u16, site: Option<&Server>) -> (Proc, String
     if let Some(s) = site {
         c.args(site_args(s));
     }
+    c.args(extra);
     let p = Proc::spawn(c, "disk-recv", &dir.join("recv.log"), Some("listening"));
     (p, wan)
 }
@@ -610,8 +620,14 @@ fn fake_sender_batch(wan: &str, ops: Vec<DiskOp>, blob: Vec<u8>) -> (bool, Strin
                 .await
                 .expect("receiver answers")
                 .expect("a frame");
-            if let DiskFrame::Done { ok, message } = f {
-                return (ok, message);
+            match f {
+                DiskFrame::Done { ok, message } => return (ok, message),
+                // This sender holds nothing it could give.
+                DiskFrame::Pull(ids) => {
+                    let none = ids.into_iter().map(|i| (i, None)).collect();
+                    write_frame(&mut s, &DiskFrame::Pulled(none)).await.unwrap();
+                }
+                _ => {}
             }
         }
     })
@@ -752,4 +768,76 @@ fn sender_export_refuses_out_of_range_and_flushes_end_to_end() {
             + r["blocks"]["literal_compressed"].as_u64().unwrap(),
         16
     );
+}
+
+/// disk-send with a site and a group, writing to `wan`; its NBD port.
+fn start_group_sender(dir: &Path, wan: &str, site: &Server, group: &str) -> (Proc, u16, PathBuf) {
+    let nbd_port = free_port();
+    let report = dir.join("send.json");
+    let mut c = strato_cmd(&[
+        "migrate",
+        "disk-send",
+        "--listen",
+        &format!("127.0.0.1:{nbd_port}"),
+        "--to",
+        wan,
+        "--group",
+        group,
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    c.args(site_args(site));
+    let p = Proc::spawn(c, "disk-send", &dir.join("send.log"), Some("NBD export"));
+    (p, nbd_port, report)
+}
+
+/// Write `data` at `offset` through a disk-send export, flush, disconnect.
+fn write_through(rt: &tokio::runtime::Runtime, nbd_port: u16, offset: u64, data: &[u8]) {
+    rt.block_on(async {
+        let c = NbdClient::connect(&format!("127.0.0.1:{nbd_port}"), "strato")
+            .await
+            .expect("NBD connect to disk-send");
+        c.write(offset, data).await.unwrap().wait().await.unwrap();
+        c.flush().await.unwrap().wait().await.expect("flush");
+        c.disconnect().await.unwrap();
+    });
+}
+
+/// Two senders of one group write the same blocks: the first claims them
+/// but its receiver never stores them (as if it died); the second sends
+/// them by id, and its receiver, not finding them at the site, pulls them
+/// from its own sender instead of failing or guessing. Then it stores them
+/// for the group, so a third sender finds them at the site.
+#[test]
+fn group_blocks_whose_claimant_never_stored_them_are_pulled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = Server::start("redb");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let data = random_bytes(256 * 1024, 9);
+    let blocks = (data.len() / 4096) as u64;
+    let mut reports = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let (_nbd, file, port) = qemu_nbd_export(&d, 4);
+        let extra: &[&str] = if i == 0 { &["--no-store"] } else { &[] };
+        let (mut recv, wan) = start_recv_with(&d, port, Some(&site), extra);
+        let (mut send, nbd_port, report) = start_group_sender(&d, &wan, &site, "g1");
+        write_through(&rt, nbd_port, MIB as u64, &data);
+        assert!(send.wait(Duration::from_secs(30)), "{}", send.log());
+        assert!(recv.wait(Duration::from_secs(30)), "{}", recv.log());
+        let now = std::fs::read(&file).unwrap();
+        assert_eq!(
+            &now[MIB..MIB + data.len()],
+            &data[..],
+            "{name}: disk content"
+        );
+        reports.push(json_file(&report));
+    }
+    let b = |r: &serde_json::Value, k: &str| r["blocks"][k].as_u64().unwrap();
+    let literal = |r: &serde_json::Value| b(r, "literal_raw") + b(r, "literal_compressed");
+    assert_eq!(literal(&reports[0]), blocks, "first sender won every claim");
+    assert_eq!(b(&reports[1], "claimed_by_other"), blocks, "{}", reports[1]);
+    assert_eq!(literal(&reports[1]), 0);
+    assert_eq!(b(&reports[2], "by_hash"), blocks, "{}", reports[2]);
 }

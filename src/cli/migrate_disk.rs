@@ -118,7 +118,7 @@ pub struct DiskRecvArgs {
     #[command(flatten)]
     site: DiskSiteArgs,
     /// Milliseconds to wait for a block another sender of the group claimed
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 2000)]
     wait_ms: u64,
     /// Don't store blocks received in full at the site
     #[arg(long)]

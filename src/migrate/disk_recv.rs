@@ -4,8 +4,8 @@
 //! Blocks sent by id come from the destination site (one batched `?get`
 //! per batch, every block checked against its id by the client); a block
 //! another sender of the group claimed may still be on its way there, so
-//! those get a short, bounded wait; an id nobody can resolve fails the
-//! migration loudly, never becomes zeros. Literal blocks are checked
+//! those get a short, bounded wait, then are pulled from the sender; an id
+//! nobody can resolve fails the migration loudly, never becomes zeros. Literal blocks are checked
 //! against the id the sender computed, then stored at the site in batches
 //! so other VMs of the group, and later migrations, can use them.
 
@@ -28,6 +28,46 @@ use crate::store::ChunkId;
 const INFLIGHT: usize = 64;
 /// Contiguous data is written in requests up to this size.
 const RUN_BYTES: usize = 1 << 20;
+/// Frames read ahead while waiting for a pull answer, at most.
+const BACKLOG_BYTES: u64 = 256 << 20;
+
+/// The WAN connection, with frames read ahead while waiting for `Pulled`.
+struct Wan {
+    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    backlog: VecDeque<(DiskFrame, u64)>,
+    backlog_bytes: u64,
+}
+
+type PulledBlocks = Vec<(ChunkId, Option<Bytes>)>;
+
+impl Wan {
+    async fn next(&mut self) -> Result<(DiskFrame, u64)> {
+        if let Some((f, n)) = self.backlog.pop_front() {
+            self.backlog_bytes -= n;
+            return Ok((f, n));
+        }
+        Ok(read_frame(&mut self.rd).await?)
+    }
+
+    /// Ask the sender for blocks; other frames arriving meanwhile wait.
+    async fn pull(&mut self, ids: Vec<ChunkId>) -> Result<(PulledBlocks, u64)> {
+        let wire = write_frame(&mut self.wr, &DiskFrame::Pull(ids)).await?;
+        loop {
+            let (f, n) = read_frame(&mut self.rd).await?;
+            if let DiskFrame::Pulled(blocks) = f {
+                return Ok((blocks, wire + n));
+            }
+            self.backlog_bytes += n;
+            if self.backlog_bytes > BACKLOG_BYTES {
+                return Err(DiskError::Peer(
+                    "sender kept streaming without answering a pull".into(),
+                ));
+            }
+            self.backlog.push_back((f, n));
+        }
+    }
+}
 
 pub struct DiskRecvOptions {
     pub site: Option<ChunkClient>,
@@ -41,7 +81,7 @@ impl Default for DiskRecvOptions {
     fn default() -> Self {
         DiskRecvOptions {
             site: None,
-            wait: Duration::from_secs(5),
+            wait: Duration::from_secs(2),
             store_blocks: true,
         }
     }
@@ -107,8 +147,13 @@ pub async fn receive_disk(
 ) -> Result<DiskReport> {
     let start = Instant::now();
     let _ = wan.set_nodelay(true);
-    let (rd, mut wr) = wan.into_split();
-    let mut rd = BufReader::new(rd);
+    let (rd, wr) = wan.into_split();
+    let mut wan = Wan {
+        rd: BufReader::new(rd),
+        wr,
+        backlog: VecDeque::new(),
+        backlog_bytes: 0,
+    };
     let mut report = DiskReport {
         role: "recv".into(),
         disk_size: nbd.size(),
@@ -122,7 +167,7 @@ pub async fn receive_disk(
     let opts = Arc::new(opts);
 
     let result: Result<()> = async {
-        let (hello, n) = read_frame(&mut rd).await?;
+        let (hello, n) = wan.next().await?;
         report.wan.framing += n;
         match hello {
             DiskFrame::Hello {
@@ -141,7 +186,7 @@ pub async fn receive_disk(
             other => return Err(DiskError::Peer(format!("expected Hello, got {other:?}"))),
         }
         write_frame(
-            &mut wr,
+            &mut wan.wr,
             &DiskFrame::Welcome {
                 protocol: DISK_PROTOCOL,
                 size: report.disk_size,
@@ -149,18 +194,19 @@ pub async fn receive_disk(
         )
         .await?;
         loop {
-            let (f, n) = read_frame(&mut rd).await.map_err(|e| {
+            let (f, n) = wan.next().await.map_err(|e| {
                 DiskError::Peer(format!("sender connection lost before the end: {e}"))
             })?;
             report.wan.total += n;
             match f {
                 DiskFrame::Batch {
+                    seq,
                     ops,
                     raw_len,
                     compressed,
                     blob,
-                    ..
                 } => {
+                    let pullable = ops.iter().any(|o| matches!(o, DiskOp::Group { .. }));
                     if compressed {
                         report.wan.literal_compressed += blob.len() as u64;
                     } else {
@@ -168,6 +214,7 @@ pub async fn receive_disk(
                     }
                     let stored = apply_batch(
                         &mut dest,
+                        &mut wan,
                         &opts,
                         &mut report,
                         ops,
@@ -176,6 +223,11 @@ pub async fn receive_disk(
                         blob,
                     )
                     .await?;
+                    if pullable {
+                        // The sender may now forget this batch's group blocks.
+                        let n = write_frame(&mut wan.wr, &DiskFrame::Applied { seq }).await?;
+                        report.wan.framing += n;
+                    }
                     if !stored.is_empty() {
                         // One store in flight at a time: backpressure on a slow site.
                         if let Some(t) = store.take() {
@@ -189,7 +241,7 @@ pub async fn receive_disk(
                 DiskFrame::Flush { seq } => {
                     dest.flush().await?;
                     report.flushes += 1;
-                    write_frame(&mut wr, &DiskFrame::Flushed { seq }).await?;
+                    write_frame(&mut wan.wr, &DiskFrame::Flushed { seq }).await?;
                 }
                 DiskFrame::End => {
                     dest.flush().await?;
@@ -210,7 +262,7 @@ pub async fn receive_disk(
         Ok(()) => {
             report.completed = true;
             write_frame(
-                &mut wr,
+                &mut wan.wr,
                 &DiskFrame::Done {
                     ok: true,
                     message: String::new(),
@@ -222,7 +274,7 @@ pub async fn receive_disk(
         }
         Err(e) => {
             let _ = write_frame(
-                &mut wr,
+                &mut wan.wr,
                 &DiskFrame::Done {
                     ok: false,
                     message: e.to_string(),
@@ -240,8 +292,10 @@ async fn join_store(t: tokio::task::JoinHandle<Result<u64>>) -> Result<u64> {
 }
 
 /// Resolve, check and write one batch; returns the literal blocks to store.
+#[allow(clippy::too_many_arguments)]
 async fn apply_batch(
     dest: &mut DestWriter,
+    wan: &mut Wan,
     opts: &DiskRecvOptions,
     report: &mut DiskReport,
     ops: Vec<DiskOp>,
@@ -296,7 +350,8 @@ async fn apply_batch(
         .await
         .map_err(|e| DiskError::Internal(format!("batch check task: {e}")))??;
 
-    let by_id = resolve(opts, report, &ops).await?;
+    let mut pulled = Vec::new();
+    let by_id = resolve(wan, opts, report, &ops, &mut pulled).await?;
 
     let mut at = 0usize;
     let mut run: Option<(u64, BytesMut)> = None;
@@ -355,6 +410,8 @@ async fn apply_batch(
     if let Some((o, buf)) = run.take() {
         dest.write(o, &buf).await?;
     }
+    let mut literal = literal;
+    literal.extend(pulled);
     Ok(if opts.store_blocks {
         literal
     } else {
@@ -363,11 +420,14 @@ async fn apply_batch(
 }
 
 /// Fetch the blocks sent by id from the site. Group blocks may still be
-/// on their way (another receiver stores them): wait for them, bounded.
+/// on their way (another receiver stores them): wait for them, bounded,
+/// then pull the rest from the sender.
 async fn resolve(
+    wan: &mut Wan,
     opts: &DiskRecvOptions,
     report: &mut DiskReport,
     ops: &[DiskOp],
+    newly_pulled: &mut Vec<(ChunkId, Bytes)>,
 ) -> Result<HashMap<ChunkId, Bytes>> {
     let mut site_ids = HashSet::new();
     let mut group_ids = HashSet::new();
@@ -392,6 +452,7 @@ async fn resolve(
             DiskError::UnknownBlock,
         ));
     };
+    let mut pulled = 0u64;
     let ids: Vec<ChunkId> = site_ids.union(&group_ids).copied().collect();
     let mut got = site.get_many(&ids).await?;
     if let Some(missing) = site_ids.iter().find(|i| !got.contains_key(i)) {
@@ -408,11 +469,35 @@ async fn resolve(
             break;
         }
         if Instant::now() >= deadline {
-            return Err(DiskError::UnknownBlock(missing[0]));
+            let (blocks, wire) = wan.pull(missing.clone()).await?;
+            report.wan.pulled += wire;
+            report.wan.total += wire;
+            for (id, data) in blocks {
+                let Some(data) = data else { continue };
+                if !missing.contains(&id) {
+                    continue;
+                }
+                let d2 = data.clone();
+                let ok = tokio::task::spawn_blocking(move || ChunkId::of(&d2) == id)
+                    .await
+                    .map_err(|e| DiskError::Internal(format!("hash task: {e}")))?;
+                if !ok {
+                    return Err(DiskError::BadBlock(id));
+                }
+                pulled += 1;
+                // Its claimant never stored it: store it for the group.
+                newly_pulled.push((id, data.clone()));
+                got.insert(id, data);
+            }
+            if let Some(id) = missing.iter().find(|i| !got.contains_key(i)) {
+                return Err(DiskError::UnknownBlock(*id));
+            }
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         got.extend(site.get_many(&missing).await?);
     }
-    report.site_fetched += got.len() as u64;
+    report.blocks.pulled += pulled;
+    report.site_fetched += got.len() as u64 - pulled;
     Ok(got)
 }

@@ -18,6 +18,9 @@ pub struct DiskBlocks {
     pub literal_compressed: u64,
     /// Bytes of writes not aligned to 4 KiB (sent literally, no id).
     pub unaligned_bytes: u64,
+    /// Claimed-by-other blocks that never reached the site in time, pulled
+    /// from the sender instead.
+    pub pulled: u64,
 }
 
 /// Bytes that crossed the WAN, by what they carried.
@@ -35,6 +38,8 @@ pub struct DiskWan {
     pub framing: u64,
     /// `have` / `claim` queries to the destination site (bodies, both ways).
     pub site_queries: u64,
+    /// Pull requests and the blocks they brought back.
+    pub pulled: u64,
     pub total: u64,
 }
 
@@ -89,13 +94,25 @@ impl std::fmt::Display for DiskReport {
         )?;
         writeln!(
             f,
-            "  blocks: zero {} by-hash {} claimed-by-other {} literal raw {} compressed {}; unaligned bytes {}",
-            b.zero, b.by_hash, b.claimed_by_other, b.literal_raw, b.literal_compressed, b.unaligned_bytes
+            "  blocks: zero {} by-hash {} claimed-by-other {} literal raw {} compressed {} pulled {}; unaligned bytes {}",
+            b.zero,
+            b.by_hash,
+            b.claimed_by_other,
+            b.literal_raw,
+            b.literal_compressed,
+            b.pulled,
+            b.unaligned_bytes
         )?;
         writeln!(
             f,
-            "  WAN bytes: zero {} by-hash {} literal raw {} compressed {} framing {} site queries {}",
-            w.zero, w.by_hash, w.literal_raw, w.literal_compressed, w.framing, w.site_queries
+            "  WAN bytes: zero {} by-hash {} literal raw {} compressed {} framing {} site queries {} pulled {}",
+            w.zero,
+            w.by_hash,
+            w.literal_raw,
+            w.literal_compressed,
+            w.framing,
+            w.site_queries,
+            w.pulled
         )?;
         if self.role == "recv" {
             writeln!(

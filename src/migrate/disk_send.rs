@@ -71,6 +71,44 @@ enum Item {
     Flush(oneshot::Sender<Result<(), String>>),
 }
 
+/// Blocks sent as claimed by another sender, kept until the receiver
+/// applied their batch, in case it must pull them (the claimant died).
+#[derive(Default)]
+struct Pullable {
+    blocks: HashMap<ChunkId, (Bytes, u32)>,
+    by_seq: std::collections::VecDeque<(u64, Vec<ChunkId>)>,
+}
+
+impl Pullable {
+    fn keep(&mut self, seq: u64, blocks: Vec<(ChunkId, Bytes)>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let ids = blocks.iter().map(|(id, _)| *id).collect();
+        for (id, data) in blocks {
+            self.blocks.entry(id).or_insert((data, 0)).1 += 1;
+        }
+        self.by_seq.push_back((seq, ids));
+    }
+    fn release_through(&mut self, seq: u64) {
+        while self.by_seq.front().is_some_and(|(s, _)| *s <= seq) {
+            let Some((_, ids)) = self.by_seq.pop_front() else {
+                break;
+            };
+            for id in ids {
+                if let Some(e) = self.blocks.get_mut(&id) {
+                    e.1 -= 1;
+                    if e.1 == 0 {
+                        self.blocks.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+type SharedPullable = Arc<Mutex<Pullable>>;
+
 /// Flushes sent to the receiver, by sequence number, awaiting `Flushed`.
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>>;
 
@@ -256,15 +294,30 @@ impl DiskSender {
         let (queue_tx, queue_rx) = mpsc::channel(opts.window.max(1));
         let waiters: Waiters = Arc::default();
         let (rd, wr) = wan.into_split();
-        let batcher = tokio::spawn(batcher(item_rx, queue_tx, opts.clone(), report.clone()));
+        let pullable = SharedPullable::default();
+        let (pull_tx, pull_rx) = mpsc::channel(16);
+        let batcher = tokio::spawn(batcher(
+            item_rx,
+            queue_tx,
+            opts.clone(),
+            report.clone(),
+            pullable.clone(),
+        ));
         let writer = tokio::spawn(wan_writer(
             wr,
             queue_rx,
+            pull_rx,
             waiters.clone(),
             failed.clone(),
             report.clone(),
         ));
-        let reader = tokio::spawn(wan_reader(rd, waiters.clone(), failed.clone()));
+        let reader = tokio::spawn(wan_reader(
+            rd,
+            waiters.clone(),
+            failed.clone(),
+            pullable,
+            pull_tx,
+        ));
 
         let served = async {
             let (conn, peer) = tokio::time::timeout(opts.accept_timeout, listener.accept())
@@ -327,6 +380,7 @@ async fn batcher(
     queue: mpsc::Sender<Queued>,
     opts: Arc<DiskSendOptions>,
     report: Arc<Mutex<DiskReport>>,
+    pullable: SharedPullable,
 ) -> Result<()> {
     let limit = opts.batch_blocks.max(1) * BLOCK;
     let mut pending: Vec<Item> = Vec::new();
@@ -343,7 +397,7 @@ async fn batcher(
                     seq += 1;
                     let batch = std::mem::take(&mut pending);
                     pending_bytes = 0;
-                    send_batch(&queue, seq, batch, &opts).await?;
+                    send_batch(&queue, seq, batch, &opts, &pullable).await?;
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -356,7 +410,7 @@ async fn batcher(
                     seq += 1;
                     let batch = std::mem::take(&mut pending);
                     pending_bytes = 0;
-                    send_batch(&queue, seq, batch, &opts).await?;
+                    send_batch(&queue, seq, batch, &opts, &pullable).await?;
                 }
                 report.lock().flushes += 1;
                 if queue.send(Queued::Flush(done)).await.is_err() {
@@ -373,14 +427,14 @@ async fn batcher(
                     seq += 1;
                     let batch = std::mem::take(&mut pending);
                     pending_bytes = 0;
-                    send_batch(&queue, seq, batch, &opts).await?;
+                    send_batch(&queue, seq, batch, &opts, &pullable).await?;
                 }
             }
         }
     }
     if !pending.is_empty() {
         seq += 1;
-        send_batch(&queue, seq, pending, &opts).await?;
+        send_batch(&queue, seq, pending, &opts, &pullable).await?;
     }
     Ok(())
 }
@@ -390,8 +444,9 @@ async fn send_batch(
     seq: u64,
     items: Vec<Item>,
     opts: &Arc<DiskSendOptions>,
+    pullable: &SharedPullable,
 ) -> Result<()> {
-    let task = tokio::spawn(prepare(seq, items, opts.clone()));
+    let task = tokio::spawn(prepare(seq, items, opts.clone(), pullable.clone()));
     // A closed queue means the writer stopped on a failure it recorded.
     let _ = queue.send(Queued::Batch(task)).await;
     Ok(())
@@ -463,7 +518,12 @@ fn bytes_at(items: &[Item], offset: u64, len: usize) -> Option<&[u8]> {
     })
 }
 
-async fn prepare(seq: u64, items: Vec<Item>, opts: Arc<DiskSendOptions>) -> Result<Prepared> {
+async fn prepare(
+    seq: u64,
+    items: Vec<Item>,
+    opts: Arc<DiskSendOptions>,
+    pullable: SharedPullable,
+) -> Result<Prepared> {
     let items = Arc::new(items);
     let it = items.clone();
     let (drafts, ids) = tokio::task::spawn_blocking(move || draft(&it))
@@ -505,6 +565,7 @@ async fn prepare(seq: u64, items: Vec<Item>, opts: Arc<DiskSendOptions>) -> Resu
         let mut ops = Vec::with_capacity(drafts.len());
         let mut blob = BytesMut::new();
         let mut literal_blocks = 0u64;
+        let mut keep = Vec::new();
         for d in drafts {
             match d {
                 Draft::Zero { offset, len } => {
@@ -523,6 +584,10 @@ async fn prepare(seq: u64, items: Vec<Item>, opts: Arc<DiskSendOptions>) -> Resu
                         report.blocks.claimed_by_other += 1;
                         report.wan.by_hash += 41;
                         ops.push(DiskOp::Group { offset, id });
+                        let data = bytes_at(&items, offset, BLOCK).ok_or_else(|| {
+                            DiskError::Internal(format!("no write covers block at {offset}"))
+                        })?;
+                        keep.push((id, Bytes::copy_from_slice(data)));
                     } else {
                         let data = bytes_at(&items, offset, BLOCK).ok_or_else(|| {
                             DiskError::Internal(format!("no write covers block at {offset}"))
@@ -545,6 +610,8 @@ async fn prepare(seq: u64, items: Vec<Item>, opts: Arc<DiskSendOptions>) -> Resu
                 }
             }
         }
+        // Kept before the batch can reach the receiver, so a pull finds it.
+        pullable.lock().keep(seq, keep);
         let raw_len = blob.len() as u32;
         let blob = blob.freeze();
         let (compressed, blob) = match level {
@@ -604,13 +671,40 @@ fn add_report(into: &mut DiskReport, b: &DiskReport) {
 async fn wan_writer(
     mut w: tokio::net::tcp::OwnedWriteHalf,
     mut queue: mpsc::Receiver<Queued>,
+    mut pulls: mpsc::Receiver<DiskFrame>,
     waiters: Waiters,
     failed: Failure,
     report: Arc<Mutex<DiskReport>>,
 ) -> Result<()> {
     let mut flush_seq = 0u64;
+    let mut ended = false;
     let result: Result<()> = async {
-        while let Some(q) = queue.recv().await {
+        loop {
+            // Answers to pulls first: the receiver is waiting on them.
+            let q = tokio::select! {
+                biased;
+                p = pulls.recv() => match p {
+                    Some(f) => {
+                        let n = write_frame(&mut w, &f).await?;
+                        let mut r = report.lock();
+                        r.wan.pulled += n;
+                        r.wan.total += n;
+                        continue;
+                    }
+                    // The reader got the receiver's last word.
+                    None if ended => return Ok(()),
+                    None => return Err(DiskError::Peer("receiver stopped early".into())),
+                },
+                q = queue.recv(), if !ended => q,
+            };
+            let Some(q) = q else {
+                let n = write_frame(&mut w, &DiskFrame::End).await?;
+                let mut r = report.lock();
+                r.wan.framing += n;
+                r.wan.total += n;
+                ended = true;
+                continue;
+            };
             if let Some(why) = failed.get() {
                 return Err(DiskError::Peer(why));
             }
@@ -638,11 +732,6 @@ async fn wan_writer(
                 }
             }
         }
-        let n = write_frame(&mut w, &DiskFrame::End).await?;
-        let mut r = report.lock();
-        r.wan.framing += n;
-        r.wan.total += n;
-        Ok(())
     }
     .await;
     if let Err(e) = &result {
@@ -666,6 +755,8 @@ async fn wan_reader(
     rd: tokio::net::tcp::OwnedReadHalf,
     waiters: Waiters,
     failed: Failure,
+    pullable: SharedPullable,
+    pulls: mpsc::Sender<DiskFrame>,
 ) -> Result<(bool, String)> {
     let mut rd = BufReader::new(rd);
     loop {
@@ -684,6 +775,19 @@ async fn wan_reader(
             DiskFrame::Flushed { seq } => {
                 if let Some(w) = waiters.lock().remove(&seq) {
                     let _ = w.send(Ok(()));
+                }
+            }
+            DiskFrame::Applied { seq } => pullable.lock().release_through(seq),
+            DiskFrame::Pull(ids) => {
+                let answer: Vec<(ChunkId, Option<Bytes>)> = {
+                    let p = pullable.lock();
+                    ids.iter()
+                        .map(|id| (*id, p.blocks.get(id).map(|(b, _)| b.clone())))
+                        .collect()
+                };
+                tracing::info!("receiver pulled {} blocks", answer.len());
+                if pulls.send(DiskFrame::Pulled(answer)).await.is_err() {
+                    return Err(DiskError::Peer("WAN writer stopped".into()));
                 }
             }
             DiskFrame::Done { ok, message } => {

@@ -9,6 +9,12 @@
 //! zstd-compressed as a whole. `Flush` / `Flushed` carry NBD flushes end to
 //! end: the sender acknowledges QEMU's flush only once the receiver wrote
 //! and flushed everything before it into the destination export.
+//!
+//! A block sent as claimed by another sender of the group normally reaches
+//! the destination site through that sender's receiver; if it does not in
+//! time (that sender died, or is slow), the receiver `Pull`s it from its own
+//! sender, which keeps such blocks until the receiver says the batch is
+//! `Applied`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,6 +35,9 @@ const KIND_FLUSH: u8 = 4;
 const KIND_FLUSHED: u8 = 5;
 const KIND_END: u8 = 6;
 const KIND_DONE: u8 = 7;
+const KIND_PULL: u8 = 8;
+const KIND_PULLED: u8 = 9;
+const KIND_APPLIED: u8 = 10;
 
 const OP_ZERO: u8 = 0;
 const OP_SITE: u8 = 1;
@@ -129,6 +138,14 @@ pub enum DiskFrame {
     Done {
         ok: bool,
         message: String,
+    },
+    /// Receiver asks for group blocks that never reached its site.
+    Pull(Vec<ChunkId>),
+    /// The sender's answer (None: it no longer holds the block).
+    Pulled(Vec<(ChunkId, Option<Bytes>)>),
+    /// The receiver wrote this batch: its pullable blocks can go.
+    Applied {
+        seq: u64,
     },
 }
 
@@ -252,6 +269,31 @@ impl DiskFrame {
                 put_str(&mut p, message);
                 KIND_DONE
             }
+            DiskFrame::Pull(ids) => {
+                p.put_u32(ids.len() as u32);
+                for id in ids {
+                    p.put_slice(&id.0);
+                }
+                KIND_PULL
+            }
+            DiskFrame::Pulled(blocks) => {
+                p.put_u32(blocks.len() as u32);
+                for (id, data) in blocks {
+                    p.put_slice(&id.0);
+                    match data {
+                        Some(d) => {
+                            p.put_u32(d.len() as u32);
+                            p.put_slice(d);
+                        }
+                        None => p.put_u32(u32::MAX),
+                    }
+                }
+                KIND_PULLED
+            }
+            DiskFrame::Applied { seq } => {
+                p.put_u64(*seq);
+                KIND_APPLIED
+            }
         };
         let mut out = BytesMut::with_capacity(5 + p.len());
         out.put_u8(kind);
@@ -342,6 +384,45 @@ impl DiskFrame {
                 ok: get_u8(&mut b)? != 0,
                 message: get_str(&mut b)?,
             },
+            KIND_PULL => {
+                let n = get_u32(&mut b)? as usize;
+                if n > b.remaining() / 32 {
+                    return Err(DiskWireError::Malformed(format!(
+                        "{n} ids in a short frame"
+                    )));
+                }
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(get_id(&mut b)?);
+                }
+                DiskFrame::Pull(ids)
+            }
+            KIND_PULLED => {
+                let n = get_u32(&mut b)? as usize;
+                if n > b.remaining() / 36 {
+                    return Err(DiskWireError::Malformed(format!(
+                        "{n} blocks in a short frame"
+                    )));
+                }
+                let mut blocks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = get_id(&mut b)?;
+                    let len = get_u32(&mut b)?;
+                    if len == u32::MAX {
+                        blocks.push((id, None));
+                        continue;
+                    }
+                    let len = len as usize;
+                    need(b, len)?;
+                    let at = payload.len() - b.remaining();
+                    blocks.push((id, Some(payload.slice(at..at + len))));
+                    b.advance(len);
+                }
+                DiskFrame::Pulled(blocks)
+            }
+            KIND_APPLIED => DiskFrame::Applied {
+                seq: get_u64(&mut b)?,
+            },
             k => return Err(DiskWireError::Malformed(format!("unknown frame kind {k}"))),
         };
         Ok(f)
@@ -415,6 +496,12 @@ mod tests {
             ok: false,
             message: "no".into(),
         });
+        roundtrip(DiskFrame::Pull(vec![id, id]));
+        roundtrip(DiskFrame::Pulled(vec![
+            (id, Some(Bytes::from_static(b"x"))),
+            (id, None),
+        ]));
+        roundtrip(DiskFrame::Applied { seq: 4 });
     }
 
     #[test]
