@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Disk migration (non-shared storage) of a 256 MiB image over a 100 Mbit/s
+# veth between two network namespaces (tbf; this kernel has no netem):
+# QEMU's plain blockdev-mirror into the destination's NBD export, against
+# the same mirror through `strato migrate disk-send` -> WAN ->
+# `strato migrate disk-recv` with the destination site holding the image
+# (block-indexed bucket). The disk: a qcow2 overlay over the image (IMAGE_MIB,
+# default 256: 3/4 random, 1/4 zeros) with CHANGED_MIB (default 16) of new
+# random data. QEMU runs as qemu-storage-daemon on both sides (the mirror
+# and the NBD export are the same code as in a VM). Bytes are the source end's
+# link counters (both directions), time from blockdev-mirror to the job's
+# end; the destination disk is checked against the source's every run.
+#
+# Env: STRATO_BIN (default target/release/strato, built if missing), OUT,
+#      RATE (default 100mbit), IMAGE_MIB, CHANGED_MIB.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
+if [ -z "${STRATO_BIN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --bin strato >&2)
+fi
+for t in qemu-storage-daemon qemu-img ip tc; do
+  command -v $t >/dev/null || { echo "$t missing (scripts/test.sh installs it)" >&2; exit 1; }
+done
+OUT=${OUT:-$ROOT/target/bench-migrate-disk}
+mkdir -p "$OUT"
+
+python3 - "$STRATO" "$OUT" "${RATE:-100mbit}" "${IMAGE_MIB:-256}" "${CHANGED_MIB:-16}" <<'PY'
+import hashlib, json, os, socket, subprocess, sys, time
+strato, out, rate, image_mib, changed_mib = sys.argv[1:6]
+image_mib, changed_mib = int(image_mib), int(changed_mib)
+pid = os.getpid()
+NS_S, NS_D = f"dmb{pid}s", f"dmb{pid}d"
+net = pid % 250 + 1
+SIP, DIP = f"10.233.{net}.1", f"10.233.{net}.2"
+AK, SK = "BENCHACCESSKEY000001", "bench-secret-key-0123456789abcdefghijkl"
+MIB = 1 << 20
+procs = []
+
+def sh(*a, check=True):
+    return subprocess.run(list(a), check=check, capture_output=True, text=True).stdout
+
+def spawn(ns, args, log, env=None):
+    p = subprocess.Popen(["ip", "netns", "exec", ns] + args, stdout=subprocess.PIPE,
+                         stderr=open(log, "w"), stdin=subprocess.DEVNULL, text=True,
+                         env={**os.environ, **(env or {})})
+    procs.append(p)
+    return p
+
+def cleanup():
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for ns in (NS_S, NS_D):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+def netns_up():
+    sh("ip", "netns", "add", NS_S); sh("ip", "netns", "add", NS_D)
+    sh("ip", "-n", NS_S, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", NS_D)
+    for ns, dev, ip in ((NS_S, "wan0", SIP), (NS_D, "wan1", DIP)):
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kbit", "latency", "50ms")
+
+def link_bytes():
+    s = json.loads(sh("ip", "-n", NS_S, "-j", "-s", "link", "show", "wan0"))[0]["stats64"]
+    return s["rx"]["bytes"] + s["tx"]["bytes"]
+
+class Qmp:
+    def __init__(self, path):
+        deadline = time.time() + 30
+        while not os.path.exists(path):
+            if time.time() > deadline:
+                raise SystemExit(f"no QMP socket {path}")
+            time.sleep(0.05)
+        self.s = socket.socket(socket.AF_UNIX)
+        for _ in range(100):
+            try:
+                self.s.connect(path); break
+            except OSError:
+                time.sleep(0.1)
+        self.f = self.s.makefile("rw")
+        self.f.readline()
+        self.events = []
+        self.cmd("qmp_capabilities")
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg) + "\n"); self.f.flush()
+        while True:
+            r = json.loads(self.f.readline())
+            if "event" in r:
+                self.events.append(r)
+            elif "return" in r:
+                return r["return"]
+            elif "error" in r:
+                raise SystemExit(f"QMP {name}: {r['error']}")
+
+def wait_line(p, want, what):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = p.stdout.readline()
+        if want in line:
+            return
+        if not line and p.poll() is not None:
+            break
+    raise SystemExit(f"{what} never printed {want!r}")
+
+def mirror(sq, host, port, export):
+    sq.cmd("blockdev-add", **{"driver": "nbd", "node-name": "tgt",
+           "server": {"type": "inet", "host": host, "port": str(port)}, "export": export})
+    t0 = time.time()
+    sq.cmd("blockdev-mirror", **{"job-id": "m", "device": "src", "target": "tgt", "sync": "full"})
+    deadline = time.time() + 1800
+    while True:
+        jobs = [j for j in sq.cmd("query-block-jobs") if j["device"] == "m"]
+        if not jobs:
+            raise SystemExit(f"mirror failed: {sq.events}")
+        if jobs[0]["ready"]:
+            break
+        if time.time() > deadline:
+            raise SystemExit("mirror never ready")
+        time.sleep(0.1)
+    sq.cmd("block-job-cancel", device="m")
+    while any(j["device"] == "m" for j in sq.cmd("query-block-jobs")):
+        time.sleep(0.05)
+    secs = time.time() - t0
+    sq.cmd("blockdev-del", **{"node-name": "tgt"})
+    return secs
+
+def md5_image(path, fmt):
+    raw = path + ".flat"
+    sh("qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", path, raw)
+    h = hashlib.md5()
+    with open(raw, "rb") as f:
+        for b in iter(lambda: f.read(MIB), b""):
+            h.update(b)
+    os.remove(raw)
+    return h.hexdigest()
+
+def storage_daemon(ns, name, disk, extra):
+    qmp = f"{out}/{name}.qmp"
+    if os.path.exists(qmp):
+        os.remove(qmp)
+    p = spawn(ns, ["qemu-storage-daemon",
+                   "--blockdev", f"driver=file,node-name={name}-file,filename={disk}",
+                   "--blockdev", f"driver=qcow2,node-name={name},file={name}-file",
+                   "--chardev", f"socket,id=qmp0,path={qmp},server=on,wait=off",
+                   "--monitor", "chardev=qmp0"] + extra, f"{out}/{name}.log")
+    return p, Qmp(qmp)
+
+try:
+    netns_up()
+    base = f"{out}/base.raw"
+    rnd = image_mib * 3 // 4
+    with open(base, "wb") as f:
+        f.write(os.urandom(rnd * MIB))
+        f.truncate(image_mib * MIB)
+    src_disk = f"{out}/src.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", src_disk)
+    changes = f"{out}/changes.bin"
+    with open(changes, "wb") as f:
+        f.write(os.urandom(changed_mib * MIB))
+    sh("qemu-io", "-f", "qcow2", "-c", f"write -s {changes} {8 * MIB} {changed_mib * MIB}", src_disk)
+    want = md5_image(src_disk, "qcow2")
+
+    # The destination site, holding the image in a block-indexed bucket.
+    data = f"{out}/site"
+    sh("rm", "-rf", data)
+    env = {"STRATO_DATA_DIR": data, "STRATO_ACCESS_KEY": AK, "STRATO_SECRET_KEY": SK}
+    subprocess.run([strato, "mb", "--block-index", "images"], check=True, env={**os.environ, **env}, capture_output=True)
+    subprocess.run([strato, "put", base, "images/base.raw", "--chunking", "block"], check=True,
+                   env={**os.environ, **env}, capture_output=True)
+    site = spawn(NS_D, [strato, "serve", "--listen", f"{DIP}:9000"], f"{out}/site.log", env)
+    wait_line(site, "serving", "strato serve")
+    site_flags = ["--site", f"http://{DIP}:9000", "--access-key", AK, "--secret-key", SK]
+
+    results = {}
+    for mode in ("qemu-plain", "strato"):
+        dst_disk = f"{out}/dst-{mode}.qcow2"
+        sh("qemu-img", "create", "-q", "-f", "qcow2", dst_disk, f"{image_mib}M")
+        nbd_host = DIP if mode == "qemu-plain" else "127.0.0.1"
+        dp, dq = storage_daemon(NS_D, "dst", dst_disk, [
+            "--nbd-server", f"addr.type=inet,addr.host={nbd_host},addr.port=10809",
+            "--export", "type=nbd,id=e0,node-name=dst,name=disk0,writable=on"])
+        sp, sq = storage_daemon(NS_S, "src", src_disk, [])
+        before = link_bytes()
+        if mode == "qemu-plain":
+            secs = mirror(sq, DIP, 10809, "disk0")
+            report = None
+        else:
+            recv = spawn(NS_D, [strato, "--json", "migrate", "disk-recv", "--listen", f"{DIP}:7100",
+                                "--nbd", "127.0.0.1:10809", "--export", "disk0",
+                                "--report", f"{out}/disk-recv.json"] + site_flags, f"{out}/disk-recv.log")
+            wait_line(recv, "listening", "disk-recv")
+            send = spawn(NS_S, [strato, "--json", "migrate", "disk-send", "--listen", "127.0.0.1:7101",
+                                "--to", f"{DIP}:7100", "--report", f"{out}/disk-send.json"] + site_flags,
+                         f"{out}/disk-send.log")
+            wait_line(send, "NBD export", "disk-send")
+            secs = mirror(sq, "127.0.0.1", 7101, "strato")
+            if send.wait(timeout=120) != 0 or recv.wait(timeout=120) != 0:
+                raise SystemExit("a disk agent failed; see disk-send.log / disk-recv.log")
+            report = json.load(open(f"{out}/disk-send.json"))
+        wan = link_bytes() - before
+        for p in (sp, dp):
+            p.terminate(); p.wait(timeout=30)
+        got = md5_image(dst_disk, "qcow2")
+        if got != want:
+            raise SystemExit(f"{mode}: destination disk differs ({got} vs {want})")
+        results[mode] = {"wan_bytes": wan, "seconds": round(secs, 2), "verified": True,
+                         "blocks": report and report["blocks"]}
+        print(f"{mode}: WAN {wan / MIB:.1f} MiB, {secs:.1f} s, verified", file=sys.stderr)
+    p, s = results["qemu-plain"], results["strato"]
+    results["ratio_wan"] = round(s["wan_bytes"] / p["wan_bytes"], 3)
+    results["ratio_time"] = round(s["seconds"] / p["seconds"], 3)
+    json.dump(results, open(f"{out}/results.json", "w"), indent=2)
+    print(json.dumps(results, indent=2))
+finally:
+    cleanup()
+PY
