@@ -18,7 +18,7 @@ use common::*;
 use migrate_util::*;
 use qemu_util::*;
 use strato::image::nbd_client::NbdClient;
-use strato::migrate::disk_mirror::{self, DestExport, MirrorPlan};
+use strato::migrate::disk_mirror::{self, DestExport, MirrorPlan, MirrorSync};
 use strato::migrate::disk_wire::{read_frame, write_frame, DiskFrame, DiskOp, DISK_PROTOCOL};
 use strato::migrate::qmp::QmpClient;
 use strato::store::ChunkId;
@@ -172,6 +172,19 @@ struct Pair {
 }
 
 fn start_pair(dir: &Path, site: &Server, base: &Path, name: &str, seed: u64) -> Pair {
+    start_pair_with(dir, site, base, name, seed, None)
+}
+
+/// As [`start_pair`]; with `dst_backing`, the destination's disk is an
+/// empty overlay over that copy of the image (the destination has it).
+fn start_pair_with(
+    dir: &Path,
+    site: &Server,
+    base: &Path,
+    name: &str,
+    seed: u64,
+    dst_backing: Option<&Path>,
+) -> Pair {
     let src_disk = dir.join("src.qcow2");
     let dst_disk = dir.join("dst.qcow2");
     qemu_img(&[
@@ -185,14 +198,27 @@ fn start_pair(dir: &Path, site: &Server, base: &Path, name: &str, seed: u64) -> 
         "raw",
         src_disk.to_str().unwrap(),
     ]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        dst_disk.to_str().unwrap(),
-        &format!("{IMAGE_MIB}M"),
-    ]);
+    match dst_backing {
+        Some(b) => qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            b.to_str().unwrap(),
+            "-F",
+            "raw",
+            dst_disk.to_str().unwrap(),
+        ]),
+        None => qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            dst_disk.to_str().unwrap(),
+            &format!("{IMAGE_MIB}M"),
+        ]),
+    };
     let spec = VmSpec::new(name, seed).with_disk(&src_disk, "qcow2");
     let src = Qemu::boot(&spec, &dir.join("src"));
     // The destination must not run before the mirror completed: -S, and
@@ -438,6 +464,38 @@ fn guest_disk_migrates_with_image_blocks_by_hash() {
     assert!(
         wan < (IMAGE_MIB * MIB / 4) as u64,
         "WAN {wan} bytes for a {IMAGE_MIB} MiB disk"
+    );
+}
+
+/// The destination already has the backing image: its disk is an overlay
+/// over it, and the mirror (sync=top) moves only what the guest wrote.
+#[test]
+fn destination_with_the_backing_image_gets_only_the_top_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (site, base) = seeded_site(d, 74);
+    let dst_base = d.join("dst-base.raw");
+    std::fs::copy(&base, &dst_base).expect("copying the image");
+    let mut p = start_pair_with(d, &site, &base, "disk4", 6, Some(&dst_base));
+    p.src
+        .run("dd if=/dev/urandom of=/dev/vda bs=1M count=4 seek=20 conv=fsync 2>/dev/null");
+    let region = guest_md5(&mut p.src, 20, Some(4));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut sq = connect_qmp(&rt, &p.src);
+    let mut dq = connect_qmp(&rt, &p.dst);
+    let mut agents = start_disk_agents(&rt, &mut dq, d, &site);
+    agents.plan.sync = MirrorSync::Top;
+    let (sent, _) =
+        migrate_disk_and_memory(&rt, &mut p, &mut sq, &mut dq, &mut agents, &site, |_| {});
+    eprintln!("disk-send: {sent:#}");
+    p.dst.wait_status("running", Duration::from_secs(60));
+    assert_eq!(guest_md5(&mut p.dst, 20, Some(4)), region);
+    let whole = guest_md5(&mut p.dst, 0, None);
+    assert_eq!(whole, image_md5(&p.src_disk, "qcow2", d));
+    let written = sent["bytes_written"].as_u64().unwrap();
+    assert!(
+        (4 * MIB as u64..=8 * MIB as u64).contains(&written),
+        "sync=top moved {written} bytes for 4 MiB written"
     );
 }
 
