@@ -169,6 +169,7 @@ pub async fn receive_disk(
     let result: Result<()> = async {
         let (hello, n) = wan.next().await?;
         report.wan.framing += n;
+        report.wan.total += n;
         match hello {
             DiskFrame::Hello {
                 protocol,

@@ -354,18 +354,33 @@ impl DiskSender {
         let batched = batcher
             .await
             .map_err(|e| DiskError::Internal(format!("batcher: {e}")));
-        let written = writer
+        // The receiver's last word decides; the writer ends right after it.
+        let writer_abort = writer.abort_handle();
+        let done = tokio::time::timeout(Duration::from_secs(600), reader).await;
+        let done = match done {
+            Err(_) => {
+                writer_abort.abort();
+                return Err(DiskError::Peer(
+                    "receiver did not finish within 600 s".into(),
+                ));
+            }
+            Ok(j) => j.map_err(|e| DiskError::Internal(format!("WAN reader: {e}")))?,
+        };
+        let done = match done {
+            Ok((true, _)) => Ok(()),
+            Ok((false, why)) => Err(DiskError::Peer(why)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            writer_abort.abort();
+            return Err(e);
+        }
+        let written = tokio::time::timeout(Duration::from_secs(30), writer)
             .await
+            .map_err(|_| DiskError::Internal("WAN writer did not stop".into()))?
             .map_err(|e| DiskError::Internal(format!("WAN writer: {e}")))?;
         batched??;
         written?;
-        let done = tokio::time::timeout(Duration::from_secs(600), reader)
-            .await
-            .map_err(|_| DiskError::Peer("receiver did not finish within 600 s".into()))?
-            .map_err(|e| DiskError::Internal(format!("WAN reader: {e}")))??;
-        if !done.0 {
-            return Err(DiskError::Peer(done.1));
-        }
         let mut r = report.lock().clone();
         r.completed = true;
         r.seconds = start.elapsed().as_secs_f64();
