@@ -12,6 +12,11 @@
 //!    target consistent, `blockdev-del` of the nbd node (disk-send then ends
 //!    its stream), destination `block-export-del` + `nbd-server-stop`,
 //!    `cont` ([`finish`]).
+//!
+//! The destination QEMU must be started with `-S` (and `-incoming`): with
+//! autostart it would resume the guest as soon as the memory arrived, before
+//! the mirror wrote its last dirty blocks. One disk per migration here; more
+//! disks need one NBD export, disk-send/disk-recv pair and job each.
 
 use std::time::{Duration, Instant};
 
