@@ -5,9 +5,14 @@
 //! per batch, every block checked against its id by the client); a block
 //! another sender of the group claimed may still be on its way there, so
 //! those get a short, bounded wait, then are pulled from the sender; an id
-//! nobody can resolve fails the migration loudly, never becomes zeros. Literal blocks are checked
-//! against the id the sender computed, then stored at the site in batches
-//! so other VMs of the group, and later migrations, can use them.
+//! nobody can resolve fails the migration loudly, never becomes zeros.
+//! Literal blocks are checked against the id the sender computed, then
+//! stored at the site in batches so other VMs of the group, and later
+//! migrations, can use them.
+//!
+//! Two stages: a reader task takes frames off the WAN and prepares the
+//! next few batches at once (decompress, check, fetch from the site), while
+//! the main loop writes prepared batches into the export in order.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -15,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::BufReader;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use super::disk_error::{DiskError, Result};
 use super::disk_report::DiskReport;
@@ -28,46 +35,10 @@ use crate::store::ChunkId;
 const INFLIGHT: usize = 64;
 /// Contiguous data is written in requests up to this size.
 const RUN_BYTES: usize = 1 << 20;
-/// Frames read ahead while waiting for a pull answer, at most.
-const BACKLOG_BYTES: u64 = 256 << 20;
-
-/// The WAN connection, with frames read ahead while waiting for `Pulled`.
-struct Wan {
-    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    wr: tokio::net::tcp::OwnedWriteHalf,
-    backlog: VecDeque<(DiskFrame, u64)>,
-    backlog_bytes: u64,
-}
+/// Batches prepared ahead of the one being written.
+const READ_AHEAD: usize = 4;
 
 type PulledBlocks = Vec<(ChunkId, Option<Bytes>)>;
-
-impl Wan {
-    async fn next(&mut self) -> Result<(DiskFrame, u64)> {
-        if let Some((f, n)) = self.backlog.pop_front() {
-            self.backlog_bytes -= n;
-            return Ok((f, n));
-        }
-        Ok(read_frame(&mut self.rd).await?)
-    }
-
-    /// Ask the sender for blocks; other frames arriving meanwhile wait.
-    async fn pull(&mut self, ids: Vec<ChunkId>) -> Result<(PulledBlocks, u64)> {
-        let wire = write_frame(&mut self.wr, &DiskFrame::Pull(ids)).await?;
-        loop {
-            let (f, n) = read_frame(&mut self.rd).await?;
-            if let DiskFrame::Pulled(blocks) = f {
-                return Ok((blocks, wire + n));
-            }
-            self.backlog_bytes += n;
-            if self.backlog_bytes > BACKLOG_BYTES {
-                return Err(DiskError::Peer(
-                    "sender kept streaming without answering a pull".into(),
-                ));
-            }
-            self.backlog.push_back((f, n));
-        }
-    }
-}
 
 pub struct DiskRecvOptions {
     pub site: Option<ChunkClient>,
@@ -138,173 +109,109 @@ impl DestWriter {
     }
 }
 
-/// Receive one disk migration from `wan` into `nbd`. On failure the
-/// sender is told why (best effort) before the error returns.
-pub async fn receive_disk(
-    wan: TcpStream,
-    nbd: NbdClient,
-    opts: DiskRecvOptions,
-) -> Result<DiskReport> {
-    let start = Instant::now();
-    let _ = wan.set_nodelay(true);
-    let (rd, wr) = wan.into_split();
-    let mut wan = Wan {
-        rd: BufReader::new(rd),
-        wr,
-        backlog: VecDeque::new(),
-        backlog_bytes: 0,
-    };
-    let mut report = DiskReport {
-        role: "recv".into(),
-        disk_size: nbd.size(),
-        ..Default::default()
-    };
-    let mut dest = DestWriter {
-        nbd,
-        inflight: VecDeque::new(),
-    };
-    let mut store: Option<tokio::task::JoinHandle<Result<u64>>> = None;
-    let opts = Arc::new(opts);
+/// A batch decompressed, checked, and with the site's blocks fetched.
+struct Prepared {
+    seq: u64,
+    ops: Vec<DiskOp>,
+    blob: Bytes,
+    compressed: bool,
+    /// Literal blocks, checked against their ids.
+    literal: Vec<(ChunkId, Bytes)>,
+    /// Blocks sent by id that the site had.
+    fetched: HashMap<ChunkId, Bytes>,
+}
 
-    let result: Result<()> = async {
-        let (hello, n) = wan.next().await?;
-        report.wan.framing += n;
-        report.wan.total += n;
-        match hello {
-            DiskFrame::Hello {
-                protocol,
-                vm,
-                group,
-            } => {
-                if protocol != DISK_PROTOCOL {
-                    return Err(DiskError::Unsupported(format!(
-                        "sender speaks disk protocol {protocol}, this receiver {DISK_PROTOCOL}"
-                    )));
-                }
-                report.vm = vm;
-                report.group = group;
+/// What the reader task hands the writing loop, in WAN order.
+enum Incoming {
+    Batch {
+        wire: u64,
+        blob_wire: u64,
+        task: tokio::task::JoinHandle<Result<Prepared>>,
+    },
+    Flush {
+        wire: u64,
+        seq: u64,
+    },
+    End {
+        wire: u64,
+    },
+    Failed(DiskError),
+}
+
+/// Take frames off the WAN; start preparing each batch at once (the
+/// channel's bound limits how far ahead); route pull answers aside.
+async fn read_ahead(
+    mut rd: BufReader<OwnedReadHalf>,
+    tx: mpsc::Sender<Incoming>,
+    pulled: mpsc::Sender<(PulledBlocks, u64)>,
+    site: Option<ChunkClient>,
+    size: u64,
+) {
+    // After End the sender still answers pulls, until our Done.
+    let mut ended = false;
+    loop {
+        let (f, wire) = match read_frame(&mut rd).await {
+            Ok(x) => x,
+            Err(_) if ended => return,
+            Err(e) => {
+                let e = DiskError::Peer(format!("sender connection lost before the end: {e}"));
+                let _ = tx.send(Incoming::Failed(e)).await;
+                return;
             }
-            other => return Err(DiskError::Peer(format!("expected Hello, got {other:?}"))),
-        }
-        write_frame(
-            &mut wan.wr,
-            &DiskFrame::Welcome {
-                protocol: DISK_PROTOCOL,
-                size: report.disk_size,
-            },
-        )
-        .await?;
-        loop {
-            let (f, n) = wan.next().await.map_err(|e| {
-                DiskError::Peer(format!("sender connection lost before the end: {e}"))
-            })?;
-            report.wan.total += n;
-            match f {
-                DiskFrame::Batch {
+        };
+        let item = match f {
+            DiskFrame::Batch {
+                seq,
+                ops,
+                raw_len,
+                compressed,
+                blob,
+            } => Incoming::Batch {
+                wire,
+                blob_wire: blob.len() as u64,
+                task: tokio::spawn(prepare(
                     seq,
                     ops,
                     raw_len,
                     compressed,
                     blob,
-                } => {
-                    let pullable = ops.iter().any(|o| matches!(o, DiskOp::Group { .. }));
-                    if compressed {
-                        report.wan.literal_compressed += blob.len() as u64;
-                    } else {
-                        report.wan.literal_raw += blob.len() as u64;
-                    }
-                    let stored = apply_batch(
-                        &mut dest,
-                        &mut wan,
-                        &opts,
-                        &mut report,
-                        ops,
-                        raw_len,
-                        compressed,
-                        blob,
-                    )
-                    .await?;
-                    if pullable {
-                        // The sender may now forget this batch's group blocks.
-                        let n = write_frame(&mut wan.wr, &DiskFrame::Applied { seq }).await?;
-                        report.wan.framing += n;
-                    }
-                    if !stored.is_empty() {
-                        // One store in flight at a time: backpressure on a slow site.
-                        if let Some(t) = store.take() {
-                            report.site_stored += join_store(t).await?;
-                        }
-                        let site = opts.site.clone();
-                        store = site
-                            .map(|s| tokio::spawn(async move { Ok(s.put_many(&stored).await?) }));
-                    }
+                    site.clone(),
+                    size,
+                )),
+            },
+            DiskFrame::Flush { seq } => Incoming::Flush { wire, seq },
+            DiskFrame::End => Incoming::End { wire },
+            DiskFrame::Pulled(blocks) => {
+                if pulled.send((blocks, wire)).await.is_err() {
+                    return;
                 }
-                DiskFrame::Flush { seq } => {
-                    dest.flush().await?;
-                    report.flushes += 1;
-                    write_frame(&mut wan.wr, &DiskFrame::Flushed { seq }).await?;
-                }
-                DiskFrame::End => {
-                    dest.flush().await?;
-                    if let Some(t) = store.take() {
-                        report.site_stored += join_store(t).await?;
-                    }
-                    return Ok(());
-                }
-                other => {
-                    return Err(DiskError::Peer(format!("unexpected frame {other:?}")));
-                }
+                continue;
             }
+            other => Incoming::Failed(DiskError::Peer(format!("unexpected frame {other:?}"))),
+        };
+        if ended {
+            // Nothing but pull answers may follow End.
+            return;
         }
-    }
-    .await;
-    report.seconds = start.elapsed().as_secs_f64();
-    match result {
-        Ok(()) => {
-            report.completed = true;
-            write_frame(
-                &mut wan.wr,
-                &DiskFrame::Done {
-                    ok: true,
-                    message: String::new(),
-                },
-            )
-            .await?;
-            let _ = dest.nbd.disconnect().await;
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = write_frame(
-                &mut wan.wr,
-                &DiskFrame::Done {
-                    ok: false,
-                    message: e.to_string(),
-                },
-            )
-            .await;
-            Err(e)
+        ended = matches!(item, Incoming::End { .. });
+        let failed = matches!(item, Incoming::Failed(_));
+        if tx.send(item).await.is_err() || failed {
+            return;
         }
     }
 }
 
-async fn join_store(t: tokio::task::JoinHandle<Result<u64>>) -> Result<u64> {
-    t.await
-        .map_err(|e| DiskError::Internal(format!("site store task: {e}")))?
-}
-
-/// Resolve, check and write one batch; returns the literal blocks to store.
-#[allow(clippy::too_many_arguments)]
-async fn apply_batch(
-    dest: &mut DestWriter,
-    wan: &mut Wan,
-    opts: &DiskRecvOptions,
-    report: &mut DiskReport,
+/// Check a batch's ranges, decompress it, check its literal blocks and
+/// fetch its blocks sent by id from the site (those it has).
+async fn prepare(
+    seq: u64,
     ops: Vec<DiskOp>,
     raw_len: u32,
     compressed: bool,
     blob: Bytes,
-) -> Result<Vec<(ChunkId, Bytes)>> {
-    let size = report.disk_size;
+    site: Option<ChunkClient>,
+    size: u64,
+) -> Result<Prepared> {
     if let Some(op) = ops
         .iter()
         .find(|op| op.offset().checked_add(op.len()).is_none_or(|e| e > size))
@@ -315,7 +222,6 @@ async fn apply_batch(
             op.offset()
         )));
     }
-    // Decompress and check literal blocks off the reactor.
     let ops = Arc::new(ops);
     let ops2 = ops.clone();
     let (blob, literal) =
@@ -351,8 +257,227 @@ async fn apply_batch(
         .await
         .map_err(|e| DiskError::Internal(format!("batch check task: {e}")))??;
 
+    let ids: Vec<ChunkId> = ops
+        .iter()
+        .filter_map(|op| match *op {
+            DiskOp::Site { id, .. } | DiskOp::Group { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let fetched = match (&site, ids.first()) {
+        (_, None) => HashMap::new(),
+        (Some(site), Some(_)) => site.get_many(&ids).await?,
+        (None, Some(id)) => return Err(DiskError::UnknownBlock(*id)),
+    };
+    let ops = Arc::try_unwrap(ops).unwrap_or_else(|a| (*a).clone());
+    Ok(Prepared {
+        seq,
+        ops,
+        blob,
+        compressed,
+        literal,
+        fetched,
+    })
+}
+
+/// The writing side: the WAN's write half and pull answers.
+struct Back {
+    wr: OwnedWriteHalf,
+    pulled: mpsc::Receiver<(PulledBlocks, u64)>,
+}
+
+impl Back {
+    /// Ask the sender for blocks and wait for its answer.
+    async fn pull(&mut self, ids: Vec<ChunkId>) -> Result<(PulledBlocks, u64)> {
+        let wire = write_frame(&mut self.wr, &DiskFrame::Pull(ids)).await?;
+        let (blocks, n) =
+            self.pulled.recv().await.ok_or_else(|| {
+                DiskError::Peer("sender connection lost while pulling blocks".into())
+            })?;
+        Ok((blocks, wire + n))
+    }
+}
+
+/// Receive one disk migration from `wan` into `nbd`. On failure the
+/// sender is told why (best effort) before the error returns.
+pub async fn receive_disk(
+    wan: TcpStream,
+    nbd: NbdClient,
+    opts: DiskRecvOptions,
+) -> Result<DiskReport> {
+    let start = Instant::now();
+    let _ = wan.set_nodelay(true);
+    let (rd, wr) = wan.into_split();
+    let mut rd = BufReader::new(rd);
+    let (pulled_tx, pulled_rx) = mpsc::channel(4);
+    let mut back = Back {
+        wr,
+        pulled: pulled_rx,
+    };
+    let mut report = DiskReport {
+        role: "recv".into(),
+        disk_size: nbd.size(),
+        ..Default::default()
+    };
+    let mut dest = DestWriter {
+        nbd,
+        inflight: VecDeque::new(),
+    };
+    let mut store: Option<tokio::task::JoinHandle<Result<u64>>> = None;
+    let opts = Arc::new(opts);
+    let mut reader: Option<tokio::task::JoinHandle<()>> = None;
+
+    let result: Result<()> = async {
+        let (hello, n) = read_frame(&mut rd).await?;
+        report.wan.framing += n;
+        report.wan.total += n;
+        match hello {
+            DiskFrame::Hello {
+                protocol,
+                vm,
+                group,
+            } => {
+                if protocol != DISK_PROTOCOL {
+                    return Err(DiskError::Unsupported(format!(
+                        "sender speaks disk protocol {protocol}, this receiver {DISK_PROTOCOL}"
+                    )));
+                }
+                report.vm = vm;
+                report.group = group;
+            }
+            other => return Err(DiskError::Peer(format!("expected Hello, got {other:?}"))),
+        }
+        write_frame(
+            &mut back.wr,
+            &DiskFrame::Welcome {
+                protocol: DISK_PROTOCOL,
+                size: report.disk_size,
+            },
+        )
+        .await?;
+        let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+        reader = Some(tokio::spawn(read_ahead(
+            rd,
+            tx,
+            pulled_tx,
+            opts.site.clone(),
+            report.disk_size,
+        )));
+        loop {
+            let item = rx
+                .recv()
+                .await
+                .ok_or_else(|| DiskError::Internal("WAN reader stopped".into()))?;
+            match item {
+                Incoming::Batch {
+                    wire,
+                    blob_wire,
+                    task,
+                } => {
+                    report.wan.total += wire;
+                    let p = task
+                        .await
+                        .map_err(|e| DiskError::Internal(format!("batch task: {e}")))??;
+                    if p.compressed {
+                        report.wan.literal_compressed += blob_wire;
+                    } else {
+                        report.wan.literal_raw += blob_wire;
+                    }
+                    let seq = p.seq;
+                    let pullable = p.ops.iter().any(|o| matches!(o, DiskOp::Group { .. }));
+                    let stored = apply_batch(&mut dest, &mut back, &opts, &mut report, p).await?;
+                    if pullable {
+                        // The sender may now forget this batch's group blocks.
+                        let n = write_frame(&mut back.wr, &DiskFrame::Applied { seq }).await?;
+                        report.wan.framing += n;
+                    }
+                    if !stored.is_empty() {
+                        // One store in flight at a time: backpressure on a slow site.
+                        if let Some(t) = store.take() {
+                            report.site_stored += join_store(t).await?;
+                        }
+                        let site = opts.site.clone();
+                        store = site
+                            .map(|s| tokio::spawn(async move { Ok(s.put_many(&stored).await?) }));
+                    }
+                }
+                Incoming::Flush { wire, seq } => {
+                    report.wan.total += wire;
+                    dest.flush().await?;
+                    report.flushes += 1;
+                    write_frame(&mut back.wr, &DiskFrame::Flushed { seq }).await?;
+                }
+                Incoming::End { wire } => {
+                    report.wan.total += wire;
+                    dest.flush().await?;
+                    if let Some(t) = store.take() {
+                        report.site_stored += join_store(t).await?;
+                    }
+                    return Ok(());
+                }
+                Incoming::Failed(e) => return Err(e),
+            }
+        }
+    }
+    .await;
+    if let Some(r) = reader {
+        r.abort();
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => {
+            report.completed = true;
+            write_frame(
+                &mut back.wr,
+                &DiskFrame::Done {
+                    ok: true,
+                    message: String::new(),
+                },
+            )
+            .await?;
+            let _ = dest.nbd.disconnect().await;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = write_frame(
+                &mut back.wr,
+                &DiskFrame::Done {
+                    ok: false,
+                    message: e.to_string(),
+                },
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
+async fn join_store(t: tokio::task::JoinHandle<Result<u64>>) -> Result<u64> {
+    t.await
+        .map_err(|e| DiskError::Internal(format!("site store task: {e}")))?
+}
+
+/// Resolve what the site lacked, and write one prepared batch; returns the
+/// blocks to store at the site.
+async fn apply_batch(
+    dest: &mut DestWriter,
+    back: &mut Back,
+    opts: &DiskRecvOptions,
+    report: &mut DiskReport,
+    p: Prepared,
+) -> Result<Vec<(ChunkId, Bytes)>> {
+    let Prepared {
+        ops,
+        blob,
+        compressed,
+        mut literal,
+        fetched,
+        ..
+    } = p;
     let mut pulled = Vec::new();
-    let by_id = resolve(wan, opts, report, &ops, &mut pulled).await?;
+    let by_id = resolve(back, opts, report, &ops, fetched, &mut pulled).await?;
 
     let mut at = 0usize;
     let mut run: Option<(u64, BytesMut)> = None;
@@ -411,7 +536,6 @@ async fn apply_batch(
     if let Some((o, buf)) = run.take() {
         dest.write(o, &buf).await?;
     }
-    let mut literal = literal;
     literal.extend(pulled);
     Ok(if opts.store_blocks {
         literal
@@ -420,22 +544,22 @@ async fn apply_batch(
     })
 }
 
-/// Fetch the blocks sent by id from the site. Group blocks may still be
-/// on their way (another receiver stores them): wait for them, bounded,
-/// then pull the rest from the sender.
+/// Complete the blocks sent by id: every site block must have been
+/// fetched; group blocks may still be on their way (another receiver
+/// stores them): wait for them, bounded, then pull the rest from the sender.
 async fn resolve(
-    wan: &mut Wan,
+    back: &mut Back,
     opts: &DiskRecvOptions,
     report: &mut DiskReport,
     ops: &[DiskOp],
+    mut got: HashMap<ChunkId, Bytes>,
     newly_pulled: &mut Vec<(ChunkId, Bytes)>,
 ) -> Result<HashMap<ChunkId, Bytes>> {
-    let mut site_ids = HashSet::new();
     let mut group_ids = HashSet::new();
     for op in ops {
         match *op {
-            DiskOp::Site { id, .. } => {
-                site_ids.insert(id);
+            DiskOp::Site { id, .. } if !got.contains_key(&id) => {
+                return Err(DiskError::UnknownBlock(id));
             }
             DiskOp::Group { id, .. } => {
                 group_ids.insert(id);
@@ -443,22 +567,11 @@ async fn resolve(
             _ => {}
         }
     }
-    if site_ids.is_empty() && group_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
     let Some(site) = &opts.site else {
-        let id = site_ids.iter().chain(group_ids.iter()).next().copied();
-        return Err(id.map_or_else(
-            || DiskError::Internal("no id".into()),
-            DiskError::UnknownBlock,
-        ));
+        // prepare() refused ids without a site already.
+        return Ok(got);
     };
     let mut pulled = 0u64;
-    let ids: Vec<ChunkId> = site_ids.union(&group_ids).copied().collect();
-    let mut got = site.get_many(&ids).await?;
-    if let Some(missing) = site_ids.iter().find(|i| !got.contains_key(i)) {
-        return Err(DiskError::UnknownBlock(*missing));
-    }
     let deadline = Instant::now() + opts.wait;
     loop {
         let missing: Vec<ChunkId> = group_ids
@@ -470,7 +583,7 @@ async fn resolve(
             break;
         }
         if Instant::now() >= deadline {
-            let (blocks, wire) = wan.pull(missing.clone()).await?;
+            let (blocks, wire) = back.pull(missing.clone()).await?;
             report.wan.pulled += wire;
             report.wan.total += wire;
             for (id, data) in blocks {
