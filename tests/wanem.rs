@@ -264,7 +264,7 @@ fn loss_flag_drops_about_its_share() {
         (0.17..0.33).contains(&lost_share),
         "lost {lost_share:.3} for 25 % loss"
     );
-    let (ok, report) = link.wait_exit(Duration::from_secs(60));
+    let (ok, report) = link.terminate(Duration::from_secs(10));
     assert!(ok);
     let dirs = &report["directions"];
     assert!(dirs[0]["lost"].as_u64().unwrap_or(0) > 0, "{report}");
