@@ -1,7 +1,8 @@
 //! Faults and bad input of the migration agents: content nobody can
 //! produce, wrong bytes for an id, a claimed page whose sender died, a
 //! stream the sender does not understand, postcopy, and the WAN connection
-//! dropping in the middle of a live migration.
+//! dropping in the middle of a live migration; and pages kept at the site
+//! (`--keep`) surviving garbage collection.
 
 mod common;
 mod migrate_util;
@@ -234,6 +235,70 @@ fn claimed_pages_of_a_dead_sender_are_pulled() {
     let repeat = pages["repeat"].as_u64().unwrap();
     assert!(pulled >= group && pulled <= group + repeat, "{report}");
     assert_eq!(pages["sent"], 0, "{report}");
+}
+
+/// `migrate recv --keep BUCKET/KEY` commits the pages it stored at the
+/// site as an object: a GC without grace leaves them all, and the next
+/// migration of the same guest sends none of them again.
+#[test]
+fn kept_pages_survive_gc_and_serve_the_next_migration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stream = capture(dir.path());
+    let input = dir.path().join("capture.qevm");
+    let st = Strato::new("redb");
+    st.ok(&["mb", "migrations"]);
+    let mut site = Server::start_with(st, &[]);
+
+    // Bad --keep values stop the receiver before it listens.
+    for (args, why) in [
+        (vec!["--keep", "no-key"], "BUCKET/KEY"),
+        (vec!["--keep", "migrations/vm1"], "--site"),
+    ] {
+        let out = Command::new(strato_bin())
+            .args(["migrate", "recv", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .expect("receiver");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+
+    let recv_report = dir.path().join("recv.json");
+    let (first, out) = migrate_file(
+        dir.path(),
+        &input,
+        Some(&site),
+        &["--vm", "vm1"],
+        &[
+            "--keep",
+            "migrations/vm1",
+            "--report",
+            recv_report.to_str().unwrap(),
+        ],
+    );
+    assert!(out == stream, "rebuilt stream differs from the capture");
+    let recv = read_report(&recv_report);
+    let kept = &recv["kept"];
+    assert_eq!(kept["error"], serde_json::Value::Null, "{recv}");
+    let kept_pages = kept["pages"].as_u64().unwrap();
+    let sent = first["pages"]["sent"].as_u64().unwrap();
+    assert!(kept_pages > 100, "{recv}");
+    assert!(kept_pages <= sent, "kept {kept_pages} of {sent} sent pages");
+
+    // GC with no grace period: nothing at the site is garbage.
+    site.child.kill().expect("stopping the site");
+    site.child.wait().expect("site exit");
+    let st = std::mem::replace(&mut site.strato, Strato::new("redb"));
+    let gc = st.json(&["gc", "--grace", "0"]);
+    assert_eq!(gc["reclaimed_chunks"], 0, "{gc}");
+    let site = Server::start_with(st, &[]);
+
+    let (second, out) = migrate_file(dir.path(), &input, Some(&site), &["--vm", "vm1"], &[]);
+    assert!(out == stream, "rebuilt stream differs from the capture");
+    let pages = &second["pages"];
+    assert_eq!(pages["sent"], 0, "every page is at the site now: {second}");
+    assert!(pages["site"].as_u64().unwrap() >= kept_pages, "{second}");
 }
 
 /// Input that is not a migration stream at all goes through unchanged.

@@ -138,6 +138,11 @@ pub struct RecvArgs {
     /// Don't store pages received in full at the site
     #[arg(long)]
     no_store: bool,
+    /// Keep the pages stored at the site as the object BUCKET/KEY (a
+    /// bucket the site's credentials own), so later migrations and clones
+    /// still find them after garbage collection's grace period
+    #[arg(long, value_name = "BUCKET/KEY", conflicts_with = "no_store")]
+    keep: Option<String>,
     /// Seconds to wait for the sender to connect
     #[arg(long, default_value_t = 600)]
     accept_timeout: u64,
@@ -154,6 +159,23 @@ pub struct ReportArgs {
     /// QEMU's downtime of a VM (from query-migrate), as VM=MILLISECONDS
     #[arg(long)]
     downtime: Vec<String>,
+}
+
+/// `--keep BUCKET/KEY`, checked before any page moves.
+fn keep_target(keep: Option<&str>, have_site: bool) -> Result<Option<(String, String)>> {
+    let Some(keep) = keep else {
+        return Ok(None);
+    };
+    let (bucket, key) = match keep.trim_start_matches("s3://").split_once('/') {
+        Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => (bucket, key),
+        _ => bail!("--keep wants BUCKET/KEY, got {keep:?}"),
+    };
+    strato::store::check_bucket_name(bucket).with_context(|| format!("--keep {keep}"))?;
+    strato::store::check_key(key).with_context(|| format!("--keep {keep}"))?;
+    if !have_site {
+        bail!("--keep needs --site: the pages are kept at the destination site");
+    }
+    Ok(Some((bucket.to_string(), key.to_string())))
 }
 
 pub fn migrate(ctx: &Ctx, cmd: MigrateCmd) -> Result<ExitCode> {
@@ -264,6 +286,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         site: a.site.client()?,
         wait: Duration::from_millis(a.wait_ms.min(60_000)),
         store_pages: !a.no_store,
+        keep: keep_target(a.keep.as_deref(), a.site.site.is_some())?,
         ..ReceiverOptions::default()
     };
     let output = stdio_file(std::io::stdout().as_fd(), "standard output")?;

@@ -12,14 +12,13 @@
 //! Pages received in full are stored at the site in the background, so the
 //! other agents' references resolve and later migrations find them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use parking_lot::Mutex;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -33,7 +32,7 @@ use super::rcache::{CodecConfig, CodecError, PageDecoder};
 use super::stream::PAGE_SIZE;
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
-use crate::store::ChunkId;
+use crate::store::{ChunkId, ManifestEntry};
 
 #[derive(Clone)]
 pub struct ReceiverOptions {
@@ -49,6 +48,10 @@ pub struct ReceiverOptions {
     pub pull_timeout: Duration,
     /// How long to wait for the sender's first frame.
     pub hello_timeout: Duration,
+    /// Commit the pages this receiver stored at the site as this object
+    /// (BUCKET, KEY) once the stream is verified: referenced pages outlive
+    /// the GC grace period, so later migrations and clones find them.
+    pub keep: Option<(String, String)>,
 }
 
 impl Default for ReceiverOptions {
@@ -61,6 +64,7 @@ impl Default for ReceiverOptions {
             cache_bytes: 1 << 30,
             pull_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(60),
+            keep: None,
         }
     }
 }
@@ -80,6 +84,19 @@ pub struct ReceiverReport {
     pub store_errors: u64,
     pub seconds: f64,
     pub verified: bool,
+    /// The object the stored pages were kept as (`--keep`), if any.
+    #[serde(default)]
+    pub kept: Option<KeptPages>,
+}
+
+/// Pages kept as an object at the site after a migration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeptPages {
+    pub bucket: String,
+    pub key: String,
+    pub pages: u64,
+    /// Why keeping failed (the migration itself succeeded).
+    pub error: Option<String>,
 }
 
 #[derive(Default)]
@@ -262,12 +279,21 @@ pub async fn receive<W: Write + Send + 'static>(
     // Let the background stores finish (bounded) so the site holds the
     // pages for the group and for later migrations.
     drop(store_tx);
-    if tokio::time::timeout(Duration::from_secs(60), storer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("storing received pages at the site timed out");
-    }
+    let stored_ids = match tokio::time::timeout(Duration::from_secs(60), storer).await {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(e)) => {
+            tracing::warn!("storing received pages at the site: {e}");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("storing received pages at the site timed out");
+            Vec::new()
+        }
+    };
+    let kept = match (&shared.opts.keep, &shared.opts.site) {
+        (Some((bucket, key)), Some(site)) => Some(keep_pages(site, bucket, key, stored_ids).await),
+        _ => None,
+    };
     let c = &shared.counters;
     Ok(ReceiverReport {
         vm,
@@ -282,7 +308,42 @@ pub async fn receive<W: Write + Send + 'static>(
         store_errors: c.store_errors.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         verified: true,
+        kept,
     })
+}
+
+/// Commit the distinct pages stored at the site as one object. The
+/// migration has succeeded by now, so a failure here is reported, not
+/// fatal: the pages are at the site either way, only unreferenced.
+async fn keep_pages(
+    site: &ChunkClient,
+    bucket: &str,
+    key: &str,
+    mut ids: Vec<ChunkId>,
+) -> KeptPages {
+    ids.sort_unstable();
+    ids.dedup();
+    let entries: Vec<ManifestEntry> = ids
+        .iter()
+        .map(|id| ManifestEntry {
+            id: *id,
+            len: PAGE_SIZE as u32,
+        })
+        .collect();
+    let error = site
+        .commit_manifest(bucket, key, &entries)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    if let Some(e) = &error {
+        tracing::warn!("keeping {} pages as {bucket}/{key}: {e}", ids.len());
+    }
+    KeptPages {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        pages: if error.is_none() { ids.len() as u64 } else { 0 },
+        error,
+    }
 }
 
 enum Event {
@@ -489,113 +550,160 @@ async fn resolve(shared: Arc<Shared>, prepared: Vec<Slot>) -> Result<Vec<Bytes>>
             Err(e) => tracing::warn!("batched site lookup failed ({e}); asking page by page"),
         }
     }
-    let futs = prepared.into_iter().map(|slot| {
-        let sh = shared.clone();
-        let hit = match &slot {
-            Slot::Wanted(id) => found.get(id).cloned(),
-            Slot::Ready(_) => None,
-        };
-        let from_site =
-            hit.is_some() && matches!(&slot, Slot::Wanted(id) if missing.binary_search(id).is_ok());
-        async move {
-            match (slot, hit) {
-                (Slot::Ready(b), _) => Ok(b),
-                (Slot::Wanted(_), Some(p)) => {
-                    if from_site {
-                        sh.counters.site.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        sh.counters.local.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(p)
-                }
-                (Slot::Wanted(id), None) => find_page(&sh, id).await,
-            }
+    let from_site: HashSet<ChunkId> = found
+        .keys()
+        .filter(|id| missing.binary_search(id).is_ok())
+        .copied()
+        .collect();
+    // The slow path, for the whole batch at once: what neither this
+    // receiver nor the site holds yet (a page another sender of the group
+    // claimed and has not stored yet, or one whose claimant died).
+    let mut still: Vec<ChunkId> = missing
+        .iter()
+        .filter(|id| !found.contains_key(id))
+        .copied()
+        .collect();
+    let mut slow: HashMap<ChunkId, Source> = HashMap::new();
+    if !still.is_empty() {
+        wait_at_site(&shared, &mut still, &mut found, &mut slow).await;
+    }
+    if !still.is_empty() {
+        for (id, page) in pull_pages(&shared, still).await? {
+            found.insert(id, page);
+            slow.insert(id, Source::Pulled);
         }
-    });
-    futures::stream::iter(futs)
-        .buffered(shared.opts.concurrency.max(1) * 2)
-        .collect::<Vec<_>>()
-        .await
+    }
+    // Each id is counted once by where it came from; repeats within the
+    // batch count as local.
+    let mut counted: HashSet<ChunkId> = HashSet::new();
+    let c = &shared.counters;
+    prepared
         .into_iter()
+        .map(|slot| match slot {
+            Slot::Ready(b) => Ok(b),
+            Slot::Wanted(id) => {
+                let page = found.get(&id).cloned().ok_or(AgentError::UnknownPage(id))?;
+                let first = counted.insert(id);
+                let counter = match (first, slow.get(&id)) {
+                    (true, Some(Source::Pulled)) => &c.pulled,
+                    (true, Some(Source::Site)) => &c.site,
+                    (true, None) if from_site.contains(&id) => &c.site,
+                    _ => &c.local,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(page)
+            }
+        })
         .collect()
 }
 
-async fn find_page(shared: &Shared, id: ChunkId) -> Result<Bytes> {
-    if let Some(p) = shared.local.lock().map.get(&id).cloned() {
-        shared.counters.local.fetch_add(1, Ordering::Relaxed);
-        return Ok(p);
-    }
-    if let Some(site) = &shared.opts.site {
-        let deadline = Instant::now() + shared.opts.wait;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let got = {
-                let _slot = shared
-                    .site_slots
-                    .acquire()
-                    .await
-                    .map_err(|_| AgentError::Internal("site slots closed".into()))?;
-                site.get_chunk(&id).await
-            };
-            match got {
-                // get_chunk checked the bytes against the id.
-                Ok(b) if b.len() == PAGE_SIZE => {
-                    shared.counters.site.fetch_add(1, Ordering::Relaxed);
-                    return Ok(b);
-                }
-                Ok(_) => return Err(AgentError::BadPage(id)),
-                Err(e) if e.is_not_found() => {}
-                Err(crate::distribute::client::ClientError::Integrity(_)) => {
-                    tracing::warn!("site returned wrong bytes for page {id}; pulling it");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("site lookup of page {id}: {e}; pulling it");
-                    break;
-                }
-            }
-            if Instant::now() + pause > deadline {
-                break;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
-            if let Some(p) = shared.local.lock().map.get(&id).cloned() {
-                shared.counters.local.fetch_add(1, Ordering::Relaxed);
-                return Ok(p);
-            }
-        }
-    }
-    pull(shared, id).await
+/// Where the slow path found a page.
+enum Source {
+    Site,
+    Pulled,
 }
 
-/// Ask the sender for a page over the WAN connection.
-async fn pull(shared: &Shared, id: ChunkId) -> Result<Bytes> {
-    let (tx, rx) = oneshot::channel();
-    let first = {
-        let mut p = shared.pulls.lock();
-        let v = p.entry(id).or_default();
-        v.push(tx);
-        v.len() == 1
+/// Poll the site (one batched request per try, backing off) for `ids`
+/// until they are all there or the wait is over; what arrives, at the site
+/// or here (a later batch of this very stream), moves from `ids` to
+/// `found`.
+async fn wait_at_site(
+    shared: &Shared,
+    ids: &mut Vec<ChunkId>,
+    found: &mut HashMap<ChunkId, Bytes>,
+    slow: &mut HashMap<ChunkId, Source>,
+) {
+    let Some(site) = &shared.opts.site else {
+        return;
     };
-    if first {
+    let deadline = Instant::now() + shared.opts.wait;
+    let mut pause = Duration::from_millis(20);
+    while !ids.is_empty() && Instant::now() + pause <= deadline {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+        {
+            let local = shared.local.lock();
+            ids.retain(|id| match local.map.get(id) {
+                Some(p) => {
+                    found.insert(*id, p.clone());
+                    false
+                }
+                None => true,
+            });
+        }
+        if ids.is_empty() {
+            break;
+        }
+        let got = {
+            let Ok(_slot) = shared.site_slots.acquire().await else {
+                return;
+            };
+            site.get_many(ids).await
+        };
+        match got {
+            // get_many checked every page against its id.
+            Ok(map) => {
+                for (id, p) in map.into_iter().filter(|(_, p)| p.len() == PAGE_SIZE) {
+                    found.insert(id, p);
+                    slow.insert(id, Source::Site);
+                }
+                ids.retain(|id| !found.contains_key(id));
+            }
+            Err(e) => {
+                tracing::warn!("site lookup of {} pages: {e}; pulling them", ids.len());
+                return;
+            }
+        }
+    }
+}
+
+/// Ids per pull frame: 32 bytes each, far below the frame limit.
+const PULL_FRAME_IDS: usize = 4096;
+
+/// Ask the sender for pages over the WAN connection, in few frames; every
+/// page is checked against its id, and an id the sender does not hold
+/// fails the migration (it is never zero-filled).
+async fn pull_pages(shared: &Shared, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Bytes)>> {
+    let mut waits = Vec::with_capacity(ids.len());
+    let mut to_ask = Vec::new();
+    {
+        let mut p = shared.pulls.lock();
+        for id in ids {
+            let (tx, rx) = oneshot::channel();
+            let v = p.entry(id).or_default();
+            v.push(tx);
+            if v.len() == 1 {
+                to_ask.push(id);
+            }
+            waits.push((id, rx));
+        }
+    }
+    if !to_ask.is_empty() {
         shared.room.notify_one();
         let mut w = shared.wr.lock().await;
-        wire::write_frame(&mut *w, &Frame::Pull(vec![id])).await?;
-    }
-    let got = tokio::time::timeout(shared.opts.pull_timeout, rx)
-        .await
-        .map_err(|_| AgentError::Timeout(format!("pulling page {id} from the sender")))?
-        .map_err(|_| AgentError::Peer("connection closed while pulling a page".into()))?;
-    match got {
-        Some(p) if ChunkId::of(&p) == id => {
-            shared.counters.pulled.fetch_add(1, Ordering::Relaxed);
-            // Later references to it (repeats) resolve here, not by pulling again.
-            shared.local.lock().insert(id, p.clone());
-            Ok(p)
+        for part in to_ask.chunks(PULL_FRAME_IDS) {
+            wire::write_frame(&mut *w, &Frame::Pull(part.to_vec())).await?;
         }
-        Some(_) => Err(AgentError::BadPage(id)),
-        None => Err(AgentError::UnknownPage(id)),
     }
+    let deadline = tokio::time::Instant::now() + shared.opts.pull_timeout;
+    let mut out = Vec::with_capacity(waits.len());
+    for (id, rx) in waits {
+        let got = tokio::time::timeout_at(deadline, rx)
+            .await
+            .map_err(|_| AgentError::Timeout(format!("pulling page {id} from the sender")))?
+            .map_err(|_| AgentError::Peer("connection closed while pulling a page".into()))?;
+        match got {
+            Some(p) if ChunkId::of(&p) == id => {
+                // Later references to it (repeats) resolve here, not by
+                // pulling again.
+                shared.local.lock().insert(id, p.clone());
+                out.push((id, p));
+            }
+            Some(_) => return Err(AgentError::BadPage(id)),
+            None => return Err(AgentError::UnknownPage(id)),
+        }
+    }
+    Ok(out)
 }
 
 /// Read the sender's frames: batches and the end go on in order, pulled
@@ -689,9 +797,13 @@ fn frame_size(f: &Frame) -> u64 {
     }
 }
 
-async fn store_pages(shared: Arc<Shared>, mut rx: mpsc::Receiver<(ChunkId, Bytes)>) {
+async fn store_pages(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<(ChunkId, Bytes)>,
+) -> Vec<ChunkId> {
+    let mut stored = Vec::new();
     let Some(site) = shared.opts.site.clone() else {
-        return;
+        return stored;
     };
     // Batches of what has arrived so far: one request (and one sync per
     // segment at the site) for many pages.
@@ -705,13 +817,17 @@ async fn store_pages(shared: Arc<Shared>, mut rx: mpsc::Receiver<(ChunkId, Bytes
         }
         let n = batch.len() as u64;
         match site.put_many(&batch).await {
-            Ok(_) => shared.counters.stored.fetch_add(n, Ordering::Relaxed),
+            Ok(_) => {
+                shared.counters.stored.fetch_add(n, Ordering::Relaxed);
+                stored.extend(batch.iter().map(|(id, _)| *id));
+            }
             Err(e) => {
                 tracing::warn!("storing {n} pages at the site: {e}");
-                shared.counters.store_errors.fetch_add(n, Ordering::Relaxed)
+                shared.counters.store_errors.fetch_add(n, Ordering::Relaxed);
             }
-        };
+        }
     }
+    stored
 }
 
 /// Write the rebuilt stream (blocking); returns its length and digest.
