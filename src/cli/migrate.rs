@@ -98,6 +98,11 @@ pub struct SendArgs {
     /// Batches whose site queries may be in flight at once
     #[arg(long, default_value_t = 4)]
     window: usize,
+    /// Read QEMU's stream at most this many milliseconds (of the measured
+    /// WAN drain rate) ahead of the WAN, so QEMU paces itself to the link
+    /// and switches over without a backlog (0: no bound but the queues)
+    #[arg(long, default_value_t = 100)]
+    read_ahead_ms: u64,
     /// Redundancy cache (CloudNet §4.2): sub-page blocks per page for
     /// pages sent in full (0: cache off)
     #[arg(long, default_value_t = 4)]
@@ -229,6 +234,7 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     opts.zstd_level = (a.zstd != 0).then_some(a.zstd);
     opts.batch_pages = a.batch_pages.clamp(1, 8192);
     opts.window = a.window.clamp(1, 64);
+    opts.read_ahead = (a.read_ahead_ms != 0).then(|| Duration::from_millis(a.read_ahead_ms));
     opts.codec = codec_config(&a)?;
     if opts.group.is_some() && opts.site.is_none() {
         bail!("--group needs --site (the destination site coordinates the group)");

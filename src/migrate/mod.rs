@@ -15,6 +15,7 @@ pub mod disk_wire;
 pub mod policy;
 pub mod qmp;
 pub mod rcache;
+pub mod readahead;
 pub mod receiver;
 pub mod report;
 pub mod sender;

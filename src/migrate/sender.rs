@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::agent_error::{AgentError, Result};
 use super::rcache::{CodecConfig, FrameKind, PageEncoder};
+use super::readahead::{CloseOnDrop, ReadAhead};
 use super::report::VmReport;
 use super::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use super::wire::{self, Frame, Op, PROTOCOL};
@@ -68,6 +69,9 @@ pub struct SenderOptions {
     /// Redundancy cache and page deltas for pages sent in full (`None`:
     /// both off). Its zstd level is ignored: batches are compressed whole.
     pub codec: Option<CodecConfig>,
+    /// Stream read ahead of the WAN, as drain time (see `readahead`);
+    /// `None`: only the pipeline's queues bound it.
+    pub read_ahead: Option<Duration>,
 }
 
 /// The agents' default codec: CloudNet's 4 blocks per page, a 64 MiB block
@@ -92,6 +96,7 @@ impl SenderOptions {
             keep_bytes: 512 << 20,
             ack_timeout: Duration::from_secs(120),
             codec: Some(default_codec()),
+            read_ahead: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -244,9 +249,13 @@ pub async fn send<R: Read + Send + 'static>(
 
     let (piece_tx, mut piece_rx) = mpsc::channel::<Piece>(opts.window * 2);
     let batch_pages = opts.batch_pages.max(1);
+    let read_ahead = Arc::new(ReadAhead::new(opts.read_ahead));
+    // However this function ends, a tokenizer waiting for room wakes up.
+    let _close_read_ahead = CloseOnDrop(read_ahead.clone());
+    let tok_read_ahead = read_ahead.clone();
     let tokenizer = std::thread::Builder::new()
         .name("migrate-tokenize".into())
-        .spawn(move || tokenize_input(input, batch_pages, piece_tx))
+        .spawn(move || tokenize_input(input, batch_pages, piece_tx, &tok_read_ahead))
         .map_err(|e| AgentError::io("starting the tokenizer", e))?;
 
     let mut report = VmReport {
@@ -261,7 +270,9 @@ pub async fn send<R: Read + Send + 'static>(
     // (tasks too) and encoding keep going while the WAN is busy.
     let (enc_tx, mut enc_rx) = mpsc::channel::<tokio::task::JoinHandle<Result<Encoded>>>(2);
     let writer_wr = wr.clone();
+    let writer_read_ahead = read_ahead.clone();
     let writer = tokio::spawn(async move {
+        let _close = CloseOnDrop(writer_read_ahead.clone());
         let mut totals = VmReport::default();
         while let Some(h) = enc_rx.recv().await {
             let enc = h
@@ -272,6 +283,8 @@ pub async fn send<R: Read + Send + 'static>(
             w.write_all(&enc.frame)
                 .await
                 .map_err(|e| AgentError::io("sending to the receiver", e))?;
+            // One frame per batch, in stream order.
+            writer_read_ahead.written();
         }
         Ok::<_, AgentError>(totals)
     });
@@ -416,6 +429,7 @@ fn tokenize_input<R: Read + Send + 'static>(
     mut input: R,
     batch_pages: usize,
     out: mpsc::Sender<Piece>,
+    read_ahead: &ReadAhead,
 ) -> Result<()> {
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
     let reader = std::thread::Builder::new()
@@ -451,6 +465,17 @@ fn tokenize_input<R: Read + Send + 'static>(
             return Ok(());
         }
         let batch = std::mem::take(tokens);
+        let stream_bytes: usize = batch
+            .iter()
+            .map(|t| match t {
+                Token::Literal(b) | Token::Page(b) => b.len(),
+            })
+            .sum();
+        // Wait here, not in QEMU's pipe buffer: while the WAN is behind,
+        // QEMU must see the stream drain at the WAN's pace.
+        if !read_ahead.admit(stream_bytes as u64) {
+            return Err(AgentError::Internal("sender pipeline stopped".into()));
+        }
         let ids = page_ids(&batch);
         let keys = tok.take_page_keys();
         out.blocking_send(Piece::Batch(TokBatch {
