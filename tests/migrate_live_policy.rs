@@ -241,8 +241,17 @@ fn cutting_relay(to: String, limit: usize) -> String {
     let addr = l.local_addr().expect("addr").to_string();
     std::thread::spawn(move || {
         let Ok((mut a, _)) = l.accept() else { return };
-        let Ok(mut b) = TcpStream::connect(&to) else {
-            return;
+        // The receiver may still be starting (a loaded machine): retry,
+        // bounded, as a sender's connect does.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut b = loop {
+            match TcpStream::connect(&to) {
+                Ok(b) => break b,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(_) => return,
+            }
         };
         let (Ok(mut back_a), Ok(mut back_b)) = (a.try_clone(), b.try_clone()) else {
             return;
