@@ -705,62 +705,59 @@ fn receiver_rejects_wrong_bytes_unknown_ids_and_out_of_range_writes() {
         );
     };
 
-    // Literal bytes that do not hash to the id they claim.
-    let (mut recv, wan) = start_recv(d, port, Some(&site));
     let good = vec![1u8; 4096];
-    let (ok, msg) = fake_sender_batch(
-        &wan,
-        vec![DiskOp::Block {
-            offset: 0,
-            id: ChunkId::of(&good),
-        }],
-        vec![2u8; 4096],
-    );
-    assert!(!ok && msg.contains("do not hash"), "{msg}");
-    assert!(!recv.wait(Duration::from_secs(30)), "receiver succeeded");
-    untouched("wrong bytes");
-
-    // An id the site does not hold: a loud failure, never zeros.
-    let (mut recv, wan) = start_recv(d, port, Some(&site));
-    let (ok, msg) = fake_sender_batch(
-        &wan,
-        vec![DiskOp::Site {
-            offset: 4096,
-            id: ChunkId::of(b"nobody has this"),
-        }],
-        Vec::new(),
-    );
-    assert!(!ok && msg.contains("unknown"), "{msg}");
-    assert!(!recv.wait(Duration::from_secs(30)));
-    untouched("unknown id");
-
-    // Same for a group claim whose block never reached the site.
-    let (mut recv, wan) = start_recv(d, port, Some(&site));
-    let (ok, msg) = fake_sender_batch(
-        &wan,
-        vec![DiskOp::Group {
-            offset: 8192,
-            id: ChunkId::of(b"claimed, never sent"),
-        }],
-        Vec::new(),
-    );
-    assert!(!ok && msg.contains("unknown"), "{msg}");
-    assert!(!recv.wait(Duration::from_secs(30)));
-    untouched("unsent group block");
-
-    // A write beyond the export's end.
-    let (mut recv, wan) = start_recv(d, port, Some(&site));
-    let (ok, msg) = fake_sender_batch(
-        &wan,
-        vec![DiskOp::Bytes {
-            offset: 4 * MIB as u64 - 2,
-            len: 4,
-        }],
-        vec![9u8; 4],
-    );
-    assert!(!ok && msg.contains("beyond"), "{msg}");
-    assert!(!recv.wait(Duration::from_secs(30)));
-    untouched("out of range");
+    let cases = [
+        // Literal bytes that do not hash to the id they claim.
+        (
+            "wrong bytes",
+            DiskOp::Block {
+                offset: 0,
+                id: ChunkId::of(&good),
+            },
+            vec![2u8; 4096],
+            "do not hash",
+        ),
+        // An id the site does not hold: a loud failure, never zeros.
+        (
+            "unknown id",
+            DiskOp::Site {
+                offset: 4096,
+                id: ChunkId::of(b"nobody has this"),
+            },
+            Vec::new(),
+            "unknown",
+        ),
+        // Same for a group claim whose block never reached the site.
+        (
+            "unsent group block",
+            DiskOp::Group {
+                offset: 8192,
+                id: ChunkId::of(b"claimed, never sent"),
+            },
+            Vec::new(),
+            "unknown",
+        ),
+        // A write beyond the export's end.
+        (
+            "out of range",
+            DiskOp::Bytes {
+                offset: 4 * MIB as u64 - 2,
+                len: 4,
+            },
+            vec![9u8; 4],
+            "beyond",
+        ),
+    ];
+    for (what, op, blob, want) in cases {
+        let (mut recv, wan) = start_recv(d, port, Some(&site));
+        let (ok, msg) = fake_sender_batch(&wan, vec![op], blob);
+        assert!(!ok && msg.contains(want), "{what}: {msg}");
+        assert!(
+            !recv.wait(Duration::from_secs(30)),
+            "{what}: receiver succeeded"
+        );
+        untouched(what);
+    }
 }
 
 #[test]

@@ -8,8 +8,7 @@ mod common;
 mod migrate_util;
 mod qemu_util;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,44 +43,6 @@ fn spawn_receiver(out: &Path, extra: &[&str]) -> (std::process::Child, String) {
         .spawn()
         .expect("starting the receiver");
     (child, listen)
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match TcpStream::connect(addr) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("connecting to {addr}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-fn read_frame(s: &mut TcpStream) -> Option<Frame> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).ok()?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).ok()?;
-    Frame::decode(head[0], Bytes::from(p)).ok()
-}
-
-fn wait_with_stderr(mut child: std::process::Child) -> (bool, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.success(), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("agent did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A fake sender names a page by id that neither the receiver's site nor
@@ -331,48 +292,6 @@ fn capture_rebuilds_byte_identically_in_every_mode() {
         assert_eq!(report["stream_bytes"], stream.len() as u64);
         assert!(report["pages"]["sent"].as_u64().unwrap() > 0);
     }
-}
-
-/// A TCP relay that drops both sides after `limit` bytes from the sender.
-fn cutting_relay(to: String, limit: usize) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
-    std::thread::spawn(move || {
-        let Ok((mut a, _)) = l.accept() else { return };
-        // The receiver may still be starting (a loaded machine): retry,
-        // bounded, as a sender's connect does.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut b = loop {
-            match TcpStream::connect(&to) {
-                Ok(b) => break b,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(_) => return,
-            }
-        };
-        let mut back_a = a.try_clone().expect("clone");
-        let mut back_b = b.try_clone().expect("clone");
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut back_b, &mut back_a);
-        });
-        let mut buf = vec![0u8; 16 << 10];
-        let mut moved = 0;
-        while moved < limit {
-            match a.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if b.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    moved += n;
-                }
-            }
-        }
-        let _ = a.shutdown(std::net::Shutdown::Both);
-        let _ = b.shutdown(std::net::Shutdown::Both);
-    });
-    addr
 }
 
 /// The WAN connection drops mid-migration: QEMU's migration fails, the

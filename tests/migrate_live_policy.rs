@@ -16,11 +16,10 @@ mod migrate_util;
 mod qemu_util;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -81,25 +80,6 @@ fn spawn_receiver(out: &Path) -> (std::process::Child, String) {
         .spawn()
         .expect("starting the receiver");
     (child, listen)
-}
-
-fn wait_with_stderr(mut child: std::process::Child) -> (bool, String) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.success(), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("agent did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Sender on `input` to `to`; returns (success, stderr).
@@ -233,49 +213,6 @@ fn guest_migrates_live_with_cache_and_deltas() {
     assert_eq!(sent["stream_bytes"], recv["stream_bytes"]);
     let saved = n(&sent["saved"]["cache"]) + n(&sent["saved"]["delta"]);
     assert!(saved > 0, "{sent}");
-}
-
-/// A TCP relay that drops both sides after `limit` bytes from the sender.
-fn cutting_relay(to: String, limit: usize) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
-    std::thread::spawn(move || {
-        let Ok((mut a, _)) = l.accept() else { return };
-        // The receiver may still be starting (a loaded machine): retry,
-        // bounded, as a sender's connect does.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut b = loop {
-            match TcpStream::connect(&to) {
-                Ok(b) => break b,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(_) => return,
-            }
-        };
-        let (Ok(mut back_a), Ok(mut back_b)) = (a.try_clone(), b.try_clone()) else {
-            return;
-        };
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut back_b, &mut back_a);
-        });
-        let mut buf = vec![0u8; 16 << 10];
-        let mut moved = 0;
-        while moved < limit {
-            match a.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => {
-                    if b.write_all(&buf[..k]).is_err() {
-                        break;
-                    }
-                    moved += k;
-                }
-            }
-        }
-        let _ = a.shutdown(std::net::Shutdown::Both);
-        let _ = b.shutdown(std::net::Shutdown::Both);
-    });
-    addr
 }
 
 /// Deterministic stream with resent, slightly changed pages, so the codec
@@ -412,27 +349,6 @@ fn receiver_facing_codec(ops_frame: impl Fn(u32) -> (Vec<Op>, Vec<u8>)) -> (bool
     let (ok, err) = wait_with_stderr(child);
     let written = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     (ok, err, written)
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match TcpStream::connect(addr) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("connecting to {addr}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-fn read_frame(s: &mut TcpStream) -> Option<Frame> {
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).ok()?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).ok()?;
-    Frame::decode(head[0], Bytes::from(p)).ok()
 }
 
 /// Real codec frames from an encoder whose earlier frames the receiver

@@ -59,7 +59,7 @@ pub struct SiteArgs {
 }
 
 impl SiteArgs {
-    fn client(&self) -> Result<Option<ChunkClient>> {
+    pub(super) fn client(&self) -> Result<Option<ChunkClient>> {
         let Some(endpoint) = &self.site else {
             return Ok(None);
         };
@@ -273,7 +273,7 @@ fn codec_config(a: &SendArgs) -> Result<Option<CodecConfig>> {
 }
 
 /// Connect, retrying while the receiver is starting (bounded).
-async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStream> {
+pub(super) async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStream> {
     let deadline = Instant::now() + timeout;
     loop {
         match tokio::net::TcpStream::connect(to).await {

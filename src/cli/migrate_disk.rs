@@ -17,50 +17,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use strato::distribute::ChunkClient;
 use strato::image::nbd_client::NbdClient;
 use strato::migrate::disk_recv::{receive_disk, DiskRecvOptions};
 use strato::migrate::disk_report::DiskReport;
 use strato::migrate::disk_send::{DiskSendOptions, DiskSender};
 
-use super::pull::{runtime, Remote};
+use super::migrate::{connect, SiteArgs};
+use super::pull::runtime;
 use super::Ctx;
-
-/// The destination site's chunk API.
-#[derive(Args, Debug, Clone)]
-pub struct DiskSiteArgs {
-    /// Destination site's strato endpoint, e.g. http://site:9000
-    #[arg(long)]
-    site: Option<String>,
-    /// Access key (default: STRATO_ACCESS_KEY, then AWS_ACCESS_KEY_ID)
-    #[arg(long)]
-    access_key: Option<String>,
-    /// Secret key (default: STRATO_SECRET_KEY, then AWS_SECRET_ACCESS_KEY)
-    #[arg(long)]
-    secret_key: Option<String>,
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
-}
-
-impl DiskSiteArgs {
-    fn client(&self) -> Result<Option<ChunkClient>> {
-        let Some(endpoint) = &self.site else {
-            return Ok(None);
-        };
-        let remote = Remote {
-            endpoint: endpoint.clone(),
-            access_key: self.access_key.clone(),
-            secret_key: self.secret_key.clone(),
-            region: self.region.clone(),
-        };
-        Ok(Some(remote.client()?.with_timeout(Duration::from_secs(30))))
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct DiskSendArgs {
@@ -74,7 +43,7 @@ pub struct DiskSendArgs {
     #[arg(long)]
     to: String,
     #[command(flatten)]
-    site: DiskSiteArgs,
+    site: SiteArgs,
     /// Migration group shared by the VMs of one cluster migration
     #[arg(long)]
     group: Option<String>,
@@ -116,7 +85,7 @@ pub struct DiskRecvArgs {
     #[arg(long)]
     export: String,
     #[command(flatten)]
-    site: DiskSiteArgs,
+    site: SiteArgs,
     /// Milliseconds to wait for a block another sender of the group claimed
     #[arg(long, default_value_t = 2000)]
     wait_ms: u64,
@@ -142,21 +111,6 @@ fn write_report(ctx: &Ctx, path: Option<&PathBuf>, r: &DiskReport) -> Result<()>
         eprint!("{r}");
     }
     Ok(())
-}
-
-/// Connect, retrying while the receiver is starting (bounded).
-async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStream> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match tokio::net::TcpStream::connect(to).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("connecting to {to}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to the receiver {to}")),
-        }
-    }
 }
 
 pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {

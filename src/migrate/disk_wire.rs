@@ -17,14 +17,12 @@
 //! `Applied`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::store::ChunkId;
 
 /// Protocol version spoken in `Hello` and `Welcome`.
 pub const DISK_PROTOCOL: u32 = 1;
-/// Upper bound on one frame, so a bad peer cannot make us allocate much.
-pub const MAX_FRAME: usize = 64 << 20;
 /// Disk blocks deduplicated by id.
 pub const BLOCK: usize = 4096;
 
@@ -45,15 +43,8 @@ const OP_GROUP: u8 = 2;
 const OP_BLOCK: u8 = 3;
 const OP_BYTES: u8 = 4;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DiskWireError {
-    #[error("WAN connection: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("WAN connection: malformed frame: {0}")]
-    Malformed(String),
-    #[error("WAN connection: frame of {0} bytes exceeds the limit")]
-    TooLarge(usize),
-}
+/// The disk protocol shares the memory protocol's framing and errors.
+pub use super::wire::{WireError as DiskWireError, MAX_FRAME};
 
 pub type Result<T, E = DiskWireError> = std::result::Result<T, E>;
 
@@ -438,14 +429,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &DiskFrame) -> Res
 
 /// Read one frame; returns it and its size on the wire.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(DiskFrame, u64)> {
-    let kind = r.read_u8().await?;
-    let len = r.read_u32().await? as usize;
-    if len > MAX_FRAME {
-        return Err(DiskWireError::TooLarge(len));
-    }
-    let mut p = vec![0u8; len];
-    r.read_exact(&mut p).await?;
-    Ok((DiskFrame::decode(kind, Bytes::from(p))?, 5 + len as u64))
+    let (kind, payload) = super::wire::read_envelope(r).await?.ok_or_else(|| {
+        DiskWireError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    })?;
+    let size = 5 + payload.len() as u64;
+    Ok((DiskFrame::decode(kind, payload)?, size))
 }
 
 #[cfg(test)]

@@ -363,6 +363,16 @@ fn get_str(p: &mut Bytes) -> Result<String> {
 
 /// Read one frame; `None` on a clean end of connection between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>> {
+    match read_envelope(r).await? {
+        Some((kind, payload)) => Frame::decode(kind, payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The framing both migration protocols (memory and disk) share: a kind
+/// byte, a big-endian u32 length, the payload (at most [`MAX_FRAME`]).
+/// `None` on a clean end of connection between frames.
+pub async fn read_envelope<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(u8, Bytes)>> {
     let mut head = [0u8; 5];
     match r.read_exact(&mut head[..1]).await {
         Ok(_) => {}
@@ -376,7 +386,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
-    Frame::decode(head[0], Bytes::from(payload)).map(Some)
+    Ok(Some((head[0], Bytes::from(payload))))
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<()> {

@@ -80,3 +80,98 @@ pub fn read_report(path: &Path) -> serde_json::Value {
 pub fn agent_log(report: &Path) -> String {
     std::fs::read_to_string(report.with_extension("log")).unwrap_or_default()
 }
+
+/// Connect to an agent that may still be starting (bounded, 20 s).
+pub fn connect(addr: &str) -> std::net::TcpStream {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("connecting to {addr}: {e}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+/// One wire frame from a receiver (`None`: closed, garbled or 30 s quiet).
+pub fn read_frame(s: &mut std::net::TcpStream) -> Option<strato::migrate::wire::Frame> {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .ok()?;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).ok()?;
+    strato::migrate::wire::Frame::decode(head[0], bytes::Bytes::from(p)).ok()
+}
+
+/// Wait (bounded, 120 s) for an agent to exit: (success, its stderr).
+pub fn wait_with_stderr(mut child: std::process::Child) -> (bool, String) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.success(), err);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("agent did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A TCP relay to `to` that drops both sides after `limit` bytes from the
+/// sender: the WAN failing mid-migration. Returns the relay's address.
+pub fn cutting_relay(to: String, limit: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let Ok((mut a, _)) = l.accept() else { return };
+        // The receiver may still be starting (a loaded machine): retry,
+        // bounded, as a sender's connect does.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut b = loop {
+            match TcpStream::connect(&to) {
+                Ok(b) => break b,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(_) => return,
+            }
+        };
+        let (Ok(mut back_a), Ok(mut back_b)) = (a.try_clone(), b.try_clone()) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_b, &mut back_a);
+        });
+        let mut buf = vec![0u8; 16 << 10];
+        let mut moved = 0;
+        while moved < limit {
+            match a.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    if b.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    moved += k;
+                }
+            }
+        }
+        let _ = a.shutdown(Shutdown::Both);
+        let _ = b.shutdown(Shutdown::Both);
+    });
+    addr
+}
