@@ -40,10 +40,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
 if [ -z "${STRATO_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin strato --bin strato-wanem >&2)
+  (cd "$ROOT" && cargo build --release --bin strato >&2 && cargo build --release -p strato-wanem >&2)
 fi
 WANEM=$(dirname "$STRATO")/strato-wanem
-[ "${WAN:-wanem}" != wanem ] || [ -x "$WANEM" ] || { echo "$WANEM missing (cargo build --release --bin strato-wanem)" >&2; exit 1; }
+[ "${WAN:-wanem}" != wanem ] || [ -x "$WANEM" ] || { echo "$WANEM missing (cargo build --release -p strato-wanem)" >&2; exit 1; }
 for t in qemu-system-x86_64 ip tc zstd; do
   command -v $t >/dev/null || { echo "$t missing (scripts/test.sh installs it)" >&2; exit 1; }
 done

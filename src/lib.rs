@@ -5,6 +5,8 @@ pub mod config;
 pub mod distribute;
 pub mod image;
 pub mod migrate;
-pub mod netem;
 pub mod server;
-pub mod store;
+
+/// The content-addressed store (its own crate, `store/`, at the bottom of the
+/// stack); re-exported so the layers above name it `crate::store`.
+pub use strato_store as store;

@@ -11,8 +11,25 @@ use std::time::{Duration, Instant};
 
 use crate::common::require_tool;
 
+/// The emulator is its own workspace member (`tools/wanem`), so cargo does
+/// not hand this package its binary path; it sits beside `strato` in the same
+/// target directory. `cargo test --workspace` builds it; a lone
+/// `cargo test --test X` may not have, so build it once here if it is missing.
 pub fn wanem_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_strato-wanem")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = std::path::Path::new(env!("CARGO_BIN_EXE_strato")).with_file_name("strato-wanem");
+        if !bin.exists() {
+            let cargo = option_env!("CARGO").unwrap_or("cargo");
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "strato-wanem"])
+                .status()
+                .expect("running cargo build -p strato-wanem");
+            assert!(status.success(), "cargo build -p strato-wanem failed");
+        }
+        assert!(bin.exists(), "{} missing after building it", bin.display());
+        bin.to_string_lossy().into_owned()
+    })
 }
 
 /// Run `ip` and require success.

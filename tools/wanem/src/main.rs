@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use strato::netem::{Emulator, LinkShape, Tap};
+use strato_wanem::{Emulator, LinkShape, Tap};
 
 #[derive(Parser, Debug)]
 #[command(

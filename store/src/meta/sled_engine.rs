@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{full_key, meta_err, KeyValue, MetaStore, MetaTxn, Table};
-use crate::store::error::{Result, StoreError};
+use crate::error::{Result, StoreError};
 
 pub struct SledMeta {
     db: sled::Db,

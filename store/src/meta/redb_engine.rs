@@ -7,7 +7,7 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{full_key, meta_err, KeyValue, MetaStore, MetaTxn, Table};
-use crate::store::error::Result;
+use crate::error::Result;
 
 const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("meta");
 
