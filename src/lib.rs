@@ -1,5 +1,5 @@
 //! strato: content-addressed storage and VM image distribution for IaaS
-//! clouds. See DESIGN.md for the map of the parts.
+//! clouds. See docs/DESIGN.md for the map of the parts.
 
 pub mod config;
 pub mod distribute;
