@@ -1,5 +1,5 @@
 //! The CALM cost model (Breitgand, Kutiel, Raz: "Cost-Aware Live Migration
-//! of Services in the Cloud", IEEE CLOUD 2012).
+//! of Services in the Cloud").
 //!
 //! Units: bandwidths are Mbit/s at this API (the paper's F takes B_s in
 //! Mbit/s: e^(20 − B_s/8) is eq. (1) with t_SLA = 1 s, λ = 20 req/s and
