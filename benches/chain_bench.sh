@@ -23,27 +23,24 @@
 # Everything it creates (namespaces, processes by PID, the tmpfs) is removed
 # on exit, whatever happens.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 SIZE_MB=${SIZE_MB:-512}
 REPS=${REPS:-3}
 RATE_MBIT=${RATE_MBIT:-200}
 NS_LIST=${NS:-1,2,4,8}
 TAKTUK=${TAKTUK:-1}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
 P="scb$$"            # prefix of every namespace this run creates
 NET=10.78.0          # addresses exist only inside our namespaces
 PORT=5001
 PIDS=()
 
-[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)"; exit 1; }
-command -v ip >/dev/null && command -v tc >/dev/null || { echo "needs iproute2 (ip, tc)"; exit 1; }
+need_root
+need_tools ip tc
 if ! command -v socat >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat >/dev/null
 fi
-if [ -z "${STRATO_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin strato -q)
-fi
+strato_bin
 
 IFS=, read -r -a NS_ARR <<<"$NS_LIST"
 MAXN=0
@@ -54,8 +51,7 @@ cleanup() {
   set +e
   for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" "$pid" 2>/dev/null; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  for i in $(seq 0 "$MAXN"); do ip netns del "${P}h$i" 2>/dev/null; done
-  ip netns del "${P}br" 2>/dev/null
+  lan_down
   umount "$T/fs" 2>/dev/null
   rm -rf "$T"
 }
@@ -67,43 +63,11 @@ mount -t tmpfs -o size=$(( SIZE_MB * (2 * MAXN + 4) + 512 ))m tmpfs "$T/fs"
 D=$T/fs
 
 # --- topology --------------------------------------------------------------
-ip netns add "${P}br"
-ip -n "${P}br" link add br0 type bridge
-ip -n "${P}br" link set br0 up
-for i in $(seq 0 "$MAXN"); do
-  ns="${P}h$i"
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link add eth0 type veth peer name p$i netns "${P}br"
-  ip -n "${P}br" link set p$i master br0
-  ip -n "${P}br" link set p$i up
-  ip -n "$ns" addr add $NET.$((i + 1))/24 dev eth0
-  ip -n "$ns" link set eth0 up
-  # Full duplex: shape what the host sends (eth0) and what it receives
-  # (the bridge side of its veth) separately.
-  ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate ${RATE_MBIT}mbit burst 256kb latency 50ms
-  ip netns exec "${P}br" tc qdisc add dev p$i root tbf rate ${RATE_MBIT}mbit burst 256kb latency 50ms
-done
-addr() { echo "$NET.$(($1 + 1))"; }
-# Foreground only: a function run with & would be a subshell whose PID is
-# not the process's, so background processes use `ip netns exec` directly
-# (it execs, so $! is the process itself).
-inns() { local i=$1; shift; ip netns exec "${P}h$i" "$@"; }
+lan_up "$P" "$NET" "$MAXN" "$RATE_MBIT"
 
 head -c $((SIZE_MB << 20)) /dev/urandom >"$D/img"
 SUM=$(md5sum <"$D/img" | cut -d' ' -f1)
 
-now() { date +%s.%N; }
-# Waits (bounded) until something listens on PORT in host i's namespace.
-wait_listen() {
-  local i=$1 port=$2
-  for _ in $(seq 1 200); do
-    inns "$i" ss -ltn "sport = :$port" 2>/dev/null | grep -q LISTEN && return 0
-    sleep 0.05
-  done
-  echo "nothing listening on $(addr "$i"):$port" >&2
-  return 1
-}
 # Waits for the given PIDs, failing if any takes longer than the limit.
 wait_pids() {
   local limit=$(( SIZE_MB * 2 + 120 )) start=$SECONDS
@@ -237,7 +201,6 @@ m_taktuk() {
   check "$n"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 IDEAL=$(echo "scale=3; $SIZE_MB * 1048576 * 8 / ($RATE_MBIT * 1000000)" | bc)
 
 echo "image ${SIZE_MB} MiB, links ${RATE_MBIT} Mbit/s full duplex (tbf), median of $REPS"

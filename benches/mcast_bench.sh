@@ -25,6 +25,7 @@
 # nft; installs udpcast, uftp and nftables if missing. Everything it
 # creates (namespaces, processes by PID, the tmpfs) is removed on exit.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 SIZE_MB=${SIZE_MB:-512}
 REPS=${REPS:-1}
@@ -35,15 +36,13 @@ TOOLS=${TOOLS:-mcast chain udpcast uftp}
 # strato paces link bits (Ethernet/IP/UDP headers included) just under the
 # shaper so its queue never overflows.
 RATE_ARG=${RATE_ARG:-$(( RATE_MBIT * 99 / 100 ))mbit}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
 P="smb$$"            # prefix of every namespace this run creates
 NET=10.79.0          # addresses exist only inside our namespaces
 GROUP=239.79.0.1:7500
 PIDS=()
 
-[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)"; exit 1; }
-command -v ip >/dev/null && command -v tc >/dev/null || { echo "needs iproute2 (ip, tc)"; exit 1; }
+need_root
+need_tools ip tc
 need=()
 command -v udp-sender >/dev/null || need+=(udpcast)
 command -v uftp >/dev/null || need+=(uftp)
@@ -51,9 +50,7 @@ command -v nft >/dev/null || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
 fi
-if [ -z "${STRATO_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin strato -q)
-fi
+strato_bin
 
 IFS=, read -r -a NS_ARR <<<"$NS_LIST"
 IFS=, read -r -a LOSS_ARR <<<"$LOSSES"
@@ -65,8 +62,7 @@ cleanup() {
   set +e
   for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  for i in $(seq 0 "$MAXN"); do ip netns del "${P}h$i" 2>/dev/null; done
-  ip netns del "${P}br" 2>/dev/null
+  lan_down
   umount "$T/fs" 2>/dev/null
   rm -rf "$T"
 }
@@ -79,38 +75,17 @@ mount -t tmpfs -o size=$(( SIZE_MB * (2 * MAXN + 4) + 512 ))m tmpfs "$T/fs"
 D=$T/fs
 
 # --- topology --------------------------------------------------------------
-ip netns add "${P}br"
-ip -n "${P}br" link add br0 type bridge
-ip -n "${P}br" link set br0 type bridge mcast_snooping 0
-ip -n "${P}br" link set br0 up
-for i in $(seq 0 "$MAXN"); do
-  ns="${P}h$i"
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link add eth0 type veth peer name p$i netns "${P}br"
-  ip -n "${P}br" link set p$i master br0
-  ip -n "${P}br" link set p$i up
-  # brd +: udpcast receivers find the sender by broadcast.
-  ip -n "$ns" addr add $NET.$((i + 1))/24 brd + dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" route add 224.0.0.0/4 dev eth0
-  # Full duplex: shape what the host sends (eth0) and what it receives
-  # (the bridge side of its veth) separately.
-  ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate ${RATE_MBIT}mbit burst 256kb latency 50ms
-  ip netns exec "${P}br" tc qdisc add dev p$i root tbf rate ${RATE_MBIT}mbit burst 256kb latency 50ms
-  # Loss rule per receiver, changed per run (0 = no drops).
-  if [ "$i" -gt 0 ]; then
-    ip netns exec "$ns" nft -f - <<EOF
+lan_up "$P" "$NET" "$MAXN" "$RATE_MBIT" mcast
+# A loss rule per receiver, changed per run (0 = no drops).
+for i in $(seq 1 "$MAXN"); do
+  inns "$i" nft -f - <<EOF
 table netdev loss {
   chain lossy {
     type filter hook ingress device eth0 priority 0;
   }
 }
 EOF
-  fi
 done
-addr() { echo "$NET.$(($1 + 1))"; }
-inns() { local i=$1; shift; ip netns exec "${P}h$i" "$@"; }
 set_loss() { # permille of IPv4 packets each receiver drops
   local pm=$1
   for i in $(seq 1 "$MAXN"); do
@@ -124,16 +99,6 @@ set_loss() { # permille of IPv4 packets each receiver drops
 head -c $((SIZE_MB << 20)) /dev/urandom >"$D/img"
 SUM=$(md5sum <"$D/img" | cut -d' ' -f1)
 
-now() { date +%s.%N; }
-wait_listen() { # something listens on host i, TCP port
-  local i=$1 port=$2
-  for _ in $(seq 1 200); do
-    inns "$i" ss -ltn "sport = :$port" 2>/dev/null | grep -q LISTEN && return 0
-    sleep 0.05
-  done
-  echo "nothing listening on $(addr "$i"):$port" >&2
-  return 1
-}
 wait_pids() { # all PIDs, bounded; fails if one fails or times out
   local limit=$(( SIZE_MB + 300 )) start=$SECONDS rc=0
   for pid in "$@"; do
@@ -230,7 +195,6 @@ m_uftp() {
   check "$n"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 IDEAL=$(echo "scale=3; $SIZE_MB * 1048576 * 8 / ($RATE_MBIT * 1000000)" | bc)
 echo "image ${SIZE_MB} MiB, links ${RATE_MBIT} Mbit/s full duplex (tbf), median of $REPS; TCP ideal ${IDEAL} s"
 

@@ -37,161 +37,37 @@
 # Downtime: QEMU's (source side, query-migrate) and "paused", the guest's
 # pause: the source's STOP event to the destination's RESUME event.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
-if [ -z "${STRATO_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin strato >&2 && cargo build --release -p strato-wanem >&2)
-fi
-WANEM=$(dirname "$STRATO")/strato-wanem
-[ "${WAN:-wanem}" != wanem ] || [ -x "$WANEM" ] || { echo "$WANEM missing (cargo build --release -p strato-wanem)" >&2; exit 1; }
-for t in qemu-system-x86_64 ip tc zstd; do
-  command -v $t >/dev/null || { echo "$t missing (scripts/test.sh installs it)" >&2; exit 1; }
-done
+. "$(dirname "$0")/lib.sh"
+if [ "${WAN:-wanem}" = wanem ]; then strato_bin wanem; else strato_bin; fi
+need_tools qemu-system-x86_64 ip tc zstd
 GUEST=$("$ROOT/scripts/build-guest.sh")
 OUT=${OUT:-$ROOT/target/bench-migrate}
 mkdir -p "$OUT"
 
-python3 - "$STRATO" "$GUEST" "$OUT" "${VMS:-1 2 4}" "${MODES:-plain multifd-zstd dedup dedup-zstd seeded}" "${RATE:-100mbit}" \
+PYTHONPATH="$ROOT/benches" python3 - "$STRATO" "$GUEST" "$OUT" "${VMS:-1 2 4}" "${MODES:-plain multifd-zstd dedup dedup-zstd seeded}" "${RATE:-100mbit}" \
   "${WAN:-wanem}" "$WANEM" "${DELAY_MS:-10}" "${LIMIT:-420}" "${1:-live}" "${CAPTURES:-16}" "${REPLAY:-1 2 4 8 16}" <<'PY'
-import hashlib, json, os, signal, socket, subprocess, sys, time
+import json, os, subprocess, sys, time
+from benchlib import *
 strato, guest, out, vms_list, modes, rate, wan, wanem, delay_ms, limit, bench, captures, replay = sys.argv[1:14]
 vms_list = [int(v) for v in vms_list.split()]
 modes = modes.split()
 captures = int(captures)
 replay = [int(v) for v in replay.split()]
-if wan not in ("wanem", "tbf") or bench not in ("live", "captures"):
-    raise SystemExit(f"WAN must be wanem or tbf, the argument live or captures (got {wan}, {bench})")
-wanem_proc = None
+if bench not in ("live", "captures"):
+    raise SystemExit(f"the argument must be live or captures (got {bench})")
+sites = Sites("smb", 232, wan=wan, rate=rate, wanem=wanem, delay_ms=delay_ms, limit=limit, report_dir=out)
+NS_S, NS_D, SIP, DIP = sites.src, sites.dst, sites.sip, sites.dip
 pid = os.getpid()
-NS_S, NS_D = f"smb{pid}s", f"smb{pid}d"
-net = pid % 250 + 1
-SIP, DIP = f"10.232.{net}.1", f"10.232.{net}.2"
-AK, SK = "BENCHACCESSKEY000001", "bench-secret-key-0123456789abcdefghijkl"
-
-def sh(*a, check=True):
-    return subprocess.run(list(a), check=check, capture_output=True, text=True).stdout
 
 def netns_up():
-    global wanem_proc
-    sh("ip", "netns", "add", NS_S); sh("ip", "netns", "add", NS_D)
-    if wan == "tbf":
-        sh("ip", "-n", NS_S, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", NS_D)
-    else:
-        # strato-wanem's TAPs, moved into the sites and renamed like the veth ends.
-        wanem_proc = subprocess.Popen(
-            [wanem, "--tap-a", f"smb{pid}a", "--tap-b", f"smb{pid}b", "--rate", rate, "--delay-ms", delay_ms,
-             "--limit", limit, "--report", f"{out}/wanem.json"],
-            stdout=subprocess.PIPE, stderr=open(f"{out}/wanem.log", "w"), text=True)
-        line = wanem_proc.stdout.readline().strip()
-        if line != f"tap-a=smb{pid}a tap-b=smb{pid}b":
-            raise SystemExit(f"strato-wanem: {line!r}")
-        for ns, tap, dev in ((NS_S, f"smb{pid}a", "wan0"), (NS_D, f"smb{pid}b", "wan1")):
-            sh("ip", "link", "set", tap, "netns", ns)
-            sh("ip", "-n", ns, "link", "set", tap, "name", dev)
-    if os.environ.get("TCP_WMEM"):
-        # TCP send buffers of the source site (per namespace), e.g. "4096 16384 262144".
-        sh("ip", "netns", "exec", NS_S, "sysctl", "-q", "-w", f"net.ipv4.tcp_wmem={os.environ['TCP_WMEM']}")
-    for ns, dev, ip in ((NS_S, "wan0", SIP), (NS_D, "wan1", DIP)):
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-        sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        if wan == "tbf":
-            sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kbit", "latency", "50ms")
+    sites.up(tcp_wmem=os.environ.get("TCP_WMEM"))
 
-def netns_down():
-    if wanem_proc and wanem_proc.poll() is None:
-        wanem_proc.send_signal(signal.SIGTERM)
-        try:
-            wanem_proc.wait(10)
-        except subprocess.TimeoutExpired:
-            wanem_proc.kill()
-    for ns in (NS_S, NS_D):
-        for p in sh("ip", "netns", "pids", ns, check=False).split():
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        sh("ip", "netns", "del", ns, check=False)
-
-def wan_bytes():
-    s = sh("ip", "netns", "exec", NS_S, "cat", "/sys/class/net/wan0/statistics/tx_bytes",
-           "/sys/class/net/wan0/statistics/rx_bytes").split()
-    return int(s[0]) + int(s[1])
-
-def wait_path(path, limit=60):
-    end = time.time() + limit
-    while not os.path.exists(path):
-        if time.time() > end:
-            raise SystemExit(f"{path} never appeared")
-        time.sleep(0.1)
-
-class Qmp:
-    def __init__(self, path):
-        wait_path(path)
-        self.s = socket.socket(socket.AF_UNIX)
-        for _ in range(100):
-            try:
-                self.s.connect(path); break
-            except OSError:
-                time.sleep(0.1)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.events = []
-        self.cmd("qmp_capabilities")
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg) + "\n"); self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "event" in r:
-                self.events.append(r)
-            if "return" in r:
-                return r["return"]
-            if "error" in r:
-                raise SystemExit(f"QMP {name}: {r['error']}")
+netns_down, wan_bytes = sites.down, sites.wan_bytes
 
 def qemu(d, ns, seed, incoming=None):
-    os.makedirs(d, exist_ok=True)
-    args = ["ip", "netns", "exec", ns, "qemu-system-x86_64", "-name", "bench", "-machine", "pc", "-accel", "tcg",
-            "-cpu", "qemu64", "-smp", "1", "-m", "256", "-nographic", "-no-reboot", "-nodefaults",
-            "-monitor", "none", "-chardev", f"socket,id=ser0,path={d}/serial.sock,server=on,wait=off",
-            "-serial", "chardev:ser0", "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off",
-            "-kernel", f"{guest}/vmlinuz", "-initrd", f"{guest}/initramfs.cpio",
-            "-append", f"console=ttyS0 quiet panic=-1 strato.seed={seed} strato.data_mib=8"]
-    if incoming:
-        args += ["-incoming", incoming]
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=open(f"{d}/qemu.log", "w"), stderr=subprocess.STDOUT)
-    return p, Qmp(f"{d}/qmp.sock")
+    return qemu_guest(d, ns, guest, seed, incoming)
 
-def wait_shell(d, limit=120):
-    """Wait for the guest's shell on its serial console (reconnecting if
-    the console drops us); after `limit` go on anyway, with a warning."""
-    wait_path(f"{d}/serial.sock")
-    end = time.time() + limit
-    while time.time() < end:
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(f"{d}/serial.sock"); s.settimeout(1)
-            seen = b""
-            for _ in range(10):
-                s.sendall(b'echo RE""ADY\n')
-                try:
-                    chunk = s.recv(65536)
-                except socket.timeout:
-                    continue
-                if not chunk:
-                    break
-                seen += chunk
-                if b"READY" in seen:
-                    return
-        except OSError:
-            pass
-        finally:
-            s.close()
-        time.sleep(0.5)
-    print(f"warning: no shell seen in {d} after {limit} s; going on", file=sys.stderr)
+wait_shell = guest_shell
 
 def site_start(d, seed_image=False):
     env = dict(os.environ, STRATO_DATA_DIR=f"{d}/site", STRATO_ACCESS_KEY=AK, STRATO_SECRET_KEY=SK)
@@ -213,16 +89,6 @@ def site_start(d, seed_image=False):
 def site_flags():
     return f"--site http://{DIP}:9000 --access-key {AK} --secret-key {SK}"
 
-def stop(procs):
-    for p in procs:
-        if p and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        if p:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 def migrate_set(d, n, mode, seeds, group, site):
     """Migrate n guests at once; returns (bytes, seconds, max downtime, reports)."""
@@ -283,10 +149,7 @@ def migrate_set(d, n, mode, seeds, group, site):
                 if not running[i]:
                     running[i] = dsts[i].cmd("query-status")["status"] == "running"
             time.sleep(0.02)
-        def event_time(q, name):
-            ts = next(e["timestamp"] for e in q.events if e["event"] == name)
-            return ts["seconds"] + ts["microseconds"] / 1e6
-        paused = max(round((event_time(dsts[i], "RESUME") - event_time(srcs[i], "STOP")) * 1000)
+        paused = max(round((dsts[i].event_time("RESUME") - srcs[i].event_time("STOP")) * 1000)
                      for i in range(n))
         reports = []
         if mode not in ("plain", "multifd-zstd"):
@@ -354,14 +217,6 @@ def live():
         tz = f"{s/z[3]:8.2f}" if z else f"{'-':>8}"
         print(f"{n:>3} {mode:<13} {b/2**20:8.1f} {rp} {rz} {s:7.1f} {tz} {dt:>11} {pz:>9} {'' if v is None else v}")
 
-def md5_file(path):
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(1 << 20)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 def capture_all(cdir):
     """Migration streams of `captures` idle guests (seeds 1..N) into files,

@@ -17,141 +17,33 @@
 # Env: STRATO_BIN (default target/release/strato, built if missing), OUT,
 #      RATE (default 100mbit), MODES (default all four).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
-if [ -z "${STRATO_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin strato >&2)
-fi
-for t in qemu-system-x86_64 ip tc; do
-  command -v $t >/dev/null || { echo "$t missing (scripts/test.sh installs it)" >&2; exit 1; }
-done
+. "$(dirname "$0")/lib.sh"
+strato_bin
+need_tools qemu-system-x86_64 ip tc
 GUEST=$("$ROOT/scripts/build-guest.sh")
 OUT=${OUT:-$ROOT/target/bench-migrate-codec-live}
 mkdir -p "$OUT"
 
-python3 - "$STRATO" "$GUEST" "$OUT" "${RATE:-100mbit}" "${MODES:-agents-plain agents-codec qemu-plain qemu-xbzrle}" <<'PY'
-import json, os, signal, socket, subprocess, sys, time
+PYTHONPATH="$ROOT/benches" python3 - "$STRATO" "$GUEST" "$OUT" "${RATE:-100mbit}" "${MODES:-agents-plain agents-codec qemu-plain qemu-xbzrle}" <<'PY'
+import json, os, subprocess, sys, time
+from benchlib import *
 strato, guest, out, rate, modes = sys.argv[1:6]
 modes = modes.split()
-pid = os.getpid()
-NS_S, NS_D = f"smc{pid}s", f"smc{pid}d"
-net = pid % 250 + 1
-SIP, DIP = f"10.233.{net}.1", f"10.233.{net}.2"
+sites = Sites("smc", 233, wan="tbf", rate=rate)
+NS_S, NS_D, SIP, DIP = sites.src, sites.dst, sites.sip, sites.dip
 WORKLOAD = ("(while true; do dd if=/tmp/data of=/tmp/hot bs=4096 count=512 conv=notrunc 2>/dev/null; "
             "dd if=/dev/urandom of=/tmp/hot bs=64 count=16 seek=$((RANDOM % 32000)) conv=notrunc 2>/dev/null; done) "
             ">/dev/null 2>&1 & "
             "(i=0; while true; do i=$((i+1)); echo $i | dd of=/tmp/data bs=16 seek=$(( (i % 2048) * 256 )) "
             "conv=notrunc 2>/dev/null; done) >/dev/null 2>&1 &")
 
-def sh(*a, check=True):
-    return subprocess.run(list(a), check=check, capture_output=True, text=True).stdout
-
-def netns_up():
-    sh("ip", "netns", "add", NS_S); sh("ip", "netns", "add", NS_D)
-    sh("ip", "-n", NS_S, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", NS_D)
-    for ns, dev, ip in ((NS_S, "wan0", SIP), (NS_D, "wan1", DIP)):
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-        sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kbit", "latency", "50ms")
-
-def netns_down():
-    for ns in (NS_S, NS_D):
-        for p in sh("ip", "netns", "pids", ns, check=False).split():
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        sh("ip", "netns", "del", ns, check=False)
-
-def wan_bytes():
-    s = sh("ip", "netns", "exec", NS_S, "cat", "/sys/class/net/wan0/statistics/tx_bytes",
-           "/sys/class/net/wan0/statistics/rx_bytes").split()
-    return int(s[0]) + int(s[1])
-
-def wait_path(path, limit=60):
-    end = time.time() + limit
-    while not os.path.exists(path):
-        if time.time() > end:
-            raise SystemExit(f"{path} never appeared")
-        time.sleep(0.1)
-
-class Qmp:
-    def __init__(self, path):
-        wait_path(path)
-        self.s = socket.socket(socket.AF_UNIX)
-        for _ in range(100):
-            try:
-                self.s.connect(path); break
-            except OSError:
-                time.sleep(0.1)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg) + "\n"); self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "return" in r:
-                return r["return"]
-            if "error" in r:
-                raise SystemExit(f"QMP {name}: {r['error']}")
+netns_up, netns_down, wan_bytes = sites.up, sites.down, sites.wan_bytes
 
 def qemu(d, ns, incoming=None):
-    os.makedirs(d, exist_ok=True)
-    args = ["ip", "netns", "exec", ns, "qemu-system-x86_64", "-name", "bench", "-machine", "pc", "-accel", "tcg",
-            "-cpu", "qemu64", "-smp", "1", "-m", "256", "-nographic", "-no-reboot", "-nodefaults",
-            "-monitor", "none", "-chardev", f"socket,id=ser0,path={d}/serial.sock,server=on,wait=off",
-            "-serial", "chardev:ser0", "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off",
-            "-kernel", f"{guest}/vmlinuz", "-initrd", f"{guest}/initramfs.cpio",
-            "-append", "console=ttyS0 quiet panic=-1 strato.seed=9 strato.data_mib=8"]
-    if incoming:
-        args += ["-incoming", incoming]
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=open(f"{d}/qemu.log", "w"), stderr=subprocess.STDOUT)
-    return p, Qmp(f"{d}/qmp.sock")
+    return qemu_guest(d, ns, guest, 9, incoming)
 
 def shell(d, cmd, limit=420):
-    """Run `cmd` in the guest once its shell answers on the serial console."""
-    wait_path(f"{d}/serial.sock")
-    end = time.time() + limit
-    while time.time() < end:
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(f"{d}/serial.sock"); s.settimeout(1)
-            seen = b""
-            for _ in range(10):
-                s.sendall(b'echo RE""ADY\n')
-                try:
-                    chunk = s.recv(65536)
-                except socket.timeout:
-                    continue
-                if not chunk:
-                    break
-                seen += chunk
-                if b"READY" in seen:
-                    s.sendall((cmd + "\n").encode())
-                    time.sleep(1)
-                    return
-        except OSError:
-            pass
-        finally:
-            s.close()
-        time.sleep(0.5)
-    raise SystemExit(f"no shell in {d}")
-
-def stop(procs):
-    for p in procs:
-        if p and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        if p:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    guest_shell(d, cmd, limit, required=True)
 
 def run(mode):
     d = f"{out}/{mode}"

@@ -14,31 +14,20 @@
 # Env: STRATO_BIN (default target/release/strato, built if missing), OUT,
 #      RATE (default 100mbit), IMAGE_MIB, CHANGED_MIB.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STRATO=${STRATO_BIN:-$ROOT/target/release/strato}
-if [ -z "${STRATO_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin strato >&2)
-fi
-for t in qemu-storage-daemon qemu-img ip tc; do
-  command -v $t >/dev/null || { echo "$t missing (scripts/test.sh installs it)" >&2; exit 1; }
-done
+. "$(dirname "$0")/lib.sh"
+strato_bin
+need_tools qemu-storage-daemon qemu-img ip tc
 OUT=${OUT:-$ROOT/target/bench-migrate-disk}
 mkdir -p "$OUT"
 
-python3 - "$STRATO" "$OUT" "${RATE:-100mbit}" "${IMAGE_MIB:-256}" "${CHANGED_MIB:-16}" <<'PY'
-import hashlib, json, os, socket, subprocess, sys, time
+PYTHONPATH="$ROOT/benches" python3 - "$STRATO" "$OUT" "${RATE:-100mbit}" "${IMAGE_MIB:-256}" "${CHANGED_MIB:-16}" <<'PY'
+import hashlib, json, os, subprocess, sys, time
+from benchlib import *
 strato, out, rate, image_mib, changed_mib = sys.argv[1:6]
 image_mib, changed_mib = int(image_mib), int(changed_mib)
-pid = os.getpid()
-NS_S, NS_D = f"dmb{pid}s", f"dmb{pid}d"
-net = pid % 250 + 1
-SIP, DIP = f"10.233.{net}.1", f"10.233.{net}.2"
-AK, SK = "BENCHACCESSKEY000001", "bench-secret-key-0123456789abcdefghijkl"
-MIB = 1 << 20
+sites = Sites("dmb", 233, wan="tbf", rate=rate)
+NS_S, NS_D, SIP, DIP = sites.src, sites.dst, sites.sip, sites.dip
 procs = []
-
-def sh(*a, check=True):
-    return subprocess.run(list(a), check=check, capture_output=True, text=True).stdout
 
 def spawn(ns, args, log, env=None):
     p = subprocess.Popen(["ip", "netns", "exec", ns] + args, stdout=subprocess.PIPE,
@@ -48,66 +37,10 @@ def spawn(ns, args, log, env=None):
     return p
 
 def cleanup():
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    for ns in (NS_S, NS_D):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    stop(procs, grace=0)
+    sites.down()
 
-def netns_up():
-    sh("ip", "netns", "add", NS_S); sh("ip", "netns", "add", NS_D)
-    sh("ip", "-n", NS_S, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", NS_D)
-    for ns, dev, ip in ((NS_S, "wan0", SIP), (NS_D, "wan1", DIP)):
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-        sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kbit", "latency", "50ms")
-
-def link_bytes():
-    s = json.loads(sh("ip", "-n", NS_S, "-j", "-s", "link", "show", "wan0"))[0]["stats64"]
-    return s["rx"]["bytes"] + s["tx"]["bytes"]
-
-class Qmp:
-    def __init__(self, path):
-        deadline = time.time() + 30
-        while not os.path.exists(path):
-            if time.time() > deadline:
-                raise SystemExit(f"no QMP socket {path}")
-            time.sleep(0.05)
-        self.s = socket.socket(socket.AF_UNIX)
-        for _ in range(100):
-            try:
-                self.s.connect(path); break
-            except OSError:
-                time.sleep(0.1)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.events = []
-        self.cmd("qmp_capabilities")
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg) + "\n"); self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "event" in r:
-                self.events.append(r)
-            elif "return" in r:
-                return r["return"]
-            elif "error" in r:
-                raise SystemExit(f"QMP {name}: {r['error']}")
-
-def wait_line(p, want, what):
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        line = p.stdout.readline()
-        if want in line:
-            return
-        if not line and p.poll() is not None:
-            break
-    raise SystemExit(f"{what} never printed {want!r}")
+netns_up, link_bytes = sites.up, sites.wan_bytes
 
 def mirror(sq, host, port, export):
     sq.cmd("blockdev-add", **{"driver": "nbd", "node-name": "tgt",
