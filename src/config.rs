@@ -23,6 +23,25 @@ pub struct FileConfig {
     pub s3: S3FileConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: HTTPS on the S3 / chunk API port.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first) and key; reloaded on SIGHUP.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Make a private CA and a certificate in DATA_DIR/tls on first start.
+    #[serde(default)]
+    pub self_signed: bool,
+    /// Bound on connections open at once (default 4096).
+    pub max_connections: Option<usize>,
+    /// Seconds a client may take to send request headers, and may stay
+    /// idle between requests (default 20).
+    pub header_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -1,13 +1,15 @@
 //! `strato serve`: the S3-compatible endpoint over the local store.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use strato::server::{self, ServeOptions};
+use strato::server::{self, tls, Limits, ServeOptions, TlsServer};
 
 use super::Ctx;
 
@@ -16,6 +18,50 @@ pub struct ServeArgs {
     /// Address to listen on (only localhost unless you say otherwise)
     #[arg(long, env = "STRATO_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first; re-read on SIGHUP)
+    #[arg(
+        long,
+        env = "STRATO_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "STRATO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a private CA and certificate made in DATA_DIR/tls on first start
+    #[arg(long, env = "STRATO_TLS_SELF_SIGNED")]
+    tls_self_signed: bool,
+}
+
+/// How the port is secured, for the banner.
+struct TlsInfo {
+    server: Arc<TlsServer>,
+    /// The CA file clients should trust, when strato made it.
+    ca: Option<PathBuf>,
+}
+
+fn tls_setup(ctx: &Ctx, a: &ServeArgs, listen: SocketAddr) -> Result<Option<TlsInfo>> {
+    let file = &ctx.file.tls;
+    let cert = a.tls_cert.clone().or_else(|| file.cert.clone());
+    let key = a.tls_key.clone().or_else(|| file.key.clone());
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsInfo {
+            server: Arc::new(TlsServer::load(&cert, &key)?),
+            ca: None,
+        })),
+        (Some(_), None) | (None, Some(_)) => {
+            anyhow::bail!("[tls] needs both cert and key (or --tls-cert with --tls-key)")
+        }
+        (None, None) if a.tls_self_signed || file.self_signed => {
+            let made = tls::self_signed(&ctx.data_dir.join("tls"), &tls::names_for(listen))?;
+            Ok(Some(TlsInfo {
+                server: Arc::new(TlsServer::load(&made.cert, &made.key)?),
+                ca: Some(made.ca),
+            }))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
@@ -39,6 +85,20 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         }
         _ => None,
     };
+    let tls_info = tls_setup(ctx, &a, listen)?;
+    if tls_info.is_none() && !listen.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {listen} without TLS: S3 keys' signatures, object data and \
+             presigned URLs cross the network in clear; use --tls-cert/--tls-key or --tls-self-signed"
+        );
+    }
+    let mut limits = Limits::default();
+    if let Some(n) = ctx.file.tls.max_connections {
+        limits.max_connections = n;
+    }
+    if let Some(s) = ctx.file.tls.header_timeout_secs {
+        limits.header_read_timeout = Duration::from_secs(s.max(1));
+    }
     let store = ctx.open_store()?;
     let users = server::load_or_create_users(&ctx.data_dir, env_keys, &ctx.file)?;
     let opts = ServeOptions {
@@ -49,6 +109,8 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
             ctx.file.gc.interval_secs.unwrap_or(3600),
         )),
         file: ctx.file.clone(),
+        tls: tls_info.as_ref().map(|t| t.server.clone()),
+        limits,
     };
     let data_dir = ctx.data_dir.clone();
     let json = ctx.json;
@@ -57,26 +119,68 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         .thread_name("strato-serve")
         .build()?;
     rt.block_on(server::serve(store, opts, move |addr| {
-        let first = &users.list[0];
-        let endpoint = format!("http://{addr}");
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({"endpoint": endpoint, "data_dir": data_dir, "user": first.name,
-                    "access_key": first.access_key, "secret_key": first.secret_key})
-            );
-        } else {
-            println!("strato serving S3 at {endpoint}");
-            println!("  data dir    {}", data_dir.display());
-            println!("  user        {}{}", first.name, if users.generated { " (keys generated now and kept in the data dir)" } else { "" });
-            println!("  access key  {}", first.access_key);
-            println!("  secret key  {}", first.secret_key);
-            println!();
-            println!("s3cmd:  s3cmd --host={addr} --host-bucket={addr} --no-ssl --access_key={} --secret_key={} ls", first.access_key, first.secret_key);
-            println!("aws:    AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} aws --endpoint-url {endpoint} s3 ls", first.access_key, first.secret_key);
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        print_banner(addr, &users, &data_dir, json, tls_info.as_ref());
     }))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_banner(
+    addr: SocketAddr,
+    users: &server::Users,
+    data_dir: &std::path::Path,
+    json: bool,
+    tls: Option<&TlsInfo>,
+) {
+    let first = &users.list[0];
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{addr}");
+    let fingerprint = tls.map(|t| t.server.fingerprint());
+    let ca = tls.and_then(|t| t.ca.clone());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"endpoint": endpoint, "data_dir": data_dir, "user": first.name,
+                "access_key": first.access_key, "secret_key": first.secret_key,
+                "tls_fingerprint": fingerprint, "ca_file": ca})
+        );
+    } else {
+        println!("strato serving S3 at {endpoint}");
+        println!("  data dir    {}", data_dir.display());
+        println!(
+            "  user        {}{}",
+            first.name,
+            if users.generated {
+                " (keys generated now and kept in the data dir)"
+            } else {
+                ""
+            }
+        );
+        println!("  access key  {}", first.access_key);
+        println!("  secret key  {}", first.secret_key);
+        if let Some(fp) = &fingerprint {
+            println!("  TLS SHA-256 {fp}");
+        }
+        if let Some(ca) = &ca {
+            println!("  CA file     {} (clients trust this file)", ca.display());
+        }
+        println!();
+        let (ak, sk) = (&first.access_key, &first.secret_key);
+        match (&tls, &ca) {
+            (None, _) => {
+                println!("s3cmd:  s3cmd --host={addr} --host-bucket={addr} --no-ssl --access_key={ak} --secret_key={sk} ls");
+                println!("aws:    AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk} aws --endpoint-url {endpoint} s3 ls");
+            }
+            (Some(_), Some(ca)) => {
+                let ca = ca.display();
+                println!("s3cmd:  s3cmd --host={addr} --host-bucket={addr} --ssl --ca-certs={ca} --access_key={ak} --secret_key={sk} ls");
+                println!("aws:    AWS_CA_BUNDLE={ca} AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk} aws --endpoint-url {endpoint} s3 ls");
+            }
+            (Some(_), None) => {
+                println!("s3cmd:  s3cmd --host={addr} --host-bucket={addr} --ssl --access_key={ak} --secret_key={sk} ls");
+                println!("aws:    AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk} aws --endpoint-url {endpoint} s3 ls");
+            }
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 }

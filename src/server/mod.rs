@@ -5,18 +5,21 @@ mod backend;
 pub mod chunk_batch;
 pub mod chunks;
 mod credentials;
+pub mod listener;
 mod metrics;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3_compat::{S3Config, S3Service, StaticCredentials};
 
 pub use backend::StoreBackend;
 pub use credentials::{load_or_create_users, Users, FIRST_USER};
+pub use listener::{serve_on, Limits};
+pub use tls::TlsServer;
 
 use crate::config::FileConfig;
 use crate::store::{GcOptions, Store};
@@ -30,6 +33,9 @@ pub struct ServeOptions {
     pub file: FileConfig,
     pub gc: GcOptions,
     pub gc_interval: Option<Duration>,
+    /// HTTPS when set (reloaded on SIGHUP), plain HTTP otherwise.
+    pub tls: Option<Arc<TlsServer>>,
+    pub limits: Limits,
 }
 
 pub fn s3_config(file: &FileConfig) -> S3Config {
@@ -75,50 +81,38 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
     }
     ready(addr);
 
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // e.g. too many open files: back off instead of spinning
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let front = front.clone();
-                let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        hyper::service::service_fn(move |req| {
-                            let front = front.clone();
-                            async move { Ok::<_, std::convert::Infallible>(front.route(req).await) }
-                        }),
-                    )
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
+    if let Some(tls) = opts.tls.clone() {
+        spawn_tls_reload(tls);
     }
-    drop(listener);
-    tracing::info!("shutting down: waiting for requests in flight");
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still running after 30 s; stopping anyway");
-    }
+    serve_on(
+        listener,
+        opts.tls.clone(),
+        opts.limits.clone(),
+        move |req| {
+            let front = front.clone();
+            async move { front.route(req).await }
+        },
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
+}
+
+/// SIGHUP re-reads the certificate files; connections in flight keep theirs.
+fn spawn_tls_reload(tls: Arc<TlsServer>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP: certificate reload disabled");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(fp) => tracing::info!(fingerprint = %fp, "TLS certificate reloaded"),
+                Err(e) => tracing::warn!("TLS certificate reload failed, keeping the old one: {e}"),
+            }
+        }
+    });
 }
 
 #[derive(Clone)]
