@@ -37,6 +37,7 @@ const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
 /// strato crates each workspace crate may depend on (by package name).
 const CRATE_DEPS: &[(&str, &[&str])] = &[
     ("store", &[]),
+    ("trust", &[]),
     ("chunk-api", &["strato-store"]),
     ("s3-compat", &[]),
     ("chain-broadcast", &[]),
