@@ -17,8 +17,8 @@ use bytes::Bytes;
 use common::*;
 use migrate_util::*;
 use qemu_util::*;
-use strato::migrate::stream::{tokenize, Token, PAGE_SIZE};
 use strato::migrate::wire::{Frame, Op, PROTOCOL};
+use strato::qemu::stream::{tokenize, Token, PAGE_SIZE};
 use strato::store::ChunkId;
 
 /// A real migration stream: a booting guest's state, written by QEMU to a file.
@@ -326,7 +326,7 @@ fn wan_drop_fails_migration_and_source_keeps_running() {
 }
 
 /// Poll query-migrate (bounded) until the migration ends, whatever the end.
-fn wait_finished(vm: &mut Qemu) -> strato::migrate::qmp::MigrationInfo {
+fn wait_finished(vm: &mut Qemu) -> strato::qemu::qmp::MigrationInfo {
     let deadline = Instant::now() + MIGRATE_TIMEOUT;
     loop {
         let info = vm.query_migrate();

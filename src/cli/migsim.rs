@@ -299,7 +299,7 @@ struct ControlOutput {
 
 fn control(ctx: &Ctx, a: ControlArgs) -> Result<std::process::ExitCode> {
     use strato::migrate::control::{self, ControlConfig};
-    use strato::migrate::qmp::QmpClient;
+    use strato::qemu::qmp::QmpClient;
     let params = load_params(a.m.params.as_ref())?;
     check_link(a.m.link_mbps)?;
     if a.uri.is_empty() {

@@ -23,7 +23,7 @@ use thiserror::Error;
 use super::policy::cost::CostFunction;
 use super::policy::schedule::{Schedule, ScheduleInput};
 use super::policy::stop::{RoundObservation, StopDecision, StopPolicy};
-use super::qmp::{QmpClient, QmpError};
+use crate::qemu::qmp::{QmpClient, QmpError};
 
 /// QEMU's largest accepted `downtime-limit`, ms.
 const MAX_DOWNTIME_LIMIT_MS: u64 = 2_000_000;

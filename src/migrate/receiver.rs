@@ -29,9 +29,9 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::agent_error::{AgentError, Result};
 use super::rcache::{CodecConfig, CodecError, PageDecoder};
-use super::stream::PAGE_SIZE;
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
+use crate::qemu::stream::PAGE_SIZE;
 use crate::store::{ChunkId, ManifestEntry};
 
 #[derive(Clone)]

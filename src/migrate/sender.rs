@@ -41,9 +41,9 @@ use super::agent_error::{AgentError, Result};
 use super::rcache::{CodecConfig, FrameKind, PageEncoder};
 use super::readahead::{CloseOnDrop, ReadAhead};
 use super::report::VmReport;
-use super::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
+use crate::qemu::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use crate::store::ChunkId;
 
 /// How a sender behaves.

@@ -22,7 +22,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::rcache::CodecConfig;
-use super::stream::PAGE_SIZE;
+use crate::qemu::stream::PAGE_SIZE;
 use crate::store::ChunkId;
 
 /// Protocol version spoken in `Hello` (2: page codec, hello answered).
