@@ -18,7 +18,7 @@ use common::*;
 use migrate_util::*;
 use qemu_util::*;
 use strato::image::nbd_client::NbdClient;
-use strato::migrate::disk_wire::{read_frame, write_frame, DiskFrame, DiskOp, DISK_PROTOCOL};
+use strato::migrate::disk::wire::{read_frame, write_frame, DiskFrame, DiskOp, DISK_PROTOCOL};
 use strato::qemu::mirror::{self, DestExport, MirrorPlan, MirrorSync};
 use strato::qemu::qmp::QmpClient;
 use strato::store::ChunkId;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use common::*;
 use migrate_util::*;
 use qemu_util::*;
-use strato::migrate::wire::{Frame, Op, PROTOCOL};
+use strato::migrate::memory::wire::{Frame, Op, PROTOCOL};
 use strato::qemu::stream::{tokenize, Token, PAGE_SIZE};
 use strato::store::ChunkId;
 

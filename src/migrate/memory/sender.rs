@@ -37,12 +37,12 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::agent_error::{AgentError, Result};
-use super::rcache::{CodecConfig, FrameKind, PageEncoder};
 use super::readahead::{CloseOnDrop, ReadAhead};
 use super::report::VmReport;
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
+use crate::migrate::codec::rcache::{CodecConfig, FrameKind, PageEncoder};
+use crate::migrate::error::{AgentError, Result};
 use crate::qemu::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use crate::store::ChunkId;
 

@@ -23,9 +23,9 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::disk_error::{DiskError, Result};
-use super::disk_report::DiskReport;
-use super::disk_wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
+use super::error::{DiskError, Result};
+use super::report::DiskReport;
+use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd::{serve_conn, BlockSource, Exports};
 use crate::store::ChunkId;

@@ -20,9 +20,9 @@ use serde::Serialize;
 use serde_json::json;
 use thiserror::Error;
 
-use super::policy::cost::CostFunction;
-use super::policy::schedule::{Schedule, ScheduleInput};
-use super::policy::stop::{RoundObservation, StopDecision, StopPolicy};
+use super::cost::CostFunction;
+use super::schedule::{Schedule, ScheduleInput};
+use super::stop::{RoundObservation, StopDecision, StopPolicy};
 use crate::qemu::qmp::{QmpClient, QmpError};
 
 /// QEMU's largest accepted `downtime-limit`, ms.

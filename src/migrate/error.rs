@@ -3,7 +3,7 @@
 use crate::distribute::client::ClientError;
 use crate::store::ChunkId;
 
-use super::wire::WireError;
+use super::memory::wire::WireError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -28,7 +28,7 @@ pub enum AgentError {
     #[error("internal: {0}")]
     Internal(String),
     #[error("page codec (redundancy cache / page deltas): {0}")]
-    Codec(#[from] super::rcache::CodecError),
+    Codec(#[from] super::codec::rcache::CodecError),
 }
 
 impl AgentError {

@@ -44,7 +44,7 @@ const OP_BLOCK: u8 = 3;
 const OP_BYTES: u8 = 4;
 
 /// The disk protocol shares the memory protocol's framing and errors.
-pub use super::wire::{WireError as DiskWireError, MAX_FRAME};
+pub use crate::migrate::memory::wire::{WireError as DiskWireError, MAX_FRAME};
 
 pub type Result<T, E = DiskWireError> = std::result::Result<T, E>;
 
@@ -429,9 +429,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &DiskFrame) -> Res
 
 /// Read one frame; returns it and its size on the wire.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(DiskFrame, u64)> {
-    let (kind, payload) = super::wire::read_envelope(r).await?.ok_or_else(|| {
-        DiskWireError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-    })?;
+    let (kind, payload) = crate::migrate::memory::wire::read_envelope(r)
+        .await?
+        .ok_or_else(|| {
+            DiskWireError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+        })?;
     let size = 5 + payload.len() as u64;
     Ok((DiskFrame::decode(kind, payload)?, size))
 }

@@ -21,7 +21,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::rcache::CodecConfig;
+use crate::migrate::codec::rcache::CodecConfig;
 use crate::qemu::stream::PAGE_SIZE;
 use crate::store::ChunkId;
 

@@ -4,7 +4,7 @@ use crate::distribute::client::ClientError;
 use crate::image::nbd_client::NbdClientError;
 use crate::store::ChunkId;
 
-use super::disk_wire::DiskWireError;
+use super::wire::DiskWireError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {

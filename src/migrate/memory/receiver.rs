@@ -27,10 +27,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::agent_error::{AgentError, Result};
-use super::rcache::{CodecConfig, CodecError, PageDecoder};
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
+use crate::migrate::codec::rcache::{CodecConfig, CodecError, PageDecoder};
+use crate::migrate::error::{AgentError, Result};
 use crate::qemu::stream::PAGE_SIZE;
 use crate::store::{ChunkId, ManifestEntry};
 

@@ -24,9 +24,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::disk_error::{DiskError, Result};
-use super::disk_report::DiskReport;
-use super::disk_wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
+use super::error::{DiskError, Result};
+use super::report::DiskReport;
+use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd_client::{NbdClient, Reply, MAX_WRITE};
 use crate::store::ChunkId;
