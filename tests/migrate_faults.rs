@@ -275,6 +275,30 @@ fn stream_not_understood_is_passed_through() {
     assert_eq!(report["verified"], true);
 }
 
+/// A VM name of 300 bytes, none of them ASCII, reaches the receiver whole
+/// (protocol 2 cut names at 255 bytes, mid-character, and the receiver
+/// then refused the hello as not UTF-8).
+#[test]
+fn long_non_ascii_vm_name_crosses_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("random.bin");
+    let data = write_random(&input, 1 << 20, 5);
+    let vm = "é".repeat(150);
+    assert_eq!(vm.len(), 300);
+    let recv_report = dir.path().join("recv.json");
+    let recv_report_arg = recv_report.to_str().expect("utf-8 path");
+    let (report, out) = migrate_file(
+        dir.path(),
+        &input,
+        None,
+        &["--vm", &vm],
+        &["--report", recv_report_arg],
+    );
+    assert!(out == data, "the stream changed");
+    assert_eq!(report["vm"], vm.as_str());
+    assert_eq!(read_report(&recv_report)["vm"], vm.as_str());
+}
+
 /// A capture round-trips byte for byte (no site: within-VM dedup + zstd),
 /// and also without compression or deduplication.
 #[test]

@@ -3,7 +3,7 @@
 use crate::distribute::client::ClientError;
 use crate::store::ChunkId;
 
-use super::memory::wire::WireError;
+use super::proto::WireError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -10,6 +10,7 @@
 //!   lockstep (redundancy cache, page deltas);
 //! - `policy/`: what pre-copy may cost, how fast it sends, when it stops;
 //!   the simulator and the live QMP controller that apply them;
+//! - `proto`: the framing both protocols share;
 //! - `error`: the agents' one error type.
 //!
 //! QEMU itself (QMP, the stream format, the mirror's QMP steps) is
@@ -21,3 +22,4 @@ pub mod disk;
 pub mod error;
 pub mod memory;
 pub mod policy;
+pub mod proto;

@@ -4,12 +4,12 @@ use crate::distribute::client::ClientError;
 use crate::image::nbd_client::NbdClientError;
 use crate::store::ChunkId;
 
-use super::wire::DiskWireError;
+use super::wire::WireError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error(transparent)]
-    Wire(#[from] DiskWireError),
+    Wire(#[from] WireError),
     #[error("destination NBD export: {0}")]
     Nbd(#[from] NbdClientError),
     #[error("destination site: {0}")]

@@ -241,6 +241,8 @@ pub struct DiskSender {
 impl DiskSender {
     /// Greet the receiver and learn the destination export's size.
     pub async fn connect(mut wan: TcpStream, opts: DiskSendOptions) -> Result<DiskSender> {
+        crate::migrate::proto::check_string("the VM name", &opts.vm)
+            .map_err(DiskError::Unsupported)?;
         wan.set_nodelay(true)
             .map_err(|e| DiskError::io("WAN socket", e))?;
         write_frame(

@@ -43,6 +43,7 @@ use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::migrate::codec::rcache::{CodecConfig, FrameKind, PageEncoder};
 use crate::migrate::error::{AgentError, Result};
+use crate::migrate::proto;
 use crate::qemu::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use crate::store::ChunkId;
 
@@ -187,6 +188,8 @@ pub async fn send<R: Read + Send + 'static>(
     opts: SenderOptions,
 ) -> Result<VmReport> {
     let started = Instant::now();
+    // Refused here, before QEMU's stream is touched, not by the receiver.
+    proto::check_string("the VM name", &opts.vm).map_err(AgentError::Unsupported)?;
     conn.set_nodelay(true).ok();
     let (mut rd, mut wr) = conn.into_split();
     // A fresh generation per connection: no codec frame of an earlier
