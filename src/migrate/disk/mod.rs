@@ -3,7 +3,6 @@
 //! destination site holds sent by id; `migrate disk-recv` writes them into
 //! the destination QEMU's NBD export.
 
-pub mod error;
 pub mod recv;
 pub mod report;
 pub mod send;

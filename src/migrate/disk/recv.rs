@@ -24,11 +24,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::error::{DiskError, Result};
 use super::report::DiskReport;
 use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd_client::{NbdClient, Reply, MAX_WRITE};
+use crate::migrate::error::{AgentError, Result, Unit};
 use crate::store::ChunkId;
 
 /// NBD requests in flight to the destination export.
@@ -135,7 +135,7 @@ enum Incoming {
     End {
         wire: u64,
     },
-    Failed(DiskError),
+    Failed(AgentError),
 }
 
 /// Take frames off the WAN; start preparing each batch at once (the
@@ -154,7 +154,7 @@ async fn read_ahead(
             Ok(x) => x,
             Err(_) if ended => return,
             Err(e) => {
-                let e = DiskError::Peer(format!("sender connection lost before the end: {e}"));
+                let e = AgentError::Peer(format!("sender connection lost before the end: {e}"));
                 let _ = tx.send(Incoming::Failed(e)).await;
                 return;
             }
@@ -187,7 +187,7 @@ async fn read_ahead(
                 }
                 continue;
             }
-            other => Incoming::Failed(DiskError::Peer(format!("unexpected frame {other:?}"))),
+            other => Incoming::Failed(AgentError::Peer(format!("unexpected frame {other:?}"))),
         };
         if ended {
             // Nothing but pull answers may follow End.
@@ -216,7 +216,7 @@ async fn prepare(
         .iter()
         .find(|op| op.offset().checked_add(op.len()).is_none_or(|e| e > size))
     {
-        return Err(DiskError::Range(format!(
+        return Err(AgentError::Range(format!(
             "sender wrote {} bytes at {} beyond the destination's {size} bytes",
             op.len(),
             op.offset()
@@ -228,13 +228,13 @@ async fn prepare(
         tokio::task::spawn_blocking(move || -> Result<(Bytes, Vec<(ChunkId, Bytes)>)> {
             let blob = if compressed {
                 let raw = zstd::bulk::decompress(&blob, raw_len as usize)
-                    .map_err(|e| DiskError::Peer(format!("batch does not decompress: {e}")))?;
+                    .map_err(|e| AgentError::Peer(format!("batch does not decompress: {e}")))?;
                 Bytes::from(raw)
             } else {
                 blob
             };
             if blob.len() != raw_len as usize {
-                return Err(DiskError::Peer(format!(
+                return Err(AgentError::Peer(format!(
                     "batch blob holds {} bytes, ops need {raw_len}",
                     blob.len()
                 )));
@@ -246,7 +246,7 @@ async fn prepare(
                 if let DiskOp::Block { id, .. } = op {
                     let data = blob.slice(at..at + n);
                     if ChunkId::of(&data) != *id {
-                        return Err(DiskError::BadBlock(*id));
+                        return Err(AgentError::BadContent(Unit::Block, *id));
                     }
                     literal.push((*id, data));
                 }
@@ -255,7 +255,7 @@ async fn prepare(
             Ok((blob, literal))
         })
         .await
-        .map_err(|e| DiskError::Internal(format!("batch check task: {e}")))??;
+        .map_err(|e| AgentError::Internal(format!("batch check task: {e}")))??;
 
     let ids: Vec<ChunkId> = ops
         .iter()
@@ -269,7 +269,7 @@ async fn prepare(
     let fetched = match (&site, ids.first()) {
         (_, None) => HashMap::new(),
         (Some(site), Some(_)) => site.get_many(&ids).await?,
-        (None, Some(id)) => return Err(DiskError::UnknownBlock(*id)),
+        (None, Some(id)) => return Err(AgentError::Unknown(Unit::Block, *id)),
     };
     let ops = Arc::try_unwrap(ops).unwrap_or_else(|a| (*a).clone());
     Ok(Prepared {
@@ -292,10 +292,9 @@ impl Back {
     /// Ask the sender for blocks and wait for its answer.
     async fn pull(&mut self, ids: Vec<ChunkId>) -> Result<(PulledBlocks, u64)> {
         let wire = write_frame(&mut self.wr, &DiskFrame::Pull(ids)).await?;
-        let (blocks, n) =
-            self.pulled.recv().await.ok_or_else(|| {
-                DiskError::Peer("sender connection lost while pulling blocks".into())
-            })?;
+        let (blocks, n) = self.pulled.recv().await.ok_or_else(|| {
+            AgentError::Peer("sender connection lost while pulling blocks".into())
+        })?;
         Ok((blocks, wire + n))
     }
 }
@@ -340,14 +339,14 @@ pub async fn receive_disk(
                 group,
             } => {
                 if protocol != DISK_PROTOCOL {
-                    return Err(DiskError::Unsupported(format!(
+                    return Err(AgentError::Unsupported(format!(
                         "sender speaks disk protocol {protocol}, this receiver {DISK_PROTOCOL}"
                     )));
                 }
                 report.vm = vm;
                 report.group = group;
             }
-            other => return Err(DiskError::Peer(format!("expected Hello, got {other:?}"))),
+            other => return Err(AgentError::Peer(format!("expected Hello, got {other:?}"))),
         }
         write_frame(
             &mut back.wr,
@@ -369,7 +368,7 @@ pub async fn receive_disk(
             let item = rx
                 .recv()
                 .await
-                .ok_or_else(|| DiskError::Internal("WAN reader stopped".into()))?;
+                .ok_or_else(|| AgentError::Internal("WAN reader stopped".into()))?;
             match item {
                 Incoming::Batch {
                     wire,
@@ -379,7 +378,7 @@ pub async fn receive_disk(
                     report.wan.total += wire;
                     let p = task
                         .await
-                        .map_err(|e| DiskError::Internal(format!("batch task: {e}")))??;
+                        .map_err(|e| AgentError::Internal(format!("batch task: {e}")))??;
                     if p.compressed {
                         report.wan.literal_compressed += blob_wire;
                     } else {
@@ -456,7 +455,7 @@ pub async fn receive_disk(
 
 async fn join_store(t: tokio::task::JoinHandle<Result<u64>>) -> Result<u64> {
     t.await
-        .map_err(|e| DiskError::Internal(format!("site store task: {e}")))?
+        .map_err(|e| AgentError::Internal(format!("site store task: {e}")))?
 }
 
 /// Resolve what the site lacked, and write one prepared batch; returns the
@@ -499,7 +498,10 @@ async fn apply_batch(
                     report.blocks.claimed_by_other += 1;
                 }
                 report.wan.by_hash += 41;
-                let data = by_id.get(&id).cloned().ok_or(DiskError::UnknownBlock(id))?;
+                let data = by_id
+                    .get(&id)
+                    .cloned()
+                    .ok_or(AgentError::Unknown(Unit::Block, id))?;
                 (offset, data)
             }
             DiskOp::Block { offset, .. } | DiskOp::Bytes { offset, .. } => {
@@ -559,7 +561,7 @@ async fn resolve(
     for op in ops {
         match *op {
             DiskOp::Site { id, .. } if !got.contains_key(&id) => {
-                return Err(DiskError::UnknownBlock(id));
+                return Err(AgentError::Unknown(Unit::Block, id));
             }
             DiskOp::Group { id, .. } => {
                 group_ids.insert(id);
@@ -594,9 +596,9 @@ async fn resolve(
                 let d2 = data.clone();
                 let ok = tokio::task::spawn_blocking(move || ChunkId::of(&d2) == id)
                     .await
-                    .map_err(|e| DiskError::Internal(format!("hash task: {e}")))?;
+                    .map_err(|e| AgentError::Internal(format!("hash task: {e}")))?;
                 if !ok {
-                    return Err(DiskError::BadBlock(id));
+                    return Err(AgentError::BadContent(Unit::Block, id));
                 }
                 pulled += 1;
                 // Its claimant never stored it: store it for the group.
@@ -604,7 +606,7 @@ async fn resolve(
                 got.insert(id, data);
             }
             if let Some(id) = missing.iter().find(|i| !got.contains_key(i)) {
-                return Err(DiskError::UnknownBlock(*id));
+                return Err(AgentError::Unknown(Unit::Block, *id));
             }
             break;
         }

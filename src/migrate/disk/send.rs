@@ -23,11 +23,11 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::error::{DiskError, Result};
 use super::report::DiskReport;
 use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd::{serve_conn, BlockSource, Exports};
+use crate::migrate::error::{AgentError, Result};
 use crate::store::ChunkId;
 
 /// NBD writes queued ahead of the batcher (backpressure on QEMU beyond it).
@@ -242,9 +242,9 @@ impl DiskSender {
     /// Greet the receiver and learn the destination export's size.
     pub async fn connect(mut wan: TcpStream, opts: DiskSendOptions) -> Result<DiskSender> {
         crate::migrate::proto::check_string("the VM name", &opts.vm)
-            .map_err(DiskError::Unsupported)?;
+            .map_err(AgentError::Unsupported)?;
         wan.set_nodelay(true)
-            .map_err(|e| DiskError::io("WAN socket", e))?;
+            .map_err(|e| AgentError::io("WAN socket", e))?;
         write_frame(
             &mut wan,
             &DiskFrame::Hello {
@@ -258,12 +258,12 @@ impl DiskSender {
         let size = match f {
             DiskFrame::Welcome { protocol, size } if protocol == DISK_PROTOCOL => size,
             DiskFrame::Welcome { protocol, .. } => {
-                return Err(DiskError::Unsupported(format!(
+                return Err(AgentError::Unsupported(format!(
                     "receiver speaks disk protocol {protocol}, this sender {DISK_PROTOCOL}"
                 )))
             }
-            DiskFrame::Done { message, .. } => return Err(DiskError::Peer(message)),
-            other => return Err(DiskError::Peer(format!("unexpected {other:?}"))),
+            DiskFrame::Done { message, .. } => return Err(AgentError::Peer(message)),
+            other => return Err(AgentError::Peer(format!("unexpected {other:?}"))),
         };
         Ok(DiskSender { wan, size, opts })
     }
@@ -325,12 +325,12 @@ impl DiskSender {
             let (conn, peer) = tokio::time::timeout(opts.accept_timeout, listener.accept())
                 .await
                 .map_err(|_| {
-                    DiskError::Peer(format!(
+                    AgentError::Peer(format!(
                         "no NBD client connected within {:?}",
                         opts.accept_timeout
                     ))
                 })?
-                .map_err(|e| DiskError::io("accepting the NBD client", e))?;
+                .map_err(|e| AgentError::io("accepting the NBD client", e))?;
             drop(listener);
             tracing::info!("NBD client connected from {peer}");
             let _ = conn.set_nodelay(true);
@@ -338,9 +338,9 @@ impl DiskSender {
             exports.add(name, export.clone());
             tokio::select! {
                 r = serve_conn(conn, exports) => {
-                    r.map_err(|e| DiskError::Peer(format!("NBD client: {e}")))
+                    r.map_err(|e| AgentError::Peer(format!("NBD client: {e}")))
                 }
-                why = failed.wait() => Err(DiskError::Peer(why)),
+                why = failed.wait() => Err(AgentError::Peer(why)),
             }
         }
         .await;
@@ -355,22 +355,22 @@ impl DiskSender {
         }
         let batched = batcher
             .await
-            .map_err(|e| DiskError::Internal(format!("batcher: {e}")));
+            .map_err(|e| AgentError::Internal(format!("batcher: {e}")));
         // The receiver's last word decides; the writer ends right after it.
         let writer_abort = writer.abort_handle();
         let done = tokio::time::timeout(Duration::from_secs(600), reader).await;
         let done = match done {
             Err(_) => {
                 writer_abort.abort();
-                return Err(DiskError::Peer(
+                return Err(AgentError::Peer(
                     "receiver did not finish within 600 s".into(),
                 ));
             }
-            Ok(j) => j.map_err(|e| DiskError::Internal(format!("WAN reader: {e}")))?,
+            Ok(j) => j.map_err(|e| AgentError::Internal(format!("WAN reader: {e}")))?,
         };
         let done = match done {
             Ok((true, _)) => Ok(()),
-            Ok((false, why)) => Err(DiskError::Peer(why)),
+            Ok((false, why)) => Err(AgentError::Peer(why)),
             Err(e) => Err(e),
         };
         if let Err(e) = done {
@@ -379,8 +379,8 @@ impl DiskSender {
         }
         let written = tokio::time::timeout(Duration::from_secs(30), writer)
             .await
-            .map_err(|_| DiskError::Internal("WAN writer did not stop".into()))?
-            .map_err(|e| DiskError::Internal(format!("WAN writer: {e}")))?;
+            .map_err(|_| AgentError::Internal("WAN writer did not stop".into()))?
+            .map_err(|e| AgentError::Internal(format!("WAN writer: {e}")))?;
         batched??;
         written?;
         let mut r = report.lock().clone();
@@ -545,7 +545,7 @@ async fn prepare(
     let it = items.clone();
     let (drafts, ids) = tokio::task::spawn_blocking(move || draft(&it))
         .await
-        .map_err(|e| DiskError::Internal(format!("hashing task: {e}")))?;
+        .map_err(|e| AgentError::Internal(format!("hashing task: {e}")))?;
     let mut report = DiskReport::default();
 
     // Which blocks the destination site holds, and which another sender of
@@ -602,12 +602,12 @@ async fn prepare(
                         report.wan.by_hash += 41;
                         ops.push(DiskOp::Group { offset, id });
                         let data = bytes_at(&items, offset, BLOCK).ok_or_else(|| {
-                            DiskError::Internal(format!("no write covers block at {offset}"))
+                            AgentError::Internal(format!("no write covers block at {offset}"))
                         })?;
                         keep.push((id, Bytes::copy_from_slice(data)));
                     } else {
                         let data = bytes_at(&items, offset, BLOCK).ok_or_else(|| {
-                            DiskError::Internal(format!("no write covers block at {offset}"))
+                            AgentError::Internal(format!("no write covers block at {offset}"))
                         })?;
                         blob.put_slice(data);
                         literal_blocks += 1;
@@ -617,7 +617,7 @@ async fn prepare(
                 }
                 Draft::Bytes { offset, len } => {
                     let data = bytes_at(&items, offset, len as usize).ok_or_else(|| {
-                        DiskError::Internal(format!("no write covers bytes at {offset}"))
+                        AgentError::Internal(format!("no write covers bytes at {offset}"))
                     })?;
                     blob.put_slice(data);
                     report.bytes_written += len as u64;
@@ -663,7 +663,7 @@ async fn prepare(
         Ok(Prepared { frame, report })
     })
     .await
-    .map_err(|e| DiskError::Internal(format!("batch task: {e}")))?
+    .map_err(|e| AgentError::Internal(format!("batch task: {e}")))?
 }
 
 fn add_report(into: &mut DiskReport, b: &DiskReport) {
@@ -710,7 +710,7 @@ async fn wan_writer(
                     }
                     // The reader got the receiver's last word.
                     None if ended => return Ok(()),
-                    None => return Err(DiskError::Peer("receiver stopped early".into())),
+                    None => return Err(AgentError::Peer("receiver stopped early".into())),
                 },
                 q = queue.recv(), if !ended => q,
             };
@@ -723,16 +723,16 @@ async fn wan_writer(
                 continue;
             };
             if let Some(why) = failed.get() {
-                return Err(DiskError::Peer(why));
+                return Err(AgentError::Peer(why));
             }
             match q {
                 Queued::Batch(task) => {
                     let p = task
                         .await
-                        .map_err(|e| DiskError::Internal(format!("batch task: {e}")))??;
+                        .map_err(|e| AgentError::Internal(format!("batch task: {e}")))??;
                     w.write_all(&p.frame)
                         .await
-                        .map_err(|e| DiskError::io("WAN connection", e))?;
+                        .map_err(|e| AgentError::io("WAN connection", e))?;
                     let mut r = report.lock();
                     add_report(&mut r, &p.report);
                     // Site queries cross the WAN too (the site is at the destination).
@@ -785,7 +785,7 @@ async fn wan_reader(
                 for (_, w) in waiters.lock().drain() {
                     let _ = w.send(Err(why.clone()));
                 }
-                return Err(DiskError::Peer(why));
+                return Err(AgentError::Peer(why));
             }
         };
         match f {
@@ -804,7 +804,7 @@ async fn wan_reader(
                 };
                 tracing::info!("receiver pulled {} blocks", answer.len());
                 if pulls.send(DiskFrame::Pulled(answer)).await.is_err() {
-                    return Err(DiskError::Peer("WAN writer stopped".into()));
+                    return Err(AgentError::Peer("WAN writer stopped".into()));
                 }
             }
             DiskFrame::Done { ok, message } => {
@@ -820,7 +820,7 @@ async fn wan_reader(
             other => {
                 let why = format!("unexpected frame from the receiver: {other:?}");
                 failed.set(why.clone());
-                return Err(DiskError::Peer(why));
+                return Err(AgentError::Peer(why));
             }
         }
     }

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::migrate::codec::rcache::{CodecConfig, CodecError, PageDecoder};
-use crate::migrate::error::{AgentError, Result};
+use crate::migrate::error::{AgentError, Result, Unit};
 use crate::qemu::stream::PAGE_SIZE;
 use crate::store::{ChunkId, ManifestEntry};
 
@@ -582,7 +582,10 @@ async fn resolve(shared: Arc<Shared>, prepared: Vec<Slot>) -> Result<Vec<Bytes>>
         .map(|slot| match slot {
             Slot::Ready(b) => Ok(b),
             Slot::Wanted(id) => {
-                let page = found.get(&id).cloned().ok_or(AgentError::UnknownPage(id))?;
+                let page = found
+                    .get(&id)
+                    .cloned()
+                    .ok_or(AgentError::Unknown(Unit::Page, id))?;
                 let first = counted.insert(id);
                 let counter = match (first, slow.get(&id)) {
                     (true, Some(Source::Pulled)) => &c.pulled,
@@ -699,8 +702,8 @@ async fn pull_pages(shared: &Shared, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, 
                 shared.local.lock().insert(id, p.clone());
                 out.push((id, p));
             }
-            Some(_) => return Err(AgentError::BadPage(id)),
-            None => return Err(AgentError::UnknownPage(id)),
+            Some(_) => return Err(AgentError::BadContent(Unit::Page, id)),
+            None => return Err(AgentError::Unknown(Unit::Page, id)),
         }
     }
     Ok(out)
