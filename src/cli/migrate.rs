@@ -346,7 +346,7 @@ fn report(ctx: &Ctx, a: ReportArgs) -> Result<ExitCode> {
             .iter_mut()
             .find(|r| r.vm == vm)
             .with_context(|| format!("--downtime names {vm:?}, which no report has"))?;
-        v.downtime_ms = Some(ms);
+        v.detail.downtime_ms = Some(ms);
     }
     let g = GroupReport::of(vms);
     if ctx.json {

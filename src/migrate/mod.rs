@@ -11,7 +11,7 @@
 //! - `policy/`: what pre-copy may cost, how fast it sends, when it stops;
 //!   the simulator and the live QMP controller that apply them;
 //! - `proto`: the framing both protocols share;
-//! - `error`: the agents' one error type.
+//! - `error`, `report`: the agents' one error type and one report type.
 //!
 //! QEMU itself (QMP, the stream format, the mirror's QMP steps) is
 //! `crate::qemu`, one layer down.
@@ -23,3 +23,4 @@ pub mod error;
 pub mod memory;
 pub mod policy;
 pub mod proto;
+pub mod report;

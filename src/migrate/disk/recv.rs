@@ -24,7 +24,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::report::DiskReport;
+use super::report::{DiskDetail, DiskReport};
 use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd_client::{NbdClient, Reply, MAX_WRITE};
@@ -316,8 +316,11 @@ pub async fn receive_disk(
         pulled: pulled_rx,
     };
     let mut report = DiskReport {
-        role: "recv".into(),
-        disk_size: nbd.size(),
+        detail: DiskDetail {
+            role: "recv".into(),
+            disk_size: nbd.size(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut dest = DestWriter {
@@ -352,7 +355,7 @@ pub async fn receive_disk(
             &mut back.wr,
             &DiskFrame::Welcome {
                 protocol: DISK_PROTOCOL,
-                size: report.disk_size,
+                size: report.detail.disk_size,
             },
         )
         .await?;
@@ -362,7 +365,7 @@ pub async fn receive_disk(
             tx,
             pulled_tx,
             opts.site.clone(),
-            report.disk_size,
+            report.detail.disk_size,
         )));
         loop {
             let item = rx
@@ -380,9 +383,16 @@ pub async fn receive_disk(
                         .await
                         .map_err(|e| AgentError::Internal(format!("batch task: {e}")))??;
                     if p.compressed {
-                        report.wan.literal_compressed += blob_wire;
+                        report.wan.compressed += blob_wire;
                     } else {
-                        report.wan.literal_raw += blob_wire;
+                        // Whole blocks as raw, unaligned bytes as literal.
+                        for op in &p.ops {
+                            match op {
+                                DiskOp::Block { .. } => report.wan.raw += op.blob_len() as u64,
+                                DiskOp::Bytes { .. } => report.wan.literal += op.blob_len() as u64,
+                                _ => {}
+                            }
+                        }
                     }
                     let seq = p.seq;
                     let pullable = p.ops.iter().any(|o| matches!(o, DiskOp::Group { .. }));
@@ -395,7 +405,7 @@ pub async fn receive_disk(
                     if !stored.is_empty() {
                         // One store in flight at a time: backpressure on a slow site.
                         if let Some(t) = store.take() {
-                            report.site_stored += join_store(t).await?;
+                            report.detail.site_stored += join_store(t).await?;
                         }
                         let site = opts.site.clone();
                         store = site
@@ -405,14 +415,14 @@ pub async fn receive_disk(
                 Incoming::Flush { wire, seq } => {
                     report.wan.total += wire;
                     dest.flush().await?;
-                    report.flushes += 1;
+                    report.detail.flushes += 1;
                     write_frame(&mut back.wr, &DiskFrame::Flushed { seq }).await?;
                 }
                 Incoming::End { wire } => {
                     report.wan.total += wire;
                     dest.flush().await?;
                     if let Some(t) = store.take() {
-                        report.site_stored += join_store(t).await?;
+                        report.detail.site_stored += join_store(t).await?;
                     }
                     return Ok(());
                 }
@@ -427,7 +437,7 @@ pub async fn receive_disk(
     report.seconds = start.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
-            report.completed = true;
+            report.detail.completed = true;
             write_frame(
                 &mut back.wr,
                 &DiskFrame::Done {
@@ -486,16 +496,16 @@ async fn apply_batch(
                 if let Some((o, buf)) = run.take() {
                     dest.write(o, &buf).await?;
                 }
-                report.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
-                report.bytes_written += len as u64;
+                report.detail.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
+                report.detail.bytes_written += len as u64;
                 dest.zero(offset, len).await?;
                 continue;
             }
             DiskOp::Site { offset, id } | DiskOp::Group { offset, id } => {
                 if matches!(op, DiskOp::Site { .. }) {
-                    report.blocks.by_hash += 1;
+                    report.detail.blocks.by_hash += 1;
                 } else {
-                    report.blocks.claimed_by_other += 1;
+                    report.detail.blocks.claimed_by_other += 1;
                 }
                 report.wan.by_hash += 41;
                 let data = by_id
@@ -510,17 +520,17 @@ async fn apply_batch(
                 at += n;
                 if matches!(op, DiskOp::Block { .. }) {
                     if compressed {
-                        report.blocks.literal_compressed += 1;
+                        report.detail.blocks.literal_compressed += 1;
                     } else {
-                        report.blocks.literal_raw += 1;
+                        report.detail.blocks.literal_raw += 1;
                     }
                 } else {
-                    report.blocks.unaligned_bytes += n as u64;
+                    report.detail.blocks.unaligned_bytes += n as u64;
                 }
                 (offset, data)
             }
         };
-        report.bytes_written += data.len() as u64;
+        report.detail.bytes_written += data.len() as u64;
         match &mut run {
             Some((o, buf)) if *o + buf.len() as u64 == offset && buf.len() < RUN_BYTES => {
                 buf.extend_from_slice(&data);
@@ -613,7 +623,7 @@ async fn resolve(
         tokio::time::sleep(Duration::from_millis(100)).await;
         got.extend(site.get_many(&missing).await?);
     }
-    report.blocks.pulled += pulled;
-    report.site_fetched += got.len() as u64 - pulled;
+    report.detail.blocks.pulled += pulled;
+    report.detail.site_fetched += got.len() as u64 - pulled;
     Ok(got)
 }

@@ -23,7 +23,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::report::DiskReport;
+use super::report::{DiskDetail, DiskReport};
 use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd::{serve_conn, BlockSource, Exports};
@@ -281,10 +281,13 @@ impl DiskSender {
         let opts = Arc::new(opts);
         let failed = Failure::new();
         let report = Arc::new(Mutex::new(DiskReport {
-            role: "send".into(),
             vm: opts.vm.clone(),
             group: opts.group.clone(),
-            disk_size: size,
+            detail: DiskDetail {
+                role: "send".into(),
+                disk_size: size,
+                ..Default::default()
+            },
             ..Default::default()
         }));
         let (item_tx, item_rx) = mpsc::channel(QUEUE_ITEMS);
@@ -384,7 +387,7 @@ impl DiskSender {
         batched??;
         written?;
         let mut r = report.lock().clone();
-        r.completed = true;
+        r.detail.completed = true;
         r.seconds = start.elapsed().as_secs_f64();
         Ok(r)
     }
@@ -429,7 +432,7 @@ async fn batcher(
                     pending_bytes = 0;
                     send_batch(&queue, seq, batch, &opts, &pullable).await?;
                 }
-                report.lock().flushes += 1;
+                report.lock().detail.flushes += 1;
                 if queue.send(Queued::Flush(done)).await.is_err() {
                     return Ok(());
                 }
@@ -558,7 +561,7 @@ async fn prepare(
         unique.dedup();
         match site.have(&unique).await {
             Ok(h) => {
-                report.wan.site_queries += ID_LINE * (unique.len() + h.len()) as u64;
+                report.wan.queries += ID_LINE * (unique.len() + h.len()) as u64;
                 held = h;
             }
             Err(e) => tracing::warn!("site lookup failed, sending the batch in full: {e}"),
@@ -568,7 +571,7 @@ async fn prepare(
             if !rest.is_empty() {
                 match site.claim(g, &rest).await {
                     Ok(won) => {
-                        report.wan.site_queries += ID_LINE * (rest.len() + won.len()) as u64;
+                        report.wan.queries += ID_LINE * (rest.len() + won.len()) as u64;
                         lost = rest.into_iter().filter(|i| !won.contains(i)).collect();
                     }
                     Err(e) => tracing::warn!("claim failed, sending the batch in full: {e}"),
@@ -586,19 +589,19 @@ async fn prepare(
         for d in drafts {
             match d {
                 Draft::Zero { offset, len } => {
-                    report.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
+                    report.detail.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
                     report.wan.zero += 13;
-                    report.bytes_written += len as u64;
+                    report.detail.bytes_written += len as u64;
                     ops.push(DiskOp::Zero { offset, len });
                 }
                 Draft::Block { offset, id } => {
-                    report.bytes_written += BLOCK as u64;
+                    report.detail.bytes_written += BLOCK as u64;
                     if held.contains(&id) {
-                        report.blocks.by_hash += 1;
+                        report.detail.blocks.by_hash += 1;
                         report.wan.by_hash += 41;
                         ops.push(DiskOp::Site { offset, id });
                     } else if lost.contains(&id) {
-                        report.blocks.claimed_by_other += 1;
+                        report.detail.blocks.claimed_by_other += 1;
                         report.wan.by_hash += 41;
                         ops.push(DiskOp::Group { offset, id });
                         let data = bytes_at(&items, offset, BLOCK).ok_or_else(|| {
@@ -620,8 +623,8 @@ async fn prepare(
                         AgentError::Internal(format!("no write covers bytes at {offset}"))
                     })?;
                     blob.put_slice(data);
-                    report.bytes_written += len as u64;
-                    report.blocks.unaligned_bytes += len as u64;
+                    report.detail.bytes_written += len as u64;
+                    report.detail.blocks.unaligned_bytes += len as u64;
                     report.wan.framing += 13;
                     ops.push(DiskOp::Bytes { offset, len });
                 }
@@ -639,11 +642,12 @@ async fn prepare(
             _ => (false, blob),
         };
         if compressed {
-            report.blocks.literal_compressed += literal_blocks;
-            report.wan.literal_compressed += blob.len() as u64;
+            report.detail.blocks.literal_compressed += literal_blocks;
+            report.wan.compressed += blob.len() as u64;
         } else {
-            report.blocks.literal_raw += literal_blocks;
-            report.wan.literal_raw += blob.len() as u64;
+            report.detail.blocks.literal_raw += literal_blocks;
+            report.wan.raw += literal_blocks * BLOCK as u64;
+            report.wan.literal += report.detail.blocks.unaligned_bytes;
         }
         let frame = DiskFrame::Batch {
             seq,
@@ -653,12 +657,9 @@ async fn prepare(
             blob,
         }
         .encode();
-        let accounted = report.wan.zero
-            + report.wan.by_hash
-            + report.wan.framing
-            + report.wan.literal_raw
-            + report.wan.literal_compressed;
-        // Frame and batch headers.
+        // Frame and batch headers, and the zero ranges' operations (which
+        // `wan.zero` tells apart, within framing).
+        let accounted = report.wan.sum_of_parts();
         report.wan.framing += (frame.len() as u64).saturating_sub(accounted);
         Ok(Prepared { frame, report })
     })
@@ -667,21 +668,9 @@ async fn prepare(
 }
 
 fn add_report(into: &mut DiskReport, b: &DiskReport) {
-    let (x, y) = (&mut into.blocks, &b.blocks);
-    x.zero += y.zero;
-    x.by_hash += y.by_hash;
-    x.claimed_by_other += y.claimed_by_other;
-    x.literal_raw += y.literal_raw;
-    x.literal_compressed += y.literal_compressed;
-    x.unaligned_bytes += y.unaligned_bytes;
-    let (x, y) = (&mut into.wan, &b.wan);
-    x.zero += y.zero;
-    x.by_hash += y.by_hash;
-    x.literal_raw += y.literal_raw;
-    x.literal_compressed += y.literal_compressed;
-    x.framing += y.framing;
-    x.site_queries += y.site_queries;
-    into.bytes_written += b.bytes_written;
+    into.detail.blocks.add(&b.detail.blocks);
+    into.wan.add(&b.wan);
+    into.detail.bytes_written += b.detail.bytes_written;
 }
 
 /// Write prepared batches and flushes to the WAN in queue order.
@@ -736,7 +725,7 @@ async fn wan_writer(
                     let mut r = report.lock();
                     add_report(&mut r, &p.report);
                     // Site queries cross the WAN too (the site is at the destination).
-                    r.wan.total += p.frame.len() as u64 + p.report.wan.site_queries;
+                    r.wan.total += p.frame.len() as u64 + p.report.wan.queries;
                 }
                 Queued::Flush(done) => {
                     flush_seq += 1;

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use super::report::{KeptPages, ReceiverReport};
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::migrate::codec::rcache::{CodecConfig, CodecError, PageDecoder};
@@ -67,36 +67,6 @@ impl Default for ReceiverOptions {
             keep: None,
         }
     }
-}
-
-/// The receiver's view of one migration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ReceiverReport {
-    pub vm: String,
-    pub group: Option<String>,
-    pub stream_bytes: u64,
-    pub wan_bytes: u64,
-    pub pages_raw: u64,
-    pub pages_local: u64,
-    pub pages_site: u64,
-    pub pages_pulled: u64,
-    pub pages_stored: u64,
-    pub store_errors: u64,
-    pub seconds: f64,
-    pub verified: bool,
-    /// The object the stored pages were kept as (`--keep`), if any.
-    #[serde(default)]
-    pub kept: Option<KeptPages>,
-}
-
-/// Pages kept as an object at the site after a migration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct KeptPages {
-    pub bucket: String,
-    pub key: String,
-    pub pages: u64,
-    /// Why keeping failed (the migration itself succeeded).
-    pub error: Option<String>,
 }
 
 #[derive(Default)]

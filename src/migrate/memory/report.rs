@@ -1,33 +1,11 @@
-//! What a migration cost: WAN bytes by kind, pages by kind (as in
-//! Shrinker's Fig. 6.4c), time, and QEMU's own downtime when known.
+//! What a memory migration cost: the agents' common report
+//! (`migrate::report`: WAN bytes by kind, time) with pages by kind (as in
+//! Shrinker's Fig. 6.4c) and QEMU's own downtime when known; the group's
+//! sum of its senders' reports; the receiver's view.
 
 use serde::{Deserialize, Serialize};
 
-/// Bytes that crossed the WAN, by what they carried.
-///
-/// With compression, literal bytes and raw pages travel in one zstd blob
-/// per batch; `compressed` is that blob's size on the wire and `raw` /
-/// `literal` stay 0 for compressed batches.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WanBytes {
-    /// Zero-page records (address + one byte), part of the literal bytes.
-    pub zero: u64,
-    /// Stream bytes other than pages, sent uncompressed.
-    pub literal: u64,
-    /// Page bytes sent uncompressed.
-    pub raw: u64,
-    /// zstd blobs (literal bytes and pages).
-    pub compressed: u64,
-    /// Page ids sent instead of pages.
-    pub by_hash: u64,
-    /// Pages the receiver pulled from its sender (request + answer).
-    pub pulled: u64,
-    /// Frame headers and operation lists.
-    pub framing: u64,
-    /// `have` / `claim` queries to the destination site (bodies, both ways).
-    pub queries: u64,
-    pub total: u64,
-}
+use crate::migrate::report::{mib, AgentReport, WanBytes};
 
 /// Pages of the stream by how they crossed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,17 +47,16 @@ impl SavedBytes {
 }
 
 /// One VM's migration, as seen by its sender.
+pub type VmReport = AgentReport<MemoryDetail>;
+
+/// What only a memory sender counts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct VmReport {
-    pub vm: String,
-    pub group: Option<String>,
+pub struct MemoryDetail {
     pub stream_bytes: u64,
-    pub wan: WanBytes,
     pub pages: PageCounts,
     /// Bytes saved by the redundancy cache and by page deltas.
     #[serde(default)]
     pub saved: SavedBytes,
-    pub seconds: f64,
     /// QEMU's `query-migrate` downtime, filled in by whoever asked QEMU.
     pub downtime_ms: Option<u64>,
     /// Where and why the tokenizer stopped parsing (device state, ...).
@@ -105,20 +82,6 @@ pub struct GroupReport {
     pub all_verified: bool,
 }
 
-impl WanBytes {
-    fn add(&mut self, o: &WanBytes) {
-        self.zero += o.zero;
-        self.literal += o.literal;
-        self.raw += o.raw;
-        self.compressed += o.compressed;
-        self.by_hash += o.by_hash;
-        self.pulled += o.pulled;
-        self.framing += o.framing;
-        self.queries += o.queries;
-        self.total += o.total;
-    }
-}
-
 impl PageCounts {
     fn add(&mut self, o: &PageCounts) {
         self.zero += o.zero;
@@ -140,50 +103,44 @@ impl GroupReport {
             ..Default::default()
         };
         for v in &vms {
-            g.stream_bytes += v.stream_bytes;
+            let d = &v.detail;
+            g.stream_bytes += d.stream_bytes;
             g.wan.add(&v.wan);
-            g.pages.add(&v.pages);
-            g.saved.add(&v.saved);
+            g.pages.add(&d.pages);
+            g.saved.add(&d.saved);
             g.seconds = g.seconds.max(v.seconds);
-            g.max_downtime_ms = match (g.max_downtime_ms, v.downtime_ms) {
+            g.max_downtime_ms = match (g.max_downtime_ms, d.downtime_ms) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
-            g.all_verified &= v.verified;
+            g.all_verified &= d.verified;
         }
         g.vms = vms;
         g
     }
 }
 
-fn mib(b: u64) -> f64 {
-    b as f64 / (1 << 20) as f64
-}
-
 impl std::fmt::Display for VmReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.detail;
         writeln!(
             f,
-            "vm {}{}: stream {:.1} MiB, WAN {:.2} MiB ({:.1} %), {:.2} s{}{}",
-            self.vm,
-            self.group
-                .as_deref()
-                .map(|g| format!(" (group {g})"))
-                .unwrap_or_default(),
-            mib(self.stream_bytes),
+            "{}: stream {:.1} MiB, WAN {:.2} MiB ({:.1} %), {:.2} s{}{}",
+            self.who(),
+            mib(d.stream_bytes),
             mib(self.wan.total),
-            if self.stream_bytes > 0 {
-                100.0 * self.wan.total as f64 / self.stream_bytes as f64
+            if d.stream_bytes > 0 {
+                100.0 * self.wan.total as f64 / d.stream_bytes as f64
             } else {
                 0.0
             },
             self.seconds,
-            self.downtime_ms
+            d.downtime_ms
                 .map(|d| format!(", downtime {d} ms"))
                 .unwrap_or_default(),
-            if self.verified { ", verified" } else { "" },
+            if d.verified { ", verified" } else { "" },
         )?;
-        write_counts(f, &self.wan, &self.pages, &self.saved)
+        write_counts(f, &self.wan, &d.pages, &d.saved)
     }
 }
 
@@ -210,17 +167,43 @@ impl std::fmt::Display for GroupReport {
     }
 }
 
+/// The receiver's view of one migration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReceiverReport {
+    pub vm: String,
+    pub group: Option<String>,
+    pub stream_bytes: u64,
+    pub wan_bytes: u64,
+    pub pages_raw: u64,
+    pub pages_local: u64,
+    pub pages_site: u64,
+    pub pages_pulled: u64,
+    pub pages_stored: u64,
+    pub store_errors: u64,
+    pub seconds: f64,
+    pub verified: bool,
+    /// The object the stored pages were kept as (`--keep`), if any.
+    #[serde(default)]
+    pub kept: Option<KeptPages>,
+}
+
+/// Pages kept as an object at the site after a migration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeptPages {
+    pub bucket: String,
+    pub key: String,
+    pub pages: u64,
+    /// Why keeping failed (the migration itself succeeded).
+    pub error: Option<String>,
+}
+
 fn write_counts(
     f: &mut std::fmt::Formatter<'_>,
     w: &WanBytes,
     p: &PageCounts,
     s: &SavedBytes,
 ) -> std::fmt::Result {
-    writeln!(
-        f,
-        "  WAN bytes: zero {} literal {} raw {} compressed {} by-hash {} pulled {} framing {} queries {}",
-        w.zero, w.literal, w.raw, w.compressed, w.by_hash, w.pulled, w.framing, w.queries
-    )?;
+    writeln!(f, "  {w}")?;
     writeln!(
         f,
         "  pages: zero {} sent {} (cache {} delta {}) site {} group {} repeat {} pulled {}",
