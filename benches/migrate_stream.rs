@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use strato::migrate::stream::{Token, Tokenizer, PAGE_SIZE};
+use strato::qemu::stream::{Token, Tokenizer, PAGE_SIZE};
 use strato::store::ChunkId;
 
 const PAGES: usize = 16 * 1024; // 64 MiB of page records

@@ -5,6 +5,7 @@ pub mod config;
 pub mod distribute;
 pub mod image;
 pub mod migrate;
+pub mod qemu;
 pub mod server;
 
 /// The content-addressed store (its own crate, `store/`, at the bottom of the

@@ -18,9 +18,9 @@ use common::*;
 use migrate_util::*;
 use qemu_util::*;
 use strato::image::nbd_client::NbdClient;
-use strato::migrate::disk_mirror::{self, DestExport, MirrorPlan, MirrorSync};
-use strato::migrate::disk_wire::{read_frame, write_frame, DiskFrame, DiskOp, DISK_PROTOCOL};
-use strato::migrate::qmp::QmpClient;
+use strato::migrate::disk::wire::{read_frame, write_frame, DiskFrame, DiskOp, DISK_PROTOCOL};
+use strato::qemu::mirror::{self, DestExport, MirrorPlan, MirrorSync};
+use strato::qemu::qmp::QmpClient;
 use strato::store::ChunkId;
 
 const MIB: usize = 1 << 20;
@@ -269,7 +269,7 @@ fn start_disk_agents(
         export: "disk0".into(),
         id: "strato-disk0".into(),
     };
-    rt.block_on(disk_mirror::export_destination(dst_qmp, &export))
+    rt.block_on(mirror::export_destination(dst_qmp, &export))
         .expect("exporting the destination disk");
     let wan = format!("127.0.0.1:{}", free_port());
     let recv_report = dir.join("disk-recv.json");
@@ -347,9 +347,9 @@ fn migrate_disk_and_memory(
     site: &Server,
     before_memory: impl FnOnce(&mut Qemu),
 ) -> (serde_json::Value, serde_json::Value) {
-    rt.block_on(disk_mirror::start_mirror(src_qmp, &agents.plan))
+    rt.block_on(mirror::start_mirror(src_qmp, &agents.plan))
         .expect("starting the mirror");
-    rt.block_on(disk_mirror::wait_ready(
+    rt.block_on(mirror::wait_ready(
         src_qmp,
         &agents.plan.job,
         Duration::from_secs(120),
@@ -363,7 +363,7 @@ fn migrate_disk_and_memory(
     });
     before_memory(&mut p.src);
     let uri = send_uri(&p.mem_listen, Some(site), "disk-vm", &p.mem_send_report, "");
-    rt.block_on(disk_mirror::finish(
+    rt.block_on(mirror::finish(
         src_qmp,
         dst_qmp,
         &agents.plan,
@@ -552,13 +552,13 @@ fn wan_dropped_mid_copy_fails_the_mirror_and_the_source_keeps_running() {
     let mut agents = start_disk_agents(&rt, &mut dq, d, &site);
     // 2 MiB/s: the bulk copy of 48 MiB takes far longer than the drop.
     agents.plan.speed = Some(2 << 20);
-    rt.block_on(disk_mirror::start_mirror(&mut sq, &agents.plan))
+    rt.block_on(mirror::start_mirror(&mut sq, &agents.plan))
         .expect("starting the mirror");
     std::thread::sleep(Duration::from_millis(1500));
     // The WAN goes away: the receiver dies.
     agents.recv.kill();
     let err = rt
-        .block_on(disk_mirror::wait_ready(
+        .block_on(mirror::wait_ready(
             &mut sq,
             &agents.plan.job,
             Duration::from_secs(120),
@@ -566,7 +566,7 @@ fn wan_dropped_mid_copy_fails_the_mirror_and_the_source_keeps_running() {
         .expect_err("the mirror must fail once the WAN is gone");
     eprintln!("mirror failed as expected: {err}");
     assert!(
-        matches!(err, disk_mirror::DiskMirrorError::JobFailed { .. }),
+        matches!(err, mirror::DiskMirrorError::JobFailed { .. }),
         "{err}"
     );
     // disk-send stops with an error and reports nothing as done.

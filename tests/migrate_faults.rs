@@ -17,8 +17,8 @@ use bytes::Bytes;
 use common::*;
 use migrate_util::*;
 use qemu_util::*;
-use strato::migrate::stream::{tokenize, Token, PAGE_SIZE};
-use strato::migrate::wire::{Frame, Op, PROTOCOL};
+use strato::migrate::memory::wire::{Frame, Op, PROTOCOL};
+use strato::qemu::stream::{tokenize, Token, PAGE_SIZE};
 use strato::store::ChunkId;
 
 /// A real migration stream: a booting guest's state, written by QEMU to a file.
@@ -275,6 +275,30 @@ fn stream_not_understood_is_passed_through() {
     assert_eq!(report["verified"], true);
 }
 
+/// A VM name of 300 bytes, none of them ASCII, reaches the receiver whole
+/// (protocol 2 cut names at 255 bytes, mid-character, and the receiver
+/// then refused the hello as not UTF-8).
+#[test]
+fn long_non_ascii_vm_name_crosses_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("random.bin");
+    let data = write_random(&input, 1 << 20, 5);
+    let vm = "é".repeat(150);
+    assert_eq!(vm.len(), 300);
+    let recv_report = dir.path().join("recv.json");
+    let recv_report_arg = recv_report.to_str().expect("utf-8 path");
+    let (report, out) = migrate_file(
+        dir.path(),
+        &input,
+        None,
+        &["--vm", &vm],
+        &["--report", recv_report_arg],
+    );
+    assert!(out == data, "the stream changed");
+    assert_eq!(report["vm"], vm.as_str());
+    assert_eq!(read_report(&recv_report)["vm"], vm.as_str());
+}
+
 /// A capture round-trips byte for byte (no site: within-VM dedup + zstd),
 /// and also without compression or deduplication.
 #[test]
@@ -326,7 +350,7 @@ fn wan_drop_fails_migration_and_source_keeps_running() {
 }
 
 /// Poll query-migrate (bounded) until the migration ends, whatever the end.
-fn wait_finished(vm: &mut Qemu) -> strato::migrate::qmp::MigrationInfo {
+fn wait_finished(vm: &mut Qemu) -> strato::qemu::qmp::MigrationInfo {
     let deadline = Instant::now() + MIGRATE_TIMEOUT;
     loop {
         let info = vm.query_migrate();

@@ -25,10 +25,10 @@ use bytes::Bytes;
 use common::*;
 use migrate_util::*;
 use qemu_util::*;
-use strato::migrate::rcache::{CodecConfig, PageEncoder};
-use strato::migrate::sender::default_codec;
-use strato::migrate::stream::{Token, Tokenizer, PAGE_SIZE};
-use strato::migrate::wire::{Frame, Op, PROTOCOL};
+use strato::migrate::codec::rcache::{CodecConfig, PageEncoder};
+use strato::migrate::memory::sender::default_codec;
+use strato::migrate::memory::wire::{Frame, Op, PROTOCOL};
+use strato::qemu::stream::{Token, Tokenizer, PAGE_SIZE};
 
 /// Guest shell loop that keeps changing a few bytes in many pages (a page
 /// counter written across a 8 MiB file) and rewrites a hot 256 KiB region:

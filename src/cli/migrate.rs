@@ -17,10 +17,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use strato::distribute::ChunkClient;
-use strato::migrate::rcache::CodecConfig;
-use strato::migrate::receiver::{self, ReceiverOptions};
-use strato::migrate::report::{GroupReport, VmReport};
-use strato::migrate::sender::{self, SenderOptions};
+use strato::migrate::codec::rcache::CodecConfig;
+use strato::migrate::memory::receiver::{self, ReceiverOptions};
+use strato::migrate::memory::report::{GroupReport, VmReport};
+use strato::migrate::memory::sender::{self, SenderOptions};
 
 use super::pull::{runtime, Remote};
 use super::Ctx;
@@ -346,7 +346,7 @@ fn report(ctx: &Ctx, a: ReportArgs) -> Result<ExitCode> {
             .iter_mut()
             .find(|r| r.vm == vm)
             .with_context(|| format!("--downtime names {vm:?}, which no report has"))?;
-        v.downtime_ms = Some(ms);
+        v.detail.downtime_ms = Some(ms);
     }
     let g = GroupReport::of(vms);
     if ctx.json {

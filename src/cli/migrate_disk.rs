@@ -23,9 +23,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use strato::image::nbd_client::NbdClient;
-use strato::migrate::disk_recv::{receive_disk, DiskRecvOptions};
-use strato::migrate::disk_report::DiskReport;
-use strato::migrate::disk_send::{DiskSendOptions, DiskSender};
+use strato::migrate::disk::recv::{receive_disk, DiskRecvOptions};
+use strato::migrate::disk::report::DiskReport;
+use strato::migrate::disk::send::{DiskSendOptions, DiskSender};
 
 use super::migrate::{connect, SiteArgs};
 use super::pull::runtime;

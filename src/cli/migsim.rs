@@ -8,13 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use strato::migrate::codec::rcache::CodecConfig;
 use strato::migrate::policy::adaptive::{CalmAdaptive, SharedRate};
 use strato::migrate::policy::cost::{CostFunction, PageModel};
 use strato::migrate::policy::plan::{self, PlanOutcome};
 use strato::migrate::policy::schedule::Schedule;
+use strato::migrate::policy::sim::{self, DirtyModel, Reconnect, SimReport, SimSpec, Writes};
 use strato::migrate::policy::stop::{KvmDowntime, PlannedStop, SmartStop, StopPolicy, XenDefault};
-use strato::migrate::rcache::CodecConfig;
-use strato::migrate::sim::{self, DirtyModel, Reconnect, SimReport, SimSpec, Writes};
 
 use super::Ctx;
 
@@ -294,12 +294,12 @@ struct ControlOutput {
     policy: &'static str,
     link_mbps: f64,
     plan: Option<PlanOutcome>,
-    report: strato::migrate::control::ControlReport,
+    report: strato::migrate::policy::control::ControlReport,
 }
 
 fn control(ctx: &Ctx, a: ControlArgs) -> Result<std::process::ExitCode> {
-    use strato::migrate::control::{self, ControlConfig};
-    use strato::migrate::qmp::QmpClient;
+    use strato::migrate::policy::control::{self, ControlConfig};
+    use strato::qemu::qmp::QmpClient;
     let params = load_params(a.m.params.as_ref())?;
     check_link(a.m.link_mbps)?;
     if a.uri.is_empty() {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use strato::migrate::qmp::QmpClient;
-use strato::migrate::vmsave::{self, VmFileReport};
+use strato::qemu::qmp::QmpClient;
+use strato::qemu::vmsave::{self, VmFileReport};
 use strato::store::ProfileChoice;
 
 use super::pull::{open_cache, runtime, s3_url, Remote};

@@ -1,112 +1,42 @@
-//! What a migration cost: WAN bytes by kind, pages by kind (as in
-//! Shrinker's Fig. 6.4c), time, and QEMU's own downtime when known.
+//! What one agent's migration cost, the same report for memory and disk
+//! agents: who migrated, the bytes that crossed the WAN by kind, and the
+//! time, plus what only one kind of agent counts (`memory::report`,
+//! `disk::report`), flattened into the same JSON object.
 
 use serde::{Deserialize, Serialize};
 
 /// Bytes that crossed the WAN, by what they carried.
 ///
-/// With compression, literal bytes and raw pages travel in one zstd blob
-/// per batch; `compressed` is that blob's size on the wire and `raw` /
-/// `literal` stay 0 for compressed batches.
+/// With compression, literal bytes and raw pages (or blocks) travel in one
+/// zstd blob per batch; `compressed` is that blob's size on the wire and
+/// `raw` / `literal` stay 0 for compressed batches.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WanBytes {
-    /// Zero-page records (address + one byte), part of the literal bytes.
+    /// Zero-page records (memory: address + one byte) or zero ranges
+    /// (disk: the operation). Already counted in `literal` (memory) or
+    /// `framing` (disk), so not a part of `total` of its own.
     pub zero: u64,
-    /// Stream bytes other than pages, sent uncompressed.
+    /// Bytes other than whole pages or blocks (memory: the rest of QEMU's
+    /// stream; disk: unaligned writes), sent uncompressed.
     pub literal: u64,
-    /// Page bytes sent uncompressed.
+    /// Page or block bytes sent uncompressed.
     pub raw: u64,
-    /// zstd blobs (literal bytes and pages).
+    /// zstd blobs (literal bytes and pages or blocks).
     pub compressed: u64,
-    /// Page ids sent instead of pages.
+    /// Ids sent instead of pages or blocks.
     pub by_hash: u64,
-    /// Pages the receiver pulled from its sender (request + answer).
+    /// What the receiver pulled from its sender (request + answer).
     pub pulled: u64,
-    /// Frame headers and operation lists.
+    /// Frame headers, operation lists, flush round trips.
     pub framing: u64,
-    /// `have` / `claim` queries to the destination site (bodies, both ways).
+    /// `have` / `claim` queries to the destination site (bodies, both
+    /// ways): the site is at the destination, so they cross the WAN too.
     pub queries: u64,
     pub total: u64,
 }
 
-/// Pages of the stream by how they crossed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PageCounts {
-    pub zero: u64,
-    /// Sent in full (raw or compressed).
-    pub sent: u64,
-    /// By id: the destination site already held them.
-    pub site: u64,
-    /// By id: another agent of the group claimed them first.
-    pub group: u64,
-    /// By id: this migration sent them earlier.
-    pub repeat: u64,
-    /// By id, then pulled back from the sender.
-    pub pulled: u64,
-    /// Of `sent`: as redundancy-cache block references (CloudNet §4.2).
-    #[serde(default)]
-    pub cache: u64,
-    /// Of `sent`: as a delta against the version sent before (CloudNet §4.3).
-    #[serde(default)]
-    pub delta: u64,
-}
-
-/// Page bytes the codec kept off the WAN (before zstd, which applies to
-/// what is left).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SavedBytes {
-    /// By redundancy-cache hits.
-    pub cache: u64,
-    /// By page deltas.
-    pub delta: u64,
-}
-
-impl SavedBytes {
-    fn add(&mut self, o: &SavedBytes) {
-        self.cache += o.cache;
-        self.delta += o.delta;
-    }
-}
-
-/// One VM's migration, as seen by its sender.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct VmReport {
-    pub vm: String,
-    pub group: Option<String>,
-    pub stream_bytes: u64,
-    pub wan: WanBytes,
-    pub pages: PageCounts,
-    /// Bytes saved by the redundancy cache and by page deltas.
-    #[serde(default)]
-    pub saved: SavedBytes,
-    pub seconds: f64,
-    /// QEMU's `query-migrate` downtime, filled in by whoever asked QEMU.
-    pub downtime_ms: Option<u64>,
-    /// Where and why the tokenizer stopped parsing (device state, ...).
-    pub passthrough_from: Option<u64>,
-    pub passthrough_reason: Option<String>,
-    /// Receiver side: whether the rebuilt stream matched the sender's digest.
-    pub verified: bool,
-}
-
-/// Several VMs migrated as one group.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct GroupReport {
-    pub group: Option<String>,
-    pub vms: Vec<VmReport>,
-    pub stream_bytes: u64,
-    pub wan: WanBytes,
-    pub pages: PageCounts,
-    #[serde(default)]
-    pub saved: SavedBytes,
-    /// The slowest VM's time (they migrate in parallel).
-    pub seconds: f64,
-    pub max_downtime_ms: Option<u64>,
-    pub all_verified: bool,
-}
-
 impl WanBytes {
-    fn add(&mut self, o: &WanBytes) {
+    pub fn add(&mut self, o: &WanBytes) {
         self.zero += o.zero;
         self.literal += o.literal;
         self.raw += o.raw;
@@ -117,118 +47,100 @@ impl WanBytes {
         self.queries += o.queries;
         self.total += o.total;
     }
-}
 
-impl PageCounts {
-    fn add(&mut self, o: &PageCounts) {
-        self.zero += o.zero;
-        self.sent += o.sent;
-        self.site += o.site;
-        self.group += o.group;
-        self.repeat += o.repeat;
-        self.pulled += o.pulled;
-        self.cache += o.cache;
-        self.delta += o.delta;
+    /// The parts that make up `total` (all but `zero`).
+    pub fn sum_of_parts(&self) -> u64 {
+        self.literal
+            + self.raw
+            + self.compressed
+            + self.by_hash
+            + self.pulled
+            + self.framing
+            + self.queries
     }
 }
 
-impl GroupReport {
-    pub fn of(vms: Vec<VmReport>) -> GroupReport {
-        let mut g = GroupReport {
-            group: vms.first().and_then(|v| v.group.clone()),
-            all_verified: !vms.is_empty(),
-            ..Default::default()
-        };
-        for v in &vms {
-            g.stream_bytes += v.stream_bytes;
-            g.wan.add(&v.wan);
-            g.pages.add(&v.pages);
-            g.saved.add(&v.saved);
-            g.seconds = g.seconds.max(v.seconds);
-            g.max_downtime_ms = match (g.max_downtime_ms, v.downtime_ms) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            g.all_verified &= v.verified;
-        }
-        g.vms = vms;
-        g
-    }
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1 << 20) as f64
-}
-
-impl std::fmt::Display for VmReport {
+impl std::fmt::Display for WanBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
+        write!(
             f,
-            "vm {}{}: stream {:.1} MiB, WAN {:.2} MiB ({:.1} %), {:.2} s{}{}",
+            "WAN bytes: zero {} literal {} raw {} compressed {} by-hash {} pulled {} framing {} queries {}",
+            self.zero,
+            self.literal,
+            self.raw,
+            self.compressed,
+            self.by_hash,
+            self.pulled,
+            self.framing,
+            self.queries
+        )
+    }
+}
+
+/// One agent's migration. `detail` is what only memory or disk agents
+/// count; its fields sit beside these in the JSON object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentReport<D> {
+    pub vm: String,
+    pub group: Option<String>,
+    pub wan: WanBytes,
+    pub seconds: f64,
+    #[serde(flatten)]
+    pub detail: D,
+}
+
+impl<D> AgentReport<D> {
+    /// `vm NAME (group G)`, as report lines start.
+    pub fn who(&self) -> String {
+        format!(
+            "vm {}{}",
             self.vm,
             self.group
                 .as_deref()
                 .map(|g| format!(" (group {g})"))
-                .unwrap_or_default(),
-            mib(self.stream_bytes),
-            mib(self.wan.total),
-            if self.stream_bytes > 0 {
-                100.0 * self.wan.total as f64 / self.stream_bytes as f64
-            } else {
-                0.0
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// Bytes as MiB, for report lines.
+pub fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+    struct Detail {
+        verified: bool,
+        pages: u64,
+    }
+
+    #[test]
+    fn detail_fields_sit_beside_the_common_ones_and_read_back() {
+        let r = AgentReport {
+            vm: "vm1".into(),
+            group: Some("g".into()),
+            wan: WanBytes {
+                raw: 5,
+                total: 5,
+                ..Default::default()
             },
-            self.seconds,
-            self.downtime_ms
-                .map(|d| format!(", downtime {d} ms"))
-                .unwrap_or_default(),
-            if self.verified { ", verified" } else { "" },
-        )?;
-        write_counts(f, &self.wan, &self.pages, &self.saved)
+            seconds: 1.5,
+            detail: Detail {
+                verified: true,
+                pages: 3,
+            },
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["verified"], true);
+        assert_eq!(v["pages"], 3);
+        assert_eq!(v["wan"]["total"], 5);
+        assert_eq!(v["vm"], "vm1");
+        let back: AgentReport<Detail> = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(r.who(), "vm vm1 (group g)");
     }
-}
-
-impl std::fmt::Display for GroupReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for v in &self.vms {
-            write!(f, "{v}")?;
-        }
-        writeln!(
-            f,
-            "group {}: {} VMs, stream {:.1} MiB, WAN {:.2} MiB, {:.2} s{}",
-            self.group.as_deref().unwrap_or("-"),
-            self.vms.len(),
-            mib(self.stream_bytes),
-            mib(self.wan.total),
-            self.seconds,
-            if self.all_verified {
-                ", all verified"
-            } else {
-                ""
-            }
-        )?;
-        write_counts(f, &self.wan, &self.pages, &self.saved)
-    }
-}
-
-fn write_counts(
-    f: &mut std::fmt::Formatter<'_>,
-    w: &WanBytes,
-    p: &PageCounts,
-    s: &SavedBytes,
-) -> std::fmt::Result {
-    writeln!(
-        f,
-        "  WAN bytes: zero {} literal {} raw {} compressed {} by-hash {} pulled {} framing {} queries {}",
-        w.zero, w.literal, w.raw, w.compressed, w.by_hash, w.pulled, w.framing, w.queries
-    )?;
-    writeln!(
-        f,
-        "  pages: zero {} sent {} (cache {} delta {}) site {} group {} repeat {} pulled {}",
-        p.zero, p.sent, p.cache, p.delta, p.site, p.group, p.repeat, p.pulled
-    )?;
-    writeln!(
-        f,
-        "  saved before zstd: by cache {} by deltas {}",
-        s.cache, s.delta
-    )
 }

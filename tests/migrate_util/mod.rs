@@ -96,7 +96,7 @@ pub fn connect(addr: &str) -> std::net::TcpStream {
 }
 
 /// One wire frame from a receiver (`None`: closed, garbled or 30 s quiet).
-pub fn read_frame(s: &mut std::net::TcpStream) -> Option<strato::migrate::wire::Frame> {
+pub fn read_frame(s: &mut std::net::TcpStream) -> Option<strato::migrate::memory::wire::Frame> {
     use std::io::Read;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .ok()?;
@@ -105,7 +105,7 @@ pub fn read_frame(s: &mut std::net::TcpStream) -> Option<strato::migrate::wire::
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     let mut p = vec![0u8; len];
     s.read_exact(&mut p).ok()?;
-    strato::migrate::wire::Frame::decode(head[0], bytes::Bytes::from(p)).ok()
+    strato::migrate::memory::wire::Frame::decode(head[0], bytes::Bytes::from(p)).ok()
 }
 
 /// Wait (bounded, 120 s) for an agent to exit: (success, its stderr).

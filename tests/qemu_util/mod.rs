@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strato::migrate::qmp::{MigrationInfo, QmpClient};
+use strato::qemu::qmp::{MigrationInfo, QmpClient};
 
 use crate::common::require_tool;
 

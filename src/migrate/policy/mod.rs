@@ -2,11 +2,14 @@
 //! model), how fast it sends (bandwidth schedules), when it ends (stop
 //! policies), and a planner predicting each policy's outcome.
 //!
-//! Pure computation, no I/O: the simulator (`migrate::sim`), the planner
-//! command and the live engine share these.
+//! The policies themselves are pure computation, no I/O; two engines apply
+//! them: the trace-driven simulator (`sim`) and the live controller of a
+//! real QEMU migration over QMP (`control`).
 
 pub mod adaptive;
+pub mod control;
 pub mod cost;
 pub mod plan;
 pub mod schedule;
+pub mod sim;
 pub mod stop;

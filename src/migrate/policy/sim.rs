@@ -21,10 +21,10 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::policy::cost::CostFunction;
-use super::policy::schedule::{Schedule, ScheduleInput};
-use super::policy::stop::{RoundObservation, StopDecision, StopPolicy};
-use super::rcache::{CodecConfig, CodecError, FrameKind, PageDecoder, PageEncoder};
+use super::cost::CostFunction;
+use super::schedule::{Schedule, ScheduleInput};
+use super::stop::{RoundObservation, StopDecision, StopPolicy};
+use crate::migrate::codec::rcache::{CodecConfig, CodecError, FrameKind, PageDecoder, PageEncoder};
 
 /// Transport bytes per page besides the codec frame: page number and frame
 /// length (CloudNet's per-page meta packet is 6 bytes; ours carries a

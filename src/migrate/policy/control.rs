@@ -20,10 +20,10 @@ use serde::Serialize;
 use serde_json::json;
 use thiserror::Error;
 
-use super::policy::cost::CostFunction;
-use super::policy::schedule::{Schedule, ScheduleInput};
-use super::policy::stop::{RoundObservation, StopDecision, StopPolicy};
-use super::qmp::{QmpClient, QmpError};
+use super::cost::CostFunction;
+use super::schedule::{Schedule, ScheduleInput};
+use super::stop::{RoundObservation, StopDecision, StopPolicy};
+use crate::qemu::qmp::{QmpClient, QmpError};
 
 /// QEMU's largest accepted `downtime-limit`, ms.
 const MAX_DOWNTIME_LIMIT_MS: u64 = 2_000_000;

@@ -1,7 +1,10 @@
-//! What a disk migration cost: 4 KiB blocks by how they crossed, WAN bytes
-//! by kind, time. One report per agent (`migrate disk-send|disk-recv`).
+//! What a disk migration cost: the agents' common report
+//! (`migrate::report`: WAN bytes by kind, time) with 4 KiB blocks by how
+//! they crossed. One report per agent (`migrate disk-send|disk-recv`).
 
 use serde::{Deserialize, Serialize};
+
+use crate::migrate::report::{mib, AgentReport};
 
 /// Blocks (4 KiB) of the writes QEMU's mirror made, by how they crossed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -23,70 +26,54 @@ pub struct DiskBlocks {
     pub pulled: u64,
 }
 
-/// Bytes that crossed the WAN, by what they carried.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DiskWan {
-    /// Zero-range operations.
-    pub zero: u64,
-    /// Ids sent instead of blocks (site and group).
-    pub by_hash: u64,
-    /// Literal bytes in uncompressed batches.
-    pub literal_raw: u64,
-    /// zstd blobs.
-    pub literal_compressed: u64,
-    /// Frame headers, offsets, ids of literal blocks, flush round trips.
-    pub framing: u64,
-    /// `have` / `claim` queries to the destination site (bodies, both ways).
-    pub site_queries: u64,
-    /// Pull requests and the blocks they brought back.
-    pub pulled: u64,
-    pub total: u64,
-}
+/// One disk agent's migration.
+pub type DiskReport = AgentReport<DiskDetail>;
 
+/// What only a disk agent counts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct DiskReport {
+pub struct DiskDetail {
     /// "send" or "recv".
     pub role: String,
-    pub vm: String,
-    pub group: Option<String>,
     /// Size of the destination export.
     pub disk_size: u64,
     /// Bytes QEMU wrote (or zeroed) through the agents.
     pub bytes_written: u64,
     pub blocks: DiskBlocks,
-    pub wan: DiskWan,
     /// End-to-end NBD flushes.
     pub flushes: u64,
     /// Receiver: blocks fetched from the site, and stored there.
     pub site_fetched: u64,
     pub site_stored: u64,
-    pub seconds: f64,
     /// Everything the source sent was written and flushed at the destination.
     pub completed: bool,
 }
 
-fn mib(b: u64) -> f64 {
-    b as f64 / (1 << 20) as f64
+impl DiskBlocks {
+    pub fn add(&mut self, o: &DiskBlocks) {
+        self.zero += o.zero;
+        self.by_hash += o.by_hash;
+        self.claimed_by_other += o.claimed_by_other;
+        self.literal_raw += o.literal_raw;
+        self.literal_compressed += o.literal_compressed;
+        self.unaligned_bytes += o.unaligned_bytes;
+        self.pulled += o.pulled;
+    }
 }
 
 impl std::fmt::Display for DiskReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let b = &self.blocks;
-        let w = &self.wan;
+        let d = &self.detail;
+        let b = &d.blocks;
         writeln!(
             f,
-            "disk-{} vm {}{}: {:.1} MiB written, WAN {:.2} MiB, {} flushes, {:.2} s{}",
-            self.role,
-            self.vm,
-            self.group
-                .as_deref()
-                .map(|g| format!(" (group {g})"))
-                .unwrap_or_default(),
-            mib(self.bytes_written),
-            mib(w.total),
-            self.flushes,
+            "disk-{} {}: {:.1} MiB written, WAN {:.2} MiB, {} flushes, {:.2} s{}",
+            d.role,
+            self.who(),
+            mib(d.bytes_written),
+            mib(self.wan.total),
+            d.flushes,
             self.seconds,
-            if self.completed {
+            if d.completed {
                 ", completed"
             } else {
                 ", NOT completed"
@@ -103,22 +90,12 @@ impl std::fmt::Display for DiskReport {
             b.pulled,
             b.unaligned_bytes
         )?;
-        writeln!(
-            f,
-            "  WAN bytes: zero {} by-hash {} literal raw {} compressed {} framing {} site queries {} pulled {}",
-            w.zero,
-            w.by_hash,
-            w.literal_raw,
-            w.literal_compressed,
-            w.framing,
-            w.site_queries,
-            w.pulled
-        )?;
-        if self.role == "recv" {
+        writeln!(f, "  {}", self.wan)?;
+        if d.role == "recv" {
             writeln!(
                 f,
                 "  site: fetched {} stored {}",
-                self.site_fetched, self.site_stored
+                d.site_fetched, d.site_stored
             )?;
         }
         Ok(())

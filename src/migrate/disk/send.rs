@@ -23,11 +23,11 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::disk_error::{DiskError, Result};
-use super::disk_report::DiskReport;
-use super::disk_wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
+use super::report::{DiskDetail, DiskReport};
+use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd::{serve_conn, BlockSource, Exports};
+use crate::migrate::error::{AgentError, Result};
 use crate::store::ChunkId;
 
 /// NBD writes queued ahead of the batcher (backpressure on QEMU beyond it).
@@ -241,8 +241,10 @@ pub struct DiskSender {
 impl DiskSender {
     /// Greet the receiver and learn the destination export's size.
     pub async fn connect(mut wan: TcpStream, opts: DiskSendOptions) -> Result<DiskSender> {
+        crate::migrate::proto::check_string("the VM name", &opts.vm)
+            .map_err(AgentError::Unsupported)?;
         wan.set_nodelay(true)
-            .map_err(|e| DiskError::io("WAN socket", e))?;
+            .map_err(|e| AgentError::io("WAN socket", e))?;
         write_frame(
             &mut wan,
             &DiskFrame::Hello {
@@ -256,12 +258,12 @@ impl DiskSender {
         let size = match f {
             DiskFrame::Welcome { protocol, size } if protocol == DISK_PROTOCOL => size,
             DiskFrame::Welcome { protocol, .. } => {
-                return Err(DiskError::Unsupported(format!(
+                return Err(AgentError::Unsupported(format!(
                     "receiver speaks disk protocol {protocol}, this sender {DISK_PROTOCOL}"
                 )))
             }
-            DiskFrame::Done { message, .. } => return Err(DiskError::Peer(message)),
-            other => return Err(DiskError::Peer(format!("unexpected {other:?}"))),
+            DiskFrame::Done { message, .. } => return Err(AgentError::Peer(message)),
+            other => return Err(AgentError::Peer(format!("unexpected {other:?}"))),
         };
         Ok(DiskSender { wan, size, opts })
     }
@@ -279,10 +281,13 @@ impl DiskSender {
         let opts = Arc::new(opts);
         let failed = Failure::new();
         let report = Arc::new(Mutex::new(DiskReport {
-            role: "send".into(),
             vm: opts.vm.clone(),
             group: opts.group.clone(),
-            disk_size: size,
+            detail: DiskDetail {
+                role: "send".into(),
+                disk_size: size,
+                ..Default::default()
+            },
             ..Default::default()
         }));
         let (item_tx, item_rx) = mpsc::channel(QUEUE_ITEMS);
@@ -323,12 +328,12 @@ impl DiskSender {
             let (conn, peer) = tokio::time::timeout(opts.accept_timeout, listener.accept())
                 .await
                 .map_err(|_| {
-                    DiskError::Peer(format!(
+                    AgentError::Peer(format!(
                         "no NBD client connected within {:?}",
                         opts.accept_timeout
                     ))
                 })?
-                .map_err(|e| DiskError::io("accepting the NBD client", e))?;
+                .map_err(|e| AgentError::io("accepting the NBD client", e))?;
             drop(listener);
             tracing::info!("NBD client connected from {peer}");
             let _ = conn.set_nodelay(true);
@@ -336,9 +341,9 @@ impl DiskSender {
             exports.add(name, export.clone());
             tokio::select! {
                 r = serve_conn(conn, exports) => {
-                    r.map_err(|e| DiskError::Peer(format!("NBD client: {e}")))
+                    r.map_err(|e| AgentError::Peer(format!("NBD client: {e}")))
                 }
-                why = failed.wait() => Err(DiskError::Peer(why)),
+                why = failed.wait() => Err(AgentError::Peer(why)),
             }
         }
         .await;
@@ -353,22 +358,22 @@ impl DiskSender {
         }
         let batched = batcher
             .await
-            .map_err(|e| DiskError::Internal(format!("batcher: {e}")));
+            .map_err(|e| AgentError::Internal(format!("batcher: {e}")));
         // The receiver's last word decides; the writer ends right after it.
         let writer_abort = writer.abort_handle();
         let done = tokio::time::timeout(Duration::from_secs(600), reader).await;
         let done = match done {
             Err(_) => {
                 writer_abort.abort();
-                return Err(DiskError::Peer(
+                return Err(AgentError::Peer(
                     "receiver did not finish within 600 s".into(),
                 ));
             }
-            Ok(j) => j.map_err(|e| DiskError::Internal(format!("WAN reader: {e}")))?,
+            Ok(j) => j.map_err(|e| AgentError::Internal(format!("WAN reader: {e}")))?,
         };
         let done = match done {
             Ok((true, _)) => Ok(()),
-            Ok((false, why)) => Err(DiskError::Peer(why)),
+            Ok((false, why)) => Err(AgentError::Peer(why)),
             Err(e) => Err(e),
         };
         if let Err(e) = done {
@@ -377,12 +382,12 @@ impl DiskSender {
         }
         let written = tokio::time::timeout(Duration::from_secs(30), writer)
             .await
-            .map_err(|_| DiskError::Internal("WAN writer did not stop".into()))?
-            .map_err(|e| DiskError::Internal(format!("WAN writer: {e}")))?;
+            .map_err(|_| AgentError::Internal("WAN writer did not stop".into()))?
+            .map_err(|e| AgentError::Internal(format!("WAN writer: {e}")))?;
         batched??;
         written?;
         let mut r = report.lock().clone();
-        r.completed = true;
+        r.detail.completed = true;
         r.seconds = start.elapsed().as_secs_f64();
         Ok(r)
     }
@@ -427,7 +432,7 @@ async fn batcher(
                     pending_bytes = 0;
                     send_batch(&queue, seq, batch, &opts, &pullable).await?;
                 }
-                report.lock().flushes += 1;
+                report.lock().detail.flushes += 1;
                 if queue.send(Queued::Flush(done)).await.is_err() {
                     return Ok(());
                 }
@@ -543,7 +548,7 @@ async fn prepare(
     let it = items.clone();
     let (drafts, ids) = tokio::task::spawn_blocking(move || draft(&it))
         .await
-        .map_err(|e| DiskError::Internal(format!("hashing task: {e}")))?;
+        .map_err(|e| AgentError::Internal(format!("hashing task: {e}")))?;
     let mut report = DiskReport::default();
 
     // Which blocks the destination site holds, and which another sender of
@@ -556,7 +561,7 @@ async fn prepare(
         unique.dedup();
         match site.have(&unique).await {
             Ok(h) => {
-                report.wan.site_queries += ID_LINE * (unique.len() + h.len()) as u64;
+                report.wan.queries += ID_LINE * (unique.len() + h.len()) as u64;
                 held = h;
             }
             Err(e) => tracing::warn!("site lookup failed, sending the batch in full: {e}"),
@@ -566,7 +571,7 @@ async fn prepare(
             if !rest.is_empty() {
                 match site.claim(g, &rest).await {
                     Ok(won) => {
-                        report.wan.site_queries += ID_LINE * (rest.len() + won.len()) as u64;
+                        report.wan.queries += ID_LINE * (rest.len() + won.len()) as u64;
                         lost = rest.into_iter().filter(|i| !won.contains(i)).collect();
                     }
                     Err(e) => tracing::warn!("claim failed, sending the batch in full: {e}"),
@@ -584,28 +589,28 @@ async fn prepare(
         for d in drafts {
             match d {
                 Draft::Zero { offset, len } => {
-                    report.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
+                    report.detail.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
                     report.wan.zero += 13;
-                    report.bytes_written += len as u64;
+                    report.detail.bytes_written += len as u64;
                     ops.push(DiskOp::Zero { offset, len });
                 }
                 Draft::Block { offset, id } => {
-                    report.bytes_written += BLOCK as u64;
+                    report.detail.bytes_written += BLOCK as u64;
                     if held.contains(&id) {
-                        report.blocks.by_hash += 1;
+                        report.detail.blocks.by_hash += 1;
                         report.wan.by_hash += 41;
                         ops.push(DiskOp::Site { offset, id });
                     } else if lost.contains(&id) {
-                        report.blocks.claimed_by_other += 1;
+                        report.detail.blocks.claimed_by_other += 1;
                         report.wan.by_hash += 41;
                         ops.push(DiskOp::Group { offset, id });
                         let data = bytes_at(&items, offset, BLOCK).ok_or_else(|| {
-                            DiskError::Internal(format!("no write covers block at {offset}"))
+                            AgentError::Internal(format!("no write covers block at {offset}"))
                         })?;
                         keep.push((id, Bytes::copy_from_slice(data)));
                     } else {
                         let data = bytes_at(&items, offset, BLOCK).ok_or_else(|| {
-                            DiskError::Internal(format!("no write covers block at {offset}"))
+                            AgentError::Internal(format!("no write covers block at {offset}"))
                         })?;
                         blob.put_slice(data);
                         literal_blocks += 1;
@@ -615,11 +620,11 @@ async fn prepare(
                 }
                 Draft::Bytes { offset, len } => {
                     let data = bytes_at(&items, offset, len as usize).ok_or_else(|| {
-                        DiskError::Internal(format!("no write covers bytes at {offset}"))
+                        AgentError::Internal(format!("no write covers bytes at {offset}"))
                     })?;
                     blob.put_slice(data);
-                    report.bytes_written += len as u64;
-                    report.blocks.unaligned_bytes += len as u64;
+                    report.detail.bytes_written += len as u64;
+                    report.detail.blocks.unaligned_bytes += len as u64;
                     report.wan.framing += 13;
                     ops.push(DiskOp::Bytes { offset, len });
                 }
@@ -637,11 +642,12 @@ async fn prepare(
             _ => (false, blob),
         };
         if compressed {
-            report.blocks.literal_compressed += literal_blocks;
-            report.wan.literal_compressed += blob.len() as u64;
+            report.detail.blocks.literal_compressed += literal_blocks;
+            report.wan.compressed += blob.len() as u64;
         } else {
-            report.blocks.literal_raw += literal_blocks;
-            report.wan.literal_raw += blob.len() as u64;
+            report.detail.blocks.literal_raw += literal_blocks;
+            report.wan.raw += literal_blocks * BLOCK as u64;
+            report.wan.literal += report.detail.blocks.unaligned_bytes;
         }
         let frame = DiskFrame::Batch {
             seq,
@@ -651,35 +657,20 @@ async fn prepare(
             blob,
         }
         .encode();
-        let accounted = report.wan.zero
-            + report.wan.by_hash
-            + report.wan.framing
-            + report.wan.literal_raw
-            + report.wan.literal_compressed;
-        // Frame and batch headers.
+        // Frame and batch headers, and the zero ranges' operations (which
+        // `wan.zero` tells apart, within framing).
+        let accounted = report.wan.sum_of_parts();
         report.wan.framing += (frame.len() as u64).saturating_sub(accounted);
         Ok(Prepared { frame, report })
     })
     .await
-    .map_err(|e| DiskError::Internal(format!("batch task: {e}")))?
+    .map_err(|e| AgentError::Internal(format!("batch task: {e}")))?
 }
 
 fn add_report(into: &mut DiskReport, b: &DiskReport) {
-    let (x, y) = (&mut into.blocks, &b.blocks);
-    x.zero += y.zero;
-    x.by_hash += y.by_hash;
-    x.claimed_by_other += y.claimed_by_other;
-    x.literal_raw += y.literal_raw;
-    x.literal_compressed += y.literal_compressed;
-    x.unaligned_bytes += y.unaligned_bytes;
-    let (x, y) = (&mut into.wan, &b.wan);
-    x.zero += y.zero;
-    x.by_hash += y.by_hash;
-    x.literal_raw += y.literal_raw;
-    x.literal_compressed += y.literal_compressed;
-    x.framing += y.framing;
-    x.site_queries += y.site_queries;
-    into.bytes_written += b.bytes_written;
+    into.detail.blocks.add(&b.detail.blocks);
+    into.wan.add(&b.wan);
+    into.detail.bytes_written += b.detail.bytes_written;
 }
 
 /// Write prepared batches and flushes to the WAN in queue order.
@@ -708,7 +699,7 @@ async fn wan_writer(
                     }
                     // The reader got the receiver's last word.
                     None if ended => return Ok(()),
-                    None => return Err(DiskError::Peer("receiver stopped early".into())),
+                    None => return Err(AgentError::Peer("receiver stopped early".into())),
                 },
                 q = queue.recv(), if !ended => q,
             };
@@ -721,20 +712,20 @@ async fn wan_writer(
                 continue;
             };
             if let Some(why) = failed.get() {
-                return Err(DiskError::Peer(why));
+                return Err(AgentError::Peer(why));
             }
             match q {
                 Queued::Batch(task) => {
                     let p = task
                         .await
-                        .map_err(|e| DiskError::Internal(format!("batch task: {e}")))??;
+                        .map_err(|e| AgentError::Internal(format!("batch task: {e}")))??;
                     w.write_all(&p.frame)
                         .await
-                        .map_err(|e| DiskError::io("WAN connection", e))?;
+                        .map_err(|e| AgentError::io("WAN connection", e))?;
                     let mut r = report.lock();
                     add_report(&mut r, &p.report);
                     // Site queries cross the WAN too (the site is at the destination).
-                    r.wan.total += p.frame.len() as u64 + p.report.wan.site_queries;
+                    r.wan.total += p.frame.len() as u64 + p.report.wan.queries;
                 }
                 Queued::Flush(done) => {
                     flush_seq += 1;
@@ -783,7 +774,7 @@ async fn wan_reader(
                 for (_, w) in waiters.lock().drain() {
                     let _ = w.send(Err(why.clone()));
                 }
-                return Err(DiskError::Peer(why));
+                return Err(AgentError::Peer(why));
             }
         };
         match f {
@@ -802,7 +793,7 @@ async fn wan_reader(
                 };
                 tracing::info!("receiver pulled {} blocks", answer.len());
                 if pulls.send(DiskFrame::Pulled(answer)).await.is_err() {
-                    return Err(DiskError::Peer("WAN writer stopped".into()));
+                    return Err(AgentError::Peer("WAN writer stopped".into()));
                 }
             }
             DiskFrame::Done { ok, message } => {
@@ -818,7 +809,7 @@ async fn wan_reader(
             other => {
                 let why = format!("unexpected frame from the receiver: {other:?}");
                 failed.set(why.clone());
-                return Err(DiskError::Peer(why));
+                return Err(AgentError::Peer(why));
             }
         }
     }

@@ -24,11 +24,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::disk_error::{DiskError, Result};
-use super::disk_report::DiskReport;
-use super::disk_wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
+use super::report::{DiskDetail, DiskReport};
+use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
 use crate::distribute::ChunkClient;
 use crate::image::nbd_client::{NbdClient, Reply, MAX_WRITE};
+use crate::migrate::error::{AgentError, Result, Unit};
 use crate::store::ChunkId;
 
 /// NBD requests in flight to the destination export.
@@ -135,7 +135,7 @@ enum Incoming {
     End {
         wire: u64,
     },
-    Failed(DiskError),
+    Failed(AgentError),
 }
 
 /// Take frames off the WAN; start preparing each batch at once (the
@@ -154,7 +154,7 @@ async fn read_ahead(
             Ok(x) => x,
             Err(_) if ended => return,
             Err(e) => {
-                let e = DiskError::Peer(format!("sender connection lost before the end: {e}"));
+                let e = AgentError::Peer(format!("sender connection lost before the end: {e}"));
                 let _ = tx.send(Incoming::Failed(e)).await;
                 return;
             }
@@ -187,7 +187,7 @@ async fn read_ahead(
                 }
                 continue;
             }
-            other => Incoming::Failed(DiskError::Peer(format!("unexpected frame {other:?}"))),
+            other => Incoming::Failed(AgentError::Peer(format!("unexpected frame {other:?}"))),
         };
         if ended {
             // Nothing but pull answers may follow End.
@@ -216,7 +216,7 @@ async fn prepare(
         .iter()
         .find(|op| op.offset().checked_add(op.len()).is_none_or(|e| e > size))
     {
-        return Err(DiskError::Range(format!(
+        return Err(AgentError::Range(format!(
             "sender wrote {} bytes at {} beyond the destination's {size} bytes",
             op.len(),
             op.offset()
@@ -228,13 +228,13 @@ async fn prepare(
         tokio::task::spawn_blocking(move || -> Result<(Bytes, Vec<(ChunkId, Bytes)>)> {
             let blob = if compressed {
                 let raw = zstd::bulk::decompress(&blob, raw_len as usize)
-                    .map_err(|e| DiskError::Peer(format!("batch does not decompress: {e}")))?;
+                    .map_err(|e| AgentError::Peer(format!("batch does not decompress: {e}")))?;
                 Bytes::from(raw)
             } else {
                 blob
             };
             if blob.len() != raw_len as usize {
-                return Err(DiskError::Peer(format!(
+                return Err(AgentError::Peer(format!(
                     "batch blob holds {} bytes, ops need {raw_len}",
                     blob.len()
                 )));
@@ -246,7 +246,7 @@ async fn prepare(
                 if let DiskOp::Block { id, .. } = op {
                     let data = blob.slice(at..at + n);
                     if ChunkId::of(&data) != *id {
-                        return Err(DiskError::BadBlock(*id));
+                        return Err(AgentError::BadContent(Unit::Block, *id));
                     }
                     literal.push((*id, data));
                 }
@@ -255,7 +255,7 @@ async fn prepare(
             Ok((blob, literal))
         })
         .await
-        .map_err(|e| DiskError::Internal(format!("batch check task: {e}")))??;
+        .map_err(|e| AgentError::Internal(format!("batch check task: {e}")))??;
 
     let ids: Vec<ChunkId> = ops
         .iter()
@@ -269,7 +269,7 @@ async fn prepare(
     let fetched = match (&site, ids.first()) {
         (_, None) => HashMap::new(),
         (Some(site), Some(_)) => site.get_many(&ids).await?,
-        (None, Some(id)) => return Err(DiskError::UnknownBlock(*id)),
+        (None, Some(id)) => return Err(AgentError::Unknown(Unit::Block, *id)),
     };
     let ops = Arc::try_unwrap(ops).unwrap_or_else(|a| (*a).clone());
     Ok(Prepared {
@@ -292,10 +292,9 @@ impl Back {
     /// Ask the sender for blocks and wait for its answer.
     async fn pull(&mut self, ids: Vec<ChunkId>) -> Result<(PulledBlocks, u64)> {
         let wire = write_frame(&mut self.wr, &DiskFrame::Pull(ids)).await?;
-        let (blocks, n) =
-            self.pulled.recv().await.ok_or_else(|| {
-                DiskError::Peer("sender connection lost while pulling blocks".into())
-            })?;
+        let (blocks, n) = self.pulled.recv().await.ok_or_else(|| {
+            AgentError::Peer("sender connection lost while pulling blocks".into())
+        })?;
         Ok((blocks, wire + n))
     }
 }
@@ -317,8 +316,11 @@ pub async fn receive_disk(
         pulled: pulled_rx,
     };
     let mut report = DiskReport {
-        role: "recv".into(),
-        disk_size: nbd.size(),
+        detail: DiskDetail {
+            role: "recv".into(),
+            disk_size: nbd.size(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut dest = DestWriter {
@@ -340,20 +342,20 @@ pub async fn receive_disk(
                 group,
             } => {
                 if protocol != DISK_PROTOCOL {
-                    return Err(DiskError::Unsupported(format!(
+                    return Err(AgentError::Unsupported(format!(
                         "sender speaks disk protocol {protocol}, this receiver {DISK_PROTOCOL}"
                     )));
                 }
                 report.vm = vm;
                 report.group = group;
             }
-            other => return Err(DiskError::Peer(format!("expected Hello, got {other:?}"))),
+            other => return Err(AgentError::Peer(format!("expected Hello, got {other:?}"))),
         }
         write_frame(
             &mut back.wr,
             &DiskFrame::Welcome {
                 protocol: DISK_PROTOCOL,
-                size: report.disk_size,
+                size: report.detail.disk_size,
             },
         )
         .await?;
@@ -363,13 +365,13 @@ pub async fn receive_disk(
             tx,
             pulled_tx,
             opts.site.clone(),
-            report.disk_size,
+            report.detail.disk_size,
         )));
         loop {
             let item = rx
                 .recv()
                 .await
-                .ok_or_else(|| DiskError::Internal("WAN reader stopped".into()))?;
+                .ok_or_else(|| AgentError::Internal("WAN reader stopped".into()))?;
             match item {
                 Incoming::Batch {
                     wire,
@@ -379,11 +381,18 @@ pub async fn receive_disk(
                     report.wan.total += wire;
                     let p = task
                         .await
-                        .map_err(|e| DiskError::Internal(format!("batch task: {e}")))??;
+                        .map_err(|e| AgentError::Internal(format!("batch task: {e}")))??;
                     if p.compressed {
-                        report.wan.literal_compressed += blob_wire;
+                        report.wan.compressed += blob_wire;
                     } else {
-                        report.wan.literal_raw += blob_wire;
+                        // Whole blocks as raw, unaligned bytes as literal.
+                        for op in &p.ops {
+                            match op {
+                                DiskOp::Block { .. } => report.wan.raw += op.blob_len() as u64,
+                                DiskOp::Bytes { .. } => report.wan.literal += op.blob_len() as u64,
+                                _ => {}
+                            }
+                        }
                     }
                     let seq = p.seq;
                     let pullable = p.ops.iter().any(|o| matches!(o, DiskOp::Group { .. }));
@@ -396,7 +405,7 @@ pub async fn receive_disk(
                     if !stored.is_empty() {
                         // One store in flight at a time: backpressure on a slow site.
                         if let Some(t) = store.take() {
-                            report.site_stored += join_store(t).await?;
+                            report.detail.site_stored += join_store(t).await?;
                         }
                         let site = opts.site.clone();
                         store = site
@@ -406,14 +415,14 @@ pub async fn receive_disk(
                 Incoming::Flush { wire, seq } => {
                     report.wan.total += wire;
                     dest.flush().await?;
-                    report.flushes += 1;
+                    report.detail.flushes += 1;
                     write_frame(&mut back.wr, &DiskFrame::Flushed { seq }).await?;
                 }
                 Incoming::End { wire } => {
                     report.wan.total += wire;
                     dest.flush().await?;
                     if let Some(t) = store.take() {
-                        report.site_stored += join_store(t).await?;
+                        report.detail.site_stored += join_store(t).await?;
                     }
                     return Ok(());
                 }
@@ -428,7 +437,7 @@ pub async fn receive_disk(
     report.seconds = start.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
-            report.completed = true;
+            report.detail.completed = true;
             write_frame(
                 &mut back.wr,
                 &DiskFrame::Done {
@@ -456,7 +465,7 @@ pub async fn receive_disk(
 
 async fn join_store(t: tokio::task::JoinHandle<Result<u64>>) -> Result<u64> {
     t.await
-        .map_err(|e| DiskError::Internal(format!("site store task: {e}")))?
+        .map_err(|e| AgentError::Internal(format!("site store task: {e}")))?
 }
 
 /// Resolve what the site lacked, and write one prepared batch; returns the
@@ -487,19 +496,22 @@ async fn apply_batch(
                 if let Some((o, buf)) = run.take() {
                     dest.write(o, &buf).await?;
                 }
-                report.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
-                report.bytes_written += len as u64;
+                report.detail.blocks.zero += (len as u64).div_ceil(BLOCK as u64);
+                report.detail.bytes_written += len as u64;
                 dest.zero(offset, len).await?;
                 continue;
             }
             DiskOp::Site { offset, id } | DiskOp::Group { offset, id } => {
                 if matches!(op, DiskOp::Site { .. }) {
-                    report.blocks.by_hash += 1;
+                    report.detail.blocks.by_hash += 1;
                 } else {
-                    report.blocks.claimed_by_other += 1;
+                    report.detail.blocks.claimed_by_other += 1;
                 }
                 report.wan.by_hash += 41;
-                let data = by_id.get(&id).cloned().ok_or(DiskError::UnknownBlock(id))?;
+                let data = by_id
+                    .get(&id)
+                    .cloned()
+                    .ok_or(AgentError::Unknown(Unit::Block, id))?;
                 (offset, data)
             }
             DiskOp::Block { offset, .. } | DiskOp::Bytes { offset, .. } => {
@@ -508,17 +520,17 @@ async fn apply_batch(
                 at += n;
                 if matches!(op, DiskOp::Block { .. }) {
                     if compressed {
-                        report.blocks.literal_compressed += 1;
+                        report.detail.blocks.literal_compressed += 1;
                     } else {
-                        report.blocks.literal_raw += 1;
+                        report.detail.blocks.literal_raw += 1;
                     }
                 } else {
-                    report.blocks.unaligned_bytes += n as u64;
+                    report.detail.blocks.unaligned_bytes += n as u64;
                 }
                 (offset, data)
             }
         };
-        report.bytes_written += data.len() as u64;
+        report.detail.bytes_written += data.len() as u64;
         match &mut run {
             Some((o, buf)) if *o + buf.len() as u64 == offset && buf.len() < RUN_BYTES => {
                 buf.extend_from_slice(&data);
@@ -559,7 +571,7 @@ async fn resolve(
     for op in ops {
         match *op {
             DiskOp::Site { id, .. } if !got.contains_key(&id) => {
-                return Err(DiskError::UnknownBlock(id));
+                return Err(AgentError::Unknown(Unit::Block, id));
             }
             DiskOp::Group { id, .. } => {
                 group_ids.insert(id);
@@ -594,9 +606,9 @@ async fn resolve(
                 let d2 = data.clone();
                 let ok = tokio::task::spawn_blocking(move || ChunkId::of(&d2) == id)
                     .await
-                    .map_err(|e| DiskError::Internal(format!("hash task: {e}")))?;
+                    .map_err(|e| AgentError::Internal(format!("hash task: {e}")))?;
                 if !ok {
-                    return Err(DiskError::BadBlock(id));
+                    return Err(AgentError::BadContent(Unit::Block, id));
                 }
                 pulled += 1;
                 // Its claimant never stored it: store it for the group.
@@ -604,14 +616,14 @@ async fn resolve(
                 got.insert(id, data);
             }
             if let Some(id) = missing.iter().find(|i| !got.contains_key(i)) {
-                return Err(DiskError::UnknownBlock(*id));
+                return Err(AgentError::Unknown(Unit::Block, *id));
             }
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         got.extend(site.get_many(&missing).await?);
     }
-    report.blocks.pulled += pulled;
-    report.site_fetched += got.len() as u64 - pulled;
+    report.detail.blocks.pulled += pulled;
+    report.detail.site_fetched += got.len() as u64 - pulled;
     Ok(got)
 }

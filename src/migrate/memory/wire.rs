@@ -1,6 +1,5 @@
-//! Framing of the WAN connection between a sender and a receiver agent.
-//!
-//! Every frame is `u8 kind, be32 length, payload`. The sender turns the
+//! Frames of the WAN connection between a memory sender and receiver, in
+//! the envelope both protocols share (`migrate::proto`). The sender turns the
 //! tokenized migration stream into batches: a list of operations
 //! (copy N literal bytes, take one raw page, resolve one page by id) plus one
 //! blob holding the literal bytes and raw pages in order, zstd-compressed as
@@ -13,22 +12,26 @@
 //! (`Pull`), and acknowledges the end.
 //!
 //! Protocol 2 adds the page codec (CloudNet redundancy cache and page
-//! deltas, `rcache`): its settings and a fresh cache generation travel in
-//! the `Hello`, and pages that cross in full may go as `Coded` operations
-//! (a codec frame in the blob, keyed by guest page so the receiver finds
-//! the base of a delta).
+//! deltas, `codec::rcache`): its settings and a fresh cache generation
+//! travel in the `Hello`, and pages that cross in full may go as `Coded`
+//! operations (a codec frame in the blob, keyed by guest page so the
+//! receiver finds the base of a delta).
+//!
+//! Protocol 3 writes strings (VM and group names, the `Ack`'s message) as
+//! `migrate::proto` does for both protocols, with a be32 length the
+//! receiver bounds; protocol 2 cut them at 255 bytes.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::rcache::CodecConfig;
-use super::stream::PAGE_SIZE;
+use crate::migrate::codec::rcache::CodecConfig;
+use crate::migrate::proto::{self, put_message, put_str, Payload};
+pub use crate::migrate::proto::{read_envelope, Result, WireError, MAX_FRAME};
+use crate::qemu::stream::PAGE_SIZE;
 use crate::store::ChunkId;
 
-/// Protocol version spoken in `Hello` (2: page codec, hello answered).
-pub const PROTOCOL: u32 = 2;
-/// Upper bound on one frame, so a bad peer cannot make us allocate much.
-pub const MAX_FRAME: usize = 64 << 20;
+/// Protocol version spoken in `Hello` (3: strings with a be32 length).
+pub const PROTOCOL: u32 = 3;
 
 const KIND_HELLO: u8 = 1;
 const KIND_BATCH: u8 = 2;
@@ -41,18 +44,6 @@ const OP_LITERAL: u8 = 0;
 const OP_RAW: u8 = 1;
 const OP_HASH: u8 = 2;
 const OP_CODED: u8 = 3;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("WAN connection: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("WAN connection: malformed frame: {0}")]
-    Malformed(String),
-    #[error("WAN connection: frame of {0} bytes exceeds the limit")]
-    TooLarge(usize),
-}
-
-pub type Result<T, E = WireError> = std::result::Result<T, E>;
 
 /// One step of rebuilding the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,23 +176,19 @@ impl Frame {
             }
             Frame::Ack { ok, message } => {
                 p.put_u8(u8::from(*ok));
-                p.put_slice(message.as_bytes());
+                put_message(&mut p, message);
                 KIND_ACK
             }
         };
-        let mut out = BytesMut::with_capacity(5 + p.len());
-        out.put_u8(kind);
-        out.put_u32(p.len() as u32);
-        out.put_slice(&p);
-        out.freeze()
+        proto::envelope(kind, &p)
     }
 
-    pub fn decode(kind: u8, mut p: Bytes) -> Result<Frame> {
+    pub fn decode(kind: u8, payload: Bytes) -> Result<Frame> {
         let bad = |w: &str| WireError::Malformed(w.to_string());
+        let mut p = Payload::new(payload);
         match kind {
             KIND_HELLO => {
-                need(&p, 4)?;
-                let protocol = p.get_u32();
+                let protocol = p.u32()?;
                 if protocol != PROTOCOL {
                     // Another version's layout: report only the version,
                     // so the peer gets a clear refusal, not a parse error.
@@ -213,22 +200,20 @@ impl Frame {
                         codec: None,
                     });
                 }
-                let vm = get_str(&mut p)?;
-                let group = get_str(&mut p)?;
-                need(&p, 5)?;
-                let generation = p.get_u32();
-                let codec = match p.get_u8() {
+                let vm = p.str()?;
+                let group = p.str()?;
+                let generation = p.u32()?;
+                let codec = match p.u8()? {
                     0 => None,
                     1 => {
-                        need(&p, 4 + 4 + 8 + 1 + 4 + 8)?;
-                        let page_size = p.get_u32() as usize;
-                        let blocks = p.get_u32() as usize;
+                        let page_size = p.u32()? as usize;
+                        let blocks = p.u32()? as usize;
                         let cache_bytes =
-                            usize::try_from(p.get_u64()).map_err(|_| bad("cache size"))?;
-                        let delta = p.get_u8() != 0;
-                        let delta_threshold = p.get_u32() as usize;
+                            usize::try_from(p.u64()?).map_err(|_| bad("cache size"))?;
+                        let delta = p.u8()? != 0;
+                        let delta_threshold = p.u32()? as usize;
                         let delta_history_bytes =
-                            usize::try_from(p.get_u64()).map_err(|_| bad("delta history size"))?;
+                            usize::try_from(p.u64()?).map_err(|_| bad("delta history size"))?;
                         Some(CodecConfig {
                             page_size,
                             cbr: blocks > 0,
@@ -251,30 +236,22 @@ impl Frame {
                 })
             }
             KIND_BATCH => {
-                need(&p, 9)?;
-                let compressed = p.get_u8() != 0;
-                let raw_len = p.get_u32();
-                let n = p.get_u32() as usize;
-                if raw_len as usize > MAX_FRAME || n > p.len() {
+                let compressed = p.u8()? != 0;
+                let raw_len = p.u32()?;
+                let n = p.u32()? as usize;
+                // Every operation takes at least one byte.
+                if raw_len as usize > MAX_FRAME || n > p.remaining() {
                     return Err(bad("batch sizes"));
                 }
                 let mut ops = Vec::with_capacity(n);
                 for _ in 0..n {
-                    need(&p, 1)?;
-                    match p.get_u8() {
-                        OP_LITERAL => {
-                            need(&p, 4)?;
-                            ops.push(Op::Literal(p.get_u32()));
-                        }
+                    match p.u8()? {
+                        OP_LITERAL => ops.push(Op::Literal(p.u32()?)),
                         OP_RAW => ops.push(Op::Raw),
-                        OP_HASH => {
-                            need(&p, 32)?;
-                            ops.push(Op::Hash(get_id(&mut p)));
-                        }
+                        OP_HASH => ops.push(Op::Hash(p.id()?)),
                         OP_CODED => {
-                            need(&p, 12)?;
-                            let key = p.get_u64();
-                            let len = p.get_u32();
+                            let key = p.u64()?;
+                            let len = p.u32()?;
                             ops.push(Op::Coded { key, len });
                         }
                         t => return Err(WireError::Malformed(format!("operation {t}"))),
@@ -284,27 +261,25 @@ impl Frame {
                     ops,
                     raw_len,
                     compressed,
-                    blob: p,
+                    blob: p.rest(),
                 })
             }
             KIND_PULL => {
-                if !p.len().is_multiple_of(32) {
+                if !p.remaining().is_multiple_of(32) {
                     return Err(bad("pull request length"));
                 }
-                let mut ids = Vec::with_capacity(p.len() / 32);
+                let mut ids = Vec::with_capacity(p.remaining() / 32);
                 while p.has_remaining() {
-                    ids.push(get_id(&mut p));
+                    ids.push(p.id()?);
                 }
                 Ok(Frame::Pull(ids))
             }
             KIND_PULLED => {
                 let mut pages = Vec::new();
                 while p.has_remaining() {
-                    need(&p, 33)?;
-                    let id = get_id(&mut p);
-                    let data = if p.get_u8() != 0 {
-                        need(&p, PAGE_SIZE)?;
-                        Some(p.split_to(PAGE_SIZE))
+                    let id = p.id()?;
+                    let data = if p.u8()? != 0 {
+                        Some(p.bytes(PAGE_SIZE)?)
                     } else {
                         None
                     };
@@ -312,53 +287,17 @@ impl Frame {
                 }
                 Ok(Frame::Pulled(pages))
             }
-            KIND_END => {
-                need(&p, 24)?;
-                Ok(Frame::End {
-                    stream_len: p.get_u64(),
-                    digest: p.get_u128(),
-                })
-            }
-            KIND_ACK => {
-                need(&p, 1)?;
-                let ok = p.get_u8() != 0;
-                Ok(Frame::Ack {
-                    ok,
-                    message: String::from_utf8_lossy(&p).into_owned(),
-                })
-            }
+            KIND_END => Ok(Frame::End {
+                stream_len: p.u64()?,
+                digest: p.u128()?,
+            }),
+            KIND_ACK => Ok(Frame::Ack {
+                ok: p.u8()? != 0,
+                message: p.str()?,
+            }),
             k => Err(WireError::Malformed(format!("frame kind {k}"))),
         }
     }
-}
-
-fn need(p: &Bytes, n: usize) -> Result<()> {
-    if p.len() < n {
-        Err(WireError::Malformed("truncated frame".into()))
-    } else {
-        Ok(())
-    }
-}
-
-fn get_id(p: &mut Bytes) -> ChunkId {
-    let mut id = [0u8; 32];
-    p.copy_to_slice(&mut id);
-    ChunkId(id)
-}
-
-fn put_str(p: &mut BytesMut, s: &str) {
-    let b = s.as_bytes();
-    let n = b.len().min(255);
-    p.put_u8(n as u8);
-    p.put_slice(&b[..n]);
-}
-
-fn get_str(p: &mut Bytes) -> Result<String> {
-    need(p, 1)?;
-    let n = p.get_u8() as usize;
-    need(p, n)?;
-    let s = p.split_to(n);
-    String::from_utf8(s.to_vec()).map_err(|_| WireError::Malformed("name is not UTF-8".into()))
 }
 
 /// Read one frame; `None` on a clean end of connection between frames.
@@ -369,28 +308,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     }
 }
 
-/// The framing both migration protocols (memory and disk) share: a kind
-/// byte, a big-endian u32 length, the payload (at most [`MAX_FRAME`]).
-/// `None` on a clean end of connection between frames.
-pub async fn read_envelope<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(u8, Bytes)>> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head[..1]).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    r.read_exact(&mut head[1..]).await?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    Ok(Some((head[0], Bytes::from(payload))))
-}
-
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<()> {
-    w.write_all(&f.encode()).await?;
+    proto::write_encoded(w, &f.encode()).await?;
     Ok(())
 }
 
@@ -479,6 +398,44 @@ mod tests {
         assert!(Frame::decode(KIND_BATCH, Bytes::from_static(b"\0\0\0\0\x05\0\0\0\x09")).is_err());
         assert!(Frame::decode(99, Bytes::new()).is_err());
         assert!(Frame::decode(KIND_PULL, Bytes::from_static(b"abc")).is_err());
+    }
+
+    #[test]
+    fn hello_carries_a_300_byte_non_ascii_vm_name_whole() {
+        // Protocol 2 cut names at 255 bytes, mid-character: the receiver
+        // then refused the hello as "not UTF-8".
+        let vm = "ß".repeat(150);
+        assert_eq!(vm.len(), 300);
+        let hello = Frame::Hello {
+            protocol: PROTOCOL,
+            vm: vm.clone(),
+            group: Some("g".repeat(128)),
+            generation: 1,
+            codec: None,
+        };
+        let b = hello.encode();
+        match Frame::decode(b[0], b.slice(5..)).unwrap() {
+            Frame::Hello { vm: got, .. } => assert_eq!(got, vm),
+            f => panic!("{f:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_with_an_over_long_name_length_is_refused() {
+        // The length says 1 MiB: refused before anything is allocated.
+        let mut p = BytesMut::new();
+        p.put_u32(PROTOCOL);
+        p.put_u32(1 << 20);
+        p.put_slice(b"vm");
+        let err = Frame::decode(KIND_HELLO, p.freeze()).unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
+        // A length within the limit but beyond the frame.
+        let mut p = BytesMut::new();
+        p.put_u32(PROTOCOL);
+        p.put_u32(300);
+        p.put_slice(b"vm");
+        let err = Frame::decode(KIND_HELLO, p.freeze()).unwrap_err();
+        assert!(err.to_string().contains("overruns"), "{err}");
     }
 
     #[test]

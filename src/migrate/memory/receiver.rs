@@ -21,17 +21,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::agent_error::{AgentError, Result};
-use super::rcache::{CodecConfig, CodecError, PageDecoder};
-use super::stream::PAGE_SIZE;
+use super::report::{KeptPages, ReceiverReport};
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
+use crate::migrate::codec::rcache::{CodecConfig, CodecError, PageDecoder};
+use crate::migrate::error::{AgentError, Result, Unit};
+use crate::qemu::stream::PAGE_SIZE;
 use crate::store::{ChunkId, ManifestEntry};
 
 #[derive(Clone)]
@@ -67,36 +67,6 @@ impl Default for ReceiverOptions {
             keep: None,
         }
     }
-}
-
-/// The receiver's view of one migration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ReceiverReport {
-    pub vm: String,
-    pub group: Option<String>,
-    pub stream_bytes: u64,
-    pub wan_bytes: u64,
-    pub pages_raw: u64,
-    pub pages_local: u64,
-    pub pages_site: u64,
-    pub pages_pulled: u64,
-    pub pages_stored: u64,
-    pub store_errors: u64,
-    pub seconds: f64,
-    pub verified: bool,
-    /// The object the stored pages were kept as (`--keep`), if any.
-    #[serde(default)]
-    pub kept: Option<KeptPages>,
-}
-
-/// Pages kept as an object at the site after a migration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct KeptPages {
-    pub bucket: String,
-    pub key: String,
-    pub pages: u64,
-    /// Why keeping failed (the migration itself succeeded).
-    pub error: Option<String>,
 }
 
 #[derive(Default)]
@@ -582,7 +552,10 @@ async fn resolve(shared: Arc<Shared>, prepared: Vec<Slot>) -> Result<Vec<Bytes>>
         .map(|slot| match slot {
             Slot::Ready(b) => Ok(b),
             Slot::Wanted(id) => {
-                let page = found.get(&id).cloned().ok_or(AgentError::UnknownPage(id))?;
+                let page = found
+                    .get(&id)
+                    .cloned()
+                    .ok_or(AgentError::Unknown(Unit::Page, id))?;
                 let first = counted.insert(id);
                 let counter = match (first, slow.get(&id)) {
                     (true, Some(Source::Pulled)) => &c.pulled,
@@ -699,8 +672,8 @@ async fn pull_pages(shared: &Shared, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, 
                 shared.local.lock().insert(id, p.clone());
                 out.push((id, p));
             }
-            Some(_) => return Err(AgentError::BadPage(id)),
-            None => return Err(AgentError::UnknownPage(id)),
+            Some(_) => return Err(AgentError::BadContent(Unit::Page, id)),
+            None => return Err(AgentError::Unknown(Unit::Page, id)),
         }
     }
     Ok(out)

@@ -37,13 +37,14 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::agent_error::{AgentError, Result};
-use super::rcache::{CodecConfig, FrameKind, PageEncoder};
 use super::readahead::{CloseOnDrop, ReadAhead};
 use super::report::VmReport;
-use super::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::distribute::ChunkClient;
+use crate::migrate::codec::rcache::{CodecConfig, FrameKind, PageEncoder};
+use crate::migrate::error::{AgentError, Result};
+use crate::migrate::proto;
+use crate::qemu::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use crate::store::ChunkId;
 
 /// How a sender behaves.
@@ -187,6 +188,8 @@ pub async fn send<R: Read + Send + 'static>(
     opts: SenderOptions,
 ) -> Result<VmReport> {
     let started = Instant::now();
+    // Refused here, before QEMU's stream is touched, not by the receiver.
+    proto::check_string("the VM name", &opts.vm).map_err(AgentError::Unsupported)?;
     conn.set_nodelay(true).ok();
     let (mut rd, mut wr) = conn.into_split();
     // A fresh generation per connection: no codec frame of an earlier
@@ -372,9 +375,9 @@ pub async fn send<R: Read + Send + 'static>(
         .await
         .map_err(|e| AgentError::Internal(format!("writer task: {e}")))??;
     report.wan = totals.wan;
-    report.saved = totals.saved;
-    report.pages.cache = totals.pages.cache;
-    report.pages.delta = totals.pages.delta;
+    report.detail.saved = totals.detail.saved;
+    report.detail.pages.cache = totals.detail.pages.cache;
+    report.detail.pages.delta = totals.detail.pages.delta;
     let tokenizer_result = tokenizer
         .join()
         .map_err(|_| AgentError::Internal("tokenizer panicked".into()))?;
@@ -399,23 +402,17 @@ pub async fn send<R: Read + Send + 'static>(
         .map_err(|_| AgentError::Peer("connection closed before the acknowledgement".into()))?;
     responder.abort();
     let (ok, message) = ack;
-    report.stream_bytes = stream_len;
-    report.pages.zero = stats.zero_pages;
+    report.detail.stream_bytes = stream_len;
+    report.detail.pages.zero = stats.zero_pages;
     report.wan.zero = stats.zero_pages * ZERO_RECORD;
-    report.passthrough_from = stats.passthrough_from;
-    report.passthrough_reason = stats.passthrough_reason;
-    report.pages.pulled = pulled_pages.load(Ordering::Relaxed);
+    report.detail.passthrough_from = stats.passthrough_from;
+    report.detail.passthrough_reason = stats.passthrough_reason;
+    report.detail.pages.pulled = pulled_pages.load(Ordering::Relaxed);
     report.wan.pulled = pulled_bytes.load(Ordering::Relaxed);
     report.wan.queries = queries.load(Ordering::Relaxed);
-    report.wan.total = report.wan.literal
-        + report.wan.raw
-        + report.wan.compressed
-        + report.wan.by_hash
-        + report.wan.pulled
-        + report.wan.framing
-        + report.wan.queries;
+    report.wan.total = report.wan.sum_of_parts();
     report.seconds = started.elapsed().as_secs_f64();
-    report.verified = ok;
+    report.detail.verified = ok;
     if !ok {
         return Err(AgentError::Peer(format!(
             "receiver refused the stream: {message}"
@@ -650,26 +647,26 @@ fn decide(
                     continue;
                 };
                 if !opts.dedup {
-                    report.pages.sent += 1;
+                    report.detail.pages.sent += 1;
                     items.push(full(key, p));
                 } else if known.contains(&id) {
-                    report.pages.repeat += 1;
+                    report.detail.pages.repeat += 1;
                     cache.lock().insert(id, p);
                     items.push(Item::Hash(id));
                 } else if held.contains(&id) {
-                    report.pages.site += 1;
+                    report.detail.pages.site += 1;
                     known.insert(id);
                     cache.lock().insert(id, p);
                     items.push(Item::Hash(id));
                 } else if won.as_ref().is_some_and(|w| !w.contains(&id)) {
                     // Another agent of the group sends it; keep it for a
                     // pull in case that agent never delivers.
-                    report.pages.group += 1;
+                    report.detail.pages.group += 1;
                     known.insert(id);
                     cache.lock().insert(id, p);
                     items.push(Item::Hash(id));
                 } else {
-                    report.pages.sent += 1;
+                    report.detail.pages.sent += 1;
                     known.insert(id);
                     items.push(full(key, p));
                 }
@@ -793,10 +790,11 @@ fn account(report: &mut VmReport, e: &Encoded) {
     }
     w.by_hash += 32 * e.hashes;
     w.framing += e.frame.len() as u64 - e.blob_len - 32 * e.hashes;
-    report.pages.cache += e.codec.cache_pages;
-    report.pages.delta += e.codec.delta_pages;
-    report.saved.cache += e.codec.saved_cache;
-    report.saved.delta += e.codec.saved_delta;
+    let d = &mut report.detail;
+    d.pages.cache += e.codec.cache_pages;
+    d.pages.delta += e.codec.delta_pages;
+    d.saved.cache += e.codec.saved_cache;
+    d.saved.delta += e.codec.saved_delta;
 }
 
 /// Serve the receiver's pulls until it acknowledges the end.

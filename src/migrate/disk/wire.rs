@@ -1,7 +1,9 @@
 //! Framing of the WAN connection between `migrate disk-send` and
 //! `migrate disk-recv` (versioned by [`DISK_PROTOCOL`] in `Hello`).
 //!
-//! Every frame is `u8 kind, be32 length, payload`. The sender turns the
+//! Frames go in the envelope both protocols share (`migrate::proto`:
+//! `u8 kind, be32 length, payload`, strings with a bounded be32 length).
+//! The sender turns the
 //! writes of QEMU's mirror job into batches: operations that say where each
 //! 4 KiB block goes and how it crosses (zero range, id the destination site
 //! holds, id another VM of the group claimed, literal block with its id,
@@ -16,9 +18,11 @@
 //! sender, which keeps such blocks until the receiver says the batch is
 //! `Applied`.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::migrate::proto::{self, put_message, put_str, Payload};
+pub use crate::migrate::proto::{Result, WireError, MAX_FRAME};
 use crate::store::ChunkId;
 
 /// Protocol version spoken in `Hello` and `Welcome`.
@@ -42,11 +46,6 @@ const OP_SITE: u8 = 1;
 const OP_GROUP: u8 = 2;
 const OP_BLOCK: u8 = 3;
 const OP_BYTES: u8 = 4;
-
-/// The disk protocol shares the memory protocol's framing and errors.
-pub use super::wire::{WireError as DiskWireError, MAX_FRAME};
-
-pub type Result<T, E = DiskWireError> = std::result::Result<T, E>;
 
 /// Where one range of the disk comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,50 +139,6 @@ pub enum DiskFrame {
     },
 }
 
-fn put_str(p: &mut BytesMut, s: &str) {
-    p.put_u32(s.len() as u32);
-    p.put_slice(s.as_bytes());
-}
-
-fn get_str(b: &mut &[u8]) -> Result<String> {
-    let n = get_u32(b)? as usize;
-    if b.remaining() < n {
-        return Err(DiskWireError::Malformed("string overruns the frame".into()));
-    }
-    let s = String::from_utf8(b[..n].to_vec())
-        .map_err(|_| DiskWireError::Malformed("string is not UTF-8".into()))?;
-    b.advance(n);
-    Ok(s)
-}
-
-fn need(b: &[u8], n: usize) -> Result<()> {
-    if b.remaining() < n {
-        Err(DiskWireError::Malformed("frame too short".into()))
-    } else {
-        Ok(())
-    }
-}
-
-fn get_u8(b: &mut &[u8]) -> Result<u8> {
-    need(b, 1)?;
-    Ok(b.get_u8())
-}
-fn get_u32(b: &mut &[u8]) -> Result<u32> {
-    need(b, 4)?;
-    Ok(b.get_u32())
-}
-fn get_u64(b: &mut &[u8]) -> Result<u64> {
-    need(b, 8)?;
-    Ok(b.get_u64())
-}
-fn get_id(b: &mut &[u8]) -> Result<ChunkId> {
-    need(b, 32)?;
-    let mut id = [0u8; 32];
-    id.copy_from_slice(&b[..32]);
-    b.advance(32);
-    Ok(ChunkId(id))
-}
-
 impl DiskFrame {
     pub fn encode(&self) -> Bytes {
         let mut p = BytesMut::new();
@@ -257,7 +212,7 @@ impl DiskFrame {
             DiskFrame::End => KIND_END,
             DiskFrame::Done { ok, message } => {
                 p.put_u8(u8::from(*ok));
-                put_str(&mut p, message);
+                put_message(&mut p, message);
                 KIND_DONE
             }
             DiskFrame::Pull(ids) => {
@@ -286,20 +241,16 @@ impl DiskFrame {
                 KIND_APPLIED
             }
         };
-        let mut out = BytesMut::with_capacity(5 + p.len());
-        out.put_u8(kind);
-        out.put_u32(p.len() as u32);
-        out.put_slice(&p);
-        out.freeze()
+        proto::envelope(kind, &p)
     }
 
     pub fn decode(kind: u8, payload: Bytes) -> Result<DiskFrame> {
-        let mut b: &[u8] = &payload;
+        let mut b = Payload::new(payload);
         let f = match kind {
             KIND_HELLO => {
-                let protocol = get_u32(&mut b)?;
-                let vm = get_str(&mut b)?;
-                let group = get_str(&mut b)?;
+                let protocol = b.u32()?;
+                let vm = b.str()?;
+                let group = b.str()?;
                 DiskFrame::Hello {
                     protocol,
                     vm,
@@ -307,114 +258,97 @@ impl DiskFrame {
                 }
             }
             KIND_WELCOME => DiskFrame::Welcome {
-                protocol: get_u32(&mut b)?,
-                size: get_u64(&mut b)?,
+                protocol: b.u32()?,
+                size: b.u64()?,
             },
             KIND_BATCH => {
-                let seq = get_u64(&mut b)?;
-                let compressed = get_u8(&mut b)? != 0;
-                let raw_len = get_u32(&mut b)?;
-                let n = get_u32(&mut b)? as usize;
+                let seq = b.u64()?;
+                let compressed = b.u8()? != 0;
+                let raw_len = b.u32()?;
+                let n = b.u32()? as usize;
                 // Each op is at least 13 bytes: a count beyond that is a lie.
                 if n > b.remaining() / 13 {
-                    return Err(DiskWireError::Malformed(format!(
-                        "{n} ops in a short frame"
-                    )));
+                    return Err(WireError::Malformed(format!("{n} ops in a short frame")));
                 }
                 let mut ops = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let code = get_u8(&mut b)?;
-                    let offset = get_u64(&mut b)?;
+                    let code = b.u8()?;
+                    let offset = b.u64()?;
                     ops.push(match code {
                         OP_ZERO => DiskOp::Zero {
                             offset,
-                            len: get_u32(&mut b)?,
+                            len: b.u32()?,
                         },
                         OP_SITE => DiskOp::Site {
                             offset,
-                            id: get_id(&mut b)?,
+                            id: b.id()?,
                         },
                         OP_GROUP => DiskOp::Group {
                             offset,
-                            id: get_id(&mut b)?,
+                            id: b.id()?,
                         },
                         OP_BLOCK => DiskOp::Block {
                             offset,
-                            id: get_id(&mut b)?,
+                            id: b.id()?,
                         },
                         OP_BYTES => DiskOp::Bytes {
                             offset,
-                            len: get_u32(&mut b)?,
+                            len: b.u32()?,
                         },
-                        c => return Err(DiskWireError::Malformed(format!("unknown op {c}"))),
+                        c => return Err(WireError::Malformed(format!("unknown op {c}"))),
                     });
                 }
                 let want: usize = ops.iter().map(DiskOp::blob_len).sum();
                 if want != raw_len as usize {
-                    return Err(DiskWireError::Malformed(format!(
+                    return Err(WireError::Malformed(format!(
                         "ops take {want} blob bytes, batch says {raw_len}"
                     )));
                 }
-                let at = payload.len() - b.remaining();
                 DiskFrame::Batch {
                     seq,
                     ops,
                     raw_len,
                     compressed,
-                    blob: payload.slice(at..),
+                    blob: b.rest(),
                 }
             }
-            KIND_FLUSH => DiskFrame::Flush {
-                seq: get_u64(&mut b)?,
-            },
-            KIND_FLUSHED => DiskFrame::Flushed {
-                seq: get_u64(&mut b)?,
-            },
+            KIND_FLUSH => DiskFrame::Flush { seq: b.u64()? },
+            KIND_FLUSHED => DiskFrame::Flushed { seq: b.u64()? },
             KIND_END => DiskFrame::End,
             KIND_DONE => DiskFrame::Done {
-                ok: get_u8(&mut b)? != 0,
-                message: get_str(&mut b)?,
+                ok: b.u8()? != 0,
+                message: b.str()?,
             },
             KIND_PULL => {
-                let n = get_u32(&mut b)? as usize;
+                let n = b.u32()? as usize;
                 if n > b.remaining() / 32 {
-                    return Err(DiskWireError::Malformed(format!(
-                        "{n} ids in a short frame"
-                    )));
+                    return Err(WireError::Malformed(format!("{n} ids in a short frame")));
                 }
                 let mut ids = Vec::with_capacity(n);
                 for _ in 0..n {
-                    ids.push(get_id(&mut b)?);
+                    ids.push(b.id()?);
                 }
                 DiskFrame::Pull(ids)
             }
             KIND_PULLED => {
-                let n = get_u32(&mut b)? as usize;
+                let n = b.u32()? as usize;
                 if n > b.remaining() / 36 {
-                    return Err(DiskWireError::Malformed(format!(
-                        "{n} blocks in a short frame"
-                    )));
+                    return Err(WireError::Malformed(format!("{n} blocks in a short frame")));
                 }
                 let mut blocks = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let id = get_id(&mut b)?;
-                    let len = get_u32(&mut b)?;
+                    let id = b.id()?;
+                    let len = b.u32()?;
                     if len == u32::MAX {
                         blocks.push((id, None));
                         continue;
                     }
-                    let len = len as usize;
-                    need(b, len)?;
-                    let at = payload.len() - b.remaining();
-                    blocks.push((id, Some(payload.slice(at..at + len))));
-                    b.advance(len);
+                    blocks.push((id, Some(b.bytes(len as usize)?)));
                 }
                 DiskFrame::Pulled(blocks)
             }
-            KIND_APPLIED => DiskFrame::Applied {
-                seq: get_u64(&mut b)?,
-            },
-            k => return Err(DiskWireError::Malformed(format!("unknown frame kind {k}"))),
+            KIND_APPLIED => DiskFrame::Applied { seq: b.u64()? },
+            k => return Err(WireError::Malformed(format!("unknown frame kind {k}"))),
         };
         Ok(f)
     }
@@ -422,17 +356,15 @@ impl DiskFrame {
 
 /// Write one frame; returns its size on the wire.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &DiskFrame) -> Result<u64> {
-    let b = f.encode();
-    w.write_all(&b).await?;
-    Ok(b.len() as u64)
+    proto::write_encoded(w, &f.encode()).await
 }
 
 /// Read one frame; returns it and its size on the wire.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(DiskFrame, u64)> {
-    let (kind, payload) = super::wire::read_envelope(r).await?.ok_or_else(|| {
-        DiskWireError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-    })?;
-    let size = 5 + payload.len() as u64;
+    let (kind, payload) = proto::read_envelope(r)
+        .await?
+        .ok_or_else(|| WireError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)))?;
+    let size = (proto::HEADER + payload.len()) as u64;
     Ok((DiskFrame::decode(kind, payload)?, size))
 }
 
