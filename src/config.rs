@@ -25,6 +25,21 @@ pub struct FileConfig {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub migration: MigrationConfig,
+}
+
+/// `[migration]`: the claim table this site keeps for migration groups
+/// sending into it (memory is bounded; idle groups expire).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// Migration groups tracked at once (default 1024).
+    pub max_groups: Option<usize>,
+    /// Page ids held over all groups, about 80 bytes each (default 16 Mi).
+    pub max_claimed_ids: Option<usize>,
+    /// Seconds after which a group nobody claimed in is dropped (default 3600).
+    pub group_idle_secs: Option<u64>,
 }
 
 /// `[tls]`: HTTPS on the S3 / chunk API port.
@@ -86,6 +101,16 @@ impl FileConfig {
             segment_size: self.segment_size.unwrap_or(d.segment_size),
             verify_reads: self.verify_reads.unwrap_or(d.verify_reads),
             min_part_size: d.min_part_size,
+        }
+    }
+
+    pub fn claim_limits(&self) -> crate::chunk_api::claims::ClaimLimits {
+        let d = crate::chunk_api::claims::ClaimLimits::default();
+        let m = &self.migration;
+        crate::chunk_api::claims::ClaimLimits {
+            max_groups: m.max_groups.unwrap_or(d.max_groups).max(1),
+            max_ids: m.max_claimed_ids.unwrap_or(d.max_ids).max(1),
+            idle: m.group_idle_secs.map(Duration::from_secs).unwrap_or(d.idle),
         }
     }
 

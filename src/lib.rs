@@ -11,3 +11,7 @@ pub mod server;
 /// The content-addressed store (its own crate, `store/`, at the bottom of the
 /// stack); re-exported so the layers above name it `crate::store`.
 pub use strato_store as store;
+
+/// The chunk API's protocol and client (its own crate, `chunk-api/`, on top
+/// of the store); the server's handlers and every client use it.
+pub use chunk_api;

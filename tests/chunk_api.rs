@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 
 use bytes::Bytes;
 use common::*;
-use strato::distribute::{ChunkClient, ClientError, Keys};
+use strato::chunk_api::{ChunkClient, ClientError, Keys};
 use strato::store::{ChunkId, ManifestEntry};
 
 fn client(s: &Server) -> ChunkClient {
@@ -80,15 +80,15 @@ fn chunks_manifest_and_have() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let m = c.manifest("imgs", "a.img").await.unwrap();
-        assert_eq!(m.doc.size, data.len() as u64);
-        assert_eq!(m.doc.etag, md5_hex(&data));
-        assert!(m.doc.profile.starts_with("block"), "{}", m.doc.profile);
+        assert_eq!(m.size, data.len() as u64);
+        assert_eq!(m.etag, md5_hex(&data));
+        assert!(m.profile.starts_with("block"), "{}", m.profile);
         // The zero half is zero runs, never stored.
-        assert!(m.entries.iter().any(|e| e.id.is_zero_run()));
+        assert!(m.chunks.iter().any(|e| e.id.is_zero_run()));
 
         // Every stored chunk reads back verified, in order, as the object.
         let mut rebuilt = Vec::new();
-        for e in &m.entries {
+        for e in &m.chunks {
             if e.id.is_zero_run() {
                 rebuilt.resize(rebuilt.len() + e.len as usize, 0);
             } else {
@@ -117,7 +117,7 @@ fn chunks_manifest_and_have() {
 
         // have: answers exactly the subset held.
         let absent = ChunkId::of(b"never stored");
-        let stored = m.entries.iter().find(|e| !e.id.is_zero_run()).unwrap().id;
+        let stored = m.chunks.iter().find(|e| !e.id.is_zero_run()).unwrap().id;
         let held = c.have(&[absent, id, stored]).await.unwrap();
         assert_eq!(held, [id, stored].into_iter().collect());
 

@@ -168,9 +168,9 @@ fn claimed_pages_of_a_dead_sender_are_pulled() {
         .collect();
     assert!(ids.len() > 100, "capture has {} pages", ids.len());
     // The dead sender's claims.
-    let client = strato::distribute::ChunkClient::new(
+    let client = strato::chunk_api::ChunkClient::new(
         &site.endpoint,
-        strato::distribute::Keys {
+        strato::chunk_api::Keys {
             access_key: site.access_key.clone(),
             secret_key: site.secret_key.clone(),
         },

@@ -16,10 +16,10 @@ use chain_broadcast::{
     ServeOptions, SinkFactory,
 };
 use strato::distribute::chain::{
-    transfer_name, FileNameSinkFactory, RemoteSource, StoreSinkFactory, StoreSource,
+    transfer_name, ChainSource, FileNameSinkFactory, StoreSinkFactory,
 };
 
-use super::pull::{open_cache, Remote};
+use super::common::{open_cache, ImageSource};
 use super::{local_owner, split_path, Ctx};
 
 #[derive(Args, Debug)]
@@ -87,15 +87,8 @@ pub struct PropagateArgs {
     /// Nodes in chain order: H1:P,H2:P,...
     #[arg(long, value_delimiter = ',', required = true)]
     nodes: Vec<String>,
-    /// Read the image from a repository's chunk API instead of the local store
-    #[arg(long, env = "STRATO_ENDPOINT")]
-    endpoint: Option<String>,
-    #[arg(long)]
-    access_key: Option<String>,
-    #[arg(long)]
-    secret_key: Option<String>,
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
+    #[command(flatten)]
+    source: ImageSource,
     /// Independent chains fed in parallel by the sender (a tree of chains)
     #[arg(long, default_value_t = 1)]
     fanout: usize,
@@ -123,31 +116,12 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
     };
     let report: Report = rt.block_on(async {
         let nodes = resolve_nodes(&a.nodes).await?;
-        let (source, manifest): (Arc<dyn ChunkSource>, _) = match &a.endpoint {
-            Some(endpoint) => {
-                let remote = Remote {
-                    endpoint: endpoint.clone(),
-                    access_key: a.access_key.clone(),
-                    secret_key: a.secret_key.clone(),
-                    region: a.region.clone(),
-                };
-                let (src, m, _) = RemoteSource::open(remote.client()?, &bucket, &key)
-                    .await
-                    .with_context(|| format!("manifest of s3://{bucket}/{key} at {endpoint}"))?;
-                (src, m)
-            }
-            None => {
-                if a.image.starts_with("s3://") {
-                    tracing::info!(
-                        "no --endpoint: reading s3://{bucket}/{key} from the local store"
-                    );
-                }
-                let store = ctx.open_store()?;
-                let (src, m, _) = StoreSource::open(store, &bucket, &key)
-                    .with_context(|| format!("{bucket}/{key} in the local store"))?;
-                (src, m)
-            }
-        };
+        let from = a.source.open(ctx, &a.image)?;
+        let where_ = a.source.endpoint.as_deref().unwrap_or("the local store");
+        let (src, manifest, _) = ChainSource::open(from, &bucket, &key)
+            .await
+            .with_context(|| format!("manifest of {bucket}/{key} at {where_}"))?;
+        let source: Arc<dyn ChunkSource> = src;
         let pb = super::progress_bar(ctx, manifest.size(), &format!("{bucket}/{key}"));
         let ticker = {
             let pb = pb.clone();

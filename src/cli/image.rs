@@ -12,7 +12,7 @@ use strato::image::nbd::{self, Exports};
 use strato::image::pseudo::PseudoImage;
 use strato::image::qcow2::{self, BackingFormat, OverlaySpec};
 
-use super::pull::{open_cache, runtime, s3_url, Remote};
+use super::common::{open_cache, runtime, s3_url, Remote};
 use super::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -324,12 +324,11 @@ fn spawn_chunk_server(
     l: tokio::net::TcpListener,
     cache: strato::store::Store,
     img: std::sync::Arc<PseudoImage>,
-    keys: &strato::distribute::Keys,
+    keys: &strato::chunk_api::Keys,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use strato::server::chunks::ChunkRoute;
     let creds = s3_compat::StaticCredentials::new().with_user(
-        strato::server::FIRST_USER,
+        strato::store::FIRST_USER,
         &keys.access_key,
         &keys.secret_key,
     );
@@ -342,32 +341,18 @@ fn spawn_chunk_server(
         ChunkRoute::new(cache).with_fallback(img),
     ))
     .build();
-    tokio::spawn(async move {
-        loop {
-            let stream = match l.accept().await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
+    // The same accept loop as `strato serve`: connection bound, header
+    // timeout, drain on SIGTERM.
+    tokio::spawn(strato::server::serve_on(
+        l,
+        None,
+        strato::server::Limits::default(),
+        move |req| {
             let s3 = s3.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let s3 = s3.clone();
-                    async move { Ok::<_, std::convert::Infallible>(s3.handle(req).await) }
-                });
-                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    tracing::debug!("chunk API connection ended: {e}");
-                }
-            });
-        }
-    });
+            async move { s3.handle(req).await }
+        },
+        strato::server::shutdown_signal(),
+    ));
 }
 
 fn spawn_conn<S>(s: S, exports: Exports)

@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use strato::distribute::mcast::sender::SendProgress;
 use strato::distribute::mcast::{self, wire, Outcome, RecvOptions, RecvSink, SendOptions, Source};
 
-use super::pull::{open_cache, runtime};
+use super::common::{open_cache, runtime, ImageSource};
 use super::{split_path, Ctx};
 
 /// Default TCP port of the control channel.
@@ -40,17 +40,8 @@ pub fn mcast(ctx: &Ctx, cmd: McastCmd) -> Result<ExitCode> {
 pub struct SendArgs {
     /// s3://BUCKET/KEY (with --endpoint), or BUCKET/KEY of the local store
     image: String,
-    /// Read the image from a repository's chunk API instead of the local store
-    #[arg(long, env = "STRATO_ENDPOINT")]
-    endpoint: Option<String>,
-    /// Access key (default: STRATO_ACCESS_KEY, then AWS_ACCESS_KEY_ID)
-    #[arg(long)]
-    access_key: Option<String>,
-    /// Secret key (default: STRATO_SECRET_KEY, then AWS_SECRET_ACCESS_KEY)
-    #[arg(long)]
-    secret_key: Option<String>,
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
+    #[command(flatten)]
+    source: ImageSource,
     /// Multicast group and port, e.g. 239.77.0.1:7500
     #[arg(long)]
     group: SocketAddrV4,
@@ -135,18 +126,7 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     if !(a.loss_threshold > 0.0 && a.loss_threshold < 1.0) {
         bail!("--loss-threshold must be between 0 and 1");
     }
-    let source = match &a.endpoint {
-        Some(endpoint) => {
-            let remote = super::pull::Remote {
-                endpoint: endpoint.clone(),
-                access_key: a.access_key.clone(),
-                secret_key: a.secret_key.clone(),
-                region: a.region.clone(),
-            };
-            Source::Remote(Box::new(remote.client()?))
-        }
-        None => Source::Local(ctx.open_store()?),
-    };
+    let source: Source = a.source.open(ctx, &a.image)?;
     let interface = a.interface.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let listen = a.listen.unwrap_or_else(|| {
         let ip = a.interface.unwrap_or(Ipv4Addr::LOCALHOST);

@@ -11,18 +11,17 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use strato::distribute::ChunkClient;
 use strato::migrate::codec::rcache::CodecConfig;
 use strato::migrate::memory::receiver::{self, ReceiverOptions};
 use strato::migrate::memory::report::{GroupReport, VmReport};
 use strato::migrate::memory::sender::{self, SenderOptions};
 
-use super::pull::{runtime, Remote};
+use super::common::{connect, runtime, SiteArgs};
 use super::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -39,38 +38,6 @@ pub enum MigrateCmd {
     DiskRecv(super::migrate_disk::DiskRecvArgs),
     #[command(flatten)]
     Policy(super::migsim::MigsimCmd),
-}
-
-/// The destination site's chunk API (optional: without it only repeated
-/// pages of the same VM are deduplicated).
-#[derive(Args, Debug, Clone)]
-pub struct SiteArgs {
-    /// Destination site's strato endpoint, e.g. http://site:9000
-    #[arg(long)]
-    site: Option<String>,
-    /// Access key (default: STRATO_ACCESS_KEY, then AWS_ACCESS_KEY_ID)
-    #[arg(long)]
-    access_key: Option<String>,
-    /// Secret key (default: STRATO_SECRET_KEY, then AWS_SECRET_ACCESS_KEY)
-    #[arg(long)]
-    secret_key: Option<String>,
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
-}
-
-impl SiteArgs {
-    pub(super) fn client(&self) -> Result<Option<ChunkClient>> {
-        let Some(endpoint) = &self.site else {
-            return Ok(None);
-        };
-        let remote = Remote {
-            endpoint: endpoint.clone(),
-            access_key: self.access_key.clone(),
-            secret_key: self.secret_key.clone(),
-            region: self.region.clone(),
-        };
-        Ok(Some(remote.client()?.with_timeout(Duration::from_secs(30))))
-    }
 }
 
 #[derive(Args, Debug)]
@@ -223,7 +190,7 @@ fn write_report(
 
 fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     if let Some(g) = &a.group {
-        if !strato::migrate::claims::valid_group(g) {
+        if !strato::chunk_api::claims::valid_group(g) {
             bail!("invalid --group {g:?}: use 1-128 of A-Z a-z 0-9 . _ -");
         }
     }
@@ -273,20 +240,6 @@ fn codec_config(a: &SendArgs) -> Result<Option<CodecConfig>> {
 }
 
 /// Connect, retrying while the receiver is starting (bounded).
-pub(super) async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStream> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match tokio::net::TcpStream::connect(to).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("connecting to {to}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to the receiver {to}")),
-        }
-    }
-}
-
 fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
     let opts = ReceiverOptions {
         site: a.site.client()?,

@@ -27,8 +27,7 @@ use strato::migrate::disk::recv::{receive_disk, DiskRecvOptions};
 use strato::migrate::disk::report::DiskReport;
 use strato::migrate::disk::send::{DiskSendOptions, DiskSender};
 
-use super::migrate::{connect, SiteArgs};
-use super::pull::runtime;
+use super::common::{connect, runtime, SiteArgs};
 use super::Ctx;
 
 #[derive(Args, Debug)]
@@ -115,7 +114,7 @@ fn write_report(ctx: &Ctx, path: Option<&PathBuf>, r: &DiskReport) -> Result<()>
 
 pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
     if let Some(g) = &a.group {
-        if !strato::migrate::claims::valid_group(g) {
+        if !strato::chunk_api::claims::valid_group(g) {
             bail!("invalid --group {g:?}: use 1-128 of A-Z a-z 0-9 . _ -");
         }
     }

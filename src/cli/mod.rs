@@ -3,6 +3,7 @@
 
 mod admin;
 mod chain;
+mod common;
 mod image;
 mod mcast;
 mod migrate;

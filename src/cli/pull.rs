@@ -1,5 +1,4 @@
-//! `strato pull` (delta pull into a node-local cache) and `strato presign`,
-//! plus the endpoint options every hypervisor-side command shares.
+//! `strato pull` (delta pull into a node-local cache) and `strato presign`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,78 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use strato::distribute::client::parse_s3_url;
-use strato::distribute::{ChunkClient, Keys, PullOptions};
-use strato::store::{Store, StoreConfig};
+use strato::distribute::PullOptions;
 
+use super::common::{open_cache, runtime, s3_url, Remote};
 use super::Ctx;
-
-/// How to reach a strato endpoint (its S3 port carries the chunk API).
-#[derive(Args, Debug, Clone)]
-pub struct Remote {
-    /// Endpoint URL, e.g. http://repo:9000
-    #[arg(long, env = "STRATO_ENDPOINT")]
-    pub endpoint: String,
-    /// Access key (default: STRATO_ACCESS_KEY, then AWS_ACCESS_KEY_ID)
-    #[arg(long)]
-    pub access_key: Option<String>,
-    /// Secret key (default: STRATO_SECRET_KEY, then AWS_SECRET_ACCESS_KEY)
-    #[arg(long)]
-    pub secret_key: Option<String>,
-    #[arg(long, default_value = "us-east-1")]
-    pub region: String,
-}
-
-fn env_first(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .filter_map(|n| std::env::var(n).ok())
-        .find(|v| !v.is_empty())
-}
-
-impl Remote {
-    pub fn keys(&self) -> Result<Keys> {
-        let access_key = self
-            .access_key
-            .clone()
-            .or_else(|| env_first(&["STRATO_ACCESS_KEY", "AWS_ACCESS_KEY_ID"]))
-            .context("no access key: use --access-key or STRATO_ACCESS_KEY")?;
-        let secret_key = self
-            .secret_key
-            .clone()
-            .or_else(|| env_first(&["STRATO_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"]))
-            .context("no secret key: use --secret-key or STRATO_SECRET_KEY")?;
-        Ok(Keys {
-            access_key,
-            secret_key,
-        })
-    }
-
-    pub fn client(&self) -> Result<ChunkClient> {
-        Ok(ChunkClient::new(
-            &self.endpoint,
-            self.keys()?,
-            &self.region,
-        )?)
-    }
-}
-
-pub fn s3_url(s: &str) -> Result<(String, String)> {
-    parse_s3_url(s).with_context(|| format!("expected s3://BUCKET/KEY, got {s:?}"))
-}
-
-/// The node-local cache: a strato store of its own.
-pub fn open_cache(dir: &std::path::Path) -> Result<Store> {
-    Store::open(dir, StoreConfig::default())
-        .with_context(|| format!("opening the cache store in {}", dir.display()))
-}
-
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()?)
-}
 
 #[derive(Args, Debug)]
 pub struct PullArgs {

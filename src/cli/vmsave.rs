@@ -13,7 +13,7 @@ use strato::qemu::qmp::QmpClient;
 use strato::qemu::vmsave::{self, VmFileReport};
 use strato::store::ProfileChoice;
 
-use super::pull::{open_cache, runtime, s3_url, Remote};
+use super::common::{open_cache, runtime, s3_url, Remote};
 use super::{progress_bar, split_path, Ctx};
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(30);

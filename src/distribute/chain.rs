@@ -31,9 +31,9 @@ use chain_broadcast::{
 };
 use md5::Digest;
 
-use crate::distribute::client::ChunkClient;
-use crate::store::model::{ManifestEntry, ObjectRecord};
-use crate::store::{ChunkId, Precondition, Store, StoreError};
+use crate::store::model::{ManifestEntry, ObjectMeta};
+use crate::store::{ChunkId, Store, StoreError};
+use chunk_api::ManifestDoc;
 
 /// Largest piece a zero run is cut into on the wire: small enough for any
 /// frame limit, large enough that a 1 GiB run is a thousand manifest entries.
@@ -54,7 +54,9 @@ pub enum ChainError {
     #[error("transfer name {0:?} is not BUCKET/KEY")]
     Name(String),
     #[error("chunk API: {0}")]
-    Remote(#[from] crate::distribute::client::ClientError),
+    Remote(#[from] chunk_api::ClientError),
+    #[error("image source: {0}")]
+    Source(#[from] chunk_api::SourceError),
     #[error("object incomplete at finish: chunk {0} missing")]
     Incomplete(String),
     #[error("{0}")]
@@ -133,70 +135,46 @@ pub fn chain_manifest(
 // ---------------------------------------------------------------------------
 // Sources
 
-/// Reads chunks of one object from a local store (the repository machine
-/// runs `strato propagate`).
-pub struct StoreSource {
-    store: Store,
-    zeros: HashMap<chain_broadcast::ChunkId, u32>,
-}
-
-impl StoreSource {
-    /// The source and the chain manifest of `bucket/key`.
-    pub fn open(
-        store: Store,
-        bucket: &str,
-        key: &str,
-    ) -> Result<(Arc<StoreSource>, Manifest, ObjectRecord), ChainError> {
-        let (rec, entries) = store.manifest(bucket, key)?;
-        let (manifest, zeros) = chain_manifest(&entries);
-        Ok((Arc::new(StoreSource { store, zeros }), manifest, rec))
-    }
-}
-
-impl ChunkSource for StoreSource {
-    fn get(&self, id: &chain_broadcast::ChunkId) -> Result<Bytes, BoxError> {
-        if let Some(len) = self.zeros.get(id) {
-            return Ok(Bytes::from(vec![0u8; *len as usize]));
-        }
-        Ok(self.store.read_chunk(&to_store(id))?)
-    }
-}
-
-/// Reads chunks from a repository's chunk API. The chain calls `get` on
+/// Reads the chunks of one object from any [`chunk_api::ChunkSource`]: the
+/// repository's own store (`strato propagate` on the repository machine)
+/// or a repository's chunk API (`--endpoint`). The chain calls `get` on
 /// blocking threads, so blocking on the runtime handle here is allowed and
 /// keeps the async workers free.
-pub struct RemoteSource {
-    client: ChunkClient,
+pub struct ChainSource {
+    source: Arc<dyn chunk_api::ChunkSource>,
     handle: tokio::runtime::Handle,
     zeros: HashMap<chain_broadcast::ChunkId, u32>,
 }
 
-impl RemoteSource {
-    /// The source and chain manifest of `bucket/key` on the endpoint. Call
-    /// inside the runtime that will run the propagation.
+impl ChainSource {
+    /// The source, the chain manifest and the manifest of `bucket/key`.
+    /// Call inside the runtime that will run the propagation.
     pub async fn open(
-        client: ChunkClient,
+        source: Arc<dyn chunk_api::ChunkSource>,
         bucket: &str,
         key: &str,
-    ) -> Result<(Arc<RemoteSource>, Manifest, u64), ChainError> {
-        let m = client.manifest(bucket, key).await?;
-        let (manifest, zeros) = chain_manifest(&m.entries);
-        let src = RemoteSource {
-            client,
+    ) -> Result<(Arc<ChainSource>, Manifest, ManifestDoc), ChainError> {
+        let doc = source.manifest(bucket, key).await?;
+        let (manifest, zeros) = chain_manifest(&doc.entries());
+        let src = ChainSource {
+            source,
             handle: tokio::runtime::Handle::current(),
             zeros,
         };
-        Ok((Arc::new(src), manifest, m.doc.size))
+        Ok((Arc::new(src), manifest, doc))
     }
 }
 
-impl ChunkSource for RemoteSource {
+impl ChunkSource for ChainSource {
     fn get(&self, id: &chain_broadcast::ChunkId) -> Result<Bytes, BoxError> {
         if let Some(len) = self.zeros.get(id) {
             return Ok(Bytes::from(vec![0u8; *len as usize]));
         }
         let sid = to_store(id);
-        Ok(self.handle.block_on(self.client.get_chunk(&sid))?)
+        match self.handle.block_on(self.source.chunk(sid))? {
+            Some(b) => Ok(b),
+            None => Err(format!("the image source lacks chunk {sid}").into()),
+        }
     }
 }
 
@@ -476,21 +454,14 @@ impl ChunkSink for StoreSink {
             }
             hex::encode(cur.ctx.clone().finalize())
         };
-        let rec = ObjectRecord {
+        let meta = ObjectMeta {
             size: manifest.size(),
             etag,
-            modified_ms: crate::store::now_ms(),
             profile: CHAIN_PROFILE.to_string(),
-            attrs: Vec::new(),
             parts: 0,
         };
-        self.store.commit_manifest(
-            &self.bucket,
-            &self.key,
-            rec,
-            &self.entries(),
-            &Precondition::None,
-        )?;
+        self.store
+            .commit_object(&self.bucket, &self.key, meta, &self.entries())?;
         tracing::info!(bucket = %self.bucket, key = %self.key, size = manifest.size(), "chain object committed");
         Ok(written)
     }
@@ -605,7 +576,9 @@ mod tests {
             |_| {},
         )
         .unwrap();
-        let (src, manifest, _) = StoreSource::open(repo, "bkt", "k/img").unwrap();
+        let (src, manifest, _) = ChainSource::open(Arc::new(repo), "bkt", "k/img")
+            .await
+            .unwrap();
         let nodes_stores = [open("n1"), open("n2")];
         let mut nodes = Vec::new();
         for st in &nodes_stores {

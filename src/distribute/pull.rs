@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::client::{ChunkClient, ClientError, RemoteManifest};
-use crate::store::{ChunkId, ObjectRecord, Precondition, Store, StoreError};
+use crate::store::{ChunkId, ObjectMeta, Store, StoreError};
+use chunk_api::{ChunkClient, ClientError, ManifestDoc};
 
 /// Guest data lives in 4 KiB blocks: all-zero blocks become holes.
 const BLOCK: usize = 4096;
@@ -77,7 +77,7 @@ pub struct PullReport {
 /// The cache's copy of an object must live in a bucket; pulled buckets are
 /// owned by the local admin like any bucket made from the command line.
 pub fn ensure_bucket(cache: &Store, bucket: &str) -> Result<(), StoreError> {
-    match cache.create_bucket(bucket, crate::server::FIRST_USER) {
+    match cache.create_bucket(bucket, crate::store::FIRST_USER) {
         Ok(())
         | Err(StoreError::BucketAlreadyOwnedByYou(_))
         | Err(StoreError::BucketAlreadyExists(_)) => Ok(()),
@@ -113,23 +113,15 @@ pub async fn fetch_into(
 }
 
 /// Commit the manifest in the cache (all chunks must be present).
-pub fn commit_in_cache(cache: &Store, m: &RemoteManifest) -> Result<(), StoreError> {
-    ensure_bucket(cache, &m.doc.bucket)?;
-    let rec = ObjectRecord {
-        size: m.doc.size,
-        etag: m.doc.etag.clone(),
-        modified_ms: 0,
-        profile: m.doc.profile.clone(),
-        attrs: Vec::new(),
-        parts: m.doc.parts,
+pub fn commit_in_cache(cache: &Store, m: &ManifestDoc) -> Result<(), StoreError> {
+    ensure_bucket(cache, &m.bucket)?;
+    let meta = ObjectMeta {
+        size: m.size,
+        etag: m.etag.clone(),
+        profile: m.profile.clone(),
+        parts: m.parts,
     };
-    cache.commit_manifest(
-        &m.doc.bucket,
-        &m.doc.key,
-        rec,
-        &m.entries,
-        &Precondition::None,
-    )?;
+    cache.commit_object(&m.bucket, &m.key, meta, &m.entries())?;
     Ok(())
 }
 
@@ -146,13 +138,13 @@ pub async fn pull(
     let m = client.manifest(bucket, key).await?;
     let mut seen = HashSet::new();
     let unique: Vec<ChunkId> = m
-        .entries
+        .chunks
         .iter()
         .filter(|e| !e.id.is_zero_run() && seen.insert(e.id))
         .map(|e| e.id)
         .collect();
     let zero_run_bytes = m
-        .entries
+        .chunks
         .iter()
         .filter(|e| e.id.is_zero_run())
         .map(|e| e.len as u64)
@@ -164,7 +156,7 @@ pub async fn pull(
         .collect();
     let cached_chunks = unique.len() - missing.len();
     tracing::info!(
-        size = m.doc.size,
+        size = m.size,
         chunks = unique.len(),
         cached = cached_chunks,
         missing = missing.len(),
@@ -201,9 +193,9 @@ pub async fn pull(
     Ok(PullReport {
         bucket: bucket.to_string(),
         key: key.to_string(),
-        size: m.doc.size,
-        etag: m.doc.etag.clone(),
-        chunks: m.entries.len(),
+        size: m.size,
+        etag: m.etag.clone(),
+        chunks: m.chunks.len(),
         unique_chunks: unique.len(),
         zero_run_bytes,
         cached_chunks,
@@ -217,7 +209,7 @@ pub async fn pull(
 /// Write the object from the cache to `out`: zero runs and all-zero 4 KiB
 /// blocks stay holes. Written beside `out` and renamed, so `out` is either
 /// the old file or the complete new one.
-pub fn write_sparse(cache: &Store, m: &RemoteManifest, out: &Path) -> Result<(), PullError> {
+pub fn write_sparse(cache: &Store, m: &ManifestDoc, out: &Path) -> Result<(), PullError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PullError::Io { path, source }
@@ -230,9 +222,9 @@ pub fn write_sparse(cache: &Store, m: &RemoteManifest, out: &Path) -> Result<(),
         .open(&tmp)
         .map_err(io(&tmp))?;
     let result = (|| {
-        f.set_len(m.doc.size).map_err(io(&tmp))?;
+        f.set_len(m.size).map_err(io(&tmp))?;
         let mut off = 0u64;
-        for e in &m.entries {
+        for e in &m.chunks {
             if !e.id.is_zero_run() {
                 let data = cache.read_chunk(&e.id)?;
                 for (i, block) in data.chunks(BLOCK).enumerate() {

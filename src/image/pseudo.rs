@@ -24,9 +24,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::distribute::pull::commit_in_cache;
-use crate::distribute::{ChunkClient, ClientError, RemoteManifest};
-use crate::server::chunks::{ManifestChunk, ManifestDoc, MANIFEST_VERSION};
 use crate::store::{ChunkId, Store, StoreError};
+use chunk_api::{ChunkClient, ClientError, ManifestDoc};
 
 /// Chunks of one read fetched at once.
 const READ_PARALLEL: usize = 8;
@@ -80,7 +79,7 @@ pub struct ExportStats {
 
 pub struct PseudoImage {
     name: String,
-    manifest: RemoteManifest,
+    manifest: ManifestDoc,
     /// Start offset of each manifest entry, for binary search.
     offsets: Vec<u64>,
     cache: Store,
@@ -118,14 +117,14 @@ impl PseudoImage {
             Err(e) => return Err(e.into()),
         };
         crate::distribute::pull::ensure_bucket(&cache, bucket)?;
-        let mut offsets = Vec::with_capacity(manifest.entries.len());
+        let mut offsets = Vec::with_capacity(manifest.chunks.len());
         let mut off = 0;
-        for e in &manifest.entries {
+        for e in &manifest.chunks {
             offsets.push(off);
             off += e.len as u64;
         }
         let unique: HashSet<ChunkId> = manifest
-            .entries
+            .chunks
             .iter()
             .filter(|e| !e.id.is_zero_run())
             .map(|e| e.id)
@@ -154,7 +153,7 @@ impl PseudoImage {
     }
 
     pub fn size(&self) -> u64 {
-        self.manifest.doc.size
+        self.manifest.size
     }
 
     pub fn stats(&self) -> ExportStats {
@@ -221,7 +220,7 @@ impl PseudoImage {
         let pieces: Vec<Bytes> = futures::stream::iter(first..=last)
             .map(|i| async move {
                 let start = self.offsets[i];
-                let e = self.manifest.entries[i];
+                let e = self.manifest.chunks[i];
                 let lo = offset.max(start) - start;
                 let hi = end.min(start + e.len as u64) - start;
                 if e.id.is_zero_run() {
@@ -334,7 +333,7 @@ impl PseudoImage {
         let mut seen = HashSet::new();
         let ids: Vec<ChunkId> = self
             .manifest
-            .entries
+            .chunks
             .iter()
             .filter(|e| !e.id.is_zero_run() && seen.insert(e.id))
             .map(|e| e.id)
@@ -359,42 +358,43 @@ impl PseudoImage {
 /// A pseudo image as the upstream of others (`nbd serve --serve-chunks`):
 /// it hands out its manifest and fetches its chunks on their behalf.
 #[async_trait::async_trait]
-impl crate::server::chunks::ChunkFallback for PseudoImage {
-    async fn chunk(&self, id: ChunkId) -> Result<Option<Bytes>, String> {
+impl crate::chunk_api::ChunkSource for PseudoImage {
+    async fn manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ManifestDoc, crate::chunk_api::SourceError> {
+        let d = &self.manifest;
+        if d.bucket == bucket && d.key == key {
+            Ok(d.clone())
+        } else {
+            Err(crate::chunk_api::SourceError::NotFound(format!(
+                "{bucket}/{key} (this export serves {}/{})",
+                d.bucket, d.key
+            )))
+        }
+    }
+
+    async fn chunk(&self, id: ChunkId) -> Result<Option<Bytes>, crate::chunk_api::SourceError> {
         if !self.ids.contains(&id) {
             return Ok(None);
         }
         PseudoImage::chunk(self, id)
             .await
             .map(Some)
-            .map_err(|e| e.to_string())
-    }
-
-    fn manifest(&self, bucket: &str, key: &str) -> Option<ManifestDoc> {
-        let d = &self.manifest.doc;
-        (d.bucket == bucket && d.key == key).then(|| d.clone())
+            .map_err(|e| crate::chunk_api::SourceError::Failed(e.to_string()))
     }
 }
 
-fn local_manifest(cache: &Store, bucket: &str, key: &str) -> Option<RemoteManifest> {
+fn local_manifest(cache: &Store, bucket: &str, key: &str) -> Option<ManifestDoc> {
     let (rec, entries) = cache.manifest(bucket, key).ok()?;
-    Some(RemoteManifest {
-        doc: ManifestDoc {
-            version: MANIFEST_VERSION,
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            size: rec.size,
-            etag: rec.etag,
-            profile: rec.profile,
-            parts: rec.parts,
-            chunks: entries
-                .iter()
-                .map(|c| ManifestChunk {
-                    id: c.id.to_hex(),
-                    len: c.len,
-                })
-                .collect(),
-        },
-        entries,
-    })
+    Some(ManifestDoc::new(
+        bucket,
+        key,
+        rec.size,
+        &rec.etag,
+        &rec.profile,
+        rec.parts,
+        &entries,
+    ))
 }

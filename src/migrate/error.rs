@@ -1,9 +1,9 @@
 //! The one error type of the migration agents, memory (`migrate
 //! send|recv`) and disk (`migrate disk-send|disk-recv`) alike.
 
-use crate::distribute::client::ClientError;
 use crate::image::nbd_client::NbdClientError;
 use crate::store::ChunkId;
+use chunk_api::ClientError;
 
 use super::codec::rcache::CodecError;
 use super::proto::WireError;

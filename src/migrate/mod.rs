@@ -16,7 +16,6 @@
 //! QEMU itself (QMP, the stream format, the mirror's QMP steps) is
 //! `crate::qemu`, one layer down.
 
-pub mod claims;
 pub mod codec;
 pub mod disk;
 pub mod error;

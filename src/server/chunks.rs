@@ -8,7 +8,7 @@
 //! PUT  /chunks/{id}                    store bytes; 400 BadDigest unless BLAKE3(body) == id
 //!                                      201 when new, 200 when already held
 //! POST /chunks?have                    body: hex ids, one per line; answer: the held ones
-//! POST /chunks?put                     body: frames (see chunk_batch.rs); all stored, durable
+//! POST /chunks?put                     body: frames (see chunk_api::frames); all stored, durable
 //! POST /chunks?get                     body: hex ids; answer: frames of the held ones
 //! POST /chunks?claim&group=G           body: hex ids; answer: those this caller won for
 //!                                      migration group G (first claimant wins, atomic)
@@ -31,66 +31,25 @@ use futures::StreamExt;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use s3_compat::{ByteStream, ExtraRoute, ResponseBody, User};
-use serde::{Deserialize, Serialize};
 
-use super::chunk_batch;
-use crate::migrate::claims::{ClaimError, ClaimTable};
-use crate::store::{ChunkId, ManifestEntry, ObjectRecord, Precondition, Store, StoreError};
+use chunk_api::frames;
+use chunk_api::ids;
+use chunk_api::wire::{
+    ManifestCommit, ManifestDoc, MAX_CHUNK_LEN, MAX_ID_LIST_BODY, MAX_MANIFEST_BODY,
+};
 
-/// Largest chunk body accepted by `PUT /chunks/{id}`. The chunkers cut at
-/// most a few MiB; this bounds the memory one request can hold.
-pub const MAX_CHUNK_LEN: usize = 64 << 20;
-/// Bound on a `POST /chunks?have` body (about 1.6 M ids).
-const MAX_HAVE_BODY: usize = 128 << 20;
-
-/// An object's manifest as the chunk API serves it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestDoc {
-    pub version: u32,
-    pub bucket: String,
-    pub key: String,
-    pub size: u64,
-    pub etag: String,
-    pub profile: String,
-    pub parts: u32,
-    /// In order; an all-zero id stands for `len` zero bytes that are never stored.
-    pub chunks: Vec<ManifestChunk>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestChunk {
-    pub id: String,
-    pub len: u32,
-}
-
-pub const MANIFEST_VERSION: u32 = 1;
-
-/// Body of `PUT /chunks/manifest/{bucket}/{key}`: the object's chunks, in
-/// order. A migration receiver keeps the pages it brought to the site this
-/// way, so later migrations and clones can resolve them after the GC grace
-/// period: unreferenced chunks are garbage.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestCommit {
-    pub chunks: Vec<ManifestChunk>,
-}
-
-/// Bound on a manifest commit body (about 1.5 M chunks).
-const MAX_MANIFEST_BODY: usize = 128 << 20;
-
-/// Where a route looks for what its store lacks: a pseudo image serving
-/// as a rack-level upstream fetches missing chunks from its own upstream,
-/// so node-level pseudo images can be fed from it.
-#[async_trait]
-pub trait ChunkFallback: Send + Sync + 'static {
-    /// The chunk, if this source can produce it (`Err` = upstream failure).
-    async fn chunk(&self, id: ChunkId) -> Result<Option<Bytes>, String>;
-    /// The manifest of `bucket/key`, if this source serves that object.
-    fn manifest(&self, bucket: &str, key: &str) -> Option<ManifestDoc>;
-}
+use crate::chunk_api::claims::{ClaimError, ClaimLimits, ClaimTable};
+use crate::chunk_api::route::Route;
+use crate::chunk_api::{ChunkSource, SourceError};
+use crate::store::{ChunkId, Store, StoreError};
+use tracing::Instrument;
 
 pub struct ChunkRoute {
     store: Store,
-    fallback: Option<Arc<dyn ChunkFallback>>,
+    /// Where the route looks for what its store lacks: a pseudo image
+    /// serving as a rack-level upstream fetches missing chunks from its own
+    /// upstream, so node-level pseudo images can be fed from it.
+    fallback: Option<Arc<dyn ChunkSource>>,
     /// Shrinker's coordination service for migrations into this site.
     claims: Arc<ClaimTable>,
 }
@@ -104,7 +63,13 @@ impl ChunkRoute {
         }
     }
 
-    pub fn with_fallback(mut self, f: Arc<dyn ChunkFallback>) -> ChunkRoute {
+    /// Claim-table limits from `[migration]` in the config file.
+    pub fn with_claim_limits(mut self, limits: ClaimLimits) -> ChunkRoute {
+        self.claims = Arc::new(ClaimTable::new(limits));
+        self
+    }
+
+    pub fn with_fallback(mut self, f: Arc<dyn ChunkSource>) -> ChunkRoute {
         self.fallback = Some(f);
         self
     }
@@ -116,27 +81,13 @@ impl ChunkRoute {
                 Some(f) => match f.chunk(id).await {
                     Ok(Some(b)) => Ok(b),
                     Ok(None) => Err(ApiError::NotFound(m)),
-                    Err(e) => Err(ApiError::Unavailable(e)),
+                    Err(e) => Err(ApiError::Unavailable(e.to_string())),
                 },
                 None => Err(ApiError::NotFound(m)),
             },
             other => other,
         }
     }
-}
-
-/// What a request asks for, parsed before anything is done.
-#[derive(Debug, PartialEq, Eq)]
-enum Endpoint {
-    GetChunk(ChunkId),
-    HeadChunk(ChunkId),
-    PutChunk(ChunkId),
-    Have,
-    PutBatch,
-    GetBatch,
-    Claim { group: String },
-    Manifest { bucket: String, key: String },
-    CommitManifest { bucket: String, key: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,82 +149,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn parse(method: &Method, uri: &http::Uri) -> Result<Endpoint, ApiError> {
-    let path = uri.path();
-    let rest = path
-        .strip_prefix("/chunks")
-        .ok_or_else(|| ApiError::BadRequest("not a chunk API path".into()))?;
-    if rest.is_empty() || rest == "/" {
-        let have = uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "have" || p.starts_with("have=")));
-        let params: Vec<&str> = uri.query().unwrap_or("").split('&').collect();
-        if method == Method::POST && params.contains(&"claim") {
-            let group = params
-                .iter()
-                .find_map(|p| p.strip_prefix("group="))
-                .ok_or_else(|| ApiError::BadRequest("claim needs group=NAME".into()))?;
-            return Ok(Endpoint::Claim {
-                group: group.to_string(),
-            });
-        }
-        if method == Method::POST && params.contains(&"put") {
-            return Ok(Endpoint::PutBatch);
-        }
-        if method == Method::POST && params.contains(&"get") {
-            return Ok(Endpoint::GetBatch);
-        }
-        return match (method, have) {
-            (&Method::POST, true) => Ok(Endpoint::Have),
-            _ => Err(ApiError::BadRequest(
-                "use POST /chunks?have or POST /chunks?claim&group=G".into(),
-            )),
-        };
-    }
-    let rest = &rest[1..];
-    if let Some(obj) = rest.strip_prefix("manifest/") {
-        if method != Method::GET && method != Method::PUT {
-            return Err(ApiError::BadRequest(
-                "manifests are read with GET and committed with PUT".into(),
-            ));
-        }
-        let decoded = percent_encoding::percent_decode_str(obj)
-            .decode_utf8()
-            .map_err(|_| ApiError::BadRequest("path is not UTF-8".into()))?;
-        return match decoded.split_once('/') {
-            Some((b, k)) if !b.is_empty() && !k.is_empty() && method == Method::GET => {
-                Ok(Endpoint::Manifest {
-                    bucket: b.to_string(),
-                    key: k.to_string(),
-                })
-            }
-            Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok(Endpoint::CommitManifest {
-                bucket: b.to_string(),
-                key: k.to_string(),
-            }),
-            _ => Err(ApiError::BadRequest(
-                "expected /chunks/manifest/BUCKET/KEY".into(),
-            )),
-        };
-    }
-    let id: ChunkId = rest
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("{rest:?} is not a chunk id (64 hex digits)")))?;
-    match *method {
-        Method::GET => Ok(Endpoint::GetChunk(id)),
-        Method::HEAD => Ok(Endpoint::HeadChunk(id)),
-        Method::PUT => Ok(Endpoint::PutChunk(id)),
-        _ => Err(ApiError::BadRequest(format!(
-            "{method} is not allowed on a chunk"
-        ))),
-    }
-}
-
 #[async_trait]
 impl ExtraRoute for ChunkRoute {
     fn matches(&self, _method: &Method, uri: &http::Uri) -> bool {
-        let p = uri.path();
-        p == "/chunks" || p.starts_with("/chunks/")
+        Route::matches(uri.path())
     }
 
     async fn call(
@@ -284,14 +163,17 @@ impl ExtraRoute for ChunkRoute {
         let head = req.method() == Method::HEAD;
         let span =
             tracing::debug_span!("chunk_api", method = %req.method(), path = %req.uri().path());
-        let _g = span.enter();
-        let result = match user {
-            None => Err(ApiError::Unsigned),
-            Some(user) => match parse(req.method(), req.uri()) {
-                Ok(ep) => self.handle(&user, ep, req.into_body()).await,
-                Err(e) => Err(e),
-            },
-        };
+        let result = async {
+            match user {
+                None => Err(ApiError::Unsigned),
+                Some(user) => match Route::parse(req.method(), req.uri()) {
+                    Ok(ep) => self.handle(&user, ep, req.into_body()).await,
+                    Err(e) => Err(ApiError::BadRequest(e.to_string())),
+                },
+            }
+        }
+        .instrument(span)
+        .await;
         match result {
             Ok(r) => r,
             Err(e) => {
@@ -302,269 +184,210 @@ impl ExtraRoute for ChunkRoute {
     }
 }
 
+type ApiResult = Result<http::Response<ResponseBody>, ApiError>;
+
+fn json_response(value: &impl serde::Serialize) -> ApiResult {
+    let json = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(response(
+        StatusCode::OK,
+        Bytes::from(json),
+        None,
+        "application/json",
+    ))
+}
+
+/// A hex id-per-line request body, bounded.
+async fn id_list(body: ByteStream) -> Result<Vec<ChunkId>, ApiError> {
+    let data = collect(body, MAX_ID_LIST_BODY).await?;
+    ids::decode(&data).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// One handler per endpoint; `handle` only dispatches.
 impl ChunkRoute {
-    async fn handle(
+    async fn handle(&self, user: &User, ep: Route, body: ByteStream) -> ApiResult {
+        match ep {
+            Route::HeadChunk(id) => self.head_chunk(id).await,
+            Route::GetChunk(id) => self.get_chunk(id).await,
+            Route::PutChunk(id) => self.put_chunk(id, body).await,
+            Route::Have => self.have(body).await,
+            Route::PutBatch => self.put_batch(body).await,
+            Route::GetBatch => self.get_batch(body).await,
+            Route::Claim { group } => self.claim(group, body).await,
+            Route::CommitManifest { bucket, key } => {
+                self.commit_manifest(user, bucket, key, body).await
+            }
+            Route::Manifest { bucket, key } => self.manifest(user, bucket, key).await,
+        }
+    }
+
+    async fn head_chunk(&self, id: ChunkId) -> ApiResult {
+        let data = self.read_chunk(id).await?;
+        Ok(response(
+            StatusCode::OK,
+            Bytes::new(),
+            Some(data.len()),
+            "application/octet-stream",
+        ))
+    }
+
+    async fn get_chunk(&self, id: ChunkId) -> ApiResult {
+        let data = self.read_chunk(id).await?;
+        let len = data.len();
+        Ok(response(
+            StatusCode::OK,
+            data,
+            Some(len),
+            "application/octet-stream",
+        ))
+    }
+
+    async fn put_chunk(&self, id: ChunkId, body: ByteStream) -> ApiResult {
+        let data = collect(body, MAX_CHUNK_LEN).await?;
+        if ChunkId::of(&data) != id {
+            return Err(ApiError::BadDigest);
+        }
+        let store = self.store.clone();
+        let new = blocking(move || store.put_chunk(&id, &data)).await?;
+        let status = if new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(response(status, Bytes::new(), None, "text/plain"))
+    }
+
+    async fn have(&self, body: ByteStream) -> ApiResult {
+        let ids = id_list(body).await?;
+        let store = self.store.clone();
+        // Block ids cost a metadata read each: off the reactor.
+        let out = blocking(move || {
+            let held: Vec<ChunkId> = ids.into_iter().filter(|id| store.has_content(id)).collect();
+            Ok(ids::encode(&held))
+        })
+        .await?;
+        Ok(response(StatusCode::OK, out, None, "text/plain"))
+    }
+
+    async fn put_batch(&self, body: ByteStream) -> ApiResult {
+        let data = collect(body, MAX_CHUNK_LEN).await?;
+        let frames = frames::parse_frames(&data, MAX_CHUNK_LEN)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let total = frames.len();
+        let store = self.store.clone();
+        // A wrong byte is the caller's fault (400) and stores nothing.
+        // (put_chunks checks every frame before storing any.)
+        let new = blocking(move || match store.put_chunks(&frames) {
+            Err(StoreError::Integrity { .. }) => Ok(None),
+            other => other.map(Some),
+        })
+        .await?
+        .ok_or(ApiError::BadDigest)?;
+        Ok(response(
+            StatusCode::OK,
+            Bytes::from(format!("stored {new} new of {total}\n")),
+            None,
+            "text/plain",
+        ))
+    }
+
+    async fn get_batch(&self, body: ByteStream) -> ApiResult {
+        let ids = id_list(body).await?;
+        let store = self.store.clone();
+        let out = blocking(move || {
+            let mut out = bytes::BytesMut::new();
+            for id in &ids {
+                match store.read_content(id) {
+                    Ok(d) => frames::put_frame(&mut out, id, &d),
+                    Err(StoreError::MissingChunk(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out.freeze())
+        })
+        .await?;
+        let len = out.len();
+        Ok(response(
+            StatusCode::OK,
+            out,
+            Some(len),
+            "application/octet-stream",
+        ))
+    }
+
+    async fn claim(&self, group: String, body: ByteStream) -> ApiResult {
+        let ids = id_list(body).await?;
+        let claims = self.claims.clone();
+        let won = tokio::task::spawn_blocking(move || claims.claim(&group, &ids))
+            .await
+            .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
+            .map_err(|e| match e {
+                ClaimError::BadGroup(_) => ApiError::BadRequest(e.to_string()),
+                ClaimError::Full(_) => ApiError::Unavailable(e.to_string()),
+            })?;
+        Ok(response(
+            StatusCode::OK,
+            ids::encode(&won),
+            None,
+            "text/plain",
+        ))
+    }
+
+    async fn commit_manifest(
         &self,
         user: &User,
-        ep: Endpoint,
+        bucket: String,
+        key: String,
         body: ByteStream,
-    ) -> Result<http::Response<ResponseBody>, ApiError> {
+    ) -> ApiResult {
+        let data = collect(body, MAX_MANIFEST_BODY).await?;
+        let doc: ManifestCommit = serde_json::from_slice(&data)
+            .map_err(|e| ApiError::BadRequest(format!("manifest JSON: {e}")))?;
+        let chunks = doc.entries();
+        let me = user.id.clone();
         let store = self.store.clone();
-        match ep {
-            Endpoint::HeadChunk(id) => {
-                let data = self.read_chunk(id).await?;
-                Ok(response(
-                    StatusCode::OK,
-                    Bytes::new(),
-                    Some(data.len()),
-                    "application/octet-stream",
-                ))
+        let rec = blocking(move || {
+            if store.bucket(&bucket)?.owner != me {
+                return Ok(Err(ApiError::Denied));
             }
-            Endpoint::GetChunk(id) => {
-                let data = self.read_chunk(id).await?;
-                let len = data.len();
-                Ok(response(
-                    StatusCode::OK,
-                    data,
-                    Some(len),
-                    "application/octet-stream",
-                ))
-            }
-            Endpoint::PutChunk(id) => {
-                let data = collect(body, MAX_CHUNK_LEN).await?;
-                if ChunkId::of(&data) != id {
-                    return Err(ApiError::BadDigest);
-                }
-                let new = blocking(move || store.put_chunk(&id, &data)).await?;
-                let status = if new {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                Ok(response(status, Bytes::new(), None, "text/plain"))
-            }
-            Endpoint::Have => {
-                let data = collect(body, MAX_HAVE_BODY).await?;
-                let ids = parse_id_lines(&data)?;
-                // Block ids cost a metadata read each: off the reactor.
-                let out = blocking(move || {
-                    let mut out = String::with_capacity(ids.len() * 65);
-                    for id in ids.iter().filter(|id| store.has_content(id)) {
-                        out.push_str(&id.to_hex());
-                        out.push('\n');
-                    }
-                    Ok(out)
-                })
-                .await?;
-                Ok(response(
-                    StatusCode::OK,
-                    Bytes::from(out),
-                    None,
-                    "text/plain",
-                ))
-            }
-            Endpoint::PutBatch => {
-                let data = collect(body, MAX_CHUNK_LEN).await?;
-                let frames = chunk_batch::parse_frames(&data, MAX_CHUNK_LEN)
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                let total = frames.len();
-                // A wrong byte is the caller's fault (400) and stores nothing.
-                // (put_chunks checks every frame before storing any.)
-                let new = blocking(move || match store.put_chunks(&frames) {
-                    Err(StoreError::Integrity { .. }) => Ok(None),
-                    other => other.map(Some),
-                })
-                .await?
-                .ok_or(ApiError::BadDigest)?;
-                Ok(response(
-                    StatusCode::OK,
-                    Bytes::from(format!("stored {new} new of {total}\n")),
-                    None,
-                    "text/plain",
-                ))
-            }
-            Endpoint::GetBatch => {
-                let data = collect(body, MAX_HAVE_BODY).await?;
-                let ids = parse_id_lines(&data)?;
-                let out = blocking(move || {
-                    let mut out = bytes::BytesMut::new();
-                    for id in &ids {
-                        match store.read_content(id) {
-                            Ok(d) => chunk_batch::put_frame(&mut out, id, &d),
-                            Err(StoreError::MissingChunk(_)) => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Ok(out.freeze())
-                })
-                .await?;
-                let len = out.len();
-                Ok(response(
-                    StatusCode::OK,
-                    out,
-                    Some(len),
-                    "application/octet-stream",
-                ))
-            }
-            Endpoint::Claim { group } => {
-                let data = collect(body, MAX_HAVE_BODY).await?;
-                let ids = parse_id_lines(&data)?;
-                let claims = self.claims.clone();
-                let won = tokio::task::spawn_blocking(move || claims.claim(&group, &ids))
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
-                    .map_err(|e| match e {
-                        ClaimError::BadGroup(_) => ApiError::BadRequest(e.to_string()),
-                        ClaimError::Full(_) => ApiError::Unavailable(e.to_string()),
-                    })?;
-                let mut out = String::with_capacity(won.len() * 65);
-                for id in won {
-                    out.push_str(&id.to_hex());
-                    out.push('\n');
-                }
-                Ok(response(
-                    StatusCode::OK,
-                    Bytes::from(out),
-                    None,
-                    "text/plain",
-                ))
-            }
-            Endpoint::CommitManifest { bucket, key } => {
-                let data = collect(body, MAX_MANIFEST_BODY).await?;
-                let doc: ManifestCommit = serde_json::from_slice(&data)
-                    .map_err(|e| ApiError::BadRequest(format!("manifest JSON: {e}")))?;
-                let chunks = doc
-                    .chunks
-                    .iter()
-                    .map(|c| {
-                        let id: ChunkId = c.id.parse().map_err(|_| {
-                            ApiError::BadRequest(format!("{:?} is not a chunk id", c.id))
-                        })?;
-                        Ok(ManifestEntry { id, len: c.len })
-                    })
-                    .collect::<Result<Vec<_>, ApiError>>()?;
-                let me = user.id.clone();
-                let rec = blocking(move || {
-                    if store.bucket(&bucket)?.owner != me {
-                        return Ok(Err(ApiError::Denied));
-                    }
-                    commit_held_chunks(&store, &bucket, &key, &chunks).map(Ok)
-                })
-                .await??;
-                let json = serde_json::json!({ "size": rec.size, "etag": rec.etag });
-                Ok(response(
-                    StatusCode::OK,
-                    Bytes::from(json.to_string()),
-                    None,
-                    "application/json",
-                ))
-            }
-            Endpoint::Manifest { bucket, key } => {
-                if let Some(doc) = self
-                    .fallback
-                    .as_ref()
-                    .and_then(|f| f.manifest(&bucket, &key))
-                {
-                    let json =
-                        serde_json::to_vec(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
-                    return Ok(response(
-                        StatusCode::OK,
-                        Bytes::from(json),
-                        None,
-                        "application/json",
-                    ));
-                }
-                let me = user.id.clone();
-                let doc = blocking(move || {
-                    let b = store.bucket(&bucket)?;
-                    if b.owner != me {
-                        return Ok(Err(ApiError::Denied));
-                    }
-                    let (rec, chunks) = store.manifest(&bucket, &key)?;
-                    Ok(Ok(ManifestDoc {
-                        version: MANIFEST_VERSION,
-                        bucket,
-                        key,
-                        size: rec.size,
-                        etag: rec.etag,
-                        profile: rec.profile,
-                        parts: rec.parts,
-                        chunks: chunks
-                            .iter()
-                            .map(|c| ManifestChunk {
-                                id: c.id.to_hex(),
-                                len: c.len,
-                            })
-                            .collect(),
-                    }))
-                })
-                .await??;
-                let json =
-                    serde_json::to_vec(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
-                Ok(response(
-                    StatusCode::OK,
-                    Bytes::from(json),
-                    None,
-                    "application/json",
-                ))
-            }
-        }
-    }
-}
-
-/// Commit `bucket/key` from chunks the store already holds. Every chunk is
-/// read back (verified) to compute the object's MD5 ETag, so S3 clients
-/// that check ETags against content keep working; a missing chunk or a
-/// wrong length fails the commit and changes nothing.
-fn commit_held_chunks(
-    store: &Store,
-    bucket: &str,
-    key: &str,
-    chunks: &[ManifestEntry],
-) -> Result<ObjectRecord, StoreError> {
-    use md5::{Digest, Md5};
-    let mut md5 = Md5::new();
-    let mut size = 0u64;
-    for c in chunks {
-        if c.id.is_zero_run() {
-            md5.update(vec![0u8; c.len as usize]);
-        } else {
-            let data = store.read_chunk(&c.id)?;
-            if data.len() != c.len as usize {
-                return Err(StoreError::InvalidArgument(format!(
-                    "chunk {} is {} bytes, not {}",
-                    c.id,
-                    data.len(),
-                    c.len
-                )));
-            }
-            md5.update(&data);
-        }
-        size += c.len as u64;
-    }
-    let record = ObjectRecord {
-        size,
-        etag: hex::encode(md5.finalize()),
-        modified_ms: 0,
-        profile: "manifest".into(),
-        attrs: Vec::new(),
-        parts: 0,
-    };
-    store.commit_manifest(bucket, key, record, chunks, &Precondition::None)
-}
-
-/// Hex ids, one per line (the body of `have` and `claim`).
-fn parse_id_lines(data: &[u8]) -> Result<Vec<ChunkId>, ApiError> {
-    let text = std::str::from_utf8(data)
-        .map_err(|_| ApiError::BadRequest("ids must be hex text".into()))?;
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.parse()
-                .map_err(|_| ApiError::BadRequest(format!("{l:?} is not a chunk id")))
+            store
+                .commit_held_chunks(&bucket, &key, "manifest", &chunks)
+                .map(Ok)
         })
-        .collect()
+        .await??;
+        json_response(&serde_json::json!({ "size": rec.size, "etag": rec.etag }))
+    }
+
+    /// A pseudo image's own manifest first (it serves one object for
+    /// others), else the store's, for the bucket's owner only.
+    async fn manifest(&self, user: &User, bucket: String, key: String) -> ApiResult {
+        if let Some(f) = &self.fallback {
+            match f.manifest(&bucket, &key).await {
+                Ok(doc) => return json_response(&doc),
+                Err(SourceError::NotFound(_)) => {}
+                Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+            }
+        }
+        let me = user.id.clone();
+        let store = self.store.clone();
+        let doc = blocking(move || {
+            let b = store.bucket(&bucket)?;
+            if b.owner != me {
+                return Ok(Err(ApiError::Denied));
+            }
+            let (rec, chunks) = store.manifest(&bucket, &key)?;
+            Ok(Ok(ManifestDoc::new(
+                &bucket,
+                &key,
+                rec.size,
+                &rec.etag,
+                &rec.profile,
+                rec.parts,
+                &chunks,
+            )))
+        })
+        .await??;
+        json_response(&doc)
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -632,54 +455,7 @@ fn xml_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Share one route between builder and tests.
-pub fn route(store: Store) -> Arc<dyn ExtraRoute> {
-    Arc::new(ChunkRoute::new(store))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn uri(s: &str) -> http::Uri {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn parses_endpoints() {
-        let id = ChunkId::of(b"x");
-        let p = format!("/chunks/{}", id.to_hex());
-        assert_eq!(
-            parse(&Method::GET, &uri(&p)).unwrap(),
-            Endpoint::GetChunk(id)
-        );
-        assert_eq!(
-            parse(&Method::PUT, &uri(&p)).unwrap(),
-            Endpoint::PutChunk(id)
-        );
-        assert_eq!(
-            parse(&Method::HEAD, &uri(&p)).unwrap(),
-            Endpoint::HeadChunk(id)
-        );
-        assert!(parse(&Method::DELETE, &uri(&p)).is_err());
-        assert_eq!(
-            parse(&Method::POST, &uri("/chunks?have")).unwrap(),
-            Endpoint::Have
-        );
-        assert!(parse(&Method::GET, &uri("/chunks?have")).is_err());
-        assert_eq!(
-            parse(&Method::POST, &uri("/chunks?claim&group=g1")).unwrap(),
-            Endpoint::Claim { group: "g1".into() }
-        );
-        assert!(parse(&Method::POST, &uri("/chunks?claim")).is_err());
-        assert_eq!(
-            parse(&Method::GET, &uri("/chunks/manifest/b/dir/a%20b")).unwrap(),
-            Endpoint::Manifest {
-                bucket: "b".into(),
-                key: "dir/a b".into()
-            }
-        );
-        assert!(parse(&Method::GET, &uri("/chunks/manifest/b")).is_err());
-        assert!(parse(&Method::GET, &uri("/chunks/xyz")).is_err());
-    }
+/// The chunk API route of `strato serve`.
+pub fn route(store: Store, claim_limits: ClaimLimits) -> Arc<dyn ExtraRoute> {
+    Arc::new(ChunkRoute::new(store).with_claim_limits(claim_limits))
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FileConfig, UserConfig};
 
-pub const FIRST_USER: &str = "admin";
+pub use crate::store::FIRST_USER;
 const FILE: &str = "credentials.toml";
 
 #[derive(Debug, Clone)]

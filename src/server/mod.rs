@@ -2,7 +2,6 @@
 //! the store) and Prometheus `/metrics`.
 
 mod backend;
-pub mod chunk_batch;
 pub mod chunks;
 mod credentials;
 pub mod listener;
@@ -69,7 +68,7 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         s3_config(&opts.file),
     )
     .metrics(metrics.sink())
-    .extra_route(chunks::route(store.clone()))
+    .extra_route(chunks::route(store.clone(), opts.file.claim_limits()))
     .build();
     let front = Front {
         s3,

@@ -48,7 +48,7 @@ pub use fsck::{FsckProblem, FsckReport};
 pub use gc::{GcOptions, GcPlan, GcReport};
 pub use id::ChunkId;
 pub use meta::Engine;
-pub use model::{BucketRecord, ManifestEntry, ObjectRecord, PartRecord, UploadRecord};
+pub use model::{BucketRecord, ManifestEntry, ObjectMeta, ObjectRecord, PartRecord, UploadRecord};
 pub use names::{check_bucket_name, check_key, MAX_KEY_LEN};
 pub use reader::ObjectReader;
 pub use stats::{ProfileStats, StoreStats};
@@ -61,6 +61,11 @@ use segment::{Segment, SegmentAppender};
 
 const FORMAT: &str = "strato-store 1";
 /// S3's minimum size for every part but the last.
+/// The first user of a repository, and the owner of the buckets node-side
+/// tools (pull caches, chain and multicast stores) create in their own
+/// stores.
+pub const FIRST_USER: &str = "admin";
+
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 
 pub fn now_ms() -> u64 {
@@ -971,6 +976,67 @@ impl Store {
             self.index_if_enabled(bucket, key);
         }
         result
+    }
+
+    /// Commit `bucket/key` from chunks the store holds, with what the caller
+    /// knows of the object (chain, multicast, pull and the chunk API all
+    /// commit this way). `meta.size` must be what the chunks cover.
+    pub fn commit_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: ObjectMeta,
+        chunks: &[ManifestEntry],
+    ) -> Result<ObjectRecord> {
+        let record = ObjectRecord {
+            size: meta.size,
+            etag: meta.etag,
+            modified_ms: 0,
+            profile: meta.profile,
+            attrs: Vec::new(),
+            parts: meta.parts,
+        };
+        self.commit_manifest(bucket, key, record, chunks, &Precondition::None)
+    }
+
+    /// Commit `bucket/key` from chunks the store holds when the caller has
+    /// no ETag: every chunk is read back (verified) to compute the MD5 ETag
+    /// S3 clients check; a missing chunk or a wrong length fails the commit
+    /// and changes nothing.
+    pub fn commit_held_chunks(
+        &self,
+        bucket: &str,
+        key: &str,
+        profile: &str,
+        chunks: &[ManifestEntry],
+    ) -> Result<ObjectRecord> {
+        use md5::{Digest, Md5};
+        let mut md5 = Md5::new();
+        let mut size = 0u64;
+        for c in chunks {
+            if c.id.is_zero_run() {
+                md5.update(vec![0u8; c.len as usize]);
+            } else {
+                let data = self.read_chunk(&c.id)?;
+                if data.len() != c.len as usize {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "chunk {} is {} bytes, not {}",
+                        c.id,
+                        data.len(),
+                        c.len
+                    )));
+                }
+                md5.update(&data);
+            }
+            size += c.len as u64;
+        }
+        let meta = ObjectMeta {
+            size,
+            etag: hex::encode(md5.finalize()),
+            profile: profile.to_string(),
+            parts: 0,
+        };
+        self.commit_object(bucket, key, meta, chunks)
     }
 
     pub fn chunk_count(&self) -> usize {

@@ -32,6 +32,16 @@ pub struct BucketRecord {
     pub created_ms: u64,
 }
 
+/// What a caller knows of an object it commits from chunks the store
+/// holds (see `Store::commit_object`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub etag: String,
+    pub profile: String,
+    pub parts: u32,
+}
+
 /// One piece of an object: a stored chunk, or (id = ZERO_RUN) `len` zero bytes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ManifestEntry {

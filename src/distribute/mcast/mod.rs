@@ -27,7 +27,9 @@ pub use sender::{send, SendOptions, Source};
 #[derive(Debug, thiserror::Error)]
 pub enum McastError {
     #[error(transparent)]
-    Client(#[from] crate::distribute::ClientError),
+    Client(#[from] chunk_api::ClientError),
+    #[error("image source: {0}")]
+    Source(#[from] chunk_api::SourceError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]

@@ -25,7 +25,7 @@ use super::report::ReceiverReport;
 use super::wire::{self, Header};
 use super::McastError;
 use crate::distribute::pull::ensure_bucket;
-use crate::store::{ChunkId, ManifestEntry, ObjectRecord, Precondition, Store};
+use crate::store::{ChunkId, ManifestEntry, ObjectMeta, Store};
 
 pub enum RecvSink {
     /// Write the image to this file (sparse, atomic rename at the end).
@@ -491,22 +491,14 @@ impl Target {
             }
             TargetKind::Scratch { store } => {
                 ensure_bucket(store, &info.bucket)?;
-                let rec = ObjectRecord {
+                let meta = ObjectMeta {
                     size: info.size,
                     etag: info.etag.clone(),
-                    modified_ms: 0,
                     profile: info.profile.clone(),
-                    attrs: Vec::new(),
                     parts: info.parts,
                 };
                 // Syncs every referenced chunk (they went in unsynced).
-                store.commit_manifest(
-                    &info.bucket,
-                    &info.key,
-                    rec,
-                    entries,
-                    &Precondition::None,
-                )?;
+                store.commit_object(&info.bucket, &info.key, meta, entries)?;
                 let _ = std::fs::remove_file(&self.tmp);
             }
         }

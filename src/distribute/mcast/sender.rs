@@ -30,17 +30,12 @@ use super::pacing::TokenBucket;
 use super::report::{Outcome, ReceiverOutcome, RoundStats, SenderReport};
 use super::wire::{self, Header};
 use super::McastError;
-use crate::distribute::ChunkClient;
-use crate::store::{ChunkId, ManifestEntry, Store};
+use crate::store::{ChunkId, ManifestEntry};
+use chunk_api::ChunkSource;
 
-/// Where the image comes from.
-#[derive(Clone)]
-pub enum Source {
-    /// A repository's chunk API (ids are verified by the client).
-    Remote(Box<ChunkClient>),
-    /// The sender's own store.
-    Local(Store),
-}
+/// Where the image comes from: a repository's chunk API or the sender's
+/// own store (both verify what they return).
+pub type Source = Arc<dyn ChunkSource>;
 
 /// An object's manifest fields as the receivers need them.
 struct Object {
@@ -51,47 +46,22 @@ struct Object {
     entries: Vec<ManifestEntry>,
 }
 
-impl Source {
-    async fn object(&self, bucket: &str, key: &str) -> Result<Object, McastError> {
-        match self {
-            Source::Remote(c) => {
-                let m = c.manifest(bucket, key).await?;
-                Ok(Object {
-                    size: m.doc.size,
-                    etag: m.doc.etag,
-                    profile: m.doc.profile,
-                    parts: m.doc.parts,
-                    entries: m.entries,
-                })
-            }
-            Source::Local(s) => {
-                let (s, b, k) = (s.clone(), bucket.to_string(), key.to_string());
-                let (rec, entries) = tokio::task::spawn_blocking(move || s.manifest(&b, &k))
-                    .await
-                    .map_err(|e| McastError::Task(e.to_string()))??;
-                Ok(Object {
-                    size: rec.size,
-                    etag: rec.etag,
-                    profile: rec.profile,
-                    parts: rec.parts,
-                    entries,
-                })
-            }
-        }
-    }
+async fn object(source: &Source, bucket: &str, key: &str) -> Result<Object, McastError> {
+    let m = source.manifest(bucket, key).await?;
+    Ok(Object {
+        entries: m.entries(),
+        size: m.size,
+        etag: m.etag,
+        profile: m.profile,
+        parts: m.parts,
+    })
+}
 
-    async fn chunk(&self, id: ChunkId) -> Result<Bytes, McastError> {
-        let data = match self {
-            Source::Remote(c) => c.get_chunk(&id).await?,
-            Source::Local(s) => {
-                let s = s.clone();
-                tokio::task::spawn_blocking(move || s.read_chunk(&id))
-                    .await
-                    .map_err(|e| McastError::Task(e.to_string()))??
-            }
-        };
-        Ok(data)
-    }
+async fn fetch_chunk(source: &Source, id: ChunkId) -> Result<Bytes, McastError> {
+    source
+        .chunk(id)
+        .await?
+        .ok_or_else(|| McastError::Protocol(format!("the image source lacks chunk {id}")))
 }
 
 #[derive(Debug, Clone)]
@@ -185,7 +155,7 @@ pub async fn send(
     progress: Arc<SendProgress>,
 ) -> Result<SenderReport, McastError> {
     let started = Instant::now();
-    let obj = source.object(bucket, key).await?;
+    let obj = object(&source, bucket, key).await?;
     let payload = opts.payload.clamp(64, 65507 - wire::HEADER) as u32;
     let layout = Arc::new(Layout::new(&obj.entries, payload)?);
     let session = loop {
@@ -695,7 +665,7 @@ async fn send_round(
             if let Some(d) = cache.get(c) {
                 return Ok((c, d));
             }
-            let d = source.chunk(id).await?;
+            let d = fetch_chunk(&source, id).await?;
             if d.len() != len as usize {
                 return Err(McastError::Integrity(id.to_hex()));
             }

@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 
 use super::report::{DiskDetail, DiskReport};
 use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
-use crate::distribute::ChunkClient;
 use crate::image::nbd_client::{NbdClient, Reply, MAX_WRITE};
 use crate::migrate::error::{AgentError, Result, Unit};
 use crate::store::ChunkId;
+use chunk_api::ChunkClient;
 
 /// NBD requests in flight to the destination export.
 const INFLIGHT: usize = 64;

@@ -25,10 +25,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::report::{DiskDetail, DiskReport};
 use super::wire::{read_frame, write_frame, DiskFrame, DiskOp, BLOCK, DISK_PROTOCOL};
-use crate::distribute::ChunkClient;
 use crate::image::nbd::{serve_conn, BlockSource, Exports};
 use crate::migrate::error::{AgentError, Result};
 use crate::store::ChunkId;
+use chunk_api::ChunkClient;
 
 /// NBD writes queued ahead of the batcher (backpressure on QEMU beyond it).
 const QUEUE_ITEMS: usize = 64;

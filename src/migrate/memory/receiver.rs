@@ -28,11 +28,11 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::report::{KeptPages, ReceiverReport};
 use super::wire::{self, Frame, Op, PROTOCOL};
-use crate::distribute::ChunkClient;
 use crate::migrate::codec::rcache::{CodecConfig, CodecError, PageDecoder};
 use crate::migrate::error::{AgentError, Result, Unit};
 use crate::qemu::stream::PAGE_SIZE;
 use crate::store::{ChunkId, ManifestEntry};
+use chunk_api::ChunkClient;
 
 #[derive(Clone)]
 pub struct ReceiverOptions {

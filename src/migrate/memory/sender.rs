@@ -40,12 +40,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::readahead::{CloseOnDrop, ReadAhead};
 use super::report::VmReport;
 use super::wire::{self, Frame, Op, PROTOCOL};
-use crate::distribute::ChunkClient;
 use crate::migrate::codec::rcache::{CodecConfig, FrameKind, PageEncoder};
 use crate::migrate::error::{AgentError, Result};
 use crate::migrate::proto;
 use crate::qemu::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
 use crate::store::ChunkId;
+use chunk_api::ChunkClient;
 
 /// How a sender behaves.
 #[derive(Clone)]

@@ -10,6 +10,7 @@ pub mod adaptive;
 pub mod control;
 pub mod cost;
 pub mod plan;
+pub mod preset;
 pub mod schedule;
 pub mod sim;
 pub mod stop;

@@ -1,5 +1,5 @@
-//! Batched chunk transfer for the chunk API: many small chunks (4 KiB
-//! pages of a migration) in one request instead of one request each.
+//! Batch frames of the chunk API: many small chunks (4 KiB pages of a
+//! migration) in one request instead of one request each.
 //!
 //! ```text
 //! POST /chunks?put   body: frames; stores them all, durable on 200
@@ -14,7 +14,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::store::ChunkId;
+use strato_store::ChunkId;
 
 /// Bytes of framing before each chunk.
 pub const FRAME_HEADER_LEN: usize = 36;

@@ -1,10 +1,12 @@
-//! Client of the chunk API (see `server::chunks`), signed with SigV4 like
-//! any S3 client. Pulls, pseudo images, chains and migrations share it.
+//! Client of the chunk API, signed with SigV4 like any S3 client. Pulls,
+//! pseudo images, chains and migrations share it.
 //!
 //! Every chunk that comes back is checked against its id before a caller
 //! sees it: integrity across hops comes from the ids, not from the network.
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
@@ -14,12 +16,16 @@ use aws_sigv4::http_request::{
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::server::chunks::{ManifestChunk, ManifestCommit, ManifestDoc};
-use crate::store::{ChunkId, ManifestEntry};
+use strato_store::{ChunkId, ManifestEntry};
+
+use crate::ids;
+use crate::route::Route;
+use crate::wire::{ManifestCommit, ManifestDoc, ManifestError};
 
 /// Characters S3 leaves unescaped in a key (RFC 3986 unreserved, plus `/`).
 const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -31,8 +37,10 @@ const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid endpoint {0:?}: expected http://HOST:PORT")]
+    #[error("invalid endpoint {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     Endpoint(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{what}: cannot reach {endpoint}: {err}")]
     Unreachable {
         what: String,
@@ -55,6 +63,8 @@ pub enum ClientError {
     Integrity(ChunkId),
     #[error("{what}: invalid answer: {why}")]
     Invalid { what: String, why: String },
+    #[error("{what}: {err}")]
+    Manifest { what: String, err: ManifestError },
     #[error("signing: {0}")]
     Sign(String),
 }
@@ -85,13 +95,6 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-/// An object's manifest with ids parsed.
-#[derive(Debug, Clone)]
-pub struct RemoteManifest {
-    pub doc: ManifestDoc,
-    pub entries: Vec<ManifestEntry>,
-}
-
 /// A chunk API endpoint. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct ChunkClient {
@@ -100,25 +103,67 @@ pub struct ChunkClient {
     keys: Keys,
     region: String,
     timeout: Duration,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl ChunkClient {
+    /// A client of `endpoint` (`http://` or `https://`); an https
+    /// certificate must chain to the system's roots.
     pub fn new(endpoint: &str, keys: Keys, region: &str) -> Result<ChunkClient> {
+        Self::with_ca(endpoint, keys, region, None)
+    }
+
+    /// Like [`ChunkClient::new`], with `ca` (a PEM file, e.g. the
+    /// `DATA_DIR/tls/ca.pem` of a `--tls-self-signed` server) as the only
+    /// trusted root for an `https://` endpoint.
+    pub fn with_ca(
+        endpoint: &str,
+        keys: Keys,
+        region: &str,
+        ca: Option<&Path>,
+    ) -> Result<ChunkClient> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         let uri: http::Uri = endpoint
             .parse()
             .map_err(|_| ClientError::Endpoint(endpoint.clone()))?;
-        if uri.scheme_str() != Some("http") || uri.path() != "/" && !uri.path().is_empty() {
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(ClientError::Endpoint(endpoint)),
+        };
+        if uri.path() != "/" && !uri.path().is_empty() {
             return Err(ClientError::Endpoint(endpoint));
         }
         let host = uri
             .authority()
             .map(|a| a.to_string())
             .ok_or_else(|| ClientError::Endpoint(endpoint.clone()))?;
+        if ca.is_some() && !https {
+            return Err(ClientError::Tls(format!(
+                "--ca given but {endpoint} is not an https:// endpoint"
+            )));
+        }
+        // Plain http endpoints never load the system's roots.
+        let roots = if https {
+            root_store(ca)?
+        } else {
+            rustls::RootCertStore::empty()
+        };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(10)));
+        conn.enforce_http(false);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(conn);
@@ -230,7 +275,7 @@ impl ChunkClient {
                 .map_err(|e| ClientError::Unreachable {
                     what: what.to_string(),
                     endpoint: self.endpoint.clone(),
-                    err: chain(&e),
+                    err: with_tls_hint(chain(&e)),
                 })?;
             let status = resp.status();
             let body = resp
@@ -270,37 +315,16 @@ impl ChunkClient {
         }
     }
 
-    pub async fn manifest(&self, bucket: &str, key: &str) -> Result<RemoteManifest> {
+    /// The manifest of `bucket/key`, checked: a version this build reads,
+    /// and chunks that cover the object's size.
+    pub async fn manifest(&self, bucket: &str, key: &str) -> Result<ManifestDoc> {
         let what = format!("manifest of {bucket}/{key}");
-        let path = format!(
-            "/chunks/manifest/{}/{}",
-            utf8_percent_encode(bucket, KEY_SET),
-            utf8_percent_encode(key, KEY_SET)
-        );
+        let path = manifest_path(bucket, key);
         let (status, body) = self.send(&what, Method::GET, &path, Bytes::new()).await?;
         if status != StatusCode::OK {
             return Err(Self::status_error(&what, status, &body));
         }
-        let doc: ManifestDoc = serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
-            what: what.clone(),
-            why: e.to_string(),
-        })?;
-        let mut entries = Vec::with_capacity(doc.chunks.len());
-        for c in &doc.chunks {
-            let id = c.id.parse().map_err(|_| ClientError::Invalid {
-                what: what.clone(),
-                why: format!("bad chunk id {:?}", c.id),
-            })?;
-            entries.push(ManifestEntry { id, len: c.len });
-        }
-        let total: u64 = entries.iter().map(|e| e.len as u64).sum();
-        if total != doc.size {
-            return Err(ClientError::Invalid {
-                what,
-                why: format!("chunks cover {total} bytes, size is {}", doc.size),
-            });
-        }
-        Ok(RemoteManifest { doc, entries })
+        decode_manifest(&what, &body)
     }
 
     /// Commit `bucket/key` at the endpoint from chunks it already holds
@@ -313,20 +337,8 @@ impl ChunkClient {
         chunks: &[ManifestEntry],
     ) -> Result<String> {
         let what = format!("committing {bucket}/{key}");
-        let path = format!(
-            "/chunks/manifest/{}/{}",
-            utf8_percent_encode(bucket, KEY_SET),
-            utf8_percent_encode(key, KEY_SET)
-        );
-        let doc = ManifestCommit {
-            chunks: chunks
-                .iter()
-                .map(|c| ManifestChunk {
-                    id: c.id.to_hex(),
-                    len: c.len,
-                })
-                .collect(),
-        };
+        let path = manifest_path(bucket, key);
+        let doc = ManifestCommit::new(chunks);
         let body = serde_json::to_vec(&doc).map_err(|e| ClientError::Invalid {
             what: what.clone(),
             why: e.to_string(),
@@ -349,7 +361,12 @@ impl ChunkClient {
     pub async fn get_chunk(&self, id: &ChunkId) -> Result<Bytes> {
         let what = format!("chunk {id}");
         let (status, body) = self
-            .send(&what, Method::GET, &format!("/chunks/{id}"), Bytes::new())
+            .send(
+                &what,
+                Method::GET,
+                &Route::GetChunk(*id).path_and_query(),
+                Bytes::new(),
+            )
             .await?;
         if status != StatusCode::OK {
             return Err(Self::status_error(&what, status, &body));
@@ -364,7 +381,12 @@ impl ChunkClient {
     pub async fn put_chunk(&self, id: &ChunkId, data: Bytes) -> Result<bool> {
         let what = format!("storing chunk {id}");
         let (status, body) = self
-            .send(&what, Method::PUT, &format!("/chunks/{id}"), data)
+            .send(
+                &what,
+                Method::PUT,
+                &Route::PutChunk(*id).path_and_query(),
+                data,
+            )
             .await?;
         match status {
             StatusCode::CREATED => Ok(true),
@@ -375,18 +397,22 @@ impl ChunkClient {
 
     /// Which of `ids` the endpoint holds.
     pub async fn have(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
-        self.post_id_set("asking which chunks are held", "/chunks?have", ids)
-            .await
+        self.post_id_set(
+            "asking which chunks are held",
+            &Route::Have.path_and_query(),
+            ids,
+        )
+        .await
     }
 
     /// Claim `ids` for migration `group` at the endpoint (Shrinker's
     /// coordination service): the answer is the subset this caller won and
     /// must send; the others were claimed first by another sender.
     pub async fn claim(&self, group: &str, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
-        let path = format!(
-            "/chunks?claim&group={}",
-            utf8_percent_encode(group, KEY_SET)
-        );
+        let path = Route::Claim {
+            group: group.to_string(),
+        }
+        .path_and_query();
         self.post_id_set("claiming pages for a migration group", &path, ids)
             .await
     }
@@ -402,7 +428,9 @@ impl ChunkClient {
     ) -> Result<HashSet<ChunkId>> {
         let mut out = HashSet::new();
         for batch in ids.chunks(64 * 1024) {
-            let (status, resp) = self.send(what, Method::POST, path, id_lines(batch)).await?;
+            let (status, resp) = self
+                .send(what, Method::POST, path, ids::encode(batch))
+                .await?;
             if status != StatusCode::OK {
                 return Err(Self::status_error(what, status, &resp));
             }
@@ -463,6 +491,47 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// `s3://BUCKET/KEY` (or `BUCKET/KEY`) split in two.
+/// The roots an https endpoint's certificate must chain to: the CA file
+/// alone when given, else the system's store.
+fn root_store(ca: Option<&Path>) -> Result<rustls::RootCertStore> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let bad = |e: String| ClientError::Tls(format!("CA file {}: {e}", path.display()));
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?;
+            for c in certs {
+                roots
+                    .add(c.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(ClientError::Tls(
+                    "no CA certificates in the system store; give --ca FILE".into(),
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Certificate failures get a hint at the usual cause.
+fn with_tls_hint(err: String) -> String {
+    if err.contains("certificate") {
+        format!("{err} (the server's TLS certificate does not verify: give --ca with the CA that signed it, e.g. DATA_DIR/tls/ca.pem of a --tls-self-signed server)")
+    } else {
+        err
+    }
+}
+
 pub fn parse_s3_url(s: &str) -> Option<(String, String)> {
     let s = s.strip_prefix("s3://").unwrap_or(s);
     match s.split_once('/') {
@@ -471,12 +540,24 @@ pub fn parse_s3_url(s: &str) -> Option<(String, String)> {
     }
 }
 
-/// Request body naming chunks: hex ids, one per line.
-pub(crate) fn id_lines(ids: &[ChunkId]) -> Bytes {
-    let mut body = String::with_capacity(ids.len() * 65);
-    for id in ids {
-        body.push_str(&id.to_hex());
-        body.push('\n');
+/// `/chunks/manifest/BUCKET/KEY`, both escaped as S3 escapes keys.
+fn manifest_path(bucket: &str, key: &str) -> String {
+    Route::Manifest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
     }
-    Bytes::from(body)
+    .path_and_query()
+}
+
+/// A manifest answer, parsed and checked (see [`ManifestDoc::check`]).
+fn decode_manifest(what: &str, body: &[u8]) -> Result<ManifestDoc> {
+    let doc: ManifestDoc = serde_json::from_slice(body).map_err(|e| ClientError::Invalid {
+        what: what.to_string(),
+        why: e.to_string(),
+    })?;
+    doc.check().map_err(|err| ClientError::Manifest {
+        what: what.to_string(),
+        err,
+    })?;
+    Ok(doc)
 }

@@ -1,4 +1,4 @@
-//! Batched chunk transfer on the client side (see `server::chunk_batch`):
+//! Batched chunk transfer on the client side (frames in [`crate::frames`]):
 //! thousands of 4 KiB pages per request for migration agents, each chunk
 //! still checked against its id on arrival.
 
@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
 
-use super::client::{id_lines, ChunkClient, ClientError, Result};
-use crate::server::chunk_batch::{parse_frames, put_frame};
-use crate::server::chunks::MAX_CHUNK_LEN;
-use crate::store::ChunkId;
+use strato_store::ChunkId;
+
+use crate::client::{ChunkClient, ClientError, Result};
+use crate::frames::{parse_frames, put_frame};
+use crate::ids;
+use crate::route::Route;
+use crate::wire::MAX_CHUNK_LEN;
 
 /// Request bodies stay below this many bytes of chunk data.
 const BATCH_BYTES: usize = 8 << 20;
@@ -32,7 +35,12 @@ impl ChunkClient {
                 i += 1;
             }
             let (status, resp) = self
-                .send(what, Method::POST, "/chunks?put", body.split().freeze())
+                .send(
+                    what,
+                    Method::POST,
+                    &Route::PutBatch.path_and_query(),
+                    body.split().freeze(),
+                )
                 .await?;
             if status != StatusCode::OK {
                 return Err(Self::status_error(what, status, &resp));
@@ -58,7 +66,12 @@ impl ChunkClient {
         let mut out = HashMap::with_capacity(ids.len());
         for batch in ids.chunks(BATCH_IDS) {
             let (status, resp) = self
-                .send(what, Method::POST, "/chunks?get", id_lines(batch))
+                .send(
+                    what,
+                    Method::POST,
+                    &Route::GetBatch.path_and_query(),
+                    ids::encode(batch),
+                )
                 .await?;
             if status != StatusCode::OK {
                 return Err(Self::status_error(what, status, &resp));

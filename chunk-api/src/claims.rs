@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::store::ChunkId;
+use strato_store::ChunkId;
 
 /// Limits of a claim table.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,168 @@
+//! What the node-side commands share: how to reach a repository (endpoint,
+//! credentials, the CA for an https endpoint), s3:// URLs, the node-local
+//! cache store, the runtime and the connect-with-retry to a peer agent.
+//! Flags are defined here once and flattened into each command.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use strato::chunk_api::{parse_s3_url, ChunkClient, ChunkSource, Keys};
+use strato::store::{Store, StoreConfig};
+
+use super::Ctx;
+
+/// Credentials and TLS trust for a repository endpoint.
+#[derive(Args, Debug, Clone)]
+pub struct Credentials {
+    /// Access key (default: STRATO_ACCESS_KEY, then AWS_ACCESS_KEY_ID)
+    #[arg(long)]
+    pub access_key: Option<String>,
+    /// Secret key (default: STRATO_SECRET_KEY, then AWS_SECRET_ACCESS_KEY)
+    #[arg(long)]
+    pub secret_key: Option<String>,
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// For an https:// endpoint: trust only this CA (PEM), e.g. the
+    /// DATA_DIR/tls/ca.pem of a `serve --tls-self-signed`; default: the
+    /// system's roots
+    #[arg(long, env = "STRATO_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .find(|v| !v.is_empty())
+}
+
+impl Credentials {
+    pub fn keys(&self) -> Result<Keys> {
+        let access_key = self
+            .access_key
+            .clone()
+            .or_else(|| env_first(&["STRATO_ACCESS_KEY", "AWS_ACCESS_KEY_ID"]))
+            .context("no access key: use --access-key or STRATO_ACCESS_KEY")?;
+        let secret_key = self
+            .secret_key
+            .clone()
+            .or_else(|| env_first(&["STRATO_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"]))
+            .context("no secret key: use --secret-key or STRATO_SECRET_KEY")?;
+        Ok(Keys {
+            access_key,
+            secret_key,
+        })
+    }
+
+    /// A chunk API client of `endpoint` with these credentials.
+    pub fn client(&self, endpoint: &str) -> Result<ChunkClient> {
+        ChunkClient::with_ca(endpoint, self.keys()?, &self.region, self.ca.as_deref())
+            .with_context(|| format!("repository endpoint {endpoint}"))
+    }
+}
+
+/// A repository every hypervisor-side command talks to (its S3 port
+/// carries the chunk API).
+#[derive(Args, Debug, Clone)]
+pub struct Remote {
+    /// Endpoint URL, e.g. http://repo:9000 or https://repo:9000
+    #[arg(long, env = "STRATO_ENDPOINT")]
+    pub endpoint: String,
+    #[command(flatten)]
+    pub creds: Credentials,
+}
+
+impl Remote {
+    pub fn keys(&self) -> Result<Keys> {
+        self.creds.keys()
+    }
+
+    pub fn client(&self) -> Result<ChunkClient> {
+        self.creds.client(&self.endpoint)
+    }
+}
+
+/// Where a repository-side sender (`propagate`, `mcast send`) reads the
+/// image: a repository's chunk API with --endpoint, else the local store.
+#[derive(Args, Debug, Clone)]
+pub struct ImageSource {
+    /// Read the image from a repository's chunk API instead of the local store
+    #[arg(long, env = "STRATO_ENDPOINT")]
+    pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub creds: Credentials,
+}
+
+impl ImageSource {
+    pub fn open(&self, ctx: &Ctx, image: &str) -> Result<Arc<dyn ChunkSource>> {
+        match &self.endpoint {
+            Some(endpoint) => Ok(Arc::new(self.creds.client(endpoint)?)),
+            None => {
+                if image.starts_with("s3://") {
+                    tracing::info!("no --endpoint: reading {image} from the local store");
+                }
+                Ok(Arc::new(ctx.open_store()?))
+            }
+        }
+    }
+}
+
+/// The destination site's chunk API for the migration agents (optional:
+/// without it only repeated pages of the same VM are deduplicated).
+#[derive(Args, Debug, Clone)]
+pub struct SiteArgs {
+    /// Destination site's strato endpoint, e.g. https://site:9000
+    #[arg(long)]
+    pub site: Option<String>,
+    #[command(flatten)]
+    pub creds: Credentials,
+}
+
+impl SiteArgs {
+    pub fn client(&self) -> Result<Option<ChunkClient>> {
+        let Some(endpoint) = &self.site else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.creds
+                .client(endpoint)?
+                .with_timeout(Duration::from_secs(30)),
+        ))
+    }
+}
+
+pub fn s3_url(s: &str) -> Result<(String, String)> {
+    parse_s3_url(s).with_context(|| format!("expected s3://BUCKET/KEY, got {s:?}"))
+}
+
+/// The node-local cache: a strato store of its own.
+pub fn open_cache(dir: &Path) -> Result<Store> {
+    Store::open(dir, StoreConfig::default())
+        .with_context(|| format!("opening the cache store in {}", dir.display()))
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?)
+}
+
+/// Connects to a peer agent, retrying until `timeout` (it may start after us).
+pub async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::net::TcpStream::connect(to).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("connecting to {to}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to the receiver {to}")),
+        }
+    }
+}
