@@ -2,8 +2,11 @@
 //! certificates, through boto3, s3cmd and curl (HTTP/1.1 and h2 by ALPN);
 //! clients that do not trust the CA are refused; SIGHUP reloads the
 //! certificate without dropping connections; half-open and idle connections
-//! are closed after the header timeout; the connection bound holds.
+//! are closed after the header timeout; the connection bound holds;
+//! strato's own node-side clients (`pull`, `propagate --endpoint`) speak
+//! https with `--ca` and refuse a certificate that does not verify.
 
+mod chain_util;
 mod common;
 
 use std::io::{BufRead, Read, Write};
@@ -475,4 +478,78 @@ fn non_loopback_listen_without_tls_warns_and_bad_tls_flags_are_refused() {
     // --tls-cert without --tls-key is refused by the parser.
     let out = strato.run(&["serve", "--tls-cert", "/tmp/x.pem"]);
     assert!(!out.status.success());
+}
+
+/// `strato pull` and `strato propagate --endpoint` against an https
+/// repository: with `--ca` they work; without it, or with a file that is
+/// not a CA, they fail with a message naming the cause and write nothing.
+#[test]
+fn node_side_clients_speak_https_with_the_ca_and_refuse_what_does_not_verify() {
+    let st = Strato::new("redb");
+    st.ok(&["mb", "imgs"]);
+    let src = st.dir.path().join("img");
+    let data = write_random(&src, 5 << 20, 31);
+    st.put(&src, "imgs/base.img", "block");
+    let srv = Tls::start(st, &["--tls-self-signed"]);
+    let ca = srv.ca();
+    let ca_s = ca.to_str().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let keys = ["--access-key", AK, "--secret-key", SK];
+    let pull = |endpoint: &str, extra: &[&str], name: &str| {
+        let out = t.path().join(format!("{name}.img"));
+        let o = Command::new(strato_bin())
+            .args(["pull", "s3://imgs/base.img", "--endpoint", endpoint])
+            .args(keys)
+            .arg("--cache")
+            .arg(t.path().join(format!("{name}-cache")))
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .env_remove("STRATO_CA")
+            .output()
+            .unwrap();
+        (o, out)
+    };
+
+    let (o, out) = pull(&srv.endpoint, &["--ca", ca_s], "good");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(md5_file(&out), md5_hex(&data));
+
+    let (o, out) = pull(&srv.endpoint, &[], "no-ca");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("certificate") && err.contains("--ca"),
+        "no clear refusal: {err}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing is written when the server is not trusted"
+    );
+
+    let not_ca = t.path().join("not-a-ca.pem");
+    std::fs::write(&not_ca, "hello\n").unwrap();
+    let (o, _) = pull(&srv.endpoint, &["--ca", not_ca.to_str().unwrap()], "bad-ca");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("no PEM certificate"), "{err}");
+
+    let plain = srv.endpoint.replace("https://", "http://");
+    let (o, _) = pull(&plain, &["--ca", ca_s], "plain");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("not an https:// endpoint"), "{err}");
+
+    // A chain fed from the https repository.
+    let mut agent = chain_util::Agent::local(chain_util::Kind::Files, &t.path().join("node"));
+    let empty = t.path().join("no-local-store");
+    let nodes = vec![agent.addr.clone()];
+    let mut args = vec!["--endpoint", srv.endpoint.as_str(), "--ca", ca_s];
+    args.extend(keys);
+    let (ok, report, stderr) =
+        chain_util::propagate(&[], &empty, "s3://imgs/base.img", &nodes, &args);
+    assert!(ok, "{report}\n{stderr}");
+    let img = agent.image("imgs/base.img", t.path());
+    assert_eq!(md5_file(&img), md5_hex(&data));
+    agent.stop();
 }
