@@ -1,6 +1,7 @@
 //! Chunk + hash throughput per profile, and the in-memory index insert rate
 //! for 4 KiB pages. Baseline in the same run: BLAKE3 alone over the buffer
 //! (the floor any profile pays) — compare each profile to it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{Rng, SeedableRng};

@@ -3,6 +3,7 @@
 //! transaction), point gets, space on disk relative to the raw key/value
 //! bytes, and time to reopen. Prints a table; run with
 //! `cargo bench --bench meta_engines` (STRATO_BENCH_KEYS to change the size).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::time::Instant;
 
@@ -17,7 +18,11 @@ fn dir_size(p: &std::path::Path) -> u64 {
         return meta.len();
     }
     std::fs::read_dir(p)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| dir_size(&e.path())).sum())
+        .map(|d| {
+            d.filter_map(std::result::Result::ok)
+                .map(|e| dir_size(&e.path()))
+                .sum()
+        })
         .unwrap_or(0)
 }
 

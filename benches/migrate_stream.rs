@@ -2,6 +2,7 @@
 //! data pages, repeated pages and zero pages) through the tokenizer, page
 //! ids (BLAKE3) and batch encoding, with and without zstd. The figure to
 //! compare with the WAN is bytes of stream per second.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::hint::black_box;
 

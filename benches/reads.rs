@@ -1,5 +1,6 @@
 //! 64 KiB random ranged reads through the store vs `pread` on the same bytes
 //! kept as a plain file, in one run (both from the page cache).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::io::Cursor;
 use std::os::unix::fs::FileExt;

@@ -20,6 +20,7 @@
 //! - 4 KiB GETs/s with 32 concurrent SDK clients over 5 s, median of 3.
 //!
 //! Client and server share the machine's cores.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `strato propagate s3://BUCKET/KEY --endpoint URL`: the image comes from a
 //! running repository over the chunk API; and a node that missed a
 //! propagation catches up with `strato pull` into the same store.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod chain_util;
 mod common;

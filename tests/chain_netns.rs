@@ -2,6 +2,7 @@
 //! in a namespace of its own, joined by veth pairs to a bridge that lives in
 //! a further namespace. Everything this test creates is named after its PID
 //! and removed by a guard, on success or failure. Needs root and iproute2.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod chain_util;
 mod common;

@@ -1,5 +1,6 @@
 //! The chunk API on the `strato serve` port, driven through the library's
 //! SigV4 client and raw unsigned HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

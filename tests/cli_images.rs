@@ -1,5 +1,6 @@
 //! Real filesystem images: `mkfs.ext4 -d` from a directory of files, their
 //! qcow2 forms from `qemu-img convert`, and a second version of the image.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The store through the `strato` command, as a user drives it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! every kill, every acknowledged object is intact (ETag and bytes), the
 //! killed object is absent or complete, and at the end `strato fsck` is clean
 //! after `strato gc`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

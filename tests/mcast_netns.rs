@@ -7,6 +7,7 @@
 //! with nftables `numgen random` drops on the netdev ingress hooks (the
 //! sender's bridge port for its link, each receiver's eth0 for its own).
 //! Only UDP is dropped; the TCP control channel is left alone.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod chain_util;
 mod common;
@@ -582,7 +583,7 @@ fn late_joiner_catches_up_by_repair() {
     assert_eq!(late["outcome"], "complete", "{report}");
     assert!(late["joined_round"].as_u64().unwrap() >= 1, "{report}");
     let want = md5_hex(&data);
-    for r in rx.iter_mut() {
+    for r in &mut rx {
         let (ok, _) = r.finish(LIMIT);
         assert!(ok, "{}", r.stderr());
     }

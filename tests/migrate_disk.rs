@@ -4,6 +4,7 @@
 //! bucket, plus the memory migration through the memory agents. And the
 //! faults: WAN dropped mid-copy, wrong bytes for an id, an id nobody
 //! holds, requests out of the export's range.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod migrate_util;

@@ -3,6 +3,7 @@
 //! stream the sender does not understand, postcopy, and the WAN connection
 //! dropping in the middle of a live migration; and pages kept at the site
 //! (`--keep`) surviving garbage collection.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod migrate_util;
@@ -114,7 +115,10 @@ fn migrate_file(
     recv_extra: &[&str],
 ) -> (serde_json::Value, Vec<u8>) {
     let out = dir.join("out.qevm");
-    let mut recv_args: Vec<String> = recv_extra.iter().map(|s| s.to_string()).collect();
+    let mut recv_args: Vec<String> = recv_extra
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     let mut site_args = Vec::new();
     if let Some(s) = site {
         site_args = vec![
@@ -127,7 +131,7 @@ fn migrate_file(
         ];
     }
     recv_args.extend(site_args.iter().cloned());
-    let recv_refs: Vec<&str> = recv_args.iter().map(|s| s.as_str()).collect();
+    let recv_refs: Vec<&str> = recv_args.iter().map(std::string::String::as_str).collect();
     let (recv, listen) = spawn_receiver(&out, &recv_refs);
     let report = dir.join("send.json");
     let send = Command::new(strato_bin())

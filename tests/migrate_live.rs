@@ -2,6 +2,7 @@
 //! `exec:` hook, with the destination site's `strato serve` as Shrinker's
 //! indexing and coordination service. Data inside the guest is checked
 //! (md5 in the guest) before and after.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod migrate_util;
@@ -102,7 +103,7 @@ fn two_guests_migrate_as_one_group() {
         );
         vms.push((vdir, src, dst, md5, listen));
     }
-    for (vdir, src, _, _, listen) in vms.iter_mut() {
+    for (vdir, src, _, _, listen) in &mut vms {
         let name = vdir.file_name().unwrap().to_string_lossy().to_string();
         src.start_migration(&send_uri(
             listen,
@@ -113,7 +114,7 @@ fn two_guests_migrate_as_one_group() {
         ));
     }
     let mut reports = Vec::new();
-    for (vdir, src, dst, md5, _) in vms.iter_mut() {
+    for (vdir, src, dst, md5, _) in &mut vms {
         let info = src.wait_migration(MIGRATE_TIMEOUT);
         assert_eq!(
             info.status,
@@ -151,7 +152,7 @@ fn two_guests_migrate_as_one_group() {
         args.push("--downtime".into());
         args.push(format!("{}={downtime}", names[i]));
     }
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let refs: Vec<&str> = args.iter().map(std::string::String::as_str).collect();
     let g = strato.json(&refs);
     assert_eq!(g["vms"].as_array().unwrap().len(), 2);
     assert_eq!(g["pages"]["group"], group_pages);

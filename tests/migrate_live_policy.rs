@@ -10,6 +10,7 @@
 //!   starts from fresh codec state and rebuilds the stream; codec frames
 //!   naming state the receiver does not hold are refused, never decoded;
 //!   an agent of another protocol version is refused with a clear message.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod migrate_util;

@@ -3,6 +3,7 @@
 //! kernel has no `netem` qdisc), 100 Mbit/s and 10 ms each way (20 ms round
 //! trip). The destination site's `strato serve` and the receiver live in
 //! the destination namespace; the sender reaches both across the WAN.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod migrate_util;
@@ -43,7 +44,10 @@ impl Site {
             .expect("strato serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
-        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let first = lines
+            .next()
+            .and_then(std::result::Result::ok)
+            .unwrap_or_default();
         let endpoint = first
             .strip_prefix("strato serving S3 at ")
             .unwrap_or_else(|| panic!("unexpected first line from strato serve: {first:?}"))

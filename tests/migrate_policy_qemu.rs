@@ -2,6 +2,7 @@
 //! QEMU's max-bandwidth round by round, and the stop policy (not QEMU's own
 //! downtime estimate, held at 1 ms) triggers the switchover while the guest
 //! keeps dirtying memory. The guest's data must survive the migration.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod qemu_util;

@@ -1,5 +1,6 @@
 //! `strato nbd serve`: on-demand pseudo images read by real qemu-img and
 //! qemu-io, directly and through qcow2 overlays; upstream failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

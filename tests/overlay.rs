@@ -1,5 +1,6 @@
 //! `strato overlay create` and `strato vm prepare`, checked with real
 //! qemu-img / qemu-io; and QEMU's curl driver reading a presigned URL.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `strato pull`: delta pulls into a node-local cache, sparse output,
 //! resume after SIGKILL.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

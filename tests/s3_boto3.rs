@@ -1,6 +1,7 @@
 //! boto3 against `strato serve`: its default multithreaded multipart upload
 //! and ranged, multithreaded download of 300 MiB; plus a Hadoop/JetS3t-style
 //! access pattern of many concurrent ranged GETs of one object.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

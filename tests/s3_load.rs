@@ -6,6 +6,7 @@
 //! Memory stays bounded on the test side too: objects are slices of two
 //! shared random buffers (4 KiB-aligned offsets, so they also deduplicate in
 //! the store), and GET bodies are compared piece by piece as they stream in.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 #[path = "common/sdk.rs"]

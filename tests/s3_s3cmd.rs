@@ -1,5 +1,6 @@
 //! s3cmd end to end against `strato serve`, with s3cmd's defaults
 //! (signature v4, its own MD5 checks) and a path-style config.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The Rust `aws-sdk-s3` against the real `strato serve` binary over the real
 //! store: every operation of the S3 issue, plus bad input (each answered with
 //! the right S3 error and nothing stored, checked by listing afterwards).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 #[path = "common/sdk.rs"]
@@ -941,7 +942,11 @@ async fn multipart_200_mib() {
         .send()
         .await
         .unwrap();
-    let numbers: Vec<_> = lp.parts().iter().filter_map(|p| p.part_number()).collect();
+    let numbers: Vec<_> = lp
+        .parts()
+        .iter()
+        .filter_map(aws_sdk_s3::types::Part::part_number)
+        .collect();
     assert_eq!(numbers, (11..=20).collect::<Vec<_>>());
     assert_eq!(lp.is_truncated(), Some(true));
 
@@ -1873,7 +1878,7 @@ async fn bad_keys_and_plain_dot_keys() {
     for (i, k) in odd.iter().enumerate() {
         put(&c, "bkt", k, format!("body {i}").as_bytes()).await;
     }
-    let mut expected: Vec<String> = odd.iter().map(|k| k.to_string()).collect();
+    let mut expected: Vec<String> = odd.iter().map(std::string::ToString::to_string).collect();
     expected.sort();
     assert_eq!(keys(&c, "bkt").await, expected);
     for (i, k) in odd.iter().enumerate() {

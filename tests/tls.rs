@@ -5,6 +5,7 @@
 //! are closed after the header timeout; the connection bound holds;
 //! strato's own node-side clients (`pull`, `propagate --endpoint`) speak
 //! https with `--ca` and refuse a certificate that does not verify.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod chain_util;
 mod common;

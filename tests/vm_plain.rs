@@ -2,6 +2,7 @@
 //! path: proves the guest image and the harness (tests/qemu_util) that the
 //! migration-engine tests build on. Needs qemu-system-x86_64 (QEMU 10),
 //! busybox-static, cpio and apt (scripts/test.sh installs them).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod qemu_util;

@@ -2,6 +2,7 @@
 //! saved in QEMU's mapped-ram format into the store (page-sized chunks, zero
 //! pages as holes), then pulled onto three "hosts" (separate caches) and
 //! loaded into three QEMU clones, each of which has the saved guest's memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod qemu_util;
@@ -28,11 +29,13 @@ fn restore_cmd(server: &Server, image: &str, host: &Path, qmp: Option<&Path>) ->
         "--cache",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     args.push(host.join("cache").display().to_string());
     args.push("--out".into());
-    let n = std::fs::read_dir(host).map(|d| d.count()).unwrap_or(0);
+    let n = std::fs::read_dir(host)
+        .map(std::iter::Iterator::count)
+        .unwrap_or(0);
     args.push(host.join(format!("guest-{n}.ram")).display().to_string());
     if let Some(q) = qmp {
         args.push("--qmp".into());

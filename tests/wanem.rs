@@ -4,6 +4,7 @@
 //! share, the emulator stops by itself after `--duration`, and bad flags
 //! are refused before any device exists. These are functional checks of
 //! the emulation with generous bands, not speed claims.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 mod wanem_util;
@@ -132,7 +133,7 @@ fn bulk_tcp_is_held_to_the_rate_and_arrives_intact() {
         .expect("tcp sink");
     let mut lines = BufReader::new(sink.stdout.take().expect("stdout")).lines();
     assert_eq!(
-        lines.next().and_then(|l| l.ok()).as_deref(),
+        lines.next().and_then(std::result::Result::ok).as_deref(),
         Some("listening")
     );
     let sent = WanemLink::exec(&link.src, python())
@@ -143,7 +144,7 @@ fn bulk_tcp_is_held_to_the_rate_and_arrives_intact() {
     assert!(sent.success(), "sender failed");
     let result = lines
         .next()
-        .and_then(|l| l.ok())
+        .and_then(std::result::Result::ok)
         .expect("sink printed no result");
     let _ = sink.wait();
     let f: Vec<&str> = result.split_whitespace().collect();
@@ -243,7 +244,7 @@ fn loss_flag_drops_about_its_share() {
         .expect("udp sink");
     let mut lines = BufReader::new(sink.stdout.take().expect("stdout")).lines();
     assert_eq!(
-        lines.next().and_then(|l| l.ok()).as_deref(),
+        lines.next().and_then(std::result::Result::ok).as_deref(),
         Some("listening")
     );
     let sent = 1000;
@@ -254,7 +255,7 @@ fn loss_flag_drops_about_its_share() {
     assert!(ok.success());
     let received: u32 = lines
         .next()
-        .and_then(|l| l.ok())
+        .and_then(std::result::Result::ok)
         .and_then(|l| l.trim().parse().ok())
         .expect("sink count");
     let _ = sink.wait();
@@ -278,7 +279,10 @@ fn emulator_stops_by_itself_and_its_devices_go_away() {
     let (ok, report) = link.wait_exit(Duration::from_secs(15));
     assert!(ok, "exit status");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(report["directions"].as_array().map(|a| a.len()), Some(2));
+    assert_eq!(
+        report["directions"].as_array().map(std::vec::Vec::len),
+        Some(2)
+    );
     let out = Command::new(require_tool("ip"))
         .args(["-n", &link.src, "link", "show", &link.src_dev])
         .output()

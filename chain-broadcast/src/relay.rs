@@ -154,14 +154,14 @@ impl Avail {
     fn contains(&self, id: &ChunkId) -> bool {
         self.set
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(id)
     }
 
     fn add(&self, id: ChunkId) {
         self.set
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id);
         self.notify.notify_waiters();
     }

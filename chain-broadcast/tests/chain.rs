@@ -1,4 +1,5 @@
 //! Chains of in-process nodes on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -704,7 +705,10 @@ impl ChunkSource for SlowSource {
     fn get(&self, id: &ChunkId) -> Result<Bytes, BoxError> {
         std::thread::sleep(Duration::from_millis(5));
         self.gets.fetch_add(1, Ordering::SeqCst);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
         self.inner.get(id)
     }
 }
@@ -728,7 +732,7 @@ impl ChunkSink for FirstPut {
     fn put(&self, id: &ChunkId, data: Bytes) -> Result<(), BoxError> {
         self.first
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_or_insert_with(std::time::Instant::now);
         self.inner.put(id, data)
     }

@@ -1,5 +1,6 @@
 //! Peers that send garbage or wrong bytes get a clear error, and nothing
 //! they sent is reported complete.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::net::SocketAddr;
 use std::sync::Arc;

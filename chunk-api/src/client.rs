@@ -136,7 +136,7 @@ impl ChunkClient {
         }
         let host = uri
             .authority()
-            .map(|a| a.to_string())
+            .map(std::string::ToString::to_string)
             .ok_or_else(|| ClientError::Endpoint(endpoint.clone()))?;
         if ca.is_some() && !https {
             return Err(ClientError::Tls(format!(

@@ -1,6 +1,7 @@
 //! The client refuses a manifest of a version it does not read, with an
 //! error that says so, instead of misreading its fields. The other end is
 //! a real HTTP/1.1 listener on loopback answering one canned document.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::time::Duration;
 

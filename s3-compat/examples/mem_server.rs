@@ -6,6 +6,7 @@
 //! ```
 //!
 //! Credentials: access key `AKIDALICE`, secret `alice-secret-key`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 #[path = "../tests/s3/mem.rs"]
 #[allow(dead_code)]

@@ -429,7 +429,7 @@ mod tests {
         let mut line = Vec::new();
         let body = b"5;chunk-signature=ab\r\nhello\r\n3;chunk-signature=cd\r\nabc\r\n0;chunk-signature=ef\r\n\r\n";
         // Feed byte by byte to exercise every split point.
-        for b in body.iter() {
+        for b in body {
             scan(&mut st, &mut line, 8, std::slice::from_ref(b)).unwrap();
         }
         assert!(matches!(st, ScanState::Done));

@@ -277,7 +277,7 @@ impl S3Service {
         let raw = http_body_util::Limited::new(body, 1 << 16)
             .collect()
             .await
-            .map(|c| c.to_bytes())
+            .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
         let signature_mismatch =
             parse_error_xml(&raw).is_some_and(|(code, _)| code == "SignatureDoesNotMatch");
@@ -419,7 +419,7 @@ async fn finish(
         let raw = http_body_util::Limited::new(body, 1 << 16)
             .collect()
             .await
-            .map(|c| c.to_bytes())
+            .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
         let (code, message) = parse_error_xml(&raw).unwrap_or_else(|| {
             (

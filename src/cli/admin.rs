@@ -79,9 +79,7 @@ pub fn stats(ctx: &Ctx) -> Result<ExitCode> {
 
 pub fn fsck(ctx: &Ctx) -> Result<ExitCode> {
     let r = ctx.open_store()?.fsck()?;
-    if ctx.json {
-        ctx.print_json(&r)?;
-    } else {
+    ctx.emit(&r, || {
         for p in &r.problems {
             println!("PROBLEM: {p}");
         }
@@ -95,7 +93,7 @@ pub fn fsck(ctx: &Ctx) -> Result<ExitCode> {
             human(r.unreferenced_bytes),
             r.problems.len()
         );
-    }
+    })?;
     Ok(if r.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -112,9 +110,7 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<ExitCode> {
     store.seal_idle_segments()?;
     let plan = store.gc_plan(&opts)?;
     if a.dry_run {
-        if ctx.json {
-            ctx.print_json(&plan)?;
-        } else {
+        ctx.emit(&plan, || {
             println!("gc plan (dry run, nothing changed):");
             println!(
                 "  expired multipart uploads to abort: {}",
@@ -148,13 +144,11 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<ExitCode> {
                     if s.delete { "delete" } else { "compact" }
                 );
             }
-        }
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     let r = store.gc_execute(plan)?;
-    if ctx.json {
-        ctx.print_json(&r)?;
-    } else {
+    ctx.emit(&r, || {
         println!(
             "gc: aborted {} uploads, fixed {} reference counts, reclaimed {} chunks ({}), compacted {} and deleted {} segments, freed {} on disk",
             r.aborted_uploads,
@@ -171,7 +165,7 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<ExitCode> {
                 r.block_entries_dropped
             );
         }
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -190,14 +184,12 @@ pub fn block_index(ctx: &Ctx, cmd: BlockIndexCmd) -> Result<ExitCode> {
     match cmd {
         BlockIndexCmd::On { bucket } => {
             let r = store.set_block_index(&bucket, true)?;
-            if ctx.json {
-                ctx.print_json(&r)?;
-            } else {
+            ctx.emit(&r, || {
                 println!(
                     "block index on for {bucket}: {} blocks indexed, {} zero blocks skipped, {} blocks straddle chunk boundaries",
                     r.indexed, r.zero, r.straddling
                 );
-            }
+            })?;
         }
         BlockIndexCmd::Off { bucket } => {
             store.set_block_index(&bucket, false)?;
@@ -213,19 +205,20 @@ pub fn block_index(ctx: &Ctx, cmd: BlockIndexCmd) -> Result<ExitCode> {
                 }
             }
             let entries = store.block_index_len()?;
-            if ctx.json {
-                ctx.print_json(&serde_json::json!({ "buckets": on, "entries": entries }))?;
-            } else {
-                println!(
-                    "indexed buckets: {}",
-                    if on.is_empty() {
-                        "none".to_string()
-                    } else {
-                        on.join(", ")
-                    }
-                );
-                println!("entries: {entries}");
-            }
+            ctx.emit(
+                &serde_json::json!({ "buckets": on, "entries": entries }),
+                || {
+                    println!(
+                        "indexed buckets: {}",
+                        if on.is_empty() {
+                            "none".to_string()
+                        } else {
+                            on.join(", ")
+                        }
+                    );
+                    println!("entries: {entries}");
+                },
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

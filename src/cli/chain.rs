@@ -144,9 +144,7 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
         pb.finish_and_clear();
         anyhow::Ok(r?)
     })?;
-    if ctx.json {
-        ctx.print_json(&report)?;
-    } else {
+    ctx.emit(&report, || {
         println!(
             "{bucket}/{key}: {} bytes to {} node(s) in {:.2}s, repository sent {} bytes",
             report.object_size,
@@ -169,7 +167,7 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
                 n.reason.as_deref().unwrap_or("")
             );
         }
-    }
+    })?;
     let failed: Vec<String> = report.failed().map(|n| n.addr.to_string()).collect();
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)

@@ -86,6 +86,40 @@ impl Remote {
     }
 }
 
+/// A repository and the node-local cache its chunks are kept in (pull,
+/// pseudo images, lazy restores).
+#[derive(Args, Debug, Clone)]
+pub struct RemoteCache {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Node-local chunk cache (a strato store; created if absent)
+    #[arg(long)]
+    pub cache: PathBuf,
+}
+
+impl RemoteCache {
+    pub fn open(&self) -> Result<(ChunkClient, Store)> {
+        Ok((self.remote.client()?, open_cache(&self.cache)?))
+    }
+}
+
+/// Delta-pulls `s3://bucket/key` into `cache` (and `out`, when given), on
+/// a runtime of its own.
+pub fn pull_image(
+    client: &ChunkClient,
+    cache: &Store,
+    (bucket, key): (&str, &str),
+    out: Option<&Path>,
+    parallel: usize,
+) -> Result<strato::distribute::PullReport> {
+    let opts = strato::distribute::PullOptions { parallel };
+    runtime()?
+        .block_on(strato::distribute::pull(
+            client, cache, bucket, key, out, &opts,
+        ))
+        .with_context(|| format!("pulling s3://{bucket}/{key}"))
+}
+
 /// Where a repository-side sender (`propagate`, `mcast send`) reads the
 /// image: a repository's chunk API with --endpoint, else the local store.
 #[derive(Args, Debug, Clone)]
@@ -132,6 +166,54 @@ impl SiteArgs {
                 .client(endpoint)?
                 .with_timeout(Duration::from_secs(30)),
         ))
+    }
+}
+
+/// What both migration senders (memory and disk) are told: the receiver,
+/// the destination site, the group and how to report.
+#[derive(Args, Debug, Clone)]
+pub struct MigrationTarget {
+    /// Receiver's address (HOST:PORT)
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub site: SiteArgs,
+    /// Migration group shared by the VMs of one cluster migration
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Name of this VM in reports
+    #[arg(long, default_value = "vm")]
+    pub vm: String,
+    /// Send everything in full, with no lookup at the site (with --zstd:
+    /// zstd only)
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// zstd level for pages and blocks sent in full (0: no compression)
+    #[arg(long, default_value_t = 3)]
+    pub zstd: i32,
+    /// Batches whose site queries may be in flight at once
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Seconds to keep trying to reach the receiver
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Write the JSON report here
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+impl MigrationTarget {
+    /// `--group`, checked before any page moves.
+    pub fn group(&self) -> Result<Option<String>> {
+        if let Some(g) = &self.group {
+            if !strato::chunk_api::claims::valid_group(g) {
+                anyhow::bail!("invalid --group {g:?}: use 1-128 of A-Z a-z 0-9 . _ -");
+            }
+            if self.site.site.is_none() {
+                anyhow::bail!("--group needs --site (the destination site coordinates the group)");
+            }
+        }
+        Ok(self.group.clone())
     }
 }
 

@@ -12,7 +12,7 @@ use strato::image::nbd::{self, Exports};
 use strato::image::pseudo::PseudoImage;
 use strato::image::qcow2::{self, BackingFormat, OverlaySpec};
 
-use super::common::{open_cache, runtime, s3_url, Remote};
+use super::common::{open_cache, pull_image, runtime, s3_url, Remote, RemoteCache};
 use super::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -49,9 +49,7 @@ pub fn overlay(ctx: &Ctx, cmd: OverlayCmd) -> Result<ExitCode> {
                 },
             )
             .with_context(|| format!("creating overlay {}", a.out.display()))?;
-            if ctx.json {
-                ctx.print_json(&info)?;
-            } else {
+            ctx.emit(&info, || {
                 println!(
                     "created {} ({} bytes) over {} ({}) in {:.1} ms",
                     info.path.display(),
@@ -60,7 +58,7 @@ pub fn overlay(ctx: &Ctx, cmd: OverlayCmd) -> Result<ExitCode> {
                     info.backing_format,
                     t.elapsed().as_secs_f64() * 1000.0
                 );
-            }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -119,17 +117,7 @@ pub fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<ExitCode> {
     let cache = open_cache(&a.cache.clone().unwrap_or_else(|| a.dir.join("cache")))?;
     let client = a.remote.client()?;
     let base = a.dir.join("base.img");
-    let rt = runtime()?;
-    let pull = rt
-        .block_on(strato::distribute::pull(
-            &client,
-            &cache,
-            &bucket,
-            &key,
-            Some(&base),
-            &Default::default(),
-        ))
-        .with_context(|| format!("pulling s3://{bucket}/{key}"))?;
+    let pull = pull_image(&client, &cache, (&bucket, &key), Some(&base), 8)?;
     let (backing, format, size) = qcow2::resolve_backing(&OverlaySpec {
         backing: base.to_string_lossy().into_owned(),
         format: Some(a.format),
@@ -154,9 +142,7 @@ pub fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<ExitCode> {
         overlay_ms_max: max,
         overlay_ms_total: total,
     };
-    if ctx.json {
-        ctx.print_json(&report)?;
-    } else {
+    ctx.emit(&report, || {
         println!(
             "pulled {} bytes (fetched {}) into {}; {} overlays in {:.1} ms (max {:.2} ms each)",
             report.pull.size,
@@ -166,7 +152,7 @@ pub fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<ExitCode> {
             total,
             max
         );
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -182,10 +168,7 @@ pub struct NbdArgs {
     #[arg(long)]
     pub image: String,
     #[command(flatten)]
-    pub remote: Remote,
-    /// Node-local chunk cache (a strato store)
-    #[arg(long)]
-    pub cache: PathBuf,
+    pub from: RemoteCache,
     /// Unix socket to listen on
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -215,9 +198,8 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
     }
     let (bucket, key) = s3_url(&a.image)?;
     let name = a.name.clone().unwrap_or_else(|| key.clone());
-    let client = a.remote.client()?;
-    let keys = a.remote.keys()?;
-    let cache = open_cache(&a.cache)?;
+    let (client, cache) = a.from.open()?;
+    let keys = a.from.remote.keys()?;
     let rt = runtime()?;
     let json = ctx.json;
     rt.block_on(async move {
@@ -232,39 +214,32 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
             let l = tokio::net::UnixListener::bind(path)
                 .with_context(|| format!("cannot listen on {}", path.display()))?;
             urls.push(format!("nbd+unix:///{name}?socket={}", path.display()));
-            let ex = exports.clone();
-            tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((s, _)) => spawn_conn(s, ex.clone()),
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
+            let l = std::sync::Arc::new(l);
+            spawn_accept_loop(
+                move || {
+                    let l = l.clone();
+                    async move { l.accept().await.map(|(s, _)| s) }
+                },
+                exports.clone(),
+            );
         }
         if let Some(addr) = a.listen {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             urls.push(format!("nbd://{}/{name}", l.local_addr()?));
-            let ex = exports.clone();
-            tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((s, _)) => {
-                            let _ = s.set_nodelay(true);
-                            spawn_conn(s, ex.clone())
-                        }
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+            let l = std::sync::Arc::new(l);
+            spawn_accept_loop(
+                move || {
+                    let l = l.clone();
+                    async move {
+                        let (s, _) = l.accept().await?;
+                        let _ = s.set_nodelay(true);
+                        Ok(s)
                     }
-                }
-            });
+                },
+                exports.clone(),
+            );
         }
         if let Some(addr) = a.serve_chunks {
             let l = tokio::net::TcpListener::bind(addr)
@@ -353,6 +328,28 @@ fn spawn_chunk_server(
         },
         strato::server::shutdown_signal(),
     ));
+}
+
+/// Serves NBD on every connection `accept` yields, until the process ends.
+/// A failed accept (out of file descriptors, say) is retried after a pause
+/// instead of ending the loop.
+fn spawn_accept_loop<S, F, Fut>(mut accept: F, exports: Exports)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            match accept().await {
+                Ok(s) => spawn_conn(s, exports.clone()),
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
 }
 
 fn spawn_conn<S>(s: S, exports: Exports)

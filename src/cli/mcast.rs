@@ -175,9 +175,7 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
         pb.finish_and_clear();
         anyhow::Ok(r.with_context(|| format!("multicasting {bucket}/{key}"))?)
     })?;
-    if ctx.json {
-        ctx.print_json(&report)?;
-    } else {
+    ctx.emit(&report, || {
         let wire_mb = report.bytes_sent as f64 / 1e6;
         println!(
             "{bucket}/{key}: {} bytes to {} receiver(s) in {:.2}s, {} round(s), {wire_mb:.1} MB on the wire",
@@ -205,7 +203,7 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
                 r.reason.as_deref().unwrap_or("")
             );
         }
-    }
+    })?;
     if report.all_complete() {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -314,9 +312,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         pb.finish_and_clear();
         anyhow::Ok(r.with_context(|| format!("receiving from {sender}"))?)
     })?;
-    if ctx.json {
-        ctx.print_json(&report)?;
-    } else {
+    ctx.emit(&report, || {
         println!(
             "received {}/{}: {} bytes in {:.2}s, {} round(s), {} of {} chunks already held, {} foreign datagrams ignored, {} chunk(s) failed verification and were repaired",
             report.bucket,
@@ -332,7 +328,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         if let Some(o) = &report.out {
             println!("wrote {}", o.display());
         }
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

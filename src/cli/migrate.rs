@@ -21,7 +21,7 @@ use strato::migrate::memory::receiver::{self, ReceiverOptions};
 use strato::migrate::memory::report::{GroupReport, VmReport};
 use strato::migrate::memory::sender::{self, SenderOptions};
 
-use super::common::{connect, runtime, SiteArgs};
+use super::common::{connect, runtime, MigrationTarget, SiteArgs};
 use super::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -42,29 +42,11 @@ pub enum MigrateCmd {
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
-    /// Receiver's address (HOST:PORT)
-    #[arg(long)]
-    to: String,
     #[command(flatten)]
-    site: SiteArgs,
-    /// Migration group shared by the VMs of one cluster migration
-    #[arg(long)]
-    group: Option<String>,
-    /// Name of this VM in reports
-    #[arg(long, default_value = "vm")]
-    vm: String,
-    /// Send every page (no deduplication); with --zstd this is zstd only
-    #[arg(long)]
-    no_dedup: bool,
-    /// zstd level for sent pages and other bytes (0: no compression)
-    #[arg(long, default_value_t = 3)]
-    zstd: i32,
+    target: MigrationTarget,
     /// Pages per batch (one site query and one compressed blob each)
     #[arg(long, default_value_t = 512)]
     batch_pages: usize,
-    /// Batches whose site queries may be in flight at once
-    #[arg(long, default_value_t = 4)]
-    window: usize,
     /// Read QEMU's stream at most this many milliseconds (of the measured
     /// WAN drain rate) ahead of the WAN, so QEMU paces itself to the link
     /// and switches over without a backlog (0: no bound but the queues)
@@ -89,9 +71,6 @@ pub struct SendArgs {
     /// Previous page versions kept for deltas at each end, MiB (FIFO)
     #[arg(long, default_value_t = 64)]
     delta_history_mib: usize,
-    /// Seconds to keep trying to reach the receiver
-    #[arg(long, default_value_t = 30)]
-    connect_timeout: u64,
     /// Write the JSON report here
     #[arg(long)]
     report: Option<PathBuf>,
@@ -189,32 +168,24 @@ fn write_report(
 }
 
 fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
-    if let Some(g) = &a.group {
-        if !strato::chunk_api::claims::valid_group(g) {
-            bail!("invalid --group {g:?}: use 1-128 of A-Z a-z 0-9 . _ -");
-        }
-    }
-    let mut opts = SenderOptions::new(&a.vm);
-    opts.group = a.group.clone();
-    opts.site = a.site.client()?;
-    opts.dedup = !a.no_dedup;
-    opts.zstd_level = (a.zstd != 0).then_some(a.zstd);
+    let mut opts = SenderOptions::new(&a.target.vm);
+    opts.group = a.target.group()?;
+    opts.site = a.target.site.client()?;
+    opts.dedup = !a.target.no_dedup;
+    opts.zstd_level = (a.target.zstd != 0).then_some(a.target.zstd);
     opts.batch_pages = a.batch_pages.clamp(1, 8192);
-    opts.window = a.window.clamp(1, 64);
+    opts.window = a.target.window.clamp(1, 64);
     opts.read_ahead = (a.read_ahead_ms != 0).then(|| Duration::from_millis(a.read_ahead_ms));
     opts.codec = codec_config(&a)?;
-    if opts.group.is_some() && opts.site.is_none() {
-        bail!("--group needs --site (the destination site coordinates the group)");
-    }
     let input = stdio_file(std::io::stdin().as_fd(), "standard input")?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let conn = connect(&a.to, Duration::from_secs(a.connect_timeout)).await?;
+        let conn = connect(&a.target.to, Duration::from_secs(a.target.connect_timeout)).await?;
         sender::send(input, conn, opts)
             .await
             .context("migration sender")
     })?;
-    write_report(ctx, a.report.as_ref(), &report, &report.to_string())?;
+    write_report(ctx, a.target.report.as_ref(), &report, &report.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -302,10 +273,8 @@ fn report(ctx: &Ctx, a: ReportArgs) -> Result<ExitCode> {
         v.detail.downtime_ms = Some(ms);
     }
     let g = GroupReport::of(vms);
-    if ctx.json {
-        ctx.print_json(&g)?;
-    } else {
+    ctx.emit(&g, || {
         print!("{g}");
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }

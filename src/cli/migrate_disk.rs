@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use strato::image::nbd_client::NbdClient;
@@ -27,7 +27,7 @@ use strato::migrate::disk::recv::{receive_disk, DiskRecvOptions};
 use strato::migrate::disk::report::DiskReport;
 use strato::migrate::disk::send::{DiskSendOptions, DiskSender};
 
-use super::common::{connect, runtime, SiteArgs};
+use super::common::{connect, runtime, MigrationTarget, SiteArgs};
 use super::Ctx;
 
 #[derive(Args, Debug)]
@@ -38,32 +38,11 @@ pub struct DiskSendArgs {
     /// NBD export name
     #[arg(long, default_value = "strato")]
     export: String,
-    /// Receiver's address (HOST:PORT)
-    #[arg(long)]
-    to: String,
     #[command(flatten)]
-    site: SiteArgs,
-    /// Migration group shared by the VMs of one cluster migration
-    #[arg(long)]
-    group: Option<String>,
-    /// Name of this VM in reports
-    #[arg(long, default_value = "vm")]
-    vm: String,
-    /// Send every block (no lookup at the site)
-    #[arg(long)]
-    no_dedup: bool,
-    /// zstd level for blocks sent in full (0: no compression)
-    #[arg(long, default_value_t = 3)]
-    zstd: i32,
+    target: MigrationTarget,
     /// 4 KiB blocks per batch (one site query and one blob each)
     #[arg(long, default_value_t = 512)]
     batch_blocks: usize,
-    /// Batches prepared at once
-    #[arg(long, default_value_t = 4)]
-    window: usize,
-    /// Seconds to keep trying to reach the receiver
-    #[arg(long, default_value_t = 30)]
-    connect_timeout: u64,
     /// Seconds to wait for QEMU to connect
     #[arg(long, default_value_t = 600)]
     accept_timeout: u64,
@@ -113,29 +92,21 @@ fn write_report(ctx: &Ctx, path: Option<&PathBuf>, r: &DiskReport) -> Result<()>
 }
 
 pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
-    if let Some(g) = &a.group {
-        if !strato::chunk_api::claims::valid_group(g) {
-            bail!("invalid --group {g:?}: use 1-128 of A-Z a-z 0-9 . _ -");
-        }
-    }
-    let mut opts = DiskSendOptions::new(&a.vm);
-    opts.group = a.group.clone();
-    opts.site = a.site.client()?;
-    opts.dedup = !a.no_dedup;
-    opts.zstd_level = (a.zstd != 0).then_some(a.zstd);
+    let mut opts = DiskSendOptions::new(&a.target.vm);
+    opts.group = a.target.group()?;
+    opts.site = a.target.site.client()?;
+    opts.dedup = !a.target.no_dedup;
+    opts.zstd_level = (a.target.zstd != 0).then_some(a.target.zstd);
     opts.batch_blocks = a.batch_blocks.clamp(1, 8192);
-    opts.window = a.window.clamp(1, 64);
+    opts.window = a.target.window.clamp(1, 64);
     opts.accept_timeout = Duration::from_secs(a.accept_timeout);
-    if opts.group.is_some() && opts.site.is_none() {
-        bail!("--group needs --site (the destination site coordinates the group)");
-    }
     let rt = runtime()?;
     let report = rt.block_on(async {
         // Bind first: a port already taken is the user's error, before any WAN traffic.
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
-        let conn = connect(&a.to, Duration::from_secs(a.connect_timeout)).await?;
+        let conn = connect(&a.target.to, Duration::from_secs(a.target.connect_timeout)).await?;
         let sender = DiskSender::connect(conn, opts)
             .await
             .context("greeting the disk receiver")?;
@@ -150,7 +121,7 @@ pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
             .await
             .context("disk migration sender")
     })?;
-    write_report(ctx, a.report.as_ref(), &report)?;
+    write_report(ctx, a.target.report.as_ref(), &report)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -379,11 +379,9 @@ fn simulate(ctx: &Ctx, a: SimulateArgs) -> Result<std::process::ExitCode> {
         }),
         report,
     };
-    if ctx.json {
-        ctx.print_json(&out)?;
-    } else {
+    ctx.emit(&out, || {
         print_sim(&out);
-    }
+    })?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

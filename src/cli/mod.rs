@@ -131,6 +131,17 @@ impl Ctx {
         println!("{}", serde_json::to_string_pretty(v)?);
         Ok(())
     }
+
+    /// A command's result: `v` as JSON with `--json`, else `text()` prints
+    /// the human form.
+    pub fn emit(&self, v: &impl serde::Serialize, text: impl FnOnce()) -> Result<()> {
+        if self.json {
+            self.print_json(v)
+        } else {
+            text();
+            Ok(())
+        }
+    }
 }
 
 /// Owner recorded for buckets created from the command line: the first

@@ -169,11 +169,12 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", a.file.display()))?;
     }
     if !to_stdout {
-        if ctx.json {
-            ctx.print_json(&serde_json::json!({"bucket": bucket, "key": key, "bytes": written, "etag": rec.etag}))?;
-        } else {
-            println!("{bucket}/{key} -> {}: {written} bytes", a.file.display());
-        }
+        ctx.emit(
+            &serde_json::json!({"bucket": bucket, "key": key, "bytes": written, "etag": rec.etag}),
+            || {
+                println!("{bucket}/{key} -> {}: {written} bytes", a.file.display());
+            },
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,12 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
-use strato::distribute::PullOptions;
-
-use super::common::{open_cache, runtime, s3_url, Remote};
+use super::common::{pull_image, s3_url, Remote, RemoteCache};
 use super::Ctx;
 
 #[derive(Args, Debug)]
@@ -17,10 +15,7 @@ pub struct PullArgs {
     /// s3://BUCKET/KEY
     pub image: String,
     #[command(flatten)]
-    pub remote: Remote,
-    /// Node-local chunk cache (a strato store; created if absent)
-    #[arg(long)]
-    pub cache: PathBuf,
+    pub from: RemoteCache,
     /// Write the image here (sparse); without it the image only fills the cache
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -31,25 +26,15 @@ pub struct PullArgs {
 
 pub fn pull(ctx: &Ctx, a: PullArgs) -> Result<ExitCode> {
     let (bucket, key) = s3_url(&a.image)?;
-    let client = a.remote.client()?;
-    let cache = open_cache(&a.cache)?;
-    let rt = runtime()?;
-    let opts = PullOptions {
-        parallel: a.parallel,
-    };
-    let report = rt
-        .block_on(strato::distribute::pull(
-            &client,
-            &cache,
-            &bucket,
-            &key,
-            a.out.as_deref(),
-            &opts,
-        ))
-        .with_context(|| format!("pulling s3://{bucket}/{key}"))?;
-    if ctx.json {
-        ctx.print_json(&report)?;
-    } else {
+    let (client, cache) = a.from.open()?;
+    let report = pull_image(
+        &client,
+        &cache,
+        (&bucket, &key),
+        a.out.as_deref(),
+        a.parallel,
+    )?;
+    ctx.emit(&report, || {
         let pct = if report.size > 0 {
             100.0 * report.fetched_bytes as f64 / report.size as f64
         } else {
@@ -67,7 +52,7 @@ pub fn pull(ctx: &Ctx, a: PullArgs) -> Result<ExitCode> {
         if let Some(o) = &report.out {
             println!("wrote {}", o.display());
         }
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,7 +13,7 @@ use strato::qemu::qmp::QmpClient;
 use strato::qemu::vmsave::{self, VmFileReport};
 use strato::store::ProfileChoice;
 
-use super::common::{open_cache, runtime, s3_url, Remote};
+use super::common::{pull_image, runtime, s3_url, RemoteCache};
 use super::{progress_bar, split_path, Ctx};
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,9 +112,7 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<ExitCode> {
         save_ms,
         store_ms: t.elapsed().as_millis() as u64,
     };
-    if ctx.json {
-        ctx.print_json(&report)?;
-    } else {
+    ctx.emit(&report, || {
         println!(
             "saved the guest ({}, {} RAM bytes) as {bucket}/{key}: {} bytes, {} chunks ({}), {} new bytes stored; QEMU {} ms, store {} ms",
             report.qemu.vm_status,
@@ -129,7 +127,7 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<ExitCode> {
         if !a.resume {
             println!("the guest stays stopped; restore it with `strato vm restore`");
         }
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,10 +136,7 @@ pub struct RestoreArgs {
     /// s3://BUCKET/KEY of a saved guest
     pub image: String,
     #[command(flatten)]
-    pub remote: Remote,
-    /// Node-local chunk cache (a strato store; created if absent)
-    #[arg(long)]
-    pub cache: PathBuf,
+    pub from: RemoteCache,
     /// Where the guest's memory file goes (sparse; must not exist)
     #[arg(long)]
     pub out: PathBuf,
@@ -173,37 +168,11 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         anyhow::bail!("{} exists; restore writes a new file", a.out.display());
     }
     let out = absolute(&a.out)?;
-    let client = a.remote.client()?;
-    let cache = open_cache(&a.cache)?;
+    let (client, cache) = a.from.open()?;
+    let pull = pull_image(&client, &cache, (&bucket, &key), Some(&out), a.parallel)?;
     let rt = runtime()?;
-    let opts = strato::distribute::PullOptions {
-        parallel: a.parallel,
-    };
-    let pull = rt
-        .block_on(strato::distribute::pull(
-            &client,
-            &cache,
-            &bucket,
-            &key,
-            Some(&out),
-            &opts,
-        ))
-        .with_context(|| format!("pulling s3://{bucket}/{key}"))?;
     let qemu = match &a.qmp {
-        Some(sock) => Some(
-            rt.block_on(async {
-                let mut qmp = QmpClient::connect(sock, QMP_TIMEOUT).await?;
-                vmsave::restore_from_file(&mut qmp, &out, !a.paused, Duration::from_secs(a.timeout))
-                    .await
-            })
-            .with_context(|| {
-                format!(
-                    "loading {} into the QEMU at {}",
-                    out.display(),
-                    sock.display()
-                )
-            })?,
-        ),
+        Some(sock) => Some(load_into_qemu(&rt, sock, &out, !a.paused, a.timeout)?),
         None => None,
     };
     let report = RestoreReport { pull, out, qemu };
@@ -256,29 +225,14 @@ pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<ExitCode> {
         anyhow::bail!("{} is not a file", a.file.display());
     }
     let file = absolute(&a.file)?;
-    let rt = runtime()?;
-    let report = rt
-        .block_on(async {
-            let mut qmp = QmpClient::connect(&a.qmp, QMP_TIMEOUT).await?;
-            vmsave::restore_from_file(&mut qmp, &file, !a.paused, Duration::from_secs(a.timeout))
-                .await
-        })
-        .with_context(|| {
-            format!(
-                "loading {} into the QEMU at {}",
-                file.display(),
-                a.qmp.display()
-            )
-        })?;
-    if ctx.json {
-        ctx.print_json(&report)?;
-    } else {
+    let report = load_into_qemu(&runtime()?, &a.qmp, &file, !a.paused, a.timeout)?;
+    ctx.emit(&report, || {
         println!(
             "restored the guest: {} (loaded in {} ms)",
             report.vm_status,
             report.total_time_ms.unwrap_or(0)
         );
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -286,4 +240,26 @@ pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<ExitCode> {
 /// own working directory, not ours).
 fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+}
+
+/// Loads the saved guest in `file` into the QEMU (started with `-incoming
+/// defer`) behind the QMP socket `sock`.
+fn load_into_qemu(
+    rt: &tokio::runtime::Runtime,
+    sock: &Path,
+    file: &Path,
+    resume: bool,
+    timeout_secs: u64,
+) -> Result<vmsave::VmFileReport> {
+    rt.block_on(async {
+        let mut qmp = QmpClient::connect(sock, QMP_TIMEOUT).await?;
+        vmsave::restore_from_file(&mut qmp, file, resume, Duration::from_secs(timeout_secs)).await
+    })
+    .with_context(|| {
+        format!(
+            "loading {} into the QEMU at {}",
+            file.display(),
+            sock.display()
+        )
+    })
 }

@@ -65,7 +65,7 @@ pub enum ChainError {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere does not make a digest or a cache wrong.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn to_chain(id: &ChunkId) -> chain_broadcast::ChunkId {
@@ -202,8 +202,7 @@ impl SinkFactory for StoreSinkFactory {
         let (bucket, key) = parse_transfer_name(&info.name)?;
         match self.store.create_bucket(bucket, &self.owner) {
             Ok(())
-            | Err(StoreError::BucketAlreadyOwnedByYou(_))
-            | Err(StoreError::BucketAlreadyExists(_)) => {}
+            | Err(StoreError::BucketAlreadyOwnedByYou(_) | StoreError::BucketAlreadyExists(_)) => {}
             Err(e) => return Err(e.into()),
         }
         let manifest = Arc::clone(&info.manifest);
@@ -323,7 +322,11 @@ impl Writers {
     fn drain(&self) -> Result<u64, ChainError> {
         let mut p = lock(&self.shared.inner);
         while p.error.is_none() && !p.chunks.is_empty() {
-            p = self.shared.done.wait(p).unwrap_or_else(|e| e.into_inner());
+            p = self
+                .shared
+                .done
+                .wait(p)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         match &p.error {
             Some(e) => Err(ChainError::Write(e.clone())),
@@ -589,7 +592,7 @@ mod tests {
                     .unwrap(),
             );
         }
-        let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+        let addrs: Vec<_> = nodes.iter().map(chain_broadcast::Node::addr).collect();
         let src: Arc<dyn ChunkSource> = src;
         let report = propagate(
             src,

@@ -79,8 +79,9 @@ pub struct PullReport {
 pub fn ensure_bucket(cache: &Store, bucket: &str) -> Result<(), StoreError> {
     match cache.create_bucket(bucket, crate::store::FIRST_USER) {
         Ok(())
-        | Err(StoreError::BucketAlreadyOwnedByYou(_))
-        | Err(StoreError::BucketAlreadyExists(_)) => Ok(()),
+        | Err(StoreError::BucketAlreadyOwnedByYou(_) | StoreError::BucketAlreadyExists(_)) => {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }

@@ -18,46 +18,46 @@ use tokio::sync::{Mutex, Semaphore};
 
 use super::pseudo::PseudoImage;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub(super) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+pub(super) const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+pub(super) const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub(super) const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub(super) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const CLIENT_FIXED_NEWSTYLE: u32 = 1;
-const CLIENT_NO_ZEROES: u32 = 2;
+pub(super) const FLAG_FIXED_NEWSTYLE: u16 = 1;
+pub(super) const FLAG_NO_ZEROES: u16 = 2;
+pub(super) const CLIENT_FIXED_NEWSTYLE: u32 = 1;
+pub(super) const CLIENT_NO_ZEROES: u32 = 2;
 
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_LIST: u32 = 3;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
+pub(super) const OPT_EXPORT_NAME: u32 = 1;
+pub(super) const OPT_ABORT: u32 = 2;
+pub(super) const OPT_LIST: u32 = 3;
+pub(super) const OPT_INFO: u32 = 6;
+pub(super) const OPT_GO: u32 = 7;
 
-const REP_ACK: u32 = 1;
-const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
-const REP_ERR_UNSUP: u32 = 0x8000_0001;
-const REP_ERR_INVALID: u32 = 0x8000_0003;
-const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+pub(super) const REP_ACK: u32 = 1;
+pub(super) const REP_SERVER: u32 = 2;
+pub(super) const REP_INFO: u32 = 3;
+pub(super) const REP_ERR_UNSUP: u32 = 0x8000_0001;
+pub(super) const REP_ERR_INVALID: u32 = 0x8000_0003;
+pub(super) const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
 
-const INFO_EXPORT: u16 = 0;
-const INFO_BLOCK_SIZE: u16 = 3;
+pub(super) const INFO_EXPORT: u16 = 0;
+pub(super) const INFO_BLOCK_SIZE: u16 = 3;
 
-const TFLAG_HAS_FLAGS: u16 = 1;
-const TFLAG_READ_ONLY: u16 = 2;
-const TFLAG_SEND_FLUSH: u16 = 4;
-const TFLAG_SEND_TRIM: u16 = 1 << 5;
-const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
-const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+pub(super) const TFLAG_HAS_FLAGS: u16 = 1;
+pub(super) const TFLAG_READ_ONLY: u16 = 2;
+pub(super) const TFLAG_SEND_FLUSH: u16 = 4;
+pub(super) const TFLAG_SEND_TRIM: u16 = 1 << 5;
+pub(super) const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+pub(super) const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
+pub(super) const CMD_READ: u16 = 0;
+pub(super) const CMD_WRITE: u16 = 1;
+pub(super) const CMD_DISC: u16 = 2;
+pub(super) const CMD_FLUSH: u16 = 3;
+pub(super) const CMD_TRIM: u16 = 4;
+pub(super) const CMD_WRITE_ZEROES: u16 = 6;
 
 const EPERM: u32 = 1;
 const EIO: u32 = 5;
@@ -398,9 +398,8 @@ where
                     reply(&w, req.cookie, EINVAL, None).await?;
                     continue;
                 }
-                let permit = match slots.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break Ok(()),
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break Ok(());
                 };
                 let (w, export) = (w.clone(), export.clone());
                 tokio::spawn(async move {
@@ -426,9 +425,8 @@ where
             CMD_FLUSH => {
                 // Answer after the reads in flight, as a flush orders
                 // against earlier requests; writes were handed over inline.
-                let all = match slots.acquire_many(PER_CONN_INFLIGHT as u32).await {
-                    Ok(a) => a,
-                    Err(_) => break Ok(()),
+                let Ok(all) = slots.acquire_many(PER_CONN_INFLIGHT as u32).await else {
+                    break Ok(());
                 };
                 drop(all);
                 let err = match export.flush().await {

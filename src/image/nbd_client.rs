@@ -17,30 +17,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Mutex};
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const CLIENT_FIXED_NEWSTYLE: u32 = 1;
-const CLIENT_NO_ZEROES: u32 = 2;
-
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const INFO_EXPORT: u16 = 0;
-
-const TFLAG_READ_ONLY: u16 = 2;
-const TFLAG_SEND_FLUSH: u16 = 4;
-const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
-
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_WRITE_ZEROES: u16 = 6;
+// The protocol's numbers, shared with the server side.
+use super::nbd::{
+    CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, CMD_DISC, CMD_FLUSH, CMD_WRITE, CMD_WRITE_ZEROES,
+    FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO_EXPORT, NBDMAGIC, OPT_GO, OPT_REPLY_MAGIC,
+    REP_ACK, REP_INFO, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, TFLAG_READ_ONLY, TFLAG_SEND_FLUSH,
+    TFLAG_SEND_WRITE_ZEROES,
+};
 
 /// Largest option reply we read during the handshake.
 const MAX_OPT_REPLY: u32 = 64 * 1024;

@@ -295,7 +295,7 @@ impl Tokenizer {
                 if b.len() < 1 + n + 8 {
                     return Step::NeedMore;
                 }
-                if n == 0 || !b[1..1 + n].iter().all(|c| c.is_ascii_graphic()) {
+                if n == 0 || !b[1..1 + n].iter().all(u8::is_ascii_graphic) {
                     return Step::Unknown("RAM block name is not printable".into());
                 }
                 let len = be64(&b[1 + n..]);

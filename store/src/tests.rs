@@ -446,7 +446,7 @@ fn corrupt_chunk_is_named_by_get_and_fsck() {
         let err = s
             .read("bkt", "victim", None)
             .unwrap()
-            .find_map(|r| r.err())
+            .find_map(std::result::Result::err)
             .unwrap();
         match &err {
             StoreError::Integrity { object, .. } => assert_eq!(object, "bkt/victim"),

@@ -190,7 +190,7 @@ impl SegmentPipe {
     /// segments to sync before commit.
     fn finish(&mut self) -> Result<SyncSet> {
         drop(self.tx.take());
-        match self.handle.take().map(|h| h.join()) {
+        match self.handle.take().map(std::thread::JoinHandle::join) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(StoreError::Aborted("the segment thread panicked".into())),
             None => Ok(SyncSet::new()),

@@ -61,13 +61,10 @@ impl Agent {
             // Keep draining so the agent never blocks on a full pipe.
             for _ in lines {}
         });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("chain-agent did not report its address within 20 s");
-            }
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chain-agent did not report its address within 20 s");
         };
         let addr = line
             .strip_prefix("chain-agent listening on ")

@@ -169,7 +169,10 @@ impl Server {
         let mut child = cmd.spawn().expect("starting strato serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
-        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let first = lines
+            .next()
+            .and_then(std::result::Result::ok)
+            .unwrap_or_default();
         let endpoint = first
             .strip_prefix("strato serving S3 at ")
             .unwrap_or_else(|| panic!("unexpected first line from strato serve: {first:?}"))

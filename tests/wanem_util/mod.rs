@@ -77,7 +77,10 @@ impl WanemLink {
             .expect("starting strato-wanem");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let first = lines
+            .next()
+            .and_then(std::result::Result::ok)
+            .unwrap_or_default();
         assert_eq!(
             first,
             format!("tap-a={tap_a} tap-b={tap_b}"),
@@ -145,7 +148,7 @@ impl WanemLink {
     }
 
     pub fn emulator_pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.as_ref().map(std::process::Child::id)
     }
 
     /// Stop the emulator with SIGTERM; returns what [`Self::wait_exit`] does.

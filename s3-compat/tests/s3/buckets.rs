@@ -198,7 +198,9 @@ async fn read_only_subresources() {
     assert_eq!(acl.grants().len(), 1);
     let acl = c.get_bucket_acl().bucket("bkt").send().await.unwrap();
     assert_eq!(
-        acl.grants()[0].permission().map(|p| p.as_str()),
+        acl.grants()[0]
+            .permission()
+            .map(aws_sdk_s3::types::Permission::as_str),
         Some("FULL_CONTROL")
     );
     let e = c

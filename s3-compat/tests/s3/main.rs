@@ -1,5 +1,6 @@
 //! Integration tests: the real service on 127.0.0.1:0 over an in-memory
 //! backend, driven by the real `aws-sdk-s3` client and plain HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod mem;
 

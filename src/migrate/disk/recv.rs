@@ -490,7 +490,7 @@ async fn apply_batch(
 
     let mut at = 0usize;
     let mut run: Option<(u64, BytesMut)> = None;
-    for op in ops.iter() {
+    for op in &ops {
         let (offset, data): (u64, Bytes) = match *op {
             DiskOp::Zero { offset, len } => {
                 if let Some((o, buf)) = run.take() {

@@ -59,7 +59,9 @@ impl ReadAhead {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means another thread panicked holding it;
         // the counters stay meaningful.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current bound, in stream bytes.

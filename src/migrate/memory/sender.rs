@@ -226,7 +226,7 @@ pub async fn send<R: Read + Send + 'static>(
                 "expected the receiver's answer to the hello, got {other:?}"
             )))
         }
-        Ok(Ok(None)) | Ok(Err(_)) => {
+        Ok(Ok(None) | Err(_)) => {
             return Err(AgentError::Peer(format!(
                 "receiver closed the connection after the hello (an agent older than protocol {PROTOCOL}?)"
             )))
