@@ -309,63 +309,72 @@ pub async fn receive_disk(
     let start = Instant::now();
     let _ = wan.set_nodelay(true);
     let (rd, wr) = wan.into_split();
-    let mut rd = BufReader::new(rd);
+    let rd = BufReader::new(rd);
     let (pulled_tx, pulled_rx) = mpsc::channel(4);
-    let mut back = Back {
-        wr,
-        pulled: pulled_rx,
-    };
-    let mut report = DiskReport {
-        detail: DiskDetail {
-            role: "recv".into(),
-            disk_size: nbd.size(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let mut dest = DestWriter {
-        nbd,
-        inflight: VecDeque::new(),
-    };
-    let mut store: Option<tokio::task::JoinHandle<Result<u64>>> = None;
-    let opts = Arc::new(opts);
-    let mut reader: Option<tokio::task::JoinHandle<()>> = None;
+    let mut session = RecvSession::new(wr, pulled_rx, nbd, opts);
+    let result = session.run(rd, pulled_tx).await;
+    if let Some(r) = session.reader.take() {
+        r.abort();
+    }
+    session.report.seconds = start.elapsed().as_secs_f64();
+    session.finish(result).await
+}
 
-    let result: Result<()> = async {
-        let (hello, n) = read_frame(&mut rd).await?;
-        report.wan.framing += n;
-        report.wan.total += n;
-        match hello {
-            DiskFrame::Hello {
-                protocol,
-                vm,
-                group,
-            } => {
-                if protocol != DISK_PROTOCOL {
-                    return Err(AgentError::Unsupported(format!(
-                        "sender speaks disk protocol {protocol}, this receiver {DISK_PROTOCOL}"
-                    )));
-                }
-                report.vm = vm;
-                report.group = group;
-            }
-            other => return Err(AgentError::Peer(format!("expected Hello, got {other:?}"))),
-        }
-        write_frame(
-            &mut back.wr,
-            &DiskFrame::Welcome {
-                protocol: DISK_PROTOCOL,
-                size: report.detail.disk_size,
+/// One disk migration being received: the WAN's write half, the
+/// destination export, the site store in flight and the report.
+struct RecvSession {
+    back: Back,
+    dest: DestWriter,
+    report: DiskReport,
+    /// The site store in flight, at most one (backpressure on a slow site).
+    store: Option<tokio::task::JoinHandle<Result<u64>>>,
+    opts: Arc<DiskRecvOptions>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RecvSession {
+    fn new(
+        wr: OwnedWriteHalf,
+        pulled: mpsc::Receiver<(PulledBlocks, u64)>,
+        nbd: NbdClient,
+        opts: DiskRecvOptions,
+    ) -> RecvSession {
+        let report = DiskReport {
+            detail: DiskDetail {
+                role: "recv".into(),
+                disk_size: nbd.size(),
+                ..Default::default()
             },
-        )
-        .await?;
+            ..Default::default()
+        };
+        RecvSession {
+            back: Back { wr, pulled },
+            dest: DestWriter {
+                nbd,
+                inflight: VecDeque::new(),
+            },
+            report,
+            store: None,
+            opts: Arc::new(opts),
+            reader: None,
+        }
+    }
+
+    /// The handshake, then every batch and flush in WAN order until the
+    /// sender's end.
+    async fn run(
+        &mut self,
+        mut rd: BufReader<OwnedReadHalf>,
+        pulled_tx: mpsc::Sender<(PulledBlocks, u64)>,
+    ) -> Result<()> {
+        self.handshake(&mut rd).await?;
         let (tx, mut rx) = mpsc::channel(READ_AHEAD);
-        reader = Some(tokio::spawn(read_ahead(
+        self.reader = Some(tokio::spawn(read_ahead(
             rd,
             tx,
             pulled_tx,
-            opts.site.clone(),
-            report.detail.disk_size,
+            self.opts.site.clone(),
+            self.report.detail.disk_size,
         )));
         loop {
             let item = rx
@@ -377,52 +386,18 @@ pub async fn receive_disk(
                     wire,
                     blob_wire,
                     task,
-                } => {
-                    report.wan.total += wire;
-                    let p = task
-                        .await
-                        .map_err(|e| AgentError::Internal(format!("batch task: {e}")))??;
-                    if p.compressed {
-                        report.wan.compressed += blob_wire;
-                    } else {
-                        // Whole blocks as raw, unaligned bytes as literal.
-                        for op in &p.ops {
-                            match op {
-                                DiskOp::Block { .. } => report.wan.raw += op.blob_len() as u64,
-                                DiskOp::Bytes { .. } => report.wan.literal += op.blob_len() as u64,
-                                _ => {}
-                            }
-                        }
-                    }
-                    let seq = p.seq;
-                    let pullable = p.ops.iter().any(|o| matches!(o, DiskOp::Group { .. }));
-                    let stored = apply_batch(&mut dest, &mut back, &opts, &mut report, p).await?;
-                    if pullable {
-                        // The sender may now forget this batch's group blocks.
-                        let n = write_frame(&mut back.wr, &DiskFrame::Applied { seq }).await?;
-                        report.wan.framing += n;
-                    }
-                    if !stored.is_empty() {
-                        // One store in flight at a time: backpressure on a slow site.
-                        if let Some(t) = store.take() {
-                            report.detail.site_stored += join_store(t).await?;
-                        }
-                        let site = opts.site.clone();
-                        store = site
-                            .map(|s| tokio::spawn(async move { Ok(s.put_many(&stored).await?) }));
-                    }
-                }
+                } => self.batch(wire, blob_wire, task).await?,
                 Incoming::Flush { wire, seq } => {
-                    report.wan.total += wire;
-                    dest.flush().await?;
-                    report.detail.flushes += 1;
-                    write_frame(&mut back.wr, &DiskFrame::Flushed { seq }).await?;
+                    self.report.wan.total += wire;
+                    self.dest.flush().await?;
+                    self.report.detail.flushes += 1;
+                    write_frame(&mut self.back.wr, &DiskFrame::Flushed { seq }).await?;
                 }
                 Incoming::End { wire } => {
-                    report.wan.total += wire;
-                    dest.flush().await?;
-                    if let Some(t) = store.take() {
-                        report.detail.site_stored += join_store(t).await?;
+                    self.report.wan.total += wire;
+                    self.dest.flush().await?;
+                    if let Some(t) = self.store.take() {
+                        self.report.detail.site_stored += join_store(t).await?;
                     }
                     return Ok(());
                 }
@@ -430,35 +405,111 @@ pub async fn receive_disk(
             }
         }
     }
-    .await;
-    if let Some(r) = reader {
-        r.abort();
-    }
-    report.seconds = start.elapsed().as_secs_f64();
-    match result {
-        Ok(()) => {
-            report.detail.completed = true;
-            write_frame(
-                &mut back.wr,
-                &DiskFrame::Done {
-                    ok: true,
-                    message: String::new(),
-                },
-            )
-            .await?;
-            let _ = dest.nbd.disconnect().await;
-            Ok(report)
+
+    /// Take the sender's Hello (its protocol must be ours) and answer with
+    /// the destination's size.
+    async fn handshake(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Result<()> {
+        let (hello, n) = read_frame(rd).await?;
+        self.report.wan.framing += n;
+        self.report.wan.total += n;
+        match hello {
+            DiskFrame::Hello {
+                protocol,
+                vm,
+                group,
+            } => {
+                if protocol != DISK_PROTOCOL {
+                    return Err(AgentError::Unsupported(format!(
+                        "sender speaks disk protocol {protocol}, this receiver {DISK_PROTOCOL}"
+                    )));
+                }
+                self.report.vm = vm;
+                self.report.group = group;
+            }
+            other => return Err(AgentError::Peer(format!("expected Hello, got {other:?}"))),
         }
-        Err(e) => {
-            let _ = write_frame(
-                &mut back.wr,
-                &DiskFrame::Done {
-                    ok: false,
-                    message: e.to_string(),
-                },
-            )
-            .await;
-            Err(e)
+        write_frame(
+            &mut self.back.wr,
+            &DiskFrame::Welcome {
+                protocol: DISK_PROTOCOL,
+                size: self.report.detail.disk_size,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Write one batch once prepared, tell the sender when its group
+    /// blocks may go, and store its literal blocks at the site.
+    async fn batch(
+        &mut self,
+        wire: u64,
+        blob_wire: u64,
+        task: tokio::task::JoinHandle<Result<Prepared>>,
+    ) -> Result<()> {
+        let report = &mut self.report;
+        report.wan.total += wire;
+        let p = task
+            .await
+            .map_err(|e| AgentError::Internal(format!("batch task: {e}")))??;
+        if p.compressed {
+            report.wan.compressed += blob_wire;
+        } else {
+            // Whole blocks as raw, unaligned bytes as literal.
+            for op in &p.ops {
+                match op {
+                    DiskOp::Block { .. } => report.wan.raw += op.blob_len() as u64,
+                    DiskOp::Bytes { .. } => report.wan.literal += op.blob_len() as u64,
+                    _ => {}
+                }
+            }
+        }
+        let seq = p.seq;
+        let pullable = p.ops.iter().any(|o| matches!(o, DiskOp::Group { .. }));
+        let stored = apply_batch(&mut self.dest, &mut self.back, &self.opts, report, p).await?;
+        if pullable {
+            // The sender may now forget this batch's group blocks.
+            let n = write_frame(&mut self.back.wr, &DiskFrame::Applied { seq }).await?;
+            report.wan.framing += n;
+        }
+        if !stored.is_empty() {
+            // One store in flight at a time: backpressure on a slow site.
+            if let Some(t) = self.store.take() {
+                report.detail.site_stored += join_store(t).await?;
+            }
+            let site = self.opts.site.clone();
+            self.store = site.map(|s| tokio::spawn(async move { Ok(s.put_many(&stored).await?) }));
+        }
+        Ok(())
+    }
+
+    /// Tell the sender how it ended; on success also leave the export.
+    async fn finish(mut self, result: Result<()>) -> Result<DiskReport> {
+        match result {
+            Ok(()) => {
+                self.report.detail.completed = true;
+                write_frame(
+                    &mut self.back.wr,
+                    &DiskFrame::Done {
+                        ok: true,
+                        message: String::new(),
+                    },
+                )
+                .await?;
+                let _ = self.dest.nbd.disconnect().await;
+                Ok(self.report)
+            }
+            Err(e) => {
+                let _ = write_frame(
+                    &mut self.back.wr,
+                    &DiskFrame::Done {
+                        ok: false,
+                        message: e.to_string(),
+                    },
+                )
+                .await;
+                Err(e)
+            }
         }
     }
 }

@@ -23,7 +23,7 @@
 //! The codec state lives for one connection (a fresh generation in the
 //! `Hello`): a retried migration starts empty at both ends.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,9 +31,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use rayon::prelude::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,9 +42,14 @@ use super::wire::{self, Frame, Op, PROTOCOL};
 use crate::migrate::codec::rcache::{CodecConfig, FrameKind, PageEncoder};
 use crate::migrate::error::{AgentError, Result};
 use crate::migrate::proto;
-use crate::qemu::stream::{StreamStats, Token, Tokenizer, PAGE_SIZE};
+use crate::qemu::stream::{StreamStats, Token, PAGE_SIZE};
 use crate::store::ChunkId;
 use chunk_api::ChunkClient;
+
+mod pulls;
+mod tokenize;
+use pulls::{answer_pulls, PageCache};
+use tokenize::tokenize_input;
 
 /// How a sender behaves.
 #[derive(Clone)]
@@ -102,11 +106,6 @@ impl SenderOptions {
     }
 }
 
-/// Longest a partial batch waits for more input before it is sent.
-const FLUSH_AFTER: Duration = Duration::from_millis(5);
-/// Stream bytes per batch, whatever the page count.
-const BATCH_BYTES: usize = 2 << 20;
-const READ_CHUNK: usize = 256 << 10;
 /// Rough size of a zero-page record on the wire (address + fill byte).
 const ZERO_RECORD: u64 = 9;
 
@@ -156,31 +155,6 @@ struct CodecTally {
     saved_delta: u64,
 }
 
-/// Pages sent by id, kept (bounded, FIFO) so the receiver can pull them.
-struct PageCache {
-    map: HashMap<ChunkId, Bytes>,
-    order: VecDeque<ChunkId>,
-    cap_pages: usize,
-}
-
-impl PageCache {
-    fn insert(&mut self, id: ChunkId, page: Bytes) {
-        if self.cap_pages == 0 || self.map.contains_key(&id) {
-            return;
-        }
-        while self.map.len() >= self.cap_pages {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.map.insert(id, page);
-        self.order.push_back(id);
-    }
-}
-
 /// Run the sender over `input` (QEMU's stream) and the WAN connection.
 pub async fn send<R: Read + Send + 'static>(
     input: R,
@@ -195,12 +169,26 @@ pub async fn send<R: Read + Send + 'static>(
     // A fresh generation per connection: no codec frame of an earlier
     // (dropped) connection can ever match the state of this one.
     let generation: u32 = rand::random();
-    let mut encoder = match &opts.codec {
+    let encoder = match &opts.codec {
         Some(c) => Some(PageEncoder::new(c.clone(), generation)?),
         None => None,
     };
+    hello(&mut rd, &mut wr, &opts, generation).await?;
+    let mut session = SendSession::start(input, rd, wr, opts, encoder)?;
+    session.pump().await?;
+    session.finish(started).await
+}
+
+/// Send the `Hello` and wait for the receiver's answer: it accepts or
+/// refuses (protocol, codec settings) before any page is sent.
+async fn hello(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    opts: &SenderOptions,
+    generation: u32,
+) -> Result<()> {
     wire::write_frame(
-        &mut wr,
+        wr,
         &Frame::Hello {
             protocol: PROTOCOL,
             vm: opts.vm.clone(),
@@ -213,339 +201,317 @@ pub async fn send<R: Read + Send + 'static>(
     wr.flush()
         .await
         .map_err(|e| AgentError::io("sending to the receiver", e))?;
-    // The receiver accepts or refuses (protocol, codec settings) before
-    // any page is sent.
-    match tokio::time::timeout(opts.ack_timeout, wire::read_frame(&mut rd)).await {
-        Err(_) => return Err(AgentError::Timeout("receiver did not answer the hello".into())),
-        Ok(Ok(Some(Frame::Ack { ok: true, .. }))) => {}
+    match tokio::time::timeout(opts.ack_timeout, wire::read_frame(rd)).await {
+        Err(_) => Err(AgentError::Timeout("receiver did not answer the hello".into())),
+        Ok(Ok(Some(Frame::Ack { ok: true, .. }))) => Ok(()),
         Ok(Ok(Some(Frame::Ack { ok: false, message }))) => {
-            return Err(AgentError::Peer(format!("receiver refused: {message}")))
+            Err(AgentError::Peer(format!("receiver refused: {message}")))
         }
-        Ok(Ok(Some(other))) => {
-            return Err(AgentError::Peer(format!(
-                "expected the receiver's answer to the hello, got {other:?}"
-            )))
+        Ok(Ok(Some(other))) => Err(AgentError::Peer(format!(
+            "expected the receiver's answer to the hello, got {other:?}"
+        ))),
+        Ok(Ok(None)) | Ok(Err(_)) => Err(AgentError::Peer(format!(
+            "receiver closed the connection after the hello (an agent older than protocol {PROTOCOL}?)"
+        ))),
+    }
+}
+
+type EncodeTask = tokio::task::JoinHandle<Result<Encoded>>;
+
+/// What the main loop waits for.
+enum Event {
+    Piece(Option<Piece>),
+    Looked(std::result::Result<Result<Looked>, tokio::task::JoinError>),
+}
+
+/// One migration stream being sent, after the hello: the pipeline's
+/// tasks and threads, their channels, and the report so far.
+struct SendSession {
+    opts: SenderOptions,
+    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    cache: Arc<Mutex<PageCache>>,
+    pulled_bytes: Arc<AtomicU64>,
+    pulled_pages: Arc<AtomicU64>,
+    ack_rx: Option<oneshot::Receiver<(bool, String)>>,
+    /// Answers the receiver's pulls until its acknowledgement.
+    responder: tokio::task::JoinHandle<()>,
+    /// However the send ends, a tokenizer waiting for room wakes up.
+    _close_read_ahead: CloseOnDrop,
+    tokenizer: Option<std::thread::JoinHandle<Result<()>>>,
+    piece_rx: mpsc::Receiver<Piece>,
+    /// Encode tasks to the writer, in stream order.
+    enc_tx: Option<mpsc::Sender<EncodeTask>>,
+    writer: Option<tokio::task::JoinHandle<Result<VmReport>>>,
+    report: VmReport,
+    queries: Arc<AtomicU64>,
+    known: Arc<Mutex<HashSet<ChunkId>>>,
+    /// Site queries in flight, oldest first.
+    lookups: VecDeque<tokio::task::JoinHandle<Result<Looked>>>,
+    codec: Option<Arc<Mutex<PageEncoder>>>,
+    // The codec runs batch after batch in stream order (its state is a
+    // sequence); each batch waits for the previous one's signal.
+    prev_codec: Option<oneshot::Receiver<()>>,
+    // Claims are chained so they reach the site in stream order.
+    prev_claim: Option<oneshot::Receiver<()>>,
+    end: Option<(u64, u128, StreamStats)>,
+    input_done: bool,
+}
+
+impl SendSession {
+    /// Start the pull responder, the tokenizer and the WAN writer.
+    fn start<R: Read + Send + 'static>(
+        input: R,
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+        opts: SenderOptions,
+        encoder: Option<PageEncoder>,
+    ) -> Result<SendSession> {
+        let wr = Arc::new(tokio::sync::Mutex::new(wr));
+        let cache = Arc::new(Mutex::new(PageCache::new(opts.keep_bytes / PAGE_SIZE)));
+        let pulled_bytes = Arc::new(AtomicU64::new(0));
+        let pulled_pages = Arc::new(AtomicU64::new(0));
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let responder = tokio::spawn(answer_pulls(
+            rd,
+            wr.clone(),
+            cache.clone(),
+            pulled_bytes.clone(),
+            pulled_pages.clone(),
+            ack_tx,
+        ));
+
+        let (piece_tx, piece_rx) = mpsc::channel::<Piece>(opts.window * 2);
+        let batch_pages = opts.batch_pages.max(1);
+        let read_ahead = Arc::new(ReadAhead::new(opts.read_ahead));
+        let close_read_ahead = CloseOnDrop(read_ahead.clone());
+        let tok_read_ahead = read_ahead.clone();
+        let tokenizer = std::thread::Builder::new()
+            .name("migrate-tokenize".into())
+            .spawn(move || tokenize_input(input, batch_pages, piece_tx, &tok_read_ahead))
+            .map_err(|e| AgentError::io("starting the tokenizer", e))?;
+
+        let report = VmReport {
+            vm: opts.vm.clone(),
+            group: opts.group.clone(),
+            ..Default::default()
+        };
+        let (enc_tx, writer) = spawn_writer(wr.clone(), read_ahead);
+        Ok(SendSession {
+            opts,
+            wr,
+            cache,
+            pulled_bytes,
+            pulled_pages,
+            ack_rx: Some(ack_rx),
+            responder,
+            _close_read_ahead: close_read_ahead,
+            tokenizer: Some(tokenizer),
+            piece_rx,
+            enc_tx: Some(enc_tx),
+            writer: Some(writer),
+            report,
+            queries: Arc::new(AtomicU64::new(0)),
+            known: Arc::default(),
+            lookups: VecDeque::new(),
+            codec: encoder.map(|e| Arc::new(Mutex::new(e))),
+            prev_codec: None,
+            prev_claim: None,
+            end: None,
+            input_done: false,
+        })
+    }
+
+    /// The main loop: tokenized batches go to the site queries (a window
+    /// of them in flight), answered batches, in order, to the decisions
+    /// and the encoders, until the input ends and every query is answered.
+    async fn pump(&mut self) -> Result<()> {
+        loop {
+            let full = self.input_done || self.lookups.len() >= self.opts.window;
+            let event = match self.lookups.front_mut() {
+                None if self.input_done => break,
+                None => Event::Piece(self.piece_rx.recv().await),
+                Some(front) if full => Event::Looked(front.await),
+                Some(front) => tokio::select! {
+                    biased;
+                    r = front => Event::Looked(r),
+                    p = self.piece_rx.recv() => Event::Piece(p),
+                },
+            };
+            match event {
+                Event::Piece(Some(Piece::Batch(b))) => self.start_lookup(b),
+                Event::Piece(Some(Piece::End {
+                    stream_len,
+                    digest,
+                    stats,
+                })) => {
+                    self.end = Some((stream_len, digest, stats));
+                    self.input_done = true;
+                }
+                Event::Piece(None) => self.input_done = true,
+                Event::Looked(r) => {
+                    self.lookups.pop_front();
+                    let looked =
+                        r.map_err(|e| AgentError::Internal(format!("lookup task: {e}")))??;
+                    if !self.start_encode(looked).await {
+                        break;
+                    }
+                }
+            }
         }
-        Ok(Ok(None) | Err(_)) => {
-            return Err(AgentError::Peer(format!(
-                "receiver closed the connection after the hello (an agent older than protocol {PROTOCOL}?)"
-            )))
+        Ok(())
+    }
+
+    /// Ask the site about a batch, in a task chained after the previous
+    /// batch's claim.
+    fn start_lookup(&mut self, batch: TokBatch) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let prev = self.prev_claim.replace(done_rx);
+        self.lookups.push_back(tokio::spawn(lookup(
+            batch,
+            self.opts.clone(),
+            self.known.clone(),
+            self.queries.clone(),
+            prev,
+            done_tx,
+        )));
+    }
+
+    /// Decide how an answered batch's pages cross and hand its codec and
+    /// encoding task to the writer; false when the writer has stopped.
+    async fn start_encode(&mut self, looked: Looked) -> bool {
+        let plan = decide(
+            looked,
+            &self.opts,
+            &self.known,
+            &self.cache,
+            &mut self.report,
+        );
+        let level = self.opts.zstd_level;
+        let codec = self.codec.clone();
+        let (done_tx, done_rx) = oneshot::channel();
+        let prev = self.prev_codec.replace(done_rx);
+        let h = tokio::task::spawn_blocking(move || {
+            let mut tally = CodecTally::default();
+            let plan = match codec {
+                Some(c) => {
+                    if let Some(p) = prev {
+                        // An error upstream drops the sender: the
+                        // writer stops at that batch anyway.
+                        let _ = p.blocking_recv();
+                    }
+                    let r = apply_codec(&mut c.lock(), plan, &mut tally);
+                    let _ = done_tx.send(());
+                    r?
+                }
+                None => plan,
+            };
+            Ok(encode(plan, level, tally))
+        });
+        match &self.enc_tx {
+            Some(tx) => tx.send(h).await.is_ok(),
+            None => false,
         }
     }
-    let wr = Arc::new(tokio::sync::Mutex::new(wr));
-    let cache = Arc::new(Mutex::new(PageCache {
-        map: HashMap::new(),
-        order: VecDeque::new(),
-        cap_pages: opts.keep_bytes / PAGE_SIZE,
-    }));
-    let pulled_bytes = Arc::new(AtomicU64::new(0));
-    let pulled_pages = Arc::new(AtomicU64::new(0));
-    let (ack_tx, ack_rx) = oneshot::channel();
-    let responder = tokio::spawn(answer_pulls(
-        rd,
-        wr.clone(),
-        cache.clone(),
-        pulled_bytes.clone(),
-        pulled_pages.clone(),
-        ack_tx,
-    ));
 
-    let (piece_tx, mut piece_rx) = mpsc::channel::<Piece>(opts.window * 2);
-    let batch_pages = opts.batch_pages.max(1);
-    let read_ahead = Arc::new(ReadAhead::new(opts.read_ahead));
-    // However this function ends, a tokenizer waiting for room wakes up.
-    let _close_read_ahead = CloseOnDrop(read_ahead.clone());
-    let tok_read_ahead = read_ahead.clone();
-    let tokenizer = std::thread::Builder::new()
-        .name("migrate-tokenize".into())
-        .spawn(move || tokenize_input(input, batch_pages, piece_tx, &tok_read_ahead))
-        .map_err(|e| AgentError::io("starting the tokenizer", e))?;
+    /// Wait for the writer and the tokenizer, send the `End`, wait for the
+    /// receiver's verdict and complete the report.
+    async fn finish(mut self, started: Instant) -> Result<VmReport> {
+        drop(self.enc_tx.take());
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| AgentError::Internal("writer task already joined".into()))?;
+        let totals = writer
+            .await
+            .map_err(|e| AgentError::Internal(format!("writer task: {e}")))??;
+        let report = &mut self.report;
+        report.wan = totals.wan;
+        report.detail.saved = totals.detail.saved;
+        report.detail.pages.cache = totals.detail.pages.cache;
+        report.detail.pages.delta = totals.detail.pages.delta;
+        if let Some(tokenizer) = self.tokenizer.take() {
+            let tokenizer_result = tokenizer
+                .join()
+                .map_err(|_| AgentError::Internal("tokenizer panicked".into()))?;
+            tokenizer_result?;
+        }
+        let (stream_len, digest, stats) = self
+            .end
+            .take()
+            .ok_or_else(|| AgentError::Internal("input ended without a digest".into()))?;
+        {
+            let mut w = self.wr.lock().await;
+            wire::write_frame(&mut *w, &Frame::End { stream_len, digest }).await?;
+            w.flush()
+                .await
+                .map_err(|e| AgentError::io("sending to the receiver", e))?;
+        }
+        let ack_rx = self
+            .ack_rx
+            .take()
+            .ok_or_else(|| AgentError::Internal("acknowledgement already taken".into()))?;
+        let ack = tokio::time::timeout(self.opts.ack_timeout, ack_rx)
+            .await
+            .map_err(|_| {
+                AgentError::Timeout(format!(
+                    "no acknowledgement from the receiver within {} s",
+                    self.opts.ack_timeout.as_secs()
+                ))
+            })?
+            .map_err(|_| AgentError::Peer("connection closed before the acknowledgement".into()))?;
+        self.responder.abort();
+        let (ok, message) = ack;
+        let mut report = std::mem::take(&mut self.report);
+        report.detail.stream_bytes = stream_len;
+        report.detail.pages.zero = stats.zero_pages;
+        report.wan.zero = stats.zero_pages * ZERO_RECORD;
+        report.detail.passthrough_from = stats.passthrough_from;
+        report.detail.passthrough_reason = stats.passthrough_reason;
+        report.detail.pages.pulled = self.pulled_pages.load(Ordering::Relaxed);
+        report.wan.pulled = self.pulled_bytes.load(Ordering::Relaxed);
+        report.wan.queries = self.queries.load(Ordering::Relaxed);
+        report.wan.total = report.wan.sum_of_parts();
+        report.seconds = started.elapsed().as_secs_f64();
+        report.detail.verified = ok;
+        if !ok {
+            return Err(AgentError::Peer(format!(
+                "receiver refused the stream: {message}"
+            )));
+        }
+        Ok(report)
+    }
+}
 
-    let mut report = VmReport {
-        vm: opts.vm.clone(),
-        group: opts.group.clone(),
-        ..Default::default()
-    };
-    let queries = Arc::new(AtomicU64::new(0));
-    let known: Arc<Mutex<HashSet<ChunkId>>> = Arc::default();
-
-    // Frames are written by their own task, in order, so site queries
-    // (tasks too) and encoding keep going while the WAN is busy.
-    let (enc_tx, mut enc_rx) = mpsc::channel::<tokio::task::JoinHandle<Result<Encoded>>>(2);
-    let writer_wr = wr.clone();
-    let writer_read_ahead = read_ahead.clone();
+/// The WAN writer: frames are written by their own task, in order, so
+/// site queries (tasks too) and encoding keep going while the WAN is busy.
+/// Returns the queue of encode tasks and the writer, which sums up what
+/// crossed.
+fn spawn_writer(
+    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    read_ahead: Arc<ReadAhead>,
+) -> (
+    mpsc::Sender<EncodeTask>,
+    tokio::task::JoinHandle<Result<VmReport>>,
+) {
+    let (enc_tx, mut enc_rx) = mpsc::channel::<EncodeTask>(2);
     let writer = tokio::spawn(async move {
-        let _close = CloseOnDrop(writer_read_ahead.clone());
+        let _close = CloseOnDrop(read_ahead.clone());
         let mut totals = VmReport::default();
         while let Some(h) = enc_rx.recv().await {
             let enc = h
                 .await
                 .map_err(|e| AgentError::Internal(format!("encode task: {e}")))??;
             account(&mut totals, &enc);
-            let mut w = writer_wr.lock().await;
+            let mut w = wr.lock().await;
             w.write_all(&enc.frame)
                 .await
                 .map_err(|e| AgentError::io("sending to the receiver", e))?;
             // One frame per batch, in stream order.
-            writer_read_ahead.written();
+            read_ahead.written();
         }
         Ok::<_, AgentError>(totals)
     });
-
-    // Claims are chained so they reach the site in stream order.
-    let mut lookups: VecDeque<tokio::task::JoinHandle<Result<Looked>>> = VecDeque::new();
-    // The codec runs batch after batch in stream order (its state is a
-    // sequence); each batch waits for the previous one's signal.
-    let codec = encoder.take().map(|e| Arc::new(Mutex::new(e)));
-    let mut prev_codec: Option<oneshot::Receiver<()>> = None;
-    let mut prev_claim: Option<oneshot::Receiver<()>> = None;
-    let mut end: Option<(u64, u128, StreamStats)> = None;
-    let mut input_done = false;
-    enum Event {
-        Piece(Option<Piece>),
-        Looked(std::result::Result<Result<Looked>, tokio::task::JoinError>),
-    }
-    loop {
-        let full = input_done || lookups.len() >= opts.window;
-        let event = match lookups.front_mut() {
-            None if input_done => break,
-            None => Event::Piece(piece_rx.recv().await),
-            Some(front) if full => Event::Looked(front.await),
-            Some(front) => tokio::select! {
-                biased;
-                r = front => Event::Looked(r),
-                p = piece_rx.recv() => Event::Piece(p),
-            },
-        };
-        match event {
-            Event::Piece(Some(Piece::Batch(b))) => {
-                let (done_tx, done_rx) = oneshot::channel();
-                let prev = prev_claim.replace(done_rx);
-                lookups.push_back(tokio::spawn(lookup(
-                    b,
-                    opts.clone(),
-                    known.clone(),
-                    queries.clone(),
-                    prev,
-                    done_tx,
-                )));
-            }
-            Event::Piece(Some(Piece::End {
-                stream_len,
-                digest,
-                stats,
-            })) => {
-                end = Some((stream_len, digest, stats));
-                input_done = true;
-            }
-            Event::Piece(None) => input_done = true,
-            Event::Looked(r) => {
-                lookups.pop_front();
-                let looked = r.map_err(|e| AgentError::Internal(format!("lookup task: {e}")))??;
-                let plan = decide(looked, &opts, &known, &cache, &mut report);
-                let level = opts.zstd_level;
-                let codec = codec.clone();
-                let (done_tx, done_rx) = oneshot::channel();
-                let prev = prev_codec.replace(done_rx);
-                let h = tokio::task::spawn_blocking(move || {
-                    let mut tally = CodecTally::default();
-                    let plan = match codec {
-                        Some(c) => {
-                            if let Some(p) = prev {
-                                // An error upstream drops the sender: the
-                                // writer stops at that batch anyway.
-                                let _ = p.blocking_recv();
-                            }
-                            let r = apply_codec(&mut c.lock(), plan, &mut tally);
-                            let _ = done_tx.send(());
-                            r?
-                        }
-                        None => plan,
-                    };
-                    Ok(encode(plan, level, tally))
-                });
-                if enc_tx.send(h).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    drop(enc_tx);
-    let totals = writer
-        .await
-        .map_err(|e| AgentError::Internal(format!("writer task: {e}")))??;
-    report.wan = totals.wan;
-    report.detail.saved = totals.detail.saved;
-    report.detail.pages.cache = totals.detail.pages.cache;
-    report.detail.pages.delta = totals.detail.pages.delta;
-    let tokenizer_result = tokenizer
-        .join()
-        .map_err(|_| AgentError::Internal("tokenizer panicked".into()))?;
-    tokenizer_result?;
-    let (stream_len, digest, stats) =
-        end.ok_or_else(|| AgentError::Internal("input ended without a digest".into()))?;
-    {
-        let mut w = wr.lock().await;
-        wire::write_frame(&mut *w, &Frame::End { stream_len, digest }).await?;
-        w.flush()
-            .await
-            .map_err(|e| AgentError::io("sending to the receiver", e))?;
-    }
-    let ack = tokio::time::timeout(opts.ack_timeout, ack_rx)
-        .await
-        .map_err(|_| {
-            AgentError::Timeout(format!(
-                "no acknowledgement from the receiver within {} s",
-                opts.ack_timeout.as_secs()
-            ))
-        })?
-        .map_err(|_| AgentError::Peer("connection closed before the acknowledgement".into()))?;
-    responder.abort();
-    let (ok, message) = ack;
-    report.detail.stream_bytes = stream_len;
-    report.detail.pages.zero = stats.zero_pages;
-    report.wan.zero = stats.zero_pages * ZERO_RECORD;
-    report.detail.passthrough_from = stats.passthrough_from;
-    report.detail.passthrough_reason = stats.passthrough_reason;
-    report.detail.pages.pulled = pulled_pages.load(Ordering::Relaxed);
-    report.wan.pulled = pulled_bytes.load(Ordering::Relaxed);
-    report.wan.queries = queries.load(Ordering::Relaxed);
-    report.wan.total = report.wan.sum_of_parts();
-    report.seconds = started.elapsed().as_secs_f64();
-    report.detail.verified = ok;
-    if !ok {
-        return Err(AgentError::Peer(format!(
-            "receiver refused the stream: {message}"
-        )));
-    }
-    Ok(report)
-}
-
-/// Reader + tokenizer: runs on its own threads (blocking stdin).
-fn tokenize_input<R: Read + Send + 'static>(
-    mut input: R,
-    batch_pages: usize,
-    out: mpsc::Sender<Piece>,
-    read_ahead: &ReadAhead,
-) -> Result<()> {
-    let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
-    let reader = std::thread::Builder::new()
-        .name("migrate-read".into())
-        .spawn(move || loop {
-            let mut buf = vec![0u8; READ_CHUNK];
-            match input.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if chunk_tx.send(Ok(buf)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = chunk_tx.send(Err(e));
-                    return;
-                }
-            }
-        })
-        .map_err(|e| AgentError::io("starting the reader", e))?;
-
-    let mut tok = Tokenizer::new();
-    let mut digest = xxhash_rust::xxh3::Xxh3::new();
-    let mut tokens = Vec::new();
-    let mut pending_bytes = 0usize;
-    let mut pages = 0usize;
-    let mut since: Option<Instant> = None;
-    let flush = |tokens: &mut Vec<Token>, tok: &mut Tokenizer| -> Result<()> {
-        tok.flush_literal(tokens);
-        if tokens.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(tokens);
-        let stream_bytes: usize = batch
-            .iter()
-            .map(|t| match t {
-                Token::Literal(b) | Token::Page(b) => b.len(),
-            })
-            .sum();
-        // Wait here, not in QEMU's pipe buffer: while the WAN is behind,
-        // QEMU must see the stream drain at the WAN's pace.
-        if !read_ahead.admit(stream_bytes as u64) {
-            return Err(AgentError::Internal("sender pipeline stopped".into()));
-        }
-        let ids = page_ids(&batch);
-        let keys = tok.take_page_keys();
-        out.blocking_send(Piece::Batch(TokBatch {
-            tokens: batch,
-            ids,
-            keys,
-        }))
-        .map_err(|_| AgentError::Internal("sender pipeline stopped".into()))
-    };
-    loop {
-        let msg = match since {
-            None => chunk_rx.recv().map_err(|_| None),
-            Some(t) => {
-                let left = FLUSH_AFTER.saturating_sub(t.elapsed());
-                chunk_rx.recv_timeout(left).map_err(|e| match e {
-                    std::sync::mpsc::RecvTimeoutError::Timeout => Some(()),
-                    std::sync::mpsc::RecvTimeoutError::Disconnected => None,
-                })
-            }
-        };
-        match msg {
-            Ok(Ok(chunk)) => {
-                digest.update(&chunk);
-                let before = tokens.len();
-                tok.feed(&chunk, &mut tokens);
-                if let Some(why) = &tok.stats().unsupported {
-                    return Err(AgentError::Unsupported(why.clone()));
-                }
-                pages += tokens[before..]
-                    .iter()
-                    .filter(|t| matches!(t, Token::Page(_)))
-                    .count();
-                pending_bytes += chunk.len();
-                since.get_or_insert_with(Instant::now);
-                if pages >= batch_pages || pending_bytes >= BATCH_BYTES {
-                    flush(&mut tokens, &mut tok)?;
-                    pages = 0;
-                    pending_bytes = 0;
-                    since = None;
-                }
-            }
-            Ok(Err(e)) => return Err(AgentError::io("reading the migration stream", e)),
-            Err(Some(())) => {
-                flush(&mut tokens, &mut tok)?;
-                pages = 0;
-                pending_bytes = 0;
-                since = None;
-            }
-            Err(None) => break,
-        }
-    }
-    let _ = reader.join();
-    tok.finish(&mut tokens);
-    flush(&mut tokens, &mut tok)?;
-    let stats = tok.stats().clone();
-    out.blocking_send(Piece::End {
-        stream_len: stats.bytes,
-        digest: digest.digest128(),
-        stats,
-    })
-    .map_err(|_| AgentError::Internal("sender pipeline stopped".into()))
-}
-
-/// BLAKE3 ids of a batch's pages, on all cores.
-fn page_ids(tokens: &[Token]) -> Vec<ChunkId> {
-    let pages: Vec<&Bytes> = tokens
-        .iter()
-        .filter_map(|t| match t {
-            Token::Page(p) => Some(p),
-            Token::Literal(_) => None,
-        })
-        .collect();
-    pages.par_iter().map(|p| ChunkId::of(p)).collect()
+    (enc_tx, writer)
 }
 
 /// Ask the site which pages it holds and claim the rest for the group.
@@ -795,48 +761,4 @@ fn account(report: &mut VmReport, e: &Encoded) {
     d.pages.delta += e.codec.delta_pages;
     d.saved.cache += e.codec.saved_cache;
     d.saved.delta += e.codec.saved_delta;
-}
-
-/// Serve the receiver's pulls until it acknowledges the end.
-async fn answer_pulls(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
-    cache: Arc<Mutex<PageCache>>,
-    pulled_bytes: Arc<AtomicU64>,
-    pulled_pages: Arc<AtomicU64>,
-    ack: oneshot::Sender<(bool, String)>,
-) {
-    loop {
-        match wire::read_frame(&mut rd).await {
-            Ok(Some(Frame::Pull(ids))) => {
-                let pages: Vec<(ChunkId, Option<Bytes>)> = {
-                    let c = cache.lock();
-                    ids.iter().map(|id| (*id, c.map.get(id).cloned())).collect()
-                };
-                let found = pages.iter().filter(|(_, p)| p.is_some()).count();
-                let frame = Frame::Pulled(pages).encode();
-                pulled_pages.fetch_add(found as u64, Ordering::Relaxed);
-                pulled_bytes
-                    .fetch_add((frame.len() + 5 + 32 * ids.len()) as u64, Ordering::Relaxed);
-                let mut w = wr.lock().await;
-                if let Err(e) = w.write_all(&frame).await {
-                    tracing::warn!("answering a pull: {e}");
-                    return;
-                }
-            }
-            Ok(Some(Frame::Ack { ok, message })) => {
-                let _ = ack.send((ok, message));
-                return;
-            }
-            Ok(Some(other)) => {
-                tracing::warn!("unexpected frame from the receiver: {other:?}");
-                return;
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!("WAN connection: {e}");
-                return;
-            }
-        }
-    }
 }

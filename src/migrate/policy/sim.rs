@@ -26,6 +26,9 @@ use super::schedule::{Schedule, ScheduleInput};
 use super::stop::{RoundObservation, StopDecision, StopPolicy};
 use crate::migrate::codec::rcache::{CodecConfig, CodecError, FrameKind, PageDecoder, PageEncoder};
 
+mod write_gen;
+use write_gen::WriteGen;
+
 /// Transport bytes per page besides the codec frame: page number and frame
 /// length (CloudNet's per-page meta packet is 6 bytes; ours carries a
 /// 64-bit page number).
@@ -338,126 +341,6 @@ pub struct SimReport {
     pub verified: Option<bool>,
 }
 
-/// The write stream, one event at a time.
-struct WriteGen {
-    writes: Writes,
-    rng: StdRng,
-    hot: Vec<u64>,
-    pages: u64,
-    page_size: usize,
-    total_rate: f64,
-    hot_share: f64,
-    // trace replay position
-    idx: usize,
-    loop_offset: f64,
-    period: f64,
-    next_t: f64,
-}
-
-impl WriteGen {
-    fn new(writes: Writes, pages: u64, page_size: usize, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5752_4954_4553);
-        let (mut hot, mut total_rate, mut hot_share, mut period) = (Vec::new(), 0.0, 0.0, 1.0);
-        match &writes {
-            Writes::Model(m) => {
-                let h = m.hot_pages(pages);
-                hot = rand::seq::index::sample(&mut rng, pages as usize, h as usize)
-                    .into_iter()
-                    .map(|i| i as u64)
-                    .collect();
-                let hot_rate = h as f64 * m.hot_rate;
-                total_rate = hot_rate + (pages - h) as f64 * m.cold_rate;
-                hot_share = if total_rate > 0.0 {
-                    hot_rate / total_rate
-                } else {
-                    0.0
-                };
-            }
-            Writes::Trace(t) => {
-                period = t.last().map_or(1.0, |w| w.time_s).max(1e-3);
-            }
-        }
-        let mut g = WriteGen {
-            writes,
-            rng,
-            hot,
-            pages,
-            page_size,
-            total_rate,
-            hot_share,
-            idx: 0,
-            loop_offset: 0.0,
-            period,
-            next_t: 0.0,
-        };
-        g.next_t = g.first_time();
-        g
-    }
-
-    fn first_time(&mut self) -> f64 {
-        match &self.writes {
-            Writes::Model(_) => self.exp_gap(),
-            Writes::Trace(t) => t.first().map_or(f64::INFINITY, |w| w.time_s),
-        }
-    }
-
-    fn exp_gap(&mut self) -> f64 {
-        if self.total_rate <= 0.0 {
-            return f64::INFINITY;
-        }
-        let u: f64 = self.rng.gen_range(f64::MIN_POSITIVE..1.0);
-        -u.ln() / self.total_rate
-    }
-
-    /// Apply every write up to time `t` to `mem`; calls `touched` for each
-    /// written page.
-    fn apply_until(&mut self, t: f64, mem: &mut [u8], mut touched: impl FnMut(u64)) -> u64 {
-        let ps = self.page_size;
-        let mut n = 0;
-        while self.next_t <= t {
-            n += 1;
-            match &self.writes {
-                Writes::Model(m) => {
-                    let (rewrite, copy, wb) = (m.rewrite_share, m.copy_share, m.write_bytes);
-                    let page = if !self.hot.is_empty()
-                        && self.rng.gen_bool(self.hot_share.clamp(0.0, 1.0))
-                    {
-                        self.hot[self.rng.gen_range(0..self.hot.len())]
-                    } else {
-                        self.rng.gen_range(0..self.pages)
-                    };
-                    let base = page as usize * ps;
-                    let kind: f64 = self.rng.gen();
-                    if kind < rewrite {
-                        self.rng.fill(&mut mem[base..base + ps]);
-                    } else if kind < rewrite + copy {
-                        let from = self.rng.gen_range(0..self.pages) as usize * ps;
-                        mem.copy_within(from..from + ps, base);
-                    } else {
-                        let off = self.rng.gen_range(0..=ps - wb);
-                        self.rng.fill(&mut mem[base + off..base + off + wb]);
-                    }
-                    touched(page);
-                    self.next_t += self.exp_gap();
-                }
-                Writes::Trace(tr) => {
-                    let w = tr[self.idx];
-                    let base = w.page as usize * ps + w.offset;
-                    self.rng.fill(&mut mem[base..base + w.len]);
-                    touched(w.page);
-                    self.idx += 1;
-                    if self.idx == tr.len() {
-                        self.idx = 0;
-                        self.loop_offset += self.period;
-                    }
-                    self.next_t = self.loop_offset + tr[self.idx].time_s;
-                }
-            }
-        }
-        n
-    }
-}
-
 /// Synthetic guest memory with the kinds of content real guests have:
 /// zero pages, duplicated pages, compressible text-like pages, and
 /// incompressible ones. Deterministic in `seed`.
@@ -572,6 +455,23 @@ impl Link {
 /// Run one simulated migration; also returns the final source and
 /// destination memories (for callers that check or keep them).
 pub fn simulate_with_images(spec: SimSpec) -> Result<(SimReport, Vec<u8>, Vec<u8>), SimError> {
+    let pages = validate_spec(&spec)?;
+    let mut sim = Sim::new(spec, pages)?;
+    loop {
+        match sim.precopy_round()? {
+            StopDecision::Continue => {}
+            StopDecision::Stop => break,
+            StopDecision::Abort => {
+                sim.outcome = Outcome::Aborted;
+                break;
+            }
+        }
+    }
+    sim.finish()
+}
+
+/// Refuse a spec the simulation cannot run; returns its page count.
+fn validate_spec(spec: &SimSpec) -> Result<u64, SimError> {
     let ps = spec.codec.page_size;
     spec.codec.validate()?;
     spec.cost
@@ -606,49 +506,163 @@ pub fn simulate_with_images(spec: SimSpec) -> Result<(SimReport, Vec<u8>, Vec<u8
             )));
         }
     }
-    let SimSpec {
-        memory: mut src,
-        writes,
-        link_mbps,
-        rtt_s,
-        codec,
-        schedule,
-        mut stop,
-        cost,
-        seed,
-        max_seconds,
-        reconnect,
-    } = spec;
-    let mut gen = WriteGen::new(writes, pages, ps, seed);
-    let mut dst = vec![0u8; src.len()];
-    let mut link = Link {
-        enc: PageEncoder::new(codec.clone(), 1)?,
-        dec: PageDecoder::new(codec, 1)?,
-        frame: Vec::new(),
-        resyncs: 0,
-    };
-    let mut dirty = vec![true; pages as usize];
-    let mut dirty_count = pages;
-    let mut written_in = vec![0u32; pages as usize];
-    let mut bytes = ByteCounts::default();
-    let mut rounds = Vec::new();
-    let (mut now, mut sla_cost, mut writes_applied) = (0.0f64, 0.0f64, 0u64);
-    let mut outcome = Outcome::Migrated;
-    let mut round = 0u32;
-    let idle_f = cost.f(link_mbps);
-    loop {
-        round += 1;
-        if let Some((at, how)) = reconnect {
-            if at == round {
-                let g = link.dec.generation().wrapping_add(1);
-                link.dec.reset(g);
+    Ok(pages)
+}
+
+/// One simulated migration in progress: the settings, both memories, the
+/// codec link, the dirty state and the running totals.
+struct Sim {
+    pages: u64,
+    ps: usize,
+    link_mbps: f64,
+    rtt_s: f64,
+    schedule: Schedule,
+    stop: Box<dyn StopPolicy>,
+    cost: CostFunction,
+    max_seconds: f64,
+    reconnect: Option<(u32, Reconnect)>,
+    /// F at the full link rate: the cost of a second spent idle.
+    idle_f: f64,
+    gen: WriteGen,
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    link: Link,
+    dirty: Vec<bool>,
+    dirty_count: u64,
+    /// The round each page was last written in.
+    written_in: Vec<u32>,
+    bytes: ByteCounts,
+    rounds: Vec<RoundReport>,
+    now: f64,
+    sla_cost: f64,
+    writes_applied: u64,
+    outcome: Outcome,
+    round: u32,
+}
+
+impl Sim {
+    /// Set up both ends for a validated spec of `pages` pages: every page
+    /// starts dirty, the destination starts zeroed.
+    fn new(spec: SimSpec, pages: u64) -> Result<Sim, SimError> {
+        let ps = spec.codec.page_size;
+        let SimSpec {
+            memory: src,
+            writes,
+            link_mbps,
+            rtt_s,
+            codec,
+            schedule,
+            stop,
+            cost,
+            seed,
+            max_seconds,
+            reconnect,
+        } = spec;
+        let gen = WriteGen::new(writes, pages, ps, seed);
+        let dst = vec![0u8; src.len()];
+        let link = Link {
+            enc: PageEncoder::new(codec.clone(), 1)?,
+            dec: PageDecoder::new(codec, 1)?,
+            frame: Vec::new(),
+            resyncs: 0,
+        };
+        let idle_f = cost.f(link_mbps);
+        Ok(Sim {
+            pages,
+            ps,
+            link_mbps,
+            rtt_s,
+            schedule,
+            stop,
+            cost,
+            max_seconds,
+            reconnect,
+            idle_f,
+            gen,
+            src,
+            dst,
+            link,
+            dirty: vec![true; pages as usize],
+            dirty_count: pages,
+            written_in: vec![0u32; pages as usize],
+            bytes: ByteCounts::default(),
+            rounds: Vec::new(),
+            now: 0.0,
+            sla_cost: 0.0,
+            writes_applied: 0,
+            outcome: Outcome::Migrated,
+            round: 0,
+        })
+    }
+
+    /// Apply the guest's writes up to now: written pages become dirty and
+    /// are marked as written in this round.
+    fn apply_writes(&mut self) {
+        let round = self.round;
+        let (dirty, dirty_count, written_in) =
+            (&mut self.dirty, &mut self.dirty_count, &mut self.written_in);
+        self.writes_applied += self.gen.apply_until(self.now, &mut self.src, |w| {
+            let w = w as usize;
+            if !dirty[w] {
+                dirty[w] = true;
+                *dirty_count += 1;
+            }
+            written_in[w] = round;
+        });
+    }
+
+    /// A simulated reconnect due at the start of this round resets the
+    /// receiver's codec state (and the sender's, if both reconnect).
+    fn reconnect_if_due(&mut self) {
+        if let Some((at, how)) = self.reconnect {
+            if at == self.round {
+                let g = self.link.dec.generation().wrapping_add(1);
+                self.link.dec.reset(g);
                 if how == Reconnect::Both {
-                    link.enc.reset(g);
+                    self.link.enc.reset(g);
                 }
             }
         }
-        let to_send: Vec<u64> = (0..pages).filter(|&p| dirty[p as usize]).collect();
-        let round_start = now;
+    }
+
+    /// Send one page at the schedule's current rate; returns the rate.
+    fn send_page(&mut self, p: u64, r: &mut RoundReport) -> Result<f64, SimError> {
+        let (pi, ps) = (p as usize, self.ps);
+        let rate = self.schedule.rate_mbps(ScheduleInput {
+            round: self.round,
+            clean_pages: self.pages - self.dirty_count,
+            link_mbps: self.link_mbps,
+        });
+        let range = pi * ps..(pi + 1) * ps;
+        let wire = self.link.send(
+            p,
+            &self.src[range.clone()],
+            &mut self.dst[range],
+            &mut self.bytes,
+        )?;
+        let dt = wire as f64 * 8.0 / (rate * 1e6);
+        self.now += dt;
+        self.sla_cost += dt * self.cost.f(self.link_mbps - rate);
+        self.dirty[pi] = false;
+        self.dirty_count -= 1;
+        r.pages_sent += 1;
+        r.wire_bytes += wire;
+        r.min_rate_mbps = r.min_rate_mbps.min(rate);
+        r.max_rate_mbps = r.max_rate_mbps.max(rate);
+        Ok(dt)
+    }
+
+    /// One pre-copy round: send the pages dirty at its start (skipping
+    /// those written again before their turn), wait one round trip, and
+    /// ask the stop policy; returns its decision.
+    fn precopy_round(&mut self) -> Result<StopDecision, SimError> {
+        self.round += 1;
+        self.reconnect_if_due();
+        let round = self.round;
+        let to_send: Vec<u64> = (0..self.pages)
+            .filter(|&p| self.dirty[p as usize])
+            .collect();
+        let round_start = self.now;
         let mut r = RoundReport {
             round,
             pages_sent: 0,
@@ -664,55 +678,24 @@ pub fn simulate_with_images(spec: SimSpec) -> Result<(SimReport, Vec<u8>, Vec<u8
         let mut send_time = 0.0;
         let mut hit_limit = false;
         for p in to_send {
-            writes_applied += gen.apply_until(now, &mut src, |w| {
-                let w = w as usize;
-                if !dirty[w] {
-                    dirty[w] = true;
-                    dirty_count += 1;
-                }
-                written_in[w] = round;
-            });
-            let pi = p as usize;
-            if written_in[pi] == round {
+            self.apply_writes();
+            if self.written_in[p as usize] == round {
                 r.pages_skipped += 1;
                 continue;
             }
-            let rate = schedule.rate_mbps(ScheduleInput {
-                round,
-                clean_pages: pages - dirty_count,
-                link_mbps,
-            });
-            let range = pi * ps..(pi + 1) * ps;
-            let wire = link.send(p, &src[range.clone()], &mut dst[range], &mut bytes)?;
-            let dt = wire as f64 * 8.0 / (rate * 1e6);
-            now += dt;
-            send_time += dt;
-            sla_cost += dt * cost.f(link_mbps - rate);
-            dirty[pi] = false;
-            dirty_count -= 1;
-            r.pages_sent += 1;
-            r.wire_bytes += wire;
-            r.min_rate_mbps = r.min_rate_mbps.min(rate);
-            r.max_rate_mbps = r.max_rate_mbps.max(rate);
-            if now >= max_seconds {
+            send_time += self.send_page(p, &mut r)?;
+            if self.now >= self.max_seconds {
                 hit_limit = true;
                 break;
             }
         }
         // End of round: the destination acknowledges, one round trip.
-        now += rtt_s;
-        sla_cost += rtt_s * idle_f;
-        writes_applied += gen.apply_until(now, &mut src, |w| {
-            let w = w as usize;
-            if !dirty[w] {
-                dirty[w] = true;
-                dirty_count += 1;
-            }
-            written_in[w] = round;
-        });
-        bytes.pages_sent += r.pages_sent;
-        bytes.wire_bytes += r.wire_bytes;
-        r.seconds = now - round_start;
+        self.now += self.rtt_s;
+        self.sla_cost += self.rtt_s * self.idle_f;
+        self.apply_writes();
+        self.bytes.pages_sent += r.pages_sent;
+        self.bytes.wire_bytes += r.wire_bytes;
+        r.seconds = self.now - round_start;
         r.mean_rate_mbps = if send_time > 0.0 {
             r.wire_bytes as f64 * 8.0 / send_time / 1e6
         } else {
@@ -721,97 +704,93 @@ pub fn simulate_with_images(spec: SimSpec) -> Result<(SimReport, Vec<u8>, Vec<u8
         if r.min_rate_mbps.is_infinite() {
             r.min_rate_mbps = 0.0;
         }
-        r.remaining_pages = dirty_count;
-        r.decision = stop.observe(&RoundObservation {
+        r.remaining_pages = self.dirty_count;
+        r.decision = self.stop.observe(&RoundObservation {
             round,
-            remaining_pages: dirty_count,
-            total_pages: pages,
-            page_size: ps,
-            pages_sent_total: bytes.pages_sent,
+            remaining_pages: self.dirty_count,
+            total_pages: self.pages,
+            page_size: self.ps,
+            pages_sent_total: self.bytes.pages_sent,
             round_pages: r.pages_sent,
             round_wire_bytes: r.wire_bytes,
             round_seconds: r.seconds,
-            link_mbps,
+            link_mbps: self.link_mbps,
         });
         if hit_limit && r.decision == StopDecision::Continue {
             r.decision = StopDecision::Stop;
-            outcome = Outcome::MigratedAtTimeLimit;
+            self.outcome = Outcome::MigratedAtTimeLimit;
         }
         let decision = r.decision;
-        rounds.push(r);
-        match decision {
-            StopDecision::Continue => {}
-            StopDecision::Stop => break,
-            StopDecision::Abort => {
-                outcome = Outcome::Aborted;
-                break;
+        self.rounds.push(r);
+        Ok(decision)
+    }
+
+    /// Copy phase: the guest is paused, so no more writes; everything
+    /// dirty goes at the full link rate and then the destination resumes.
+    /// Returns the downtime and the pages sent in it.
+    fn copy_phase(&mut self) -> Result<(f64, u64), SimError> {
+        let ps = self.ps;
+        let mut down_bytes = 0u64;
+        let mut down_pages = 0u64;
+        for p in 0..self.pages {
+            let pi = p as usize;
+            if self.dirty[pi] {
+                let range = pi * ps..(pi + 1) * ps;
+                down_bytes += self.link.send(
+                    p,
+                    &self.src[range.clone()],
+                    &mut self.dst[range],
+                    &mut self.bytes,
+                )?;
+                down_pages += 1;
             }
         }
+        let downtime = down_bytes as f64 * 8.0 / (self.link_mbps * 1e6) + self.rtt_s;
+        self.bytes.pages_sent += down_pages;
+        self.bytes.wire_bytes += down_bytes;
+        self.bytes.raw_bytes = self.bytes.pages_sent * ps as u64;
+        self.sla_cost += downtime; // F(0) = 1: the service is down
+        Ok((downtime, down_pages))
     }
-    let precopy = now;
-    bytes.raw_bytes = bytes.pages_sent * ps as u64;
-    if outcome == Outcome::Aborted {
-        let report = SimReport {
-            outcome,
-            schedule: schedule.name(),
-            stop_policy: stop.name(),
-            stop_round: round,
-            rounds,
-            total_time_s: precopy,
-            precopy_time_s: precopy,
-            downtime_s: 0.0,
-            downtime_pages: 0,
-            sla_cost,
-            bytes,
-            writes_applied,
-            resyncs: link.resyncs,
-            verified: None,
+
+    /// The copy phase (unless aborted), the byte-for-byte check of the
+    /// destination, and the report with both memories.
+    fn finish(mut self) -> Result<(SimReport, Vec<u8>, Vec<u8>), SimError> {
+        let precopy = self.now;
+        self.bytes.raw_bytes = self.bytes.pages_sent * self.ps as u64;
+        let (downtime, down_pages, verified) = if self.outcome == Outcome::Aborted {
+            (0.0, 0, None)
+        } else {
+            let (downtime, down_pages) = self.copy_phase()?;
+            if self.src != self.dst {
+                let bad = self
+                    .src
+                    .chunks_exact(self.ps)
+                    .zip(self.dst.chunks_exact(self.ps))
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                return Err(SimError::Mismatch(bad as u64));
+            }
+            (downtime, down_pages, Some(true))
         };
-        return Ok((report, src, dst));
+        let report = SimReport {
+            outcome: self.outcome,
+            schedule: self.schedule.name(),
+            stop_policy: self.stop.name(),
+            stop_round: self.round,
+            rounds: self.rounds,
+            total_time_s: precopy + downtime,
+            precopy_time_s: precopy,
+            downtime_s: downtime,
+            downtime_pages: down_pages,
+            sla_cost: self.sla_cost,
+            bytes: self.bytes,
+            writes_applied: self.writes_applied,
+            resyncs: self.link.resyncs,
+            verified,
+        };
+        Ok((report, self.src, self.dst))
     }
-    // Copy phase: the guest is paused, so no more writes; everything dirty
-    // goes at the full link rate and then the destination resumes.
-    let mut down_bytes = 0u64;
-    let mut down_pages = 0u64;
-    for p in 0..pages {
-        let pi = p as usize;
-        if dirty[pi] {
-            let range = pi * ps..(pi + 1) * ps;
-            down_bytes += link.send(p, &src[range.clone()], &mut dst[range], &mut bytes)?;
-            down_pages += 1;
-        }
-    }
-    let downtime = down_bytes as f64 * 8.0 / (link_mbps * 1e6) + rtt_s;
-    bytes.pages_sent += down_pages;
-    bytes.wire_bytes += down_bytes;
-    bytes.raw_bytes = bytes.pages_sent * ps as u64;
-    sla_cost += downtime; // F(0) = 1: the service is down
-    let verified = src == dst;
-    if !verified {
-        let bad = src
-            .chunks_exact(ps)
-            .zip(dst.chunks_exact(ps))
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        return Err(SimError::Mismatch(bad as u64));
-    }
-    let report = SimReport {
-        outcome,
-        schedule: schedule.name(),
-        stop_policy: stop.name(),
-        stop_round: round,
-        rounds,
-        total_time_s: precopy + downtime,
-        precopy_time_s: precopy,
-        downtime_s: downtime,
-        downtime_pages: down_pages,
-        sla_cost,
-        bytes,
-        writes_applied,
-        resyncs: link.resyncs,
-        verified: Some(verified),
-    };
-    Ok((report, src, dst))
 }
 
 /// Run one simulated migration.
