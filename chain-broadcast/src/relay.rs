@@ -25,7 +25,7 @@ use crate::codec::{FrameReader, FrameWriter};
 use crate::error::{BoxError, Error, Result};
 use crate::forward::{pump, AbortOnDrop, Ctx, Downstream, Input, Resupply};
 use crate::frame::{Frame, HEADER_LEN};
-use crate::manifest::{ChunkId, TransferInfo};
+use crate::manifest::{ChunkId, Manifest, TransferInfo};
 use crate::options::{queue_len, ServeOptions};
 use crate::report::NodeReport;
 use crate::sink::{ChunkSink, SinkFactory};
@@ -327,6 +327,44 @@ async fn run(
     opts: &ServeOptions,
 ) -> Result<()> {
     let start = Instant::now();
+    let (ctx, me, chain) = read_hello(up_r, opts).await?;
+    up.w.lock().await.set_timeout(ctx.io_timeout);
+    let ticker = AbortOnDrop(tokio::spawn(keepalive_ticker(
+        Arc::clone(up),
+        ctx.keepalive_every(),
+        ctx.io_timeout,
+    )));
+    info!(transfer = ctx.info.transfer_id, name = %ctx.info.name, %me,
+          chunks = ctx.info.manifest.len(), downstream = chain.len(), "transfer started");
+
+    let (mut t, mut ds, own_have_v) = Transfer::open(ctx, me, start, factory, chain).await?;
+    t.announce_have(&mut ds, &own_have_v, up).await?;
+    let stages = t.start_stages(ds, opts);
+    if let Err(e) = t.relay_chunks(up_r, up, &stages).await {
+        stages.abort();
+        t.abort_sink().await;
+        return Err(e);
+    }
+    let Stages {
+        wtx,
+        store,
+        ftx,
+        fwd,
+    } = stages;
+    let _ = ftx.send(Input::End).await;
+    drop(wtx);
+    let reports = t.finish(store, fwd).await;
+    drop(ticker);
+    up.w.lock().await.send_now(&Frame::Report(reports)).await?;
+    Ok(())
+}
+
+/// Reads and checks the upstream's HELLO. Returns the transfer's context,
+/// this node's address and the nodes after it.
+async fn read_hello(
+    up_r: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    opts: &ServeOptions,
+) -> Result<(Arc<Ctx>, SocketAddr, Vec<SocketAddr>)> {
     let hello = match up_r.read_timeout(opts.hello_timeout, "HELLO").await? {
         Frame::Hello(h) => h,
         f => {
@@ -346,8 +384,8 @@ async fn run(
     let ctx = Arc::new(Ctx {
         info: TransferInfo {
             transfer_id: hello.transfer_id,
-            name: hello.name.clone(),
-            manifest: Arc::clone(&hello.manifest),
+            name: hello.name,
+            manifest: hello.manifest,
         },
         // Timeouts come from the peer: keep them within sane bounds so a
         // bad HELLO cannot make this node wait for weeks.
@@ -362,17 +400,57 @@ async fn run(
             .clamp(Duration::from_millis(100), Duration::from_secs(86_400)),
         max_frame: opts.max_frame,
     });
-    up.w.lock().await.set_timeout(ctx.io_timeout);
-    let ticker = AbortOnDrop(tokio::spawn(keepalive_ticker(
-        Arc::clone(up),
-        ctx.keepalive_every(),
-        ctx.io_timeout,
-    )));
-    let manifest = Arc::clone(&ctx.info.manifest);
-    info!(transfer = ctx.info.transfer_id, name = %ctx.info.name, %me,
-          chunks = manifest.len(), downstream = hello.chain.len() - 1, "transfer started");
+    Ok((ctx, me, hello.chain[1..].to_vec()))
+}
 
-    let prep = async {
+/// One transfer through this node: its sink, which chunks it holds and
+/// which it has received.
+struct Transfer {
+    ctx: Arc<Ctx>,
+    me: SocketAddr,
+    start: Instant,
+    manifest: Arc<Manifest>,
+    sink: Arc<dyn ChunkSink>,
+    /// Chunks the sink held before the transfer.
+    own_have: Arc<HashSet<ChunkId>>,
+    /// The others: the store stage must get every one of them.
+    needed_by_me: HashSet<ChunkId>,
+    /// Those of `needed_by_me` handed to the store stage.
+    stored: HashSet<ChunkId>,
+    bytes_received: u64,
+}
+
+/// The store and forward stages, and the channels feeding them.
+struct Stages {
+    wtx: mpsc::Sender<(ChunkId, Bytes)>,
+    store: JoinHandle<std::result::Result<(), String>>,
+    ftx: mpsc::Sender<Input>,
+    fwd: AbortOnDrop<Option<(Vec<NodeReport>, u64)>>,
+}
+
+impl Stages {
+    /// After a broken upstream: closing the forward channel without END
+    /// makes the nodes below abort as well: none of them may complete from
+    /// a broken upstream.
+    fn abort(self) {
+        drop(self.ftx);
+        drop(self.wtx);
+        drop(self.fwd);
+    }
+}
+
+impl Transfer {
+    /// Opens the sink and looks at the local store while the rest of the
+    /// chain (`chain`) links up. Also returns, per manifest entry, whether
+    /// the sink holds it.
+    async fn open(
+        ctx: Arc<Ctx>,
+        me: SocketAddr,
+        start: Instant,
+        factory: Arc<dyn SinkFactory>,
+        chain: Vec<SocketAddr>,
+    ) -> Result<(Transfer, Downstream, Vec<bool>)> {
+        let manifest = Arc::clone(&ctx.info.manifest);
         let sink = {
             let info = ctx.info.clone();
             blocking(move || factory.open(&info)).await?
@@ -383,7 +461,7 @@ async fn run(
             let (sink, ids) = (Arc::clone(&sink), ids.clone());
             blocking(move || sink.has(&ids))
         };
-        let link = Downstream::connect(Arc::clone(&ctx), hello.chain[1..].to_vec(), None);
+        let link = Downstream::connect(Arc::clone(&ctx), chain, None);
         let (own_have_v, ds) = tokio::join!(has, link);
         let own_have_v = own_have_v?;
         if own_have_v.len() != ids.len() {
@@ -393,39 +471,83 @@ async fn run(
                 ids.len()
             )));
         }
-        Ok((sink, ids, own_have_v, ds))
-    };
-    let (sink, ids, own_have_v, mut ds) = prep.await?;
-    let own_have: Arc<HashSet<ChunkId>> = Arc::new(
-        ids.iter()
-            .zip(&own_have_v)
-            .filter(|(_, h)| **h)
-            .map(|(id, _)| *id)
-            .collect(),
-    );
-    let my_have: Vec<bool> = match ds.have() {
-        Some(down) => own_have_v.iter().zip(down).map(|(a, b)| *a && *b).collect(),
-        None => own_have_v.clone(),
-    };
-    let expected: HashSet<ChunkId> = ids
-        .iter()
-        .zip(&my_have)
-        .filter(|(_, h)| !**h)
-        .map(|(id, _)| *id)
-        .collect();
-    ds.set_expected(expected);
-    up.w.lock().await.send_now(&Frame::Have(my_have)).await?;
+        let own_have: Arc<HashSet<ChunkId>> = Arc::new(
+            ids.iter()
+                .zip(&own_have_v)
+                .filter(|(_, h)| **h)
+                .map(|(id, _)| *id)
+                .collect(),
+        );
+        let needed_by_me: HashSet<ChunkId> = ids
+            .iter()
+            .filter(|id| !own_have.contains(id))
+            .copied()
+            .collect();
+        let t = Transfer {
+            ctx,
+            me,
+            start,
+            manifest,
+            sink,
+            own_have,
+            stored: HashSet::with_capacity(needed_by_me.len()),
+            needed_by_me,
+            bytes_received: 0,
+        };
+        Ok((t, ds, own_have_v))
+    }
 
-    let avail = Arc::new(Avail::default());
-    let (wtx, wrx) = mpsc::channel::<(ChunkId, Bytes)>(queue_len(opts.queue_bytes, &manifest));
-    let store = {
-        let (sink, avail) = (Arc::clone(&sink), Arc::clone(&avail));
-        tokio::task::spawn_blocking(move || store_stage(sink, wrx, avail))
-    };
-    let resupply: Resupply = {
-        let (sink, avail, own_have) =
-            (Arc::clone(&sink), Arc::clone(&avail), Arc::clone(&own_have));
-        let limit = ctx.io_timeout;
+    /// Tells the upstream which chunks this node and everything below it
+    /// hold (HAVE); the downstream is to expect the others.
+    async fn announce_have(
+        &self,
+        ds: &mut Downstream,
+        own_have_v: &[bool],
+        up: &Upstream,
+    ) -> Result<()> {
+        let my_have: Vec<bool> = match ds.have() {
+            Some(down) => own_have_v.iter().zip(down).map(|(a, b)| *a && *b).collect(),
+            None => own_have_v.to_vec(),
+        };
+        let expected: HashSet<ChunkId> = self
+            .manifest
+            .chunks
+            .iter()
+            .zip(&my_have)
+            .filter(|(_, h)| !**h)
+            .map(|(c, _)| c.id)
+            .collect();
+        ds.set_expected(expected);
+        up.w.lock().await.send_now(&Frame::Have(my_have)).await?;
+        Ok(())
+    }
+
+    /// Starts the store stage (a blocking thread) and the forward stage
+    /// towards `ds`, which resupplies bypassed chunks from the sink.
+    fn start_stages(&self, ds: Downstream, opts: &ServeOptions) -> Stages {
+        let avail = Arc::new(Avail::default());
+        let (wtx, wrx) =
+            mpsc::channel::<(ChunkId, Bytes)>(queue_len(opts.queue_bytes, &self.manifest));
+        let store = {
+            let (sink, avail) = (Arc::clone(&self.sink), Arc::clone(&avail));
+            tokio::task::spawn_blocking(move || store_stage(sink, wrx, avail))
+        };
+        let resupply = self.resupply(avail);
+        let (ftx, frx) = mpsc::channel::<Input>(queue_len(opts.queue_bytes, &self.manifest));
+        let fwd = AbortOnDrop(tokio::spawn(pump(ds, frx, resupply)));
+        Stages {
+            wtx,
+            store,
+            ftx,
+            fwd,
+        }
+    }
+
+    /// Reads a chunk back from the sink for resending: one it held from the
+    /// start, or one the store stage has written (waited for, bounded).
+    fn resupply(&self, avail: Arc<Avail>) -> Resupply {
+        let (sink, own_have) = (Arc::clone(&self.sink), Arc::clone(&self.own_have));
+        let limit = self.ctx.io_timeout;
         Arc::new(move |id: ChunkId| {
             let (sink, avail, own_have) =
                 (Arc::clone(&sink), Arc::clone(&avail), Arc::clone(&own_have));
@@ -443,86 +565,128 @@ async fn run(
                 Ok(data)
             })
         })
-    };
-    let (ftx, frx) = mpsc::channel::<Input>(queue_len(opts.queue_bytes, &manifest));
-    let fwd = AbortOnDrop(tokio::spawn(pump(ds, frx, resupply)));
+    }
 
-    let lens = manifest.lengths();
-    let needed_by_me: HashSet<ChunkId> = ids
-        .iter()
-        .filter(|id| !own_have.contains(id))
-        .copied()
-        .collect();
-    let mut stored: HashSet<ChunkId> = HashSet::with_capacity(needed_by_me.len());
-    let mut bytes_received = 0u64;
-    let read: Result<()> = loop {
-        let f = match up_r.read_timeout(ctx.io_timeout, "DATA or END").await {
-            Ok(f) => f,
-            Err(e) => break Err(e),
-        };
-        match f {
-            Frame::Data { id, data } => {
-                if let Err(e) = verify_chunk(&lens, &id, &data) {
-                    break Err(e);
+    /// Reads DATA frames until END, verifies each and hands it to the
+    /// store stage (if this node lacks it) and to the forward stage.
+    async fn relay_chunks(
+        &mut self,
+        up_r: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+        up: &Upstream,
+        stages: &Stages,
+    ) -> Result<()> {
+        let lens = self.manifest.lengths();
+        loop {
+            match up_r
+                .read_timeout(self.ctx.io_timeout, "DATA or END")
+                .await?
+            {
+                Frame::Data { id, data } => {
+                    verify_chunk(&lens, &id, &data)?;
+                    self.bytes_received += data.len() as u64;
+                    if self.needed_by_me.contains(&id) && self.stored.insert(id) {
+                        // The store stage drains until the channel closes.
+                        up.store_wait_begins();
+                        let _ = stages.wtx.send((id, data.clone())).await;
+                        up.store_wait_ends();
+                    }
+                    let _ = stages.ftx.send(Input::Chunk(id, data)).await;
                 }
-                bytes_received += data.len() as u64;
-                if needed_by_me.contains(&id) && stored.insert(id) {
-                    // The store stage drains until the channel closes.
-                    up.store_wait_begins();
-                    let _ = wtx.send((id, data.clone())).await;
-                    up.store_wait_ends();
+                Frame::Keepalive => {}
+                Frame::End => return Ok(()),
+                f => {
+                    return Err(Error::Unexpected {
+                        expected: "DATA or END",
+                        got: f.kind_name(),
+                    })
                 }
-                let _ = ftx.send(Input::Chunk(id, data)).await;
-            }
-            Frame::Keepalive => {}
-            Frame::End => break Ok(()),
-            f => {
-                break Err(Error::Unexpected {
-                    expected: "DATA or END",
-                    got: f.kind_name(),
-                })
             }
         }
-    };
-    if let Err(e) = read {
-        // Closing the forward channel without END makes the nodes below
-        // abort as well: none of them may complete from a broken upstream.
-        drop(ftx);
-        drop(wtx);
-        drop(fwd);
+    }
+
+    /// Tells the sink to drop what it has of this transfer.
+    async fn abort_sink(&self) {
+        let sink = Arc::clone(&self.sink);
         let _ = blocking(move || {
             sink.abort();
             Ok(())
         })
         .await;
-        return Err(e);
     }
-    let _ = ftx.send(Input::End).await;
-    drop(wtx);
 
-    // This node's own work after END is bounded, whatever its store does,
-    // so the chain above always gets a REPORT (see Downstream::finish).
-    let finish_limit = ctx.finish_timeout;
-    let own = async {
+    /// After END: waits for this node's own result and the downstream's
+    /// reports, and returns them all, this node's first.
+    async fn finish(
+        &self,
+        store: JoinHandle<std::result::Result<(), String>>,
+        fwd: AbortOnDrop<Option<(Vec<NodeReport>, u64)>>,
+    ) -> Vec<NodeReport> {
+        let down = async {
+            let mut fwd = fwd;
+            match (&mut fwd.0).await {
+                Ok(Some((reports, _))) => reports,
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    warn!(error = %e, "forward stage failed");
+                    Vec::new()
+                }
+            }
+        };
+        let (own, down) = tokio::join!(self.finish_own(store), down);
+        let (me, elapsed) = (self.me, self.start.elapsed());
+        let mine = match own {
+            Ok(written) => NodeReport {
+                addr: me,
+                ok: true,
+                reason: None,
+                bytes_received: self.bytes_received,
+                bytes_written: written,
+                elapsed,
+            },
+            Err(why) => NodeReport {
+                addr: me,
+                ok: false,
+                reason: Some(why),
+                bytes_received: self.bytes_received,
+                bytes_written: 0,
+                elapsed,
+            },
+        };
+        info!(transfer = self.ctx.info.transfer_id, %me, ok = mine.ok, reason = mine.reason.as_deref().unwrap_or(""), "transfer done");
+        let mut reports = Vec::with_capacity(down.len() + 1);
+        reports.push(mine);
+        reports.extend(down);
+        reports
+    }
+
+    /// This node's own work after END: the store stage drained, then the
+    /// sink finished. Returns the bytes written, or why it failed (the
+    /// sink then aborted).
+    async fn finish_own(
+        &self,
+        store: JoinHandle<std::result::Result<(), String>>,
+    ) -> std::result::Result<u64, String> {
+        // This node's own work after END is bounded, whatever its store does,
+        // so the chain above always gets a REPORT (see Downstream::finish).
+        let finish_limit = self.ctx.finish_timeout;
         let finishing = async {
             let stored_ok = match store.await {
                 Ok(r) => r,
                 Err(e) => Err(format!("store stage failed: {e}")),
             };
-            let missing = needed_by_me.len() - stored.len();
-            let res: std::result::Result<u64, String> = match stored_ok {
+            let missing = self.needed_by_me.len() - self.stored.len();
+            match stored_ok {
                 Err(e) => Err(e),
                 Ok(()) if missing > 0 => {
                     Err(format!("upstream ended with {missing} chunks missing"))
                 }
                 Ok(()) => {
-                    let (sink, m) = (Arc::clone(&sink), Arc::clone(&manifest));
+                    let (sink, m) = (Arc::clone(&self.sink), Arc::clone(&self.manifest));
                     blocking(move || sink.finish(&m))
                         .await
                         .map_err(|e| e.to_string())
                 }
-            };
-            res
+            }
         };
         let res = match tokio::time::timeout(finish_limit, finishing).await {
             Ok(r) => r,
@@ -532,50 +696,8 @@ async fn run(
             )),
         };
         if res.is_err() {
-            let sink = Arc::clone(&sink);
-            let _ = blocking(move || {
-                sink.abort();
-                Ok(())
-            })
-            .await;
+            self.abort_sink().await;
         }
         res
-    };
-    let down = async {
-        let mut fwd = fwd;
-        match (&mut fwd.0).await {
-            Ok(Some((reports, _))) => reports,
-            Ok(None) => Vec::new(),
-            Err(e) => {
-                warn!(error = %e, "forward stage failed");
-                Vec::new()
-            }
-        }
-    };
-    let (own, down) = tokio::join!(own, down);
-    let mine = match own {
-        Ok(written) => NodeReport {
-            addr: me,
-            ok: true,
-            reason: None,
-            bytes_received,
-            bytes_written: written,
-            elapsed: start.elapsed(),
-        },
-        Err(why) => NodeReport {
-            addr: me,
-            ok: false,
-            reason: Some(why),
-            bytes_received,
-            bytes_written: 0,
-            elapsed: start.elapsed(),
-        },
-    };
-    info!(transfer = ctx.info.transfer_id, %me, ok = mine.ok, reason = mine.reason.as_deref().unwrap_or(""), "transfer done");
-    let mut reports = Vec::with_capacity(down.len() + 1);
-    reports.push(mine);
-    reports.extend(down);
-    drop(ticker);
-    up.w.lock().await.send_now(&Frame::Report(reports)).await?;
-    Ok(())
+    }
 }

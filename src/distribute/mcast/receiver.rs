@@ -75,120 +75,169 @@ pub async fn receive(
     bytes: Arc<AtomicU64>,
 ) -> Result<ReceiverReport, McastError> {
     let started = Instant::now();
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(opts.sender))
-        .await
-        .map_err(|_| {
-            McastError::Timeout(format!(
-                "sender {} did not accept within {:?}",
-                opts.sender, opts.connect_timeout
-            ))
-        })?
-        .map_err(McastError::io(format!("connecting to {}", opts.sender)))?;
-    let _ = stream.set_nodelay(true);
-    let local = stream
-        .local_addr()
-        .map_err(McastError::io("control socket"))?;
-    let (mut rd, mut wr) = stream.into_split();
-    control::write_frame(&mut wr, &ToSender::Hello { protocol: PROTOCOL }).await?;
-    let info = match tokio::time::timeout(Duration::from_secs(30), control::read_frame(&mut rd))
-        .await
-        .map_err(|_| McastError::Timeout("no session from the sender".into()))??
-    {
-        Some(ToReceiver::Session(info)) => *info,
-        Some(ToReceiver::Evicted { reason }) => return Err(McastError::Evicted(reason)),
-        Some(other) => {
-            return Err(McastError::Protocol(format!(
+    let (mut ctl, local) = Control::connect(&opts).await?;
+    let info = ctl.handshake().await?;
+    let rx = Reception::new(&opts, info, local, bytes)?;
+    let threads = rx.start_threads()?;
+    let held_ranges = ranges_of(&rx.held);
+    ctl.send(&ToSender::Join { held: held_ranges }).await?;
+    let result = rx.answer_rounds(&mut ctl, opts.idle_timeout).await;
+    threads.stop();
+    let rounds = result?;
+    rx.finish(ctl, &opts, rounds, started).await
+}
+
+/// The control connection to the sender.
+struct Control {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Control {
+    /// Connects to the sender (bounded); also returns our local address.
+    async fn connect(opts: &RecvOptions) -> Result<(Control, SocketAddr), McastError> {
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(opts.sender))
+            .await
+            .map_err(|_| {
+                McastError::Timeout(format!(
+                    "sender {} did not accept within {:?}",
+                    opts.sender, opts.connect_timeout
+                ))
+            })?
+            .map_err(McastError::io(format!("connecting to {}", opts.sender)))?;
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .map_err(McastError::io("control socket"))?;
+        let (rd, wr) = stream.into_split();
+        Ok((Control { rd, wr }, local))
+    }
+
+    /// HELLO, and the sender's description of the session.
+    async fn handshake(&mut self) -> Result<SessionInfo, McastError> {
+        self.send(&ToSender::Hello { protocol: PROTOCOL }).await?;
+        let first =
+            tokio::time::timeout(Duration::from_secs(30), control::read_frame(&mut self.rd))
+                .await
+                .map_err(|_| McastError::Timeout("no session from the sender".into()))??;
+        match first {
+            Some(ToReceiver::Session(info)) => Ok(*info),
+            Some(ToReceiver::Evicted { reason }) => Err(McastError::Evicted(reason)),
+            Some(other) => Err(McastError::Protocol(format!(
                 "expected SESSION, got {other:?}"
-            )))
+            ))),
+            None => Err(McastError::SenderGone),
         }
-        None => return Err(McastError::SenderGone),
-    };
-    let group = check_session(&info)?;
-    if let Some(want) = opts.group.filter(|g| *g != group) {
-        return Err(McastError::Protocol(format!(
-            "the sender multicasts to {group}, not to {want}"
-        )));
     }
-    let entries: Vec<ManifestEntry> = info
-        .entries
-        .iter()
-        .map(|(id, len)| ManifestEntry {
-            id: ChunkId(*id),
-            len: *len,
+
+    /// One frame to the sender.
+    async fn send(&mut self, msg: &ToSender) -> Result<(), McastError> {
+        control::write_frame(&mut self.wr, msg).await?;
+        Ok(())
+    }
+}
+
+/// One reception: the session, where its pieces go and how far they got.
+struct Reception {
+    info: SessionInfo,
+    group: SocketAddrV4,
+    /// Where to join the group.
+    interface: Ipv4Addr,
+    entries: Vec<ManifestEntry>,
+    layout: Arc<Layout>,
+    /// Chunks the sink holds already (never waited for).
+    held: Vec<usize>,
+    target: Arc<Target>,
+    /// Removes the temporary file unless the reception finished.
+    cleanup: DiscardUnlessDone,
+    shared: Arc<Shared>,
+}
+
+impl Reception {
+    /// Checks the session against what we expect and can receive, lays it
+    /// out and prepares the target (every early return from then on
+    /// removes the temporary file).
+    fn new(
+        opts: &RecvOptions,
+        info: SessionInfo,
+        local: SocketAddr,
+        bytes: Arc<AtomicU64>,
+    ) -> Result<Reception, McastError> {
+        let group = check_session(&info)?;
+        if let Some(want) = opts.group.filter(|g| *g != group) {
+            return Err(McastError::Protocol(format!(
+                "the sender multicasts to {group}, not to {want}"
+            )));
+        }
+        let entries: Vec<ManifestEntry> = info
+            .entries
+            .iter()
+            .map(|(id, len)| ManifestEntry {
+                id: ChunkId(*id),
+                len: *len,
+            })
+            .collect();
+        let layout = Arc::new(Layout::new(&entries, info.payload)?);
+        let interface = match (opts.interface, local.ip()) {
+            (Some(i), _) => i,
+            (None, std::net::IpAddr::V4(a)) => a,
+            (None, _) => Ipv4Addr::UNSPECIFIED,
+        };
+        let (target, held) = prepare(&opts.sink, &layout, info.session)?;
+        let target = Arc::new(target);
+        let cleanup = DiscardUnlessDone(Some(Arc::clone(&target)));
+        let shared = Arc::new(Shared {
+            asm: Mutex::new(Assembly::new(&layout, &held)),
+            stop: AtomicBool::new(false),
+            bytes,
+        });
+        Ok(Reception {
+            info,
+            group,
+            interface,
+            entries,
+            layout,
+            held,
+            target,
+            cleanup,
+            shared,
         })
-        .collect();
-    let layout = Arc::new(Layout::new(&entries, info.payload)?);
-    let interface = match (opts.interface, local.ip()) {
-        (Some(i), _) => i,
-        (None, std::net::IpAddr::V4(a)) => a,
-        (None, _) => Ipv4Addr::UNSPECIFIED,
-    };
-
-    let (target, held) = {
-        let (layout, sink) = (Arc::clone(&layout), &opts.sink);
-        prepare(sink, &layout, info.session)?
-    };
-    let target = Arc::new(target);
-    // Every early return from here on removes the temporary file.
-    let mut cleanup = DiscardUnlessDone(Some(Arc::clone(&target)));
-    let mut asm = Assembly {
-        have: PieceSet::empty(layout.total_pieces),
-        left: (0..layout.chunks.len())
-            .map(|c| layout.pieces_of(c))
-            .collect(),
-        verified: vec![false; layout.chunks.len()],
-        verified_count: 0,
-        verifying: 0,
-        marker: 0,
-        progress: Progress::default(),
-        fatal: None,
-    };
-    for &c in &held {
-        asm.have.insert_range(layout.piece_range(c));
-        asm.left[c] = 0;
-        asm.verified[c] = true;
-        asm.verified_count += 1;
     }
-    asm.progress.pieces_have = asm.have.count();
-    asm.progress.chunks_verified = asm.verified_count;
-    let shared = Arc::new(Shared {
-        asm: Mutex::new(asm),
-        stop: AtomicBool::new(false),
-        bytes,
-    });
-    // On the group before JOIN: the first round starts once we joined.
-    let sock = super::socket::receiver(group, interface)
-        .map_err(McastError::io(format!("joining {group} on {interface}")))?;
-    let (vtx, vrx) = std_mpsc::channel::<usize>();
-    let threads = Threads::start(
-        sock,
-        vtx,
-        vrx,
-        Arc::clone(&shared),
-        Arc::clone(&layout),
-        Arc::clone(&target),
-        info.session,
-    )?;
-    let held_ranges = ranges_of(&held);
-    control::write_frame(&mut wr, &ToSender::Join { held: held_ranges }).await?;
 
-    let result = async {
+    /// Joins the group and starts the datagram and verifier threads. On
+    /// the group before JOIN: the first round starts once we joined.
+    fn start_threads(&self) -> Result<Threads, McastError> {
+        let (group, interface) = (self.group, self.interface);
+        let sock = super::socket::receiver(group, interface)
+            .map_err(McastError::io(format!("joining {group} on {interface}")))?;
+        let (vtx, vrx) = std_mpsc::channel::<usize>();
+        Threads::start(
+            sock,
+            vtx,
+            vrx,
+            Arc::clone(&self.shared),
+            Arc::clone(&self.layout),
+            Arc::clone(&self.target),
+            self.info.session,
+        )
+    }
+
+    /// Answers every round's end with a NACK of what is still missing,
+    /// until every chunk is verified. Returns the number of rounds.
+    async fn answer_rounds(&self, ctl: &mut Control, idle: Duration) -> Result<u32, McastError> {
         loop {
-            let msg = tokio::time::timeout(opts.idle_timeout, control::read_frame(&mut rd))
+            let msg = tokio::time::timeout(idle, control::read_frame(&mut ctl.rd))
                 .await
                 .map_err(|_| {
-                    McastError::Timeout(format!(
-                        "no word from the sender for {:?}",
-                        opts.idle_timeout
-                    ))
+                    McastError::Timeout(format!("no word from the sender for {idle:?}"))
                 })??;
             match msg {
                 Some(ToReceiver::RoundEnd { round }) => {
                     let rounds = round + 1;
-                    settle(&shared, round).await?;
+                    settle(&self.shared, round).await?;
                     let (complete, missing, progress) = {
-                        let a = shared.asm.lock();
-                        let complete = a.verified_count as usize == layout.chunks.len();
+                        let a = self.shared.asm.lock();
+                        let complete = a.verified_count as usize == self.layout.chunks.len();
                         (complete, a.have.complement().ranges(), a.progress.clone())
                     };
                     if complete {
@@ -199,8 +248,8 @@ pub async fn receive(
                         missing,
                         progress,
                     };
-                    if let Err(e) = control::write_frame(&mut wr, &nack).await {
-                        return Err(eviction_notice(&mut rd).await.unwrap_or(e.into()));
+                    if let Err(e) = control::write_frame(&mut ctl.wr, &nack).await {
+                        return Err(eviction_notice(&mut ctl.rd).await.unwrap_or(e.into()));
                     }
                 }
                 Some(ToReceiver::Evicted { reason }) => return Err(McastError::Evicted(reason)),
@@ -211,43 +260,81 @@ pub async fn receive(
             }
         }
     }
-    .await;
-    threads.stop();
-    let rounds = result?;
-    {
-        let (target, layout, info) = (Arc::clone(&target), Arc::clone(&layout), info.clone());
-        tokio::task::spawn_blocking(move || target.finish(&layout, &info, &entries))
-            .await
-            .map_err(|e| McastError::Task(e.to_string()))??;
-    }
-    cleanup.0 = None;
-    let progress = shared.asm.lock().progress.clone();
-    control::write_frame(
-        &mut wr,
-        &ToSender::Done {
+
+    /// Every chunk is verified: makes the result durable and visible,
+    /// tells the sender DONE and reports.
+    async fn finish(
+        mut self,
+        mut ctl: Control,
+        opts: &RecvOptions,
+        rounds: u32,
+        started: Instant,
+    ) -> Result<ReceiverReport, McastError> {
+        {
+            let (target, layout, info) = (
+                Arc::clone(&self.target),
+                Arc::clone(&self.layout),
+                self.info.clone(),
+            );
+            let entries = std::mem::take(&mut self.entries);
+            tokio::task::spawn_blocking(move || target.finish(&layout, &info, &entries))
+                .await
+                .map_err(|e| McastError::Task(e.to_string()))??;
+        }
+        self.cleanup.0 = None;
+        let progress = self.shared.asm.lock().progress.clone();
+        ctl.send(&ToSender::Done {
             progress: progress.clone(),
-        },
-    )
-    .await?;
-    let (out, store) = match &opts.sink {
-        RecvSink::File(p) => (Some(p.clone()), None),
-        RecvSink::Store { dir, .. } => (None, Some(dir.clone())),
-    };
-    Ok(ReceiverReport {
-        sender: opts.sender.to_string(),
-        group: info.group.clone(),
-        session: format!("{:08x}", info.session),
-        bucket: info.bucket.clone(),
-        key: info.key.clone(),
-        size: info.size,
-        out,
-        store,
-        chunks: layout.chunks.len(),
-        held_chunks: held.len() as u64,
-        rounds,
-        progress,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-    })
+        })
+        .await?;
+        let (out, store) = match &opts.sink {
+            RecvSink::File(p) => (Some(p.clone()), None),
+            RecvSink::Store { dir, .. } => (None, Some(dir.clone())),
+        };
+        let info = &self.info;
+        Ok(ReceiverReport {
+            sender: opts.sender.to_string(),
+            group: info.group.clone(),
+            session: format!("{:08x}", info.session),
+            bucket: info.bucket.clone(),
+            key: info.key.clone(),
+            size: info.size,
+            out,
+            store,
+            chunks: self.layout.chunks.len(),
+            held_chunks: self.held.len() as u64,
+            rounds,
+            progress,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+impl Assembly {
+    /// Nothing received yet; the chunks in `held` count as verified.
+    fn new(layout: &Layout, held: &[usize]) -> Assembly {
+        let mut asm = Assembly {
+            have: PieceSet::empty(layout.total_pieces),
+            left: (0..layout.chunks.len())
+                .map(|c| layout.pieces_of(c))
+                .collect(),
+            verified: vec![false; layout.chunks.len()],
+            verified_count: 0,
+            verifying: 0,
+            marker: 0,
+            progress: Progress::default(),
+            fatal: None,
+        };
+        for &c in held {
+            asm.have.insert_range(layout.piece_range(c));
+            asm.left[c] = 0;
+            asm.verified[c] = true;
+            asm.verified_count += 1;
+        }
+        asm.progress.pieces_have = asm.have.count();
+        asm.progress.chunks_verified = asm.verified_count;
+        asm
+    }
 }
 
 /// Removes the temporary file of an unfinished reception when dropped.

@@ -142,6 +142,63 @@ impl Peer {
         self.state = State::Evicted(reason);
         self.finished = Some(Instant::now());
     }
+
+    /// A receiver that just joined holding the chunk ranges `held`.
+    fn joined(
+        layout: &Layout,
+        addr: SocketAddr,
+        held: Vec<(u32, u32)>,
+        tx: mpsc::UnboundedSender<ToReceiver>,
+        round: u32,
+    ) -> Peer {
+        let mut have = PieceSet::empty(layout.total_pieces);
+        let mut held_chunks = 0u64;
+        for (first, n) in held {
+            for c in first..first.saturating_add(n) {
+                if (c as usize) < layout.chunks.len() {
+                    have.insert_range(layout.piece_range(c as usize));
+                    held_chunks += 1;
+                }
+            }
+        }
+        tracing::info!(receiver = %addr, held_chunks, "receiver joined");
+        Peer {
+            addr,
+            tx: Some(tx),
+            missing: have.complement(),
+            state: State::Active,
+            progress: Progress::default(),
+            held_chunks,
+            joined_round: round,
+            stalled: 0,
+            joined_at: Instant::now(),
+            finished: None,
+        }
+    }
+
+    /// What the report says about this receiver.
+    fn outcome(&self) -> ReceiverOutcome {
+        ReceiverOutcome {
+            addr: self.addr.to_string(),
+            outcome: match self.state {
+                State::Done => Outcome::Complete,
+                _ => Outcome::Evicted,
+            },
+            reason: match &self.state {
+                State::Evicted(r) => Some(r.clone()),
+                State::Active => Some("still active at the end".into()),
+                State::Done => None,
+            },
+            held_chunks: self.held_chunks,
+            joined_round: self.joined_round,
+            progress: self.progress.clone(),
+            elapsed_ms: self
+                .finished
+                .unwrap_or_else(Instant::now)
+                .duration_since(self.joined_at)
+                .as_millis() as u64,
+        }
+    }
 }
 
 /// Runs one session on `listener` (the control channel) until every
@@ -154,84 +211,118 @@ pub async fn send(
     opts: &SendOptions,
     progress: Arc<SendProgress>,
 ) -> Result<SenderReport, McastError> {
-    let started = Instant::now();
-    let obj = object(&source, bucket, key).await?;
-    let payload = opts.payload.clamp(64, 65507 - wire::HEADER) as u32;
-    let layout = Arc::new(Layout::new(&obj.entries, payload)?);
-    let session = loop {
-        let s: u32 = rand::random();
-        if s != 0 {
-            break s;
-        }
-    };
-    let info = Arc::new(SessionInfo {
-        protocol: PROTOCOL,
-        session,
-        group: opts.group.to_string(),
-        payload,
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        size: obj.size,
-        etag: obj.etag.clone(),
-        profile: obj.profile.clone(),
-        parts: obj.parts,
-        entries: obj.entries.iter().map(|e| (e.id.0, e.len)).collect(),
-    });
-    let sock = super::socket::sender(opts.interface, opts.ttl)
-        .map_err(McastError::io("multicast sender socket"))?;
-    let sock = Arc::new(sock);
-    tracing::info!(
-        session = format!("{session:08x}"),
-        chunks = layout.chunks.len(),
-        pieces = layout.total_pieces,
-        "multicast session ready"
-    );
+    let mut s = SendSession::open(source, bucket, key, listener, opts, progress).await?;
+    s.register_receivers().await;
+    s.run_rounds().await?;
+    Ok(s.finish())
+}
 
-    let (ev_tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&info), ev_tx));
-    let _abort = AbortOnDrop(acceptor);
+/// One sending session: the layout and sockets, the receivers and what
+/// each still misses, the rate and what the report will say.
+struct SendSession<'a> {
+    opts: &'a SendOptions,
+    source: Source,
+    started: Instant,
+    /// What every receiver was told (bucket, key, size, group, payload).
+    info: Arc<SessionInfo>,
+    layout: Arc<Layout>,
+    sock: Arc<UdpSocket>,
+    session: u32,
+    /// Joins, messages and hang-ups from the control connections.
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Stops accepting control connections when the session ends.
+    _acceptor: AbortOnDrop,
+    peers: HashMap<usize, Peer>,
+    /// Receivers in the order they joined.
+    order: Vec<usize>,
+    round: u32,
+    /// The rate of the next round.
+    rate_bits: u64,
+    cache: Arc<ChunkCache>,
+    progress: Arc<SendProgress>,
+    rounds: Vec<RoundStats>,
+    datagrams: u64,
+    bytes: u64,
+}
 
-    let mut peers: HashMap<usize, Peer> = HashMap::new();
-    let mut order: Vec<usize> = Vec::new();
-    let mut round: u32 = 0;
-    let on_event = |ev: Event,
-                    peers: &mut HashMap<usize, Peer>,
-                    order: &mut Vec<usize>,
-                    round: u32|
-     -> Option<(usize, ToSender)> {
+impl<'a> SendSession<'a> {
+    /// Reads the manifest, lays the object out in pieces, opens the
+    /// multicast socket and starts accepting receivers on `listener`.
+    async fn open(
+        source: Source,
+        bucket: &str,
+        key: &str,
+        listener: TcpListener,
+        opts: &'a SendOptions,
+        progress: Arc<SendProgress>,
+    ) -> Result<SendSession<'a>, McastError> {
+        let started = Instant::now();
+        let obj = object(&source, bucket, key).await?;
+        let payload = opts.payload.clamp(64, 65507 - wire::HEADER) as u32;
+        let layout = Arc::new(Layout::new(&obj.entries, payload)?);
+        let session = loop {
+            let s: u32 = rand::random();
+            if s != 0 {
+                break s;
+            }
+        };
+        let info = Arc::new(SessionInfo {
+            protocol: PROTOCOL,
+            session,
+            group: opts.group.to_string(),
+            payload,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            size: obj.size,
+            etag: obj.etag,
+            profile: obj.profile,
+            parts: obj.parts,
+            entries: obj.entries.iter().map(|e| (e.id.0, e.len)).collect(),
+        });
+        let sock = super::socket::sender(opts.interface, opts.ttl)
+            .map_err(McastError::io("multicast sender socket"))?;
+        tracing::info!(
+            session = format!("{session:08x}"),
+            chunks = layout.chunks.len(),
+            pieces = layout.total_pieces,
+            "multicast session ready"
+        );
+        let (ev_tx, events) = mpsc::unbounded_channel::<Event>();
+        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&info), ev_tx));
+        Ok(SendSession {
+            opts,
+            source,
+            started,
+            info,
+            layout,
+            sock: Arc::new(sock),
+            session,
+            events,
+            _acceptor: AbortOnDrop(acceptor),
+            peers: HashMap::new(),
+            order: Vec::new(),
+            round: 0,
+            rate_bits: opts.rate_bits,
+            cache: Arc::new(ChunkCache::new(opts.cache_bytes)),
+            progress,
+            rounds: Vec::new(),
+            datagrams: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Applies a join or a hang-up (receivers joining now count from
+    /// `round`); a receiver's message is handed back to the caller.
+    fn on_event(&mut self, ev: Event, round: u32) -> Option<(usize, ToSender)> {
         match ev {
             Event::Joined { id, addr, held, tx } => {
-                let mut have = PieceSet::empty(layout.total_pieces);
-                let mut held_chunks = 0u64;
-                for (first, n) in held {
-                    for c in first..first.saturating_add(n) {
-                        if (c as usize) < layout.chunks.len() {
-                            have.insert_range(layout.piece_range(c as usize));
-                            held_chunks += 1;
-                        }
-                    }
-                }
-                tracing::info!(receiver = %addr, held_chunks, "receiver joined");
-                peers.insert(
-                    id,
-                    Peer {
-                        addr,
-                        tx: Some(tx),
-                        missing: have.complement(),
-                        state: State::Active,
-                        progress: Progress::default(),
-                        held_chunks,
-                        joined_round: round,
-                        stalled: 0,
-                        joined_at: Instant::now(),
-                        finished: None,
-                    },
-                );
-                order.push(id);
+                let peer = Peer::joined(&self.layout, addr, held, tx, round);
+                self.peers.insert(id, peer);
+                self.order.push(id);
                 None
             }
             Event::Closed { id, why } => {
-                if let Some(p) = peers.get_mut(&id) {
+                if let Some(p) = self.peers.get_mut(&id) {
                     if p.state == State::Active {
                         p.tx.take();
                         p.evict(format!("control connection lost: {why}"));
@@ -241,99 +332,117 @@ pub async fn send(
             }
             Event::Msg { id, msg } => Some((id, msg)),
         }
-    };
+    }
 
-    // Registration: wait for the expected receivers (bounded).
-    let deadline = tokio::time::Instant::now() + opts.join_timeout;
-    while peers.len() < opts.expect.max(1) {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(ev)) => {
-                if let Some((id, msg)) = on_event(ev, &mut peers, &mut order, round) {
-                    tracing::debug!(id, "message before the first round ignored: {msg:?}");
+    /// Registration: waits for the expected receivers (bounded).
+    async fn register_receivers(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.opts.join_timeout;
+        while self.peers.len() < self.opts.expect.max(1) {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(ev)) => {
+                    if let Some((id, msg)) = self.on_event(ev, self.round) {
+                        tracing::debug!(id, "message before the first round ignored: {msg:?}");
+                    }
                 }
-            }
-            Ok(None) => break,
-            Err(_) => {
-                tracing::warn!(
-                    "join timeout: {} of {} receivers joined",
-                    peers.len(),
-                    opts.expect
-                );
-                break;
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        "join timeout: {} of {} receivers joined",
+                        self.peers.len(),
+                        self.opts.expect
+                    );
+                    break;
+                }
             }
         }
     }
 
-    let cache = Arc::new(ChunkCache::new(opts.cache_bytes));
-    let mut bucket_rate = opts.rate_bits;
-    let mut rounds = Vec::new();
-    let (mut datagrams, mut bytes) = (0u64, 0u64);
-    loop {
-        while let Ok(ev) = events.try_recv() {
-            if let Some((id, msg)) = on_event(ev, &mut peers, &mut order, round) {
-                tracing::debug!(id, "late message ignored: {msg:?}");
-            }
-        }
-        let active: Vec<usize> = order
-            .iter()
-            .copied()
-            .filter(|id| peers[id].state == State::Active)
-            .collect();
-        if active.is_empty() {
-            break;
-        }
-        if round >= opts.max_rounds {
-            for id in &active {
-                if let Some(p) = peers.get_mut(id) {
-                    p.evict(format!("incomplete after {} rounds", opts.max_rounds));
+    /// Rounds until no receiver is active: send what the active ones
+    /// miss, collect their answers, evict the stalled, adapt the rate.
+    async fn run_rounds(&mut self) -> Result<(), McastError> {
+        loop {
+            while let Ok(ev) = self.events.try_recv() {
+                if let Some((id, msg)) = self.on_event(ev, self.round) {
+                    tracing::debug!(id, "late message ignored: {msg:?}");
                 }
             }
-            break;
+            let active: Vec<usize> = self
+                .order
+                .iter()
+                .copied()
+                .filter(|id| self.peers[id].state == State::Active)
+                .collect();
+            if active.is_empty() {
+                return Ok(());
+            }
+            if self.round >= self.opts.max_rounds {
+                let why = format!("incomplete after {} rounds", self.opts.max_rounds);
+                for id in &active {
+                    if let Some(p) = self.peers.get_mut(id) {
+                        p.evict(why.clone());
+                    }
+                }
+                return Ok(());
+            }
+            let before: HashMap<usize, u64> = active
+                .iter()
+                .map(|id| (*id, self.peers[id].missing.count()))
+                .collect();
+            self.run_round(&active).await?;
+            let answered = self.collect_answers(&active).await;
+            let worst_loss = self.evict_stalled(&active, &before, &answered);
+            self.adjust_rate(worst_loss);
+            self.round += 1;
         }
-        let mut needs = PieceSet::empty(layout.total_pieces);
-        for id in &active {
-            needs.union_with(&peers[id].missing);
-        }
-        let before: HashMap<usize, u64> = active
-            .iter()
-            .map(|id| (*id, peers[id].missing.count()))
-            .collect();
+    }
 
+    /// Multicasts every piece some receiver in `active` misses, then the
+    /// end-of-round marker.
+    async fn run_round(&mut self, active: &[usize]) -> Result<(), McastError> {
+        let mut needs = PieceSet::empty(self.layout.total_pieces);
+        for id in active {
+            needs.union_with(&self.peers[id].missing);
+        }
         let t0 = Instant::now();
         let needs = Arc::new(needs);
         let stats = send_round(
-            &source,
-            &layout,
+            &self.source,
+            &self.layout,
             &needs,
-            Arc::clone(&sock),
-            opts.group,
-            session,
-            bucket_rate,
-            Arc::clone(&cache),
-            Arc::clone(&progress),
+            Arc::clone(&self.sock),
+            self.opts.group,
+            self.session,
+            self.rate_bits,
+            Arc::clone(&self.cache),
+            Arc::clone(&self.progress),
         )
         .await?;
-        datagrams += stats.0;
-        bytes += stats.1;
-        send_marker(&sock, opts.group, session, round).await;
-        rounds.push(RoundStats {
-            round,
+        self.datagrams += stats.0;
+        self.bytes += stats.1;
+        send_marker(&self.sock, self.opts.group, self.session, self.round).await;
+        self.rounds.push(RoundStats {
+            round: self.round,
             pieces: stats.0,
             bytes: stats.1,
-            rate_bits: bucket_rate,
+            rate_bits: self.rate_bits,
             elapsed_ms: t0.elapsed().as_millis() as u64,
         });
         tracing::info!(
-            round,
+            round = self.round,
             pieces = stats.0,
             secs = t0.elapsed().as_secs_f64(),
             "round sent"
         );
+        Ok(())
+    }
 
-        // Ask every active receiver what it still misses.
+    /// Asks every active receiver what it still misses and waits (up to
+    /// the round timeout) for the answers. Returns who sent a NACK.
+    async fn collect_answers(&mut self, active: &[usize]) -> Vec<usize> {
+        let round = self.round;
         let mut pending: Vec<usize> = Vec::new();
-        for id in &active {
-            if let Some(p) = peers.get_mut(id) {
+        for id in active {
+            if let Some(p) = self.peers.get_mut(id) {
                 let ok =
                     p.tx.as_ref()
                         .map(|tx| tx.send(ToReceiver::RoundEnd { round }).is_ok())
@@ -343,18 +452,19 @@ pub async fn send(
                 }
             }
         }
-        let deadline = tokio::time::Instant::now() + opts.round_timeout;
+        let deadline = tokio::time::Instant::now() + self.opts.round_timeout;
         let mut answered: Vec<usize> = Vec::new();
         while !pending.is_empty() {
-            let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+            let ev = match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(ev)) => ev,
                 Ok(None) | Err(_) => break,
             };
-            let Some((id, msg)) = on_event(ev, &mut peers, &mut order, round + 1) else {
+            let Some((id, msg)) = self.on_event(ev, round + 1) else {
+                let peers = &self.peers;
                 pending.retain(|id| peers.get(id).is_some_and(|p| p.state == State::Active));
                 continue;
             };
-            let Some(p) = peers.get_mut(&id) else {
+            let Some(p) = self.peers.get_mut(&id) else {
                 continue;
             };
             match msg {
@@ -363,7 +473,7 @@ pub async fn send(
                     missing,
                     progress,
                 } if r == round => {
-                    p.missing = PieceSet::from_ranges(layout.total_pieces, &missing);
+                    p.missing = PieceSet::from_ranges(self.layout.total_pieces, &missing);
                     p.progress = progress;
                     pending.retain(|x| *x != id);
                     answered.push(id);
@@ -371,7 +481,7 @@ pub async fn send(
                 ToSender::Done { progress } => {
                     tracing::info!(receiver = %p.addr, "receiver complete");
                     p.progress = progress;
-                    p.missing = PieceSet::empty(layout.total_pieces);
+                    p.missing = PieceSet::empty(self.layout.total_pieces);
                     p.state = State::Done;
                     p.finished = Some(Instant::now());
                     p.tx.take();
@@ -380,11 +490,23 @@ pub async fn send(
                 other => tracing::debug!(id, "unexpected message ignored: {other:?}"),
             }
         }
+        answered
+    }
 
-        // Stalls, evictions and the next round's rate.
+    /// Counts stalled rounds and evicts receivers stalled too long.
+    /// Returns the worst loss (fraction of its missing pieces a receiver
+    /// still misses) among those that answered.
+    fn evict_stalled(
+        &mut self,
+        active: &[usize],
+        before: &HashMap<usize, u64>,
+        answered: &[usize],
+    ) -> f64 {
         let mut worst_loss: f64 = 0.0;
-        for id in &active {
-            let Some(p) = peers.get_mut(id) else { continue };
+        for id in active {
+            let Some(p) = self.peers.get_mut(id) else {
+                continue;
+            };
             if p.state != State::Active {
                 continue;
             }
@@ -399,77 +521,68 @@ pub async fn send(
             if answered.contains(id) && was >= 64 {
                 worst_loss = worst_loss.max(now as f64 / was as f64);
             }
-            if p.stalled >= opts.max_stalled_rounds {
+            if p.stalled >= self.opts.max_stalled_rounds {
                 let why = if answered.contains(id) {
                     format!("no progress in {} rounds", p.stalled)
                 } else {
                     format!(
                         "no answer within {:?} for {} rounds",
-                        opts.round_timeout, p.stalled
+                        self.opts.round_timeout, p.stalled
                     )
                 };
                 p.evict(why);
             }
         }
-        let old = bucket_rate;
-        if worst_loss > opts.loss_threshold {
-            bucket_rate = (bucket_rate / 2).max(opts.min_rate_bits);
-        } else if worst_loss < opts.loss_threshold / 4.0 {
-            bucket_rate = (bucket_rate.saturating_mul(2)).min(opts.rate_bits);
+        worst_loss
+    }
+
+    /// The next round's rate: halved after a lossy round (not below the
+    /// minimum), doubled after a clean one (not above the maximum).
+    fn adjust_rate(&mut self, worst_loss: f64) {
+        let old = self.rate_bits;
+        if worst_loss > self.opts.loss_threshold {
+            self.rate_bits = (self.rate_bits / 2).max(self.opts.min_rate_bits);
+        } else if worst_loss < self.opts.loss_threshold / 4.0 {
+            self.rate_bits = (self.rate_bits.saturating_mul(2)).min(self.opts.rate_bits);
         }
-        if bucket_rate != old {
+        if self.rate_bits != old {
             tracing::info!(
                 worst_loss,
-                rate_bits = bucket_rate,
+                rate_bits = self.rate_bits,
                 "rate adapted for the next round"
             );
         }
-        round += 1;
     }
 
-    let receivers = order
-        .iter()
-        .filter_map(|id| peers.get(id))
-        .map(|p| ReceiverOutcome {
-            addr: p.addr.to_string(),
-            outcome: match p.state {
-                State::Done => Outcome::Complete,
-                _ => Outcome::Evicted,
-            },
-            reason: match &p.state {
-                State::Evicted(r) => Some(r.clone()),
-                State::Active => Some("still active at the end".into()),
-                State::Done => None,
-            },
-            held_chunks: p.held_chunks,
-            joined_round: p.joined_round,
-            progress: p.progress.clone(),
-            elapsed_ms: p
-                .finished
-                .unwrap_or_else(Instant::now)
-                .duration_since(p.joined_at)
-                .as_millis() as u64,
-        })
-        .collect();
-    // Dropping the peers closes their control connections (writers end).
-    drop(peers);
-    Ok(SenderReport {
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        size: obj.size,
-        session: format!("{session:08x}"),
-        group: opts.group.to_string(),
-        payload,
-        chunks: layout.chunks.len(),
-        pieces: layout.total_pieces,
-        expected: opts.expect,
-        joined: order.len(),
-        rounds,
-        datagrams_sent: datagrams,
-        bytes_sent: bytes,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        receivers,
-    })
+    /// Ends the session (control connections closed, acceptor stopped)
+    /// and reports on it.
+    fn finish(mut self) -> SenderReport {
+        let receivers = self
+            .order
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .map(Peer::outcome)
+            .collect();
+        // Dropping the peers closes their control connections (writers end).
+        drop(std::mem::take(&mut self.peers));
+        SenderReport {
+            bucket: self.info.bucket.clone(),
+            key: self.info.key.clone(),
+            size: self.info.size,
+            session: format!("{:08x}", self.session),
+            group: self.opts.group.to_string(),
+            payload: self.info.payload,
+            chunks: self.layout.chunks.len(),
+            pieces: self.layout.total_pieces,
+            expected: self.opts.expect,
+            joined: self.order.len(),
+            rounds: std::mem::take(&mut self.rounds),
+            datagrams_sent: self.datagrams,
+            bytes_sent: self.bytes,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            receivers,
+        }
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
