@@ -217,6 +217,26 @@ impl MigrationTarget {
     }
 }
 
+/// What both migration receivers (memory and disk) are told.
+#[derive(Args, Debug, Clone)]
+pub struct ReceiverSite {
+    #[command(flatten)]
+    pub site: SiteArgs,
+    /// Milliseconds to wait for a page or block another agent of the group
+    /// is still sending
+    #[arg(long, default_value_t = 2000)]
+    pub wait_ms: u64,
+    /// Don't store pages or blocks received in full at the site
+    #[arg(long)]
+    pub no_store: bool,
+    /// Seconds to wait for the sender to connect
+    #[arg(long, default_value_t = 600)]
+    pub accept_timeout: u64,
+    /// Write the JSON report here
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
 pub fn s3_url(s: &str) -> Result<(String, String)> {
     parse_s3_url(s).with_context(|| format!("expected s3://BUCKET/KEY, got {s:?}"))
 }
@@ -247,4 +267,37 @@ pub async fn connect(to: &str, timeout: Duration) -> Result<tokio::net::TcpStrea
             Err(e) => return Err(e).with_context(|| format!("connecting to the receiver {to}")),
         }
     }
+}
+
+/// Waits (at most `timeout_secs`) for the one sender a receiver serves,
+/// then stops listening.
+pub async fn accept_one(
+    listener: tokio::net::TcpListener,
+    timeout_secs: u64,
+) -> Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    tokio::time::timeout(Duration::from_secs(timeout_secs), listener.accept())
+        .await
+        .map_err(|_| anyhow::anyhow!("no sender connected within {timeout_secs} s"))?
+        .context("accepting the sender")
+}
+
+/// A migration agent's report: as JSON to `path` when given, and on
+/// standard error (QEMU owns standard output), as JSON with `--json`, else
+/// in its `human` form.
+pub fn write_report(
+    ctx: &Ctx,
+    path: Option<&PathBuf>,
+    v: &impl serde::Serialize,
+    human: &str,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(v)?;
+    if let Some(p) = path {
+        std::fs::write(p, &json).with_context(|| format!("writing the report {}", p.display()))?;
+    }
+    if ctx.json {
+        eprintln!("{json}");
+    } else {
+        eprint!("{human}");
+    }
+    Ok(())
 }

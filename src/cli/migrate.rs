@@ -21,7 +21,7 @@ use strato::migrate::memory::receiver::{self, ReceiverOptions};
 use strato::migrate::memory::report::{GroupReport, VmReport};
 use strato::migrate::memory::sender::{self, SenderOptions};
 
-use super::common::{connect, runtime, MigrationTarget, SiteArgs};
+use super::common::{accept_one, connect, runtime, write_report, MigrationTarget, ReceiverSite};
 use super::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -71,9 +71,6 @@ pub struct SendArgs {
     /// Previous page versions kept for deltas at each end, MiB (FIFO)
     #[arg(long, default_value_t = 64)]
     delta_history_mib: usize,
-    /// Write the JSON report here
-    #[arg(long)]
-    report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -82,24 +79,12 @@ pub struct RecvArgs {
     #[arg(long)]
     listen: SocketAddr,
     #[command(flatten)]
-    site: SiteArgs,
-    /// Milliseconds to wait for a page another agent is still sending
-    #[arg(long, default_value_t = 2000)]
-    wait_ms: u64,
-    /// Don't store pages received in full at the site
-    #[arg(long)]
-    no_store: bool,
+    recv: ReceiverSite,
     /// Keep the pages stored at the site as the object BUCKET/KEY (a
     /// bucket the site's credentials own), so later migrations and clones
     /// still find them after garbage collection's grace period
     #[arg(long, value_name = "BUCKET/KEY", conflicts_with = "no_store")]
     keep: Option<String>,
-    /// Seconds to wait for the sender to connect
-    #[arg(long, default_value_t = 600)]
-    accept_timeout: u64,
-    /// Write the JSON report here
-    #[arg(long)]
-    report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -149,24 +134,6 @@ fn stdio_file(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<std::fs::Fi
     ))
 }
 
-fn write_report(
-    ctx: &Ctx,
-    path: Option<&PathBuf>,
-    v: &impl serde::Serialize,
-    human: &str,
-) -> Result<()> {
-    let json = serde_json::to_string_pretty(v)?;
-    if let Some(p) = path {
-        std::fs::write(p, &json).with_context(|| format!("writing the report {}", p.display()))?;
-    }
-    if ctx.json {
-        eprintln!("{json}");
-    } else {
-        eprint!("{human}");
-    }
-    Ok(())
-}
-
 fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     let mut opts = SenderOptions::new(&a.target.vm);
     opts.group = a.target.group()?;
@@ -213,10 +180,10 @@ fn codec_config(a: &SendArgs) -> Result<Option<CodecConfig>> {
 /// Connect, retrying while the receiver is starting (bounded).
 fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
     let opts = ReceiverOptions {
-        site: a.site.client()?,
-        wait: Duration::from_millis(a.wait_ms.min(60_000)),
-        store_pages: !a.no_store,
-        keep: keep_target(a.keep.as_deref(), a.site.site.is_some())?,
+        site: a.recv.site.client()?,
+        wait: Duration::from_millis(a.recv.wait_ms.min(60_000)),
+        store_pages: !a.recv.no_store,
+        keep: keep_target(a.keep.as_deref(), a.recv.site.site.is_some())?,
         ..ReceiverOptions::default()
     };
     let output = stdio_file(std::io::stdout().as_fd(), "standard output")?;
@@ -225,12 +192,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
-        let (conn, peer) =
-            tokio::time::timeout(Duration::from_secs(a.accept_timeout), listener.accept())
-                .await
-                .map_err(|_| anyhow::anyhow!("no sender connected within {} s", a.accept_timeout))?
-                .context("accepting the sender")?;
-        drop(listener);
+        let (conn, peer) = accept_one(listener, a.recv.accept_timeout).await?;
         tracing::info!("sender connected from {peer}");
         receiver::receive(conn, output, opts)
             .await
@@ -248,7 +210,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         report.pages_stored,
         report.seconds
     );
-    write_report(ctx, a.report.as_ref(), &report, &human)?;
+    write_report(ctx, a.recv.report.as_ref(), &report, &human)?;
     Ok(ExitCode::SUCCESS)
 }
 

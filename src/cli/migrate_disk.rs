@@ -15,7 +15,6 @@
 //! and scripts wait for it); reports go to standard error and `--report`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -24,10 +23,9 @@ use clap::Args;
 
 use strato::image::nbd_client::NbdClient;
 use strato::migrate::disk::recv::{receive_disk, DiskRecvOptions};
-use strato::migrate::disk::report::DiskReport;
 use strato::migrate::disk::send::{DiskSendOptions, DiskSender};
 
-use super::common::{connect, runtime, MigrationTarget, SiteArgs};
+use super::common::{accept_one, connect, runtime, write_report, MigrationTarget, ReceiverSite};
 use super::Ctx;
 
 #[derive(Args, Debug)]
@@ -46,9 +44,6 @@ pub struct DiskSendArgs {
     /// Seconds to wait for QEMU to connect
     #[arg(long, default_value_t = 600)]
     accept_timeout: u64,
-    /// Write the JSON report here
-    #[arg(long)]
-    report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -63,32 +58,7 @@ pub struct DiskRecvArgs {
     #[arg(long)]
     export: String,
     #[command(flatten)]
-    site: SiteArgs,
-    /// Milliseconds to wait for a block another sender of the group claimed
-    #[arg(long, default_value_t = 2000)]
-    wait_ms: u64,
-    /// Don't store blocks received in full at the site
-    #[arg(long)]
-    no_store: bool,
-    /// Seconds to wait for the sender to connect
-    #[arg(long, default_value_t = 600)]
-    accept_timeout: u64,
-    /// Write the JSON report here
-    #[arg(long)]
-    report: Option<PathBuf>,
-}
-
-fn write_report(ctx: &Ctx, path: Option<&PathBuf>, r: &DiskReport) -> Result<()> {
-    let json = serde_json::to_string_pretty(r)?;
-    if let Some(p) = path {
-        std::fs::write(p, &json).with_context(|| format!("writing the report {}", p.display()))?;
-    }
-    if ctx.json {
-        eprintln!("{json}");
-    } else {
-        eprint!("{r}");
-    }
-    Ok(())
+    recv: ReceiverSite,
 }
 
 pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
@@ -121,15 +91,15 @@ pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
             .await
             .context("disk migration sender")
     })?;
-    write_report(ctx, a.target.report.as_ref(), &report)?;
+    write_report(ctx, a.target.report.as_ref(), &report, &report.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn disk_recv(ctx: &Ctx, a: DiskRecvArgs) -> Result<ExitCode> {
     let opts = DiskRecvOptions {
-        site: a.site.client()?,
-        wait: Duration::from_millis(a.wait_ms.min(600_000)),
-        store_blocks: !a.no_store,
+        site: a.recv.site.client()?,
+        wait: Duration::from_millis(a.recv.wait_ms.min(600_000)),
+        store_blocks: !a.recv.no_store,
     };
     let rt = runtime()?;
     let report = rt.block_on(async {
@@ -145,17 +115,12 @@ pub fn disk_recv(ctx: &Ctx, a: DiskRecvArgs) -> Result<ExitCode> {
             a.export,
             nbd.size()
         );
-        let (conn, peer) =
-            tokio::time::timeout(Duration::from_secs(a.accept_timeout), listener.accept())
-                .await
-                .map_err(|_| anyhow::anyhow!("no sender connected within {} s", a.accept_timeout))?
-                .context("accepting the sender")?;
-        drop(listener);
+        let (conn, peer) = accept_one(listener, a.recv.accept_timeout).await?;
         tracing::info!("disk sender connected from {peer}");
         receive_disk(conn, nbd, opts)
             .await
             .context("disk migration receiver")
     })?;
-    write_report(ctx, a.report.as_ref(), &report)?;
+    write_report(ctx, a.recv.report.as_ref(), &report, &report.to_string())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -242,3 +242,14 @@ pub fn progress_bar(ctx: &Ctx, len: u64, what: &str) -> indicatif::ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks every command's flags (unique names, valid groups) only
+    /// when that command is parsed; this checks them all at once.
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -254,9 +254,5 @@ pub fn write_sparse(cache: &Store, m: &ManifestDoc, out: &Path) -> Result<(), Pu
 }
 
 fn tmp_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    out.with_file_name(format!(".{name}.strato-part"))
+    crate::distribute::partial_path(out, "part")
 }

@@ -508,11 +508,7 @@ fn create(path: &Path, len: u64) -> Result<File, McastError> {
 }
 
 fn tmp_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    out.with_file_name(format!(".{name}.strato-mcast"))
+    crate::distribute::partial_path(out, "mcast")
 }
 
 impl Target {

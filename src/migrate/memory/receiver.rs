@@ -84,29 +84,7 @@ struct Counters {
 }
 
 /// Pages received in full, FIFO-bounded.
-struct LocalPages {
-    map: HashMap<ChunkId, Bytes>,
-    order: VecDeque<ChunkId>,
-    cap: usize,
-}
-
-impl LocalPages {
-    fn insert(&mut self, id: ChunkId, page: Bytes) {
-        if self.map.contains_key(&id) {
-            return;
-        }
-        while self.map.len() >= self.cap {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.map.insert(id, page);
-        self.order.push_back(id);
-    }
-}
+type LocalPages = super::pages::BoundedPages;
 
 type Waiters = HashMap<ChunkId, Vec<oneshot::Sender<Option<Bytes>>>>;
 
@@ -209,11 +187,7 @@ pub async fn receive<W: Write + Send + 'static>(
     let (vm, group, decoder) = accepted?;
     let shared = Arc::new(Shared {
         decoder: Mutex::new(decoder),
-        local: Mutex::new(LocalPages {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            cap: (opts.cache_bytes / PAGE_SIZE).max(1),
-        }),
+        local: Mutex::new(LocalPages::new((opts.cache_bytes / PAGE_SIZE).max(1))),
         pulls: Mutex::new(HashMap::new()),
         wr: tokio::sync::Mutex::new(wr),
         site_slots: Semaphore::new(opts.concurrency.max(1)),

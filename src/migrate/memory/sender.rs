@@ -210,7 +210,7 @@ async fn hello(
         Ok(Ok(Some(other))) => Err(AgentError::Peer(format!(
             "expected the receiver's answer to the hello, got {other:?}"
         ))),
-        Ok(Ok(None)) | Ok(Err(_)) => Err(AgentError::Peer(format!(
+        Ok(Ok(None) | Err(_)) => Err(AgentError::Peer(format!(
             "receiver closed the connection after the hello (an agent older than protocol {PROTOCOL}?)"
         ))),
     }

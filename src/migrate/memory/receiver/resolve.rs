@@ -30,7 +30,7 @@ pub(super) async fn resolve(shared: Arc<Shared>, prepared: Vec<Slot>) -> Result<
                 if found.contains_key(id) {
                     continue;
                 }
-                match local.map.get(id) {
+                match local.get(id) {
                     Some(p) => {
                         found.insert(*id, p.clone());
                     }
@@ -132,7 +132,7 @@ async fn wait_at_site(
         pause = (pause * 2).min(Duration::from_millis(250));
         {
             let local = shared.local.lock();
-            ids.retain(|id| match local.map.get(id) {
+            ids.retain(|id| match local.get(id) {
                 Some(p) => {
                     found.insert(*id, p.clone());
                     false

@@ -2,7 +2,6 @@
 //! kept in a bounded cache, in case their holder (the site, another agent
 //! of the group) never delivers them.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,39 +15,7 @@ use crate::migrate::memory::wire::{self, Frame};
 use crate::store::ChunkId;
 
 /// Pages sent by id, kept (bounded, FIFO) so the receiver can pull them.
-pub(super) struct PageCache {
-    map: HashMap<ChunkId, Bytes>,
-    order: VecDeque<ChunkId>,
-    cap_pages: usize,
-}
-
-impl PageCache {
-    /// An empty cache of at most `cap_pages` pages.
-    pub(super) fn new(cap_pages: usize) -> PageCache {
-        PageCache {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            cap_pages,
-        }
-    }
-
-    /// Keep a page sent by id (no-op when kept already or the cap is 0).
-    pub(super) fn insert(&mut self, id: ChunkId, page: Bytes) {
-        if self.cap_pages == 0 || self.map.contains_key(&id) {
-            return;
-        }
-        while self.map.len() >= self.cap_pages {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.map.insert(id, page);
-        self.order.push_back(id);
-    }
-}
+pub(super) type PageCache = crate::migrate::memory::pages::BoundedPages;
 
 /// Serve the receiver's pulls until it acknowledges the end.
 pub(super) async fn answer_pulls(
@@ -64,7 +31,7 @@ pub(super) async fn answer_pulls(
             Ok(Some(Frame::Pull(ids))) => {
                 let pages: Vec<(ChunkId, Option<Bytes>)> = {
                     let c = cache.lock();
-                    ids.iter().map(|id| (*id, c.map.get(id).cloned())).collect()
+                    ids.iter().map(|id| (*id, c.get(id).cloned())).collect()
                 };
                 let found = pages.iter().filter(|(_, p)| p.is_some()).count();
                 let frame = Frame::Pulled(pages).encode();
