@@ -24,16 +24,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use strato_store::{ChunkId, ManifestEntry};
 
 use crate::ids;
-use crate::route::Route;
+use crate::route::{Route, KEY_SET};
 use crate::wire::{ManifestCommit, ManifestDoc, ManifestError};
-
-/// Characters S3 leaves unescaped in a key (RFC 3986 unreserved, plus `/`).
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -15,7 +15,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use strato_store::ChunkId;
 
 /// Characters S3 leaves unescaped in a key (RFC 3986 unreserved, plus `/`).
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

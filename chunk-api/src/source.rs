@@ -48,15 +48,7 @@ impl ChunkSource for Store {
             .await
             .map_err(|e| SourceError::Failed(e.to_string()))?;
         match found {
-            Ok((rec, entries)) => Ok(ManifestDoc::new(
-                bucket,
-                key,
-                rec.size,
-                &rec.etag,
-                &rec.profile,
-                rec.parts,
-                &entries,
-            )),
+            Ok((rec, entries)) => Ok(ManifestDoc::of_record(bucket, key, &rec, &entries)),
             Err(e @ (StoreError::NoSuchKey { .. } | StoreError::NoSuchBucket(_))) => {
                 Err(SourceError::NotFound(e.to_string()))
             }

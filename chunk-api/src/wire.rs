@@ -2,7 +2,7 @@
 //! apply. Chunk ids travel as 64 hex digits.
 
 use serde::{Deserialize, Serialize};
-use strato_store::{ChunkId, ManifestEntry};
+use strato_store::{ChunkId, ManifestEntry, ObjectRecord};
 
 /// Largest chunk body accepted by `PUT /chunks/{id}` (and the largest
 /// frame of a batch). The chunkers cut at most a few MiB; this bounds the
@@ -81,6 +81,24 @@ pub enum ManifestError {
 }
 
 impl ManifestDoc {
+    /// The document of a stored object: its record and its manifest.
+    pub fn of_record(
+        bucket: &str,
+        key: &str,
+        rec: &ObjectRecord,
+        entries: &[ManifestEntry],
+    ) -> ManifestDoc {
+        Self::new(
+            bucket,
+            key,
+            rec.size,
+            &rec.etag,
+            &rec.profile,
+            rec.parts,
+            entries,
+        )
+    }
+
     /// The document of `bucket/key` with these fields, at this build's version.
     pub fn new(
         bucket: &str,

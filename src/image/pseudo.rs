@@ -388,13 +388,5 @@ impl crate::chunk_api::ChunkSource for PseudoImage {
 
 fn local_manifest(cache: &Store, bucket: &str, key: &str) -> Option<ManifestDoc> {
     let (rec, entries) = cache.manifest(bucket, key).ok()?;
-    Some(ManifestDoc::new(
-        bucket,
-        key,
-        rec.size,
-        &rec.etag,
-        &rec.profile,
-        rec.parts,
-        &entries,
-    ))
+    Some(ManifestDoc::of_record(bucket, key, &rec, &entries))
 }

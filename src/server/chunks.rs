@@ -375,15 +375,7 @@ impl ChunkRoute {
                 return Ok(Err(ApiError::Denied));
             }
             let (rec, chunks) = store.manifest(&bucket, &key)?;
-            Ok(Ok(ManifestDoc::new(
-                &bucket,
-                &key,
-                rec.size,
-                &rec.etag,
-                &rec.profile,
-                rec.parts,
-                &chunks,
-            )))
+            Ok(Ok(ManifestDoc::of_record(&bucket, &key, &rec, &chunks)))
         })
         .await??;
         json_response(&doc)
