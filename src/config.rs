@@ -54,9 +54,12 @@ pub struct TlsConfig {
     pub self_signed: bool,
     /// Bound on connections open at once (default 4096).
     pub max_connections: Option<usize>,
-    /// Seconds a client may take to send request headers, and may stay
-    /// idle between requests (default 20).
+    /// Seconds a new connection may stay silent before its first request
+    /// (default 20).
     pub header_timeout_secs: Option<u64>,
+    /// Seconds a client may take to send a request's headers, and may stay
+    /// idle between requests on a kept-alive connection (default 100).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

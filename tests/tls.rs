@@ -369,7 +369,7 @@ fn half_open_and_idle_connections_are_closed_and_the_connection_bound_holds() {
     std::fs::create_dir_all(strato.data_dir()).unwrap();
     std::fs::write(
         strato.data_dir().join("strato.toml"),
-        "[tls]\nheader_timeout_secs = 2\nmax_connections = 40\n",
+        "[tls]\nheader_timeout_secs = 2\nidle_timeout_secs = 3\nmax_connections = 40\n",
     )
     .unwrap();
     let srv = Tls::start(strato, &[]);
@@ -398,7 +398,8 @@ fn half_open_and_idle_connections_are_closed_and_the_connection_bound_holds() {
         !honest(Duration::from_millis(700)),
         "the 41st connection was served while 40 were held"
     );
-    // ...until the header timeout closes the silent ones (2 s).
+    // ...until the header timeout closes the silent ones (2 s) and the idle
+    // timeout the half-request ones (3 s).
     let start = Instant::now();
     for s in &mut idle {
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();

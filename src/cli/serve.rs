@@ -99,6 +99,9 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
     if let Some(s) = ctx.file.tls.header_timeout_secs {
         limits.header_read_timeout = Duration::from_secs(s.max(1));
     }
+    if let Some(s) = ctx.file.tls.idle_timeout_secs {
+        limits.idle_timeout = Duration::from_secs(s.max(1));
+    }
     let store = ctx.open_store()?;
     let users = server::load_or_create_users(&ctx.data_dir, env_keys, &ctx.file)?;
     let opts = ServeOptions {

@@ -7,9 +7,14 @@
 //! - at most `max_connections` connections at once; past that the loop stops
 //!   accepting (new clients wait in the kernel's backlog) instead of failing;
 //! - a TLS handshake must finish within `handshake_timeout`;
-//! - HTTP/1 request headers must arrive within `header_read_timeout`, which
+//! - a new plain-TCP connection must send its first bytes within
+//!   `header_read_timeout`;
+//! - HTTP/1 request headers must then arrive within `idle_timeout`, which
 //!   hyper also applies to the wait for the next request on a kept-alive
-//!   connection (the idle timeout);
+//!   connection. It is longer than the 90 s that the AWS SDKs (Rust, Go,
+//!   Java) keep a pooled connection: if the server closed first, a client
+//!   could send a request on a connection the server is just closing and
+//!   see it cut off (hyper's `IncompleteMessage`);
 //! - HTTP/2 connections are pinged every `h2_keepalive` and closed when a
 //!   ping goes unanswered.
 
@@ -32,6 +37,7 @@ use super::tls::TlsServer;
 pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
     pub h2_keepalive: Duration,
     /// How long a shutdown waits for requests in flight.
@@ -43,6 +49,7 @@ impl Default for Limits {
         Limits {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(100),
             handshake_timeout: Duration::from_secs(10),
             h2_keepalive: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
@@ -140,7 +147,7 @@ impl Builders {
         let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
         h1.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .header_read_timeout(limits.idle_timeout);
         let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
         h2.http2()
             .timer(TokioTimer::new())
