@@ -1,6 +1,10 @@
 //! The Rust `aws-sdk-s3` against the real `strato serve` binary over the real
-//! store: every operation of the S3 issue, plus bad input (each answered with
-//! the right S3 error and nothing stored, checked by listing afterwards).
+//! store: what the store adds to the S3 suite (`tests/s3_suite.rs`, which
+//! runs the endpoint-level suite of `s3-compat/tests/s3/` here too) —
+//! large and multipart transfers, chunk sharing and GC, config-file users,
+//! the chunking header, races with bucket deletion, memory bounds — plus
+//! bad input at store scale (each answered with the right S3 error and
+//! nothing stored, checked by listing afterwards).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
@@ -1175,52 +1179,6 @@ async fn upload_part_copy_abort_and_list_uploads() {
         chunks_after - chunks_before < 64.0,
         "{chunks_before} -> {chunks_after}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presigned_get_with_plain_http() {
-    let server = Server::start("redb");
-    let c = client(&server);
-    c.create_bucket().bucket("bkt").send().await.unwrap();
-    let data = random_bytes(2 * MIB + 3, 17);
-    put(&c, "bkt", "dir/obj name", &data).await;
-    let url = c
-        .get_object()
-        .bucket("bkt")
-        .key("dir/obj name")
-        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
-        .await
-        .unwrap();
-    let (st, h, body) = raw_request("GET", url.uri(), &[], vec![]).await;
-    assert_eq!(st, 200);
-    assert_eq!(h["etag"], quoted_md5(&data).as_str());
-    assert!(body == data);
-
-    // The same with a raw TcpStream, HTTP/1.0 style (read to EOF).
-    use std::io::{Read, Write};
-    let uri: http::Uri = url.uri().parse().unwrap();
-    let mut sock = std::net::TcpStream::connect(&server.host).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        sock,
-        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        uri.path_and_query().unwrap(),
-        server.host
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    sock.read_to_end(&mut resp).unwrap();
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&resp[..split]);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(resp[split + 4..] == data[..], "raw body is byte-identical");
-
-    // A tampered URL is refused.
-    let bad = url.uri().replace("obj%20name", "obj%20namf");
-    let (st, _, body) = raw_request("GET", &bad, &[], vec![]).await;
-    assert_eq!(st, 403);
-    assert!(String::from_utf8_lossy(&body).contains("SignatureDoesNotMatch"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
