@@ -191,12 +191,22 @@ fn stream_reader(reader: crate::store::ObjectReader) -> ByteStream {
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+impl StoreBackend {
+    /// Run `f` on the store off the reactor: redb and sled calls block.
+    async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let store = self.store.clone();
+        blocking(move || f(&store)).await
+    }
+}
+
 #[async_trait]
 impl Backend for StoreBackend {
     async fn list_buckets(&self, owner: &str) -> Result<Vec<BucketInfo>, BackendError> {
-        let store = self.store.clone();
         let owner = owner.to_string();
-        blocking(move || {
+        self.on_store(move |store| {
             Ok(store
                 .list_buckets()?
                 .into_iter()
@@ -215,13 +225,14 @@ impl Backend for StoreBackend {
         if super::RESERVED_BUCKETS.contains(&name) {
             return Err(BackendError::BucketAlreadyExists);
         }
-        let (store, owner, name) = (self.store.clone(), owner.to_string(), name.to_string());
-        blocking(move || store.create_bucket(&name, &owner)).await
+        let (owner, name) = (owner.to_string(), name.to_string());
+        self.on_store(move |store| store.create_bucket(&name, &owner))
+            .await
     }
 
     async fn head_bucket(&self, name: &str) -> Result<BucketInfo, BackendError> {
-        let (store, name) = (self.store.clone(), name.to_string());
-        blocking(move || {
+        let name = name.to_string();
+        self.on_store(move |store| {
             let b = store.bucket(&name)?;
             Ok(BucketInfo {
                 name,
@@ -233,8 +244,8 @@ impl Backend for StoreBackend {
     }
 
     async fn delete_bucket(&self, name: &str) -> Result<(), BackendError> {
-        let (store, name) = (self.store.clone(), name.to_string());
-        blocking(move || store.delete_bucket(&name)).await
+        let name = name.to_string();
+        self.on_store(move |store| store.delete_bucket(&name)).await
     }
 
     async fn put_object(
@@ -286,21 +297,24 @@ impl Backend for StoreBackend {
         key: &str,
         range: Option<Range<u64>>,
     ) -> Result<(ObjectInfo, ByteStream), BackendError> {
-        let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
-        let reader = blocking(move || store.read(&b, &k, range)).await?;
+        let (b, k) = (bucket.to_string(), key.to_string());
+        let reader = self
+            .on_store(move |store| store.read(&b, &k, range))
+            .await?;
         let info = object_info(bucket, key, reader.record());
         Ok((info, stream_reader(reader)))
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectInfo, BackendError> {
-        let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
-        let rec = blocking(move || store.head(&b, &k)).await?;
+        let (b, k) = (bucket.to_string(), key.to_string());
+        let rec = self.on_store(move |store| store.head(&b, &k)).await?;
         Ok(object_info(bucket, key, &rec))
     }
 
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), BackendError> {
-        let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
-        blocking(move || store.delete_object(&b, &k)).await
+        let (b, k) = (bucket.to_string(), key.to_string());
+        self.on_store(move |store| store.delete_object(&b, &k))
+            .await
     }
 
     async fn copy_object(
@@ -312,7 +326,6 @@ impl Backend for StoreBackend {
         attrs: Option<ObjectAttrs>,
         opts: PutOptions,
     ) -> Result<ObjectInfo, BackendError> {
-        let store = self.store.clone();
         let (sb, sk, db, dk) = (
             src_bucket.to_string(),
             src_key.to_string(),
@@ -321,7 +334,9 @@ impl Backend for StoreBackend {
         );
         let pre = precondition(&opts);
         let raw = attrs.as_ref().map(encode_attrs);
-        let rec = blocking(move || store.copy_object((&sb, &sk), (&db, &dk), raw, &pre)).await?;
+        let rec = self
+            .on_store(move |store| store.copy_object((&sb, &sk), (&db, &dk), raw, &pre))
+            .await?;
         Ok(object_info(dst_bucket, dst_key, &rec))
     }
 
@@ -332,14 +347,14 @@ impl Backend for StoreBackend {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<ObjectInfo>, bool), BackendError> {
-        let store = self.store.clone();
         let (b, p, after) = (
             bucket.to_string(),
             prefix.to_string(),
             start_after.map(str::to_string),
         );
-        let (page, more) =
-            blocking(move || store.list_objects(&b, &p, after.as_deref(), limit)).await?;
+        let (page, more) = self
+            .on_store(move |store| store.list_objects(&b, &p, after.as_deref(), limit))
+            .await?;
         Ok((
             page.iter()
                 .map(|(k, rec)| object_info(bucket, k, rec))
@@ -355,11 +370,11 @@ impl Backend for StoreBackend {
         attrs: ObjectAttrs,
         opts: PutOptions,
     ) -> Result<String, BackendError> {
-        let store = self.store.clone();
         let (b, k) = (bucket.to_string(), key.to_string());
         let choice = chunking(&opts)?;
         let raw = encode_attrs(&attrs);
-        blocking(move || store.create_upload(&b, &k, raw, choice)).await
+        self.on_store(move |store| store.create_upload(&b, &k, raw, choice))
+            .await
     }
 
     async fn upload_part(
@@ -369,9 +384,8 @@ impl Backend for StoreBackend {
         body: ByteStream,
         content_md5: Option<[u8; 16]>,
     ) -> Result<PartInfo, BackendError> {
-        let store = self.store.clone();
         let id = upload_id.to_string();
-        let upload: UploadRecord = blocking(move || store.upload(&id)).await?;
+        let upload: UploadRecord = self.on_store(move |store| store.upload(&id)).await?;
         let choice = upload.chunking.parse().unwrap_or_default();
         let target = Target::Part {
             upload_id: upload_id.to_string(),
@@ -402,30 +416,30 @@ impl Backend for StoreBackend {
         src_key: &str,
         range: Option<Range<u64>>,
     ) -> Result<PartInfo, BackendError> {
-        let store = self.store.clone();
         let (id, sb, sk) = (
             upload_id.to_string(),
             src_bucket.to_string(),
             src_key.to_string(),
         );
-        let c = blocking(move || {
-            let upload = store.upload(&id)?;
-            let reader = store.read(&sb, &sk, range)?;
-            let mut w = store.writer(
-                Target::Part {
-                    upload_id: id,
-                    part: part_number,
-                },
-                upload.chunking.parse().unwrap_or_default(),
-            )?;
-            // Re-chunking the source finds all its chunks already stored:
-            // only metadata is written.
-            for piece in reader {
-                w.write(piece?)?;
-            }
-            w.finish(Vec::new(), None)
-        })
-        .await?;
+        let c = self
+            .on_store(move |store| {
+                let upload = store.upload(&id)?;
+                let reader = store.read(&sb, &sk, range)?;
+                let mut w = store.writer(
+                    Target::Part {
+                        upload_id: id,
+                        part: part_number,
+                    },
+                    upload.chunking.parse().unwrap_or_default(),
+                )?;
+                // Re-chunking the source finds all its chunks already stored:
+                // only metadata is written.
+                for piece in reader {
+                    w.write(piece?)?;
+                }
+                w.finish(Vec::new(), None)
+            })
+            .await?;
         Ok(PartInfo {
             part_number,
             etag: c.etag,
@@ -435,8 +449,8 @@ impl Backend for StoreBackend {
     }
 
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, BackendError> {
-        let (store, id) = (self.store.clone(), upload_id.to_string());
-        let parts = blocking(move || store.list_parts(&id)).await?;
+        let id = upload_id.to_string();
+        let parts = self.on_store(move |store| store.list_parts(&id)).await?;
         Ok(parts
             .into_iter()
             .map(|(n, p)| PartInfo {
@@ -454,20 +468,21 @@ impl Backend for StoreBackend {
         parts: Vec<(u32, String)>,
         opts: PutOptions,
     ) -> Result<ObjectInfo, BackendError> {
-        let (store, id) = (self.store.clone(), upload_id.to_string());
+        let id = upload_id.to_string();
         let pre = precondition(&opts);
-        let (upload, rec) = blocking(move || {
-            let upload = store.upload(&id)?;
-            let rec = store.complete_upload(&id, &parts, &pre)?;
-            Ok((upload, rec))
-        })
-        .await?;
+        let (upload, rec) = self
+            .on_store(move |store| {
+                let upload = store.upload(&id)?;
+                let rec = store.complete_upload(&id, &parts, &pre)?;
+                Ok((upload, rec))
+            })
+            .await?;
         Ok(object_info(&upload.bucket, &upload.key, &rec))
     }
 
     async fn abort_multipart(&self, upload_id: &str) -> Result<(), BackendError> {
-        let (store, id) = (self.store.clone(), upload_id.to_string());
-        blocking(move || store.abort_upload(&id)).await
+        let id = upload_id.to_string();
+        self.on_store(move |store| store.abort_upload(&id)).await
     }
 
     async fn list_multipart_uploads(
@@ -475,12 +490,13 @@ impl Backend for StoreBackend {
         bucket: &str,
         prefix: &str,
     ) -> Result<Vec<UploadInfo>, BackendError> {
-        let (store, b, p) = (self.store.clone(), bucket.to_string(), prefix.to_string());
-        let uploads = blocking(move || {
-            store.bucket(&b)?;
-            store.list_uploads(&b, &p)
-        })
-        .await?;
+        let (b, p) = (bucket.to_string(), prefix.to_string());
+        let uploads = self
+            .on_store(move |store| {
+                store.bucket(&b)?;
+                store.list_uploads(&b, &p)
+            })
+            .await?;
         Ok(uploads
             .into_iter()
             .map(|(id, u)| UploadInfo {

@@ -24,6 +24,32 @@ pub struct PlanOutcome {
     pub rates_mbps: Vec<f64>,
 }
 
+impl PlanOutcome {
+    /// A plan whose pre-copy ran one round (or step) per rate in `rates`,
+    /// taking `precopy_s` at a cost of `precopy_cost`, and stopped with
+    /// `clean` pages clean; the stop-and-copy phase then takes `down` s,
+    /// all of it violating the SLA.
+    fn after_rounds(
+        policy: &'static str,
+        precopy_cost: f64,
+        precopy_s: f64,
+        down: f64,
+        clean: u64,
+        rates: Vec<f64>,
+    ) -> PlanOutcome {
+        PlanOutcome {
+            policy,
+            cost: precopy_cost + down,
+            total_time_s: precopy_s + down,
+            precopy_time_s: precopy_s,
+            downtime_s: down,
+            clean_pages_at_stop: clean,
+            rounds: rates.len() as u64,
+            rates_mbps: rates,
+        }
+    }
+}
+
 /// XEN-basic under the uniform model: round r sends the pages dirty at its
 /// start at min(start + (r−1)·step, B); eq. (2) gives the clean pages at
 /// its end (clean ones decay, each sent page survives with q^(t − i/B_m)).
@@ -54,16 +80,14 @@ pub fn xen_basic(
         }
     }
     let down = (m.pages - clean) / m.link_pps;
-    PlanOutcome {
-        policy: "xen-basic",
-        cost: cost + down,
-        total_time_s: t_total + down,
-        precopy_time_s: t_total,
-        downtime_s: down,
-        clean_pages_at_stop: clean.floor() as u64,
-        rounds: rates.len() as u64,
-        rates_mbps: rates,
-    }
+    PlanOutcome::after_rounds(
+        "xen-basic",
+        cost,
+        t_total,
+        down,
+        clean.floor() as u64,
+        rates,
+    )
 }
 
 /// CALM-fixed (§4): the B_m and N minimising
@@ -80,16 +104,9 @@ pub fn calm_fixed(m: &PageModel) -> PlanOutcome {
     let (cost, t, down) =
         m.fixed_cost(n, rate)
             .unwrap_or((m.pages / m.link_pps, 0.0, m.pages / m.link_pps));
-    PlanOutcome {
-        policy: "calm-fixed",
-        cost,
-        total_time_s: t + down,
-        precopy_time_s: t,
-        downtime_s: down,
-        clean_pages_at_stop: n as u64,
-        rounds: 1,
-        rates_mbps: vec![pps_to_mbps(rate, m.page_size)],
-    }
+    // One pre-copy round at B_m; `cost` already counts the downtime.
+    let rates = vec![pps_to_mbps(rate, m.page_size)];
+    PlanOutcome::after_rounds("calm-fixed", cost - down, t, down, n as u64, rates)
 }
 
 /// CALM-adaptive (§5): for step i (i−1 → i clean pages) choose the B_i
@@ -135,16 +152,8 @@ pub fn calm_adaptive(m: &PageModel, max_steps: u64) -> PlanOutcome {
     }
     let n = rates.len() as f64;
     let down = (m.pages - n) / m.link_pps;
-    PlanOutcome {
-        policy: "calm-adaptive",
-        cost: cost + down,
-        total_time_s: t_total + down,
-        precopy_time_s: t_total,
-        downtime_s: down,
-        clean_pages_at_stop: rates.len() as u64,
-        rounds: rates.len() as u64,
-        rates_mbps: rates,
-    }
+    let clean = rates.len() as u64;
+    PlanOutcome::after_rounds("calm-adaptive", cost, t_total, down, clean, rates)
 }
 
 /// Minimum of `f` on [lo, hi]: a geometric scan of `scan` points (the
