@@ -109,9 +109,9 @@ def migrate_set(d, n, mode, seeds, group, site):
             else:
                 extra = "--zstd 0" if mode == "dedup" else ""
                 extra += " " + os.environ.get("SEND_EXTRA", "")
-                inc = (f"exec:{strato} migrate recv --listen {DIP}:{port} {site_flags()} "
+                inc = (f"exec:{strato} migrate recv --insecure --listen {DIP}:{port} {site_flags()} "
                        f"--report {d}/recv{i}.json 2>>{d}/recv{i}.log")
-                uri = (f"exec:{strato} migrate send --to {DIP}:{port} {site_flags()} --group {group} "
+                uri = (f"exec:{strato} migrate send --insecure --to {DIP}:{port} {site_flags()} --group {group} "
                        f"--vm vm{i} {extra} --report {d}/send{i}.json 2>>{d}/send{i}.log")
             p, q = qemu(f"{d}/dst{i}", NS_D, seeds[i], inc); procs.append(p); dsts.append(q)
             if os.environ.get("SWITCHOVER_BW") and mode not in ("plain", "multifd-zstd"):

@@ -56,8 +56,8 @@ def run(mode):
         port = 7300
         if mode.startswith("agents"):
             extra = "--rcache-blocks 0 --no-deltas" if mode == "agents-plain" else "--rcache-blocks 4 --deltas"
-            inc = f"exec:{strato} migrate recv --listen {DIP}:{port} --report {d}/recv.json 2>>{d}/recv.log"
-            uri = (f"exec:{strato} migrate send --to {DIP}:{port} --vm bench {extra} "
+            inc = f"exec:{strato} migrate recv --insecure --listen {DIP}:{port} --report {d}/recv.json 2>>{d}/recv.log"
+            uri = (f"exec:{strato} migrate send --insecure --to {DIP}:{port} --vm bench {extra} "
                    f"--report {d}/send.json 2>>{d}/send.log")
         else:
             inc = uri = f"tcp:{DIP}:{port}"

@@ -125,11 +125,11 @@ try:
             secs = mirror(sq, DIP, 10809, "disk0")
             report = None
         else:
-            recv = spawn(NS_D, [strato, "--json", "migrate", "disk-recv", "--listen", f"{DIP}:7100",
+            recv = spawn(NS_D, [strato, "--json", "migrate", "disk-recv", "--insecure", "--listen", f"{DIP}:7100",
                                 "--nbd", "127.0.0.1:10809", "--export", "disk0",
                                 "--report", f"{out}/disk-recv.json"] + site_flags, f"{out}/disk-recv.log")
             wait_line(recv, "listening", "disk-recv")
-            send = spawn(NS_S, [strato, "--json", "migrate", "disk-send", "--listen", "127.0.0.1:7101",
+            send = spawn(NS_S, [strato, "--json", "migrate", "disk-send", "--insecure", "--listen", "127.0.0.1:7101",
                                 "--to", f"{DIP}:7100", "--report", f"{out}/disk-send.json"] + site_flags,
                          f"{out}/disk-send.log")
             wait_line(send, "NBD export", "disk-send")

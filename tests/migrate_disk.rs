@@ -278,6 +278,7 @@ fn start_disk_agents(
     let mut c = strato_cmd(&[
         "migrate",
         "disk-recv",
+        "--insecure",
         "--listen",
         &wan,
         "--nbd",
@@ -298,6 +299,7 @@ fn start_disk_agents(
     let mut c = strato_cmd(&[
         "migrate",
         "disk-send",
+        "--insecure",
         "--listen",
         &format!("127.0.0.1:{nbd_port}"),
         "--to",
@@ -637,6 +639,10 @@ fn start_recv_with(
     if let Some(s) = site {
         c.args(site_args(s));
     }
+    // Plain TCP unless the caller gives the TLS files.
+    if !extra.iter().any(|a| a.starts_with("--tls-")) {
+        c.arg("--insecure");
+    }
     c.args(extra);
     let p = Proc::spawn(c, "disk-recv", &dir.join("recv.log"), Some("listening"));
     (p, wan)
@@ -772,6 +778,7 @@ fn sender_export_refuses_out_of_range_and_flushes_end_to_end() {
     let c = strato_cmd(&[
         "migrate",
         "disk-send",
+        "--insecure",
         "--listen",
         &format!("127.0.0.1:{nbd_port}"),
         "--to",
@@ -833,6 +840,7 @@ fn start_group_sender(dir: &Path, wan: &str, site: &Server, group: &str) -> (Pro
     let mut c = strato_cmd(&[
         "migrate",
         "disk-send",
+        "--insecure",
         "--listen",
         &format!("127.0.0.1:{nbd_port}"),
         "--to",
@@ -896,4 +904,175 @@ fn group_blocks_whose_claimant_never_stored_them_are_pulled() {
     assert_eq!(b(&reports[1], "claimed_by_other"), blocks, "{}", reports[1]);
     assert_eq!(literal(&reports[1]), 0);
     assert_eq!(b(&reports[2], "by_hash"), blocks, "{}", reports[2]);
+}
+
+/// `strato migrate certs DIR HOST`: a CA in `dir` and a certificate for
+/// `host`; the agent flags that use them.
+fn migration_certs(dir: &Path, host: &str) -> Vec<String> {
+    let out = strato_cmd(&["--json", "migrate", "certs", dir.to_str().unwrap(), host])
+        .output()
+        .expect("strato migrate certs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("certs JSON");
+    let h = &v["hosts"][0];
+    assert_eq!(h["host"], host);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(h["key"].as_str().unwrap())
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "key file mode");
+    vec![
+        "--tls-cert".into(),
+        h["cert"].as_str().unwrap().into(),
+        "--tls-key".into(),
+        h["key"].as_str().unwrap().into(),
+        "--tls-ca".into(),
+        v["ca"].as_str().unwrap().into(),
+    ]
+}
+
+fn disk_send_cmd(nbd_port: u16, wan: &str, report: &Path, link: &[String]) -> Command {
+    let mut c = strato_cmd(&[
+        "migrate",
+        "disk-send",
+        "--listen",
+        &format!("127.0.0.1:{nbd_port}"),
+        "--to",
+        wan,
+        "--connect-timeout",
+        "5",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    c.args(link);
+    c
+}
+
+#[test]
+fn disk_migration_over_mutual_tls_refuses_strangers_and_plaintext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_nbd, file, port) = qemu_nbd_export(d, 4);
+    let ours = migration_certs(&d.join("ca"), "127.0.0.1");
+    let theirs = migration_certs(&d.join("other-ca"), "127.0.0.1");
+    let ours_ref: Vec<&str> = ours.iter().map(String::as_str).collect();
+    let report = d.join("send.json");
+    let untouched = |why: &str| {
+        let now = std::fs::read(&file).expect("dst file");
+        assert!(now.iter().all(|&b| b == 0xAA), "{why}: destination written");
+    };
+
+    // Neither TLS files nor --insecure: refused before anything connects.
+    let out = strato_cmd(&[
+        "migrate",
+        "disk-send",
+        "--to",
+        "127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mutual TLS") && err.contains("--insecure"),
+        "{err}"
+    );
+    let out = strato_cmd(&[
+        "migrate",
+        "disk-recv",
+        "--listen",
+        "127.0.0.1:0",
+        "--nbd",
+        "127.0.0.1:9",
+        "--export",
+        "dst",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mutual TLS"));
+
+    // A plaintext sender, then one whose certificate another CA signed:
+    // each refused by the TLS receiver, which ends; nothing is written.
+    for (what, link) in [
+        ("plaintext sender", vec!["--insecure".to_string()]),
+        ("sender of another CA", theirs.clone()),
+    ] {
+        let (mut recv, wan) = start_recv_with(d, port, None, &ours_ref);
+        let mut send = Proc::spawn(
+            disk_send_cmd(free_port(), &wan, &report, &link),
+            "disk-send",
+            &d.join("send.log"),
+            None,
+        );
+        assert!(!recv.wait(Duration::from_secs(30)), "{what} accepted");
+        assert!(!send.wait(Duration::from_secs(30)), "{what} went on");
+        let log = recv.log();
+        assert!(log.contains("TLS handshake"), "{what}: {log}");
+        untouched(what);
+    }
+
+    // A TLS sender of our CA against a receiver of another: the sender
+    // refuses the receiver's certificate.
+    let theirs_ref: Vec<&str> = theirs.iter().map(String::as_str).collect();
+    let (mut recv, wan) = start_recv_with(d, port, None, &theirs_ref);
+    let mut send = Proc::spawn(
+        disk_send_cmd(free_port(), &wan, &report, &ours),
+        "disk-send",
+        &d.join("send.log"),
+        None,
+    );
+    assert!(
+        !send.wait(Duration::from_secs(30)),
+        "receiver of another CA trusted"
+    );
+    let log = send.log();
+    assert!(
+        log.contains("TLS handshake") && log.contains("certificate"),
+        "{log}"
+    );
+    assert!(!recv.wait(Duration::from_secs(30)));
+    untouched("receiver of another CA");
+
+    // Both of our CA: the disk migrates over TLS.
+    let (mut recv, wan) = start_recv_with(d, port, None, &ours_ref);
+    let nbd_port = free_port();
+    let mut send = Proc::spawn(
+        disk_send_cmd(nbd_port, &wan, &report, &ours),
+        "disk-send",
+        &d.join("send.log"),
+        Some("NBD export"),
+    );
+    let data = random_bytes(256 * 1024, 9);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = NbdClient::connect(&format!("127.0.0.1:{nbd_port}"), "strato")
+            .await
+            .expect("NBD connect to disk-send");
+        c.write(MIB as u64, &data)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        c.flush()
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .expect("end-to-end flush");
+        c.disconnect().await.unwrap();
+    });
+    assert!(send.wait(Duration::from_secs(30)), "{}", send.log());
+    assert!(recv.wait(Duration::from_secs(30)), "{}", recv.log());
+    let now = std::fs::read(&file).expect("dst file");
+    assert_eq!(&now[MIB..MIB + data.len()], &data[..], "migrated over TLS");
+    assert_eq!(json_file(&report)["completed"], true);
 }

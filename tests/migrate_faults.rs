@@ -37,7 +37,7 @@ fn capture(dir: &Path) -> Vec<u8> {
 fn spawn_receiver(out: &Path, extra: &[&str]) -> (std::process::Child, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let child = Command::new(strato_bin())
-        .args(["migrate", "recv", "--listen", &listen])
+        .args(["migrate", "recv", "--insecure", "--listen", &listen])
         .args(extra)
         .stdout(std::fs::File::create(out).expect("output file"))
         .stderr(Stdio::piped())
@@ -135,7 +135,7 @@ fn migrate_file(
     let (recv, listen) = spawn_receiver(&out, &recv_refs);
     let report = dir.join("send.json");
     let send = Command::new(strato_bin())
-        .args(["migrate", "send", "--to", &listen, "--report"])
+        .args(["migrate", "send", "--insecure", "--to", &listen, "--report"])
         .arg(&report)
         .args(&site_args)
         .args(send_extra)
@@ -220,7 +220,7 @@ fn kept_pages_survive_gc_and_serve_the_next_migration() {
         (vec!["--keep", "migrations/vm1"], "--site"),
     ] {
         let out = Command::new(strato_bin())
-            .args(["migrate", "recv", "--listen", "127.0.0.1:0"])
+            .args(["migrate", "recv", "--insecure", "--listen", "127.0.0.1:0"])
             .args(&args)
             .output()
             .expect("receiver");

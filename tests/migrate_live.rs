@@ -16,14 +16,17 @@ use qemu_util::*;
 
 /// One guest migrates through the agents and keeps its memory; a second
 /// guest with the same data then finds its pages at the site (stored there
-/// by the first migration) and sends them by id.
+/// by the first migration) and sends them by id. The first link is plain
+/// TCP (`--insecure`), the second mutual TLS.
 #[test]
 fn guest_migrates_through_agents_and_seeds_the_site() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = Server::start("redb");
 
+    let tls = tls_flags(&dir.path().join("ca"), "127.0.0.1");
     let mut first_pages = 0;
     for (round, name) in ["first", "second"].iter().enumerate() {
+        let link = if round == 0 { "" } else { tls.as_str() };
         let vdir = dir.path().join(name);
         let spec = VmSpec::new(name, 7);
         let mut src = Qemu::boot(&spec, &vdir.join("src"));
@@ -37,9 +40,9 @@ fn guest_migrates_through_agents_and_seeds_the_site() {
         let mut dst = Qemu::start(
             &spec,
             &vdir.join("dst"),
-            Some(&recv_uri(&listen, Some(&site), &recv_report, "")),
+            Some(&recv_uri(&listen, Some(&site), &recv_report, link)),
         );
-        let info = src.migrate(&send_uri(&listen, Some(&site), name, &send_report, ""));
+        let info = src.migrate(&send_uri(&listen, Some(&site), name, &send_report, link));
         assert_eq!(info.status, "completed", "{}", agent_log(&send_report));
         dst.wait_status("running", Duration::from_secs(120));
         assert_eq!(src.status(), "postmigrate");

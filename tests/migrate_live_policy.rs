@@ -75,7 +75,14 @@ fn resent_pages(stream: &[u8]) -> usize {
 fn spawn_receiver(out: &Path) -> (std::process::Child, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let child = Command::new(strato_bin())
-        .args(["--json", "migrate", "recv", "--listen", &listen])
+        .args([
+            "--json",
+            "migrate",
+            "recv",
+            "--insecure",
+            "--listen",
+            &listen,
+        ])
         .stdout(std::fs::File::create(out).expect("output file"))
         .stderr(Stdio::piped())
         .spawn()
@@ -86,7 +93,7 @@ fn spawn_receiver(out: &Path) -> (std::process::Child, String) {
 /// Sender on `input` to `to`; returns (success, stderr).
 fn run_sender(input: &Path, to: &str, report: &Path, extra: &[&str]) -> (bool, String) {
     let out = Command::new(strato_bin())
-        .args(["migrate", "send", "--to", to, "--report"])
+        .args(["migrate", "send", "--insecure", "--to", to, "--report"])
         .arg(report)
         .args(extra)
         .stdin(std::fs::File::open(input).expect("input"))

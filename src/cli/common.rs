@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use strato::chunk_api::{parse_s3_url, ChunkClient, ChunkSource, Keys};
+use strato::migrate::link::{LinkTls, WanStream};
 use strato::store::{Store, StoreConfig};
 
 use super::Ctx;
@@ -197,10 +198,26 @@ pub struct MigrationTarget {
     /// Seconds to keep trying to reach the receiver
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,
+    #[command(flatten)]
+    pub link: LinkArgs,
     /// Write the JSON report here
     #[arg(long)]
     pub report: Option<PathBuf>,
 }
+
+/// Set the options a memory and a disk sender share from `target`'s flags:
+/// the two option structs are separate types with the same fields, so a
+/// macro sets them rather than a trait implemented twice.
+macro_rules! set_sender_options {
+    ($opts:expr, $target:expr) => {{
+        $opts.group = $target.group()?;
+        $opts.site = $target.site.client()?;
+        $opts.dedup = !$target.no_dedup;
+        $opts.zstd_level = ($target.zstd != 0).then_some($target.zstd);
+        $opts.window = $target.window.clamp(1, 64);
+    }};
+}
+pub(crate) use set_sender_options;
 
 impl MigrationTarget {
     /// `--group`, checked before any page moves.
@@ -232,9 +249,79 @@ pub struct ReceiverSite {
     /// Seconds to wait for the sender to connect
     #[arg(long, default_value_t = 600)]
     pub accept_timeout: u64,
+    #[command(flatten)]
+    pub link: LinkArgs,
     /// Write the JSON report here
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+/// How a migration agent secures its link to the other agent: mutual TLS
+/// by default, plain TCP only when asked for by name.
+#[derive(Args, Debug, Clone)]
+pub struct LinkArgs {
+    /// This agent's certificate chain (PEM), signed by the migration CA
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The migration CA: the peer's certificate must chain to it
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Plain TCP: guest memory and disk blocks cross the network in clear,
+    /// and anyone who can reach the port can feed or take a migration
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
+    pub insecure: bool,
+}
+
+impl LinkArgs {
+    /// The TLS identity, loaded before anything else happens (`None` with
+    /// `--insecure`, said loudly).
+    pub fn load(&self) -> Result<Option<LinkTls>> {
+        if self.insecure {
+            eprintln!(
+                "warning: --insecure: the migration link is plain TCP; guest memory and disk \
+                 blocks cross the network in clear and the peer is not authenticated"
+            );
+            return Ok(None);
+        }
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(LinkTls::load(cert, key, ca)?)),
+            _ => anyhow::bail!(
+                "the migration link is mutual TLS: give --tls-cert, --tls-key and --tls-ca \
+                 (`strato migrate certs DIR HOST...` makes a CA and certificates), \
+                 or --insecure for plain TCP"
+            ),
+        }
+    }
+}
+
+/// The sender's end of the link: TCP to `to`, then TLS when configured.
+pub async fn connect_link(to: &str, timeout: Duration, tls: Option<&LinkTls>) -> Result<WanStream> {
+    let tcp = connect(to, timeout).await?;
+    match tls {
+        None => Ok(WanStream::Plain(tcp)),
+        Some(tls) => {
+            let host = to.rsplit_once(':').map_or(to, |(h, _)| h);
+            Ok(tls.connect(tcp, host).await?)
+        }
+    }
+}
+
+/// The receiver's end: the one sender, then TLS when configured. A sender
+/// that fails the handshake ends the receiver with the reason; nothing of
+/// the migration has started.
+pub async fn accept_link(
+    listener: tokio::net::TcpListener,
+    timeout_secs: u64,
+    tls: Option<&LinkTls>,
+) -> Result<(WanStream, std::net::SocketAddr)> {
+    let (tcp, peer) = accept_one(listener, timeout_secs).await?;
+    match tls {
+        None => Ok((WanStream::Plain(tcp), peer)),
+        Some(tls) => Ok((tls.accept(tcp).await?, peer)),
+    }
 }
 
 pub fn s3_url(s: &str) -> Result<(String, String)> {

@@ -21,7 +21,10 @@ use strato::migrate::memory::receiver::{self, ReceiverOptions};
 use strato::migrate::memory::report::{GroupReport, VmReport};
 use strato::migrate::memory::sender::{self, SenderOptions};
 
-use super::common::{accept_one, connect, runtime, write_report, MigrationTarget, ReceiverSite};
+use super::common::{
+    accept_link, connect_link, runtime, set_sender_options, write_report, MigrationTarget,
+    ReceiverSite,
+};
 use super::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -36,8 +39,21 @@ pub enum MigrateCmd {
     DiskSend(super::migrate_disk::DiskSendArgs),
     /// Disk migration, destination: write what disk-send sends into QEMU's NBD export
     DiskRecv(super::migrate_disk::DiskRecvArgs),
+    /// Make a migration CA (reused if DIR has one) and a certificate for
+    /// each host: the --tls-cert/--tls-key/--tls-ca files of the agents
+    Certs(CertsArgs),
     #[command(flatten)]
     Policy(super::migsim::MigsimCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// Directory for ca.pem, ca-key.pem and HOST.pem / HOST-key.pem
+    dir: PathBuf,
+    /// Host names or IP addresses the agents are reached by (each gets a
+    /// certificate good for both sending and receiving)
+    #[arg(required = true)]
+    hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +137,7 @@ pub fn migrate(ctx: &Ctx, cmd: MigrateCmd) -> Result<ExitCode> {
         MigrateCmd::Report(a) => report(ctx, a),
         MigrateCmd::DiskSend(a) => super::migrate_disk::disk_send(ctx, a),
         MigrateCmd::DiskRecv(a) => super::migrate_disk::disk_recv(ctx, a),
+        MigrateCmd::Certs(a) => certs(ctx, a),
         MigrateCmd::Policy(c) => super::migsim::migsim(ctx, c),
     }
 }
@@ -134,20 +151,41 @@ fn stdio_file(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<std::fs::Fi
     ))
 }
 
+fn certs(ctx: &Ctx, a: CertsArgs) -> Result<ExitCode> {
+    let (ca, made) = strato::server::tls::migration_certs(&a.dir, &a.hosts)?;
+    let v = serde_json::json!({
+        "ca": ca,
+        "hosts": made.iter().map(|m| serde_json::json!({
+            "host": m.name, "cert": m.cert, "key": m.key,
+        })).collect::<Vec<_>>(),
+    });
+    ctx.emit(&v, || {
+        println!("migration CA: {}", ca.display());
+        for m in &made {
+            println!(
+                "{}: --tls-cert {} --tls-key {} --tls-ca {}",
+                m.name,
+                m.cert.display(),
+                m.key.display(),
+                ca.display()
+            );
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
+    let tls = a.target.link.load()?;
     let mut opts = SenderOptions::new(&a.target.vm);
-    opts.group = a.target.group()?;
-    opts.site = a.target.site.client()?;
-    opts.dedup = !a.target.no_dedup;
-    opts.zstd_level = (a.target.zstd != 0).then_some(a.target.zstd);
+    set_sender_options!(opts, a.target);
     opts.batch_pages = a.batch_pages.clamp(1, 8192);
-    opts.window = a.target.window.clamp(1, 64);
     opts.read_ahead = (a.read_ahead_ms != 0).then(|| Duration::from_millis(a.read_ahead_ms));
     opts.codec = codec_config(&a)?;
     let input = stdio_file(std::io::stdin().as_fd(), "standard input")?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let conn = connect(&a.target.to, Duration::from_secs(a.target.connect_timeout)).await?;
+        let within = Duration::from_secs(a.target.connect_timeout);
+        let conn = connect_link(&a.target.to, within, tls.as_ref()).await?;
         sender::send(input, conn, opts)
             .await
             .context("migration sender")
@@ -179,6 +217,7 @@ fn codec_config(a: &SendArgs) -> Result<Option<CodecConfig>> {
 
 /// Connect, retrying while the receiver is starting (bounded).
 fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
+    let tls = a.recv.link.load()?;
     let opts = ReceiverOptions {
         site: a.recv.site.client()?,
         wait: Duration::from_millis(a.recv.wait_ms.min(60_000)),
@@ -192,7 +231,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
-        let (conn, peer) = accept_one(listener, a.recv.accept_timeout).await?;
+        let (conn, peer) = accept_link(listener, a.recv.accept_timeout, tls.as_ref()).await?;
         tracing::info!("sender connected from {peer}");
         receiver::receive(conn, output, opts)
             .await

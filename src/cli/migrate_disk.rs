@@ -25,7 +25,10 @@ use strato::image::nbd_client::NbdClient;
 use strato::migrate::disk::recv::{receive_disk, DiskRecvOptions};
 use strato::migrate::disk::send::{DiskSendOptions, DiskSender};
 
-use super::common::{accept_one, connect, runtime, write_report, MigrationTarget, ReceiverSite};
+use super::common::{
+    accept_link, connect_link, runtime, set_sender_options, write_report, MigrationTarget,
+    ReceiverSite,
+};
 use super::Ctx;
 
 #[derive(Args, Debug)]
@@ -62,13 +65,10 @@ pub struct DiskRecvArgs {
 }
 
 pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
+    let tls = a.target.link.load()?;
     let mut opts = DiskSendOptions::new(&a.target.vm);
-    opts.group = a.target.group()?;
-    opts.site = a.target.site.client()?;
-    opts.dedup = !a.target.no_dedup;
-    opts.zstd_level = (a.target.zstd != 0).then_some(a.target.zstd);
+    set_sender_options!(opts, a.target);
     opts.batch_blocks = a.batch_blocks.clamp(1, 8192);
-    opts.window = a.target.window.clamp(1, 64);
     opts.accept_timeout = Duration::from_secs(a.accept_timeout);
     let rt = runtime()?;
     let report = rt.block_on(async {
@@ -76,7 +76,8 @@ pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
-        let conn = connect(&a.target.to, Duration::from_secs(a.target.connect_timeout)).await?;
+        let within = Duration::from_secs(a.target.connect_timeout);
+        let conn = connect_link(&a.target.to, within, tls.as_ref()).await?;
         let sender = DiskSender::connect(conn, opts)
             .await
             .context("greeting the disk receiver")?;
@@ -96,6 +97,7 @@ pub fn disk_send(ctx: &Ctx, a: DiskSendArgs) -> Result<ExitCode> {
 }
 
 pub fn disk_recv(ctx: &Ctx, a: DiskRecvArgs) -> Result<ExitCode> {
+    let tls = a.recv.link.load()?;
     let opts = DiskRecvOptions {
         site: a.recv.site.client()?,
         wait: Duration::from_millis(a.recv.wait_ms.min(600_000)),
@@ -115,7 +117,7 @@ pub fn disk_recv(ctx: &Ctx, a: DiskRecvArgs) -> Result<ExitCode> {
             a.export,
             nbd.size()
         );
-        let (conn, peer) = accept_one(listener, a.recv.accept_timeout).await?;
+        let (conn, peer) = accept_link(listener, a.recv.accept_timeout, tls.as_ref()).await?;
         tracing::info!("disk sender connected from {peer}");
         receive_disk(conn, nbd, opts)
             .await

@@ -10,7 +10,8 @@
 //!   lockstep (redundancy cache, page deltas);
 //! - `policy/`: what pre-copy may cost, how fast it sends, when it stops;
 //!   the simulator and the live QMP controller that apply them;
-//! - `proto`: the framing both protocols share;
+//! - `proto`: the framing both protocols share; `link`: the connection it
+//!   runs on (mutual TLS 1.3, or plain TCP with `--insecure`);
 //! - `error`, `report`: the agents' one error type and one report type.
 //!
 //! QEMU itself (QMP, the stream format, the mirror's QMP steps) is
@@ -19,6 +20,7 @@
 pub mod codec;
 pub mod disk;
 pub mod error;
+pub mod link;
 pub mod memory;
 pub mod policy;
 pub mod proto;

@@ -37,6 +37,8 @@ pub enum TlsError {
     Key { path: PathBuf, reason: String },
     #[error("making the self-signed certificate: {0}")]
     Generate(String),
+    #[error("{0:?} is not a host name or IP address")]
+    BadName(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -174,50 +176,15 @@ pub fn self_signed(dir: &Path, names: &[String]) -> Result<SelfSigned, TlsError>
         key: dir.join("key.pem"),
         issued: false,
     };
-    let ca_key_path = dir.join("ca-key.pem");
     let names_path = dir.join("names");
     let wanted = names.join("\n");
     let same_names = std::fs::read_to_string(&names_path).is_ok_and(|n| n == wanted);
     if same_names && files.cert.exists() && files.key.exists() && files.ca.exists() {
         return Ok(files);
     }
-    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
-
-    // The CA: reused when present, so clients keep trusting the same file.
-    // Its parameters are fixed (ca_params), so re-signing them with the
-    // stored key gives an issuer with the same subject and key identifier
-    // as the certificate clients hold.
-    let ca_key = match std::fs::read_to_string(&ca_key_path) {
-        Ok(pem) if files.ca.exists() => rcgen::KeyPair::from_pem(&pem).map_err(gen)?,
-        _ => {
-            let key = rcgen::KeyPair::generate().map_err(gen)?;
-            let cert = ca_params()?.self_signed(&key).map_err(gen)?;
-            write_private(&ca_key_path, &key.serialize_pem())?;
-            std::fs::write(&files.ca, cert.pem()).map_err(io("writing", &files.ca))?;
-            key
-        }
-    };
-    let ca_cert = ca_params()?.self_signed(&ca_key).map_err(gen)?;
-    let ca_pem = std::fs::read_to_string(&files.ca).map_err(io("reading", &files.ca))?;
-
-    let leaf_key = rcgen::KeyPair::generate().map_err(gen)?;
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(gen)?;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        names.first().cloned().unwrap_or_else(|| "strato".into()),
-    );
-    params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::DigitalSignature,
-        rcgen::KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2049, 12, 31);
-    let leaf = params
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
-        .map_err(gen)?;
+    let ca = PrivateCa::load_or_make(dir)?;
+    let (leaf_key, leaf) = ca.issue(names, &[rcgen::ExtendedKeyUsagePurpose::ServerAuth])?;
+    let ca_pem = &ca.pem;
     write_private(&files.key, &leaf_key.serialize_pem())?;
     std::fs::write(&files.cert, format!("{}{}", leaf.pem(), ca_pem))
         .map_err(io("writing", &files.cert))?;
@@ -226,6 +193,133 @@ pub fn self_signed(dir: &Path, names: &[String]) -> Result<SelfSigned, TlsError>
         issued: true,
         ..files
     })
+}
+
+/// A private CA kept in a directory (`ca.pem`, `ca-key.pem` 0600), made on
+/// first use and reused after, so everyone keeps trusting the same file.
+struct PrivateCa {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+    pem: String,
+}
+
+impl PrivateCa {
+    fn load_or_make(dir: &Path) -> Result<PrivateCa, TlsError> {
+        let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+        let (ca_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+        // Its parameters are fixed (ca_params), so re-signing them with the
+        // stored key gives an issuer with the same subject and key
+        // identifier as the certificate clients hold.
+        let key = match std::fs::read_to_string(&key_path) {
+            Ok(pem) if ca_path.exists() => rcgen::KeyPair::from_pem(&pem).map_err(gen)?,
+            _ => {
+                let key = rcgen::KeyPair::generate().map_err(gen)?;
+                let cert = ca_params()?.self_signed(&key).map_err(gen)?;
+                write_private(&key_path, &key.serialize_pem())?;
+                std::fs::write(&ca_path, cert.pem()).map_err(|source| TlsError::Io {
+                    what: "writing",
+                    path: ca_path.clone(),
+                    source,
+                })?;
+                key
+            }
+        };
+        let cert = ca_params()?.self_signed(&key).map_err(gen)?;
+        let pem = std::fs::read_to_string(&ca_path).map_err(|source| TlsError::Io {
+            what: "reading",
+            path: ca_path.clone(),
+            source,
+        })?;
+        Ok(PrivateCa { key, cert, pem })
+    }
+
+    /// A new key and a certificate for `names` (DNS names or IP addresses)
+    /// good for `usages`.
+    fn issue(
+        &self,
+        names: &[String],
+        usages: &[rcgen::ExtendedKeyUsagePurpose],
+    ) -> Result<(rcgen::KeyPair, rcgen::Certificate), TlsError> {
+        let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+        let key = rcgen::KeyPair::generate().map_err(gen)?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(gen)?;
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().cloned().unwrap_or_else(|| "strato".into()),
+        );
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = usages.to_vec();
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2049, 12, 31);
+        let cert = params.signed_by(&key, &self.cert, &self.key).map_err(gen)?;
+        Ok((key, cert))
+    }
+}
+
+/// Files of one migration agent's identity, from [`migration_certs`].
+#[derive(Debug, Clone)]
+pub struct AgentCert {
+    pub name: String,
+    /// The chain (leaf, then the CA): `--tls-cert`.
+    pub cert: PathBuf,
+    /// `--tls-key`, mode 0600.
+    pub key: PathBuf,
+}
+
+/// A migration CA in `dir` (made on first use, reused after) and, for each
+/// host name or IP address, a certificate good as both TLS server
+/// (receiver) and client (sender): `dir/NAME.pem` and `dir/NAME-key.pem`.
+/// Names are checked to be host names or addresses first, so none becomes
+/// a path elsewhere.
+pub fn migration_certs(
+    dir: &Path,
+    names: &[String],
+) -> Result<(PathBuf, Vec<AgentCert>), TlsError> {
+    for n in names {
+        let ok = !n.is_empty()
+            && n.len() <= 253
+            && !n.starts_with('.')
+            && !n.contains("..")
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        if !ok {
+            return Err(TlsError::BadName(n.clone()));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        what: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let ca = PrivateCa::load_or_make(dir)?;
+    let usages = [
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let mut out = Vec::new();
+    for n in names {
+        let (key, cert) = ca.issue(std::slice::from_ref(n), &usages)?;
+        let files = AgentCert {
+            name: n.clone(),
+            cert: dir.join(format!("{}.pem", n.replace(':', "_"))),
+            key: dir.join(format!("{}-key.pem", n.replace(':', "_"))),
+        };
+        write_private(&files.key, &key.serialize_pem())?;
+        std::fs::write(&files.cert, format!("{}{}", cert.pem(), ca.pem)).map_err(|source| {
+            TlsError::Io {
+                what: "writing",
+                path: files.cert.clone(),
+                source,
+            }
+        })?;
+        out.push(files);
+    }
+    Ok((dir.join("ca.pem"), out))
 }
 
 fn ca_params() -> Result<rcgen::CertificateParams, TlsError> {

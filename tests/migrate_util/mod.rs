@@ -20,6 +20,39 @@ pub fn site_flags(site: &Server) -> String {
     )
 }
 
+/// Plain TCP unless `extra` gives the TLS files.
+fn link_flag(extra: &str) -> &'static str {
+    if extra.contains("--tls-") {
+        ""
+    } else {
+        "--insecure"
+    }
+}
+
+/// `strato migrate certs DIR HOST`: the agent flags of a certificate for
+/// `host` signed by the CA in `dir` (made on first use).
+pub fn tls_flags(dir: &Path, host: &str) -> String {
+    let out = std::process::Command::new(strato_bin())
+        .args(["--json", "migrate", "certs"])
+        .arg(dir)
+        .arg(host)
+        .output()
+        .expect("strato migrate certs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("certs JSON");
+    let h = &v["hosts"][0];
+    format!(
+        "--tls-cert {} --tls-key {} --tls-ca {}",
+        h["cert"].as_str().expect("cert"),
+        h["key"].as_str().expect("key"),
+        v["ca"].as_str().expect("ca")
+    )
+}
+
 /// `-incoming` URI running a receiver on `listen`.
 pub fn recv_uri(listen: &str, site: Option<&Server>, report: &Path, extra: &str) -> String {
     recv_uri_flags(
@@ -32,8 +65,9 @@ pub fn recv_uri(listen: &str, site: Option<&Server>, report: &Path, extra: &str)
 
 pub fn recv_uri_flags(listen: &str, site: &str, report: &Path, extra: &str) -> String {
     format!(
-        "exec:{} --json migrate recv --listen {listen} {site} --report {} {extra} 2>>{}",
+        "exec:{} --json migrate recv {} --listen {listen} {site} --report {} {extra} 2>>{}",
         strato_bin(),
+        link_flag(extra),
         report.display(),
         report.with_extension("log").display()
     )
@@ -52,8 +86,9 @@ pub fn send_uri(to: &str, site: Option<&Server>, vm: &str, report: &Path, extra:
 
 pub fn send_uri_flags(to: &str, site: &str, vm: &str, report: &Path, extra: &str) -> String {
     format!(
-        "exec:{} --json migrate send --to {to} --vm {vm} {site} --report {} {extra} 2>>{}",
+        "exec:{} --json migrate send {} --to {to} --vm {vm} {site} --report {} {extra} 2>>{}",
         strato_bin(),
+        link_flag(extra),
         report.display(),
         report.with_extension("log").display()
     )

@@ -18,10 +18,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::migrate::link::{WanReader, WanStream, WanWriter};
 use bytes::{Bytes, BytesMut};
 use tokio::io::BufReader;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::report::{DiskDetail, DiskReport};
@@ -141,7 +140,7 @@ enum Incoming {
 /// Take frames off the WAN; start preparing each batch at once (the
 /// channel's bound limits how far ahead); route pull answers aside.
 async fn read_ahead(
-    mut rd: BufReader<OwnedReadHalf>,
+    mut rd: BufReader<WanReader>,
     tx: mpsc::Sender<Incoming>,
     pulled: mpsc::Sender<(PulledBlocks, u64)>,
     site: Option<ChunkClient>,
@@ -284,7 +283,7 @@ async fn prepare(
 
 /// The writing side: the WAN's write half and pull answers.
 struct Back {
-    wr: OwnedWriteHalf,
+    wr: WanWriter,
     pulled: mpsc::Receiver<(PulledBlocks, u64)>,
 }
 
@@ -302,13 +301,13 @@ impl Back {
 /// Receive one disk migration from `wan` into `nbd`. On failure the
 /// sender is told why (best effort) before the error returns.
 pub async fn receive_disk(
-    wan: TcpStream,
+    wan: WanStream,
     nbd: NbdClient,
     opts: DiskRecvOptions,
 ) -> Result<DiskReport> {
     let start = Instant::now();
     let _ = wan.set_nodelay(true);
-    let (rd, wr) = wan.into_split();
+    let (rd, wr) = wan.split();
     let rd = BufReader::new(rd);
     let (pulled_tx, pulled_rx) = mpsc::channel(4);
     let mut session = RecvSession::new(wr, pulled_rx, nbd, opts);
@@ -334,7 +333,7 @@ struct RecvSession {
 
 impl RecvSession {
     fn new(
-        wr: OwnedWriteHalf,
+        wr: WanWriter,
         pulled: mpsc::Receiver<(PulledBlocks, u64)>,
         nbd: NbdClient,
         opts: DiskRecvOptions,
@@ -364,7 +363,7 @@ impl RecvSession {
     /// sender's end.
     async fn run(
         &mut self,
-        mut rd: BufReader<OwnedReadHalf>,
+        mut rd: BufReader<WanReader>,
         pulled_tx: mpsc::Sender<(PulledBlocks, u64)>,
     ) -> Result<()> {
         self.handshake(&mut rd).await?;
@@ -408,7 +407,7 @@ impl RecvSession {
 
     /// Take the sender's Hello (its protocol must be ours) and answer with
     /// the destination's size.
-    async fn handshake(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Result<()> {
+    async fn handshake(&mut self, rd: &mut BufReader<WanReader>) -> Result<()> {
         let (hello, n) = read_frame(rd).await?;
         self.report.wan.framing += n;
         self.report.wan.total += n;

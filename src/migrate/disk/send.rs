@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+use crate::migrate::link::WanStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::report::{DiskDetail, DiskReport};
@@ -235,14 +237,14 @@ enum Queued {
 
 /// A sender connected to its receiver, before QEMU connects.
 pub struct DiskSender {
-    wan: TcpStream,
+    wan: WanStream,
     size: u64,
     opts: DiskSendOptions,
 }
 
 impl DiskSender {
     /// Greet the receiver and learn the destination export's size.
-    pub async fn connect(mut wan: TcpStream, opts: DiskSendOptions) -> Result<DiskSender> {
+    pub async fn connect(mut wan: WanStream, opts: DiskSendOptions) -> Result<DiskSender> {
         crate::migrate::proto::check_string("the VM name", &opts.vm)
             .map_err(AgentError::Unsupported)?;
         wan.set_nodelay(true)
@@ -300,7 +302,7 @@ impl DiskSender {
         });
         let (queue_tx, queue_rx) = mpsc::channel(opts.window.max(1));
         let waiters: Waiters = Arc::default();
-        let (rd, wr) = wan.into_split();
+        let (rd, wr) = wan.split();
         let pullable = SharedPullable::default();
         let (pull_tx, pull_rx) = mpsc::channel(16);
         let batcher = tokio::spawn(batcher(

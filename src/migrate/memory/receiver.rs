@@ -18,12 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::migrate::link::{WanReader, WanStream, WanWriter};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rayon::prelude::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::report::{KeptPages, ReceiverReport};
@@ -122,7 +121,7 @@ struct Shared {
     opts: ReceiverOptions,
     local: Mutex<LocalPages>,
     pulls: Mutex<Waiters>,
-    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    wr: tokio::sync::Mutex<WanWriter>,
     site_slots: Semaphore,
     counters: Counters,
     /// Batch bytes read from the WAN but not yet taken by the rebuilder.
@@ -151,13 +150,13 @@ enum Incoming {
 
 /// Run the receiver on an accepted WAN connection, writing to `out`.
 pub async fn receive<W: Write + Send + 'static>(
-    conn: TcpStream,
+    conn: WanStream,
     out: W,
     opts: ReceiverOptions,
 ) -> Result<ReceiverReport> {
     let started = Instant::now();
     conn.set_nodelay(true).ok();
-    let (mut rd, wr) = conn.into_split();
+    let (mut rd, wr) = conn.split();
     let hello = tokio::time::timeout(opts.hello_timeout, wire::read_frame(&mut rd))
         .await
         .map_err(|_| AgentError::Timeout("no hello from the sender".into()))??;
@@ -461,7 +460,7 @@ fn prepare(shared: &Shared, ops: &[Op], blob: &Bytes) -> Result<Prepared> {
 /// Read the sender's frames: batches and the end go on in order, pulled
 /// pages go straight to whoever waits for them.
 async fn read_frames(
-    mut rd: OwnedReadHalf,
+    mut rd: WanReader,
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Result<Incoming>>,
 ) {

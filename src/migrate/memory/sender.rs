@@ -29,11 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::migrate::link::{WanReader, WanStream, WanWriter};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::readahead::{CloseOnDrop, ReadAhead};
@@ -158,14 +157,14 @@ struct CodecTally {
 /// Run the sender over `input` (QEMU's stream) and the WAN connection.
 pub async fn send<R: Read + Send + 'static>(
     input: R,
-    conn: TcpStream,
+    conn: WanStream,
     opts: SenderOptions,
 ) -> Result<VmReport> {
     let started = Instant::now();
     // Refused here, before QEMU's stream is touched, not by the receiver.
     proto::check_string("the VM name", &opts.vm).map_err(AgentError::Unsupported)?;
     conn.set_nodelay(true).ok();
-    let (mut rd, mut wr) = conn.into_split();
+    let (mut rd, mut wr) = conn.split();
     // A fresh generation per connection: no codec frame of an earlier
     // (dropped) connection can ever match the state of this one.
     let generation: u32 = rand::random();
@@ -182,8 +181,8 @@ pub async fn send<R: Read + Send + 'static>(
 /// Send the `Hello` and wait for the receiver's answer: it accepts or
 /// refuses (protocol, codec settings) before any page is sent.
 async fn hello(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut WanReader,
+    wr: &mut WanWriter,
     opts: &SenderOptions,
     generation: u32,
 ) -> Result<()> {
@@ -228,7 +227,7 @@ enum Event {
 /// tasks and threads, their channels, and the report so far.
 struct SendSession {
     opts: SenderOptions,
-    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    wr: Arc<tokio::sync::Mutex<WanWriter>>,
     cache: Arc<Mutex<PageCache>>,
     pulled_bytes: Arc<AtomicU64>,
     pulled_pages: Arc<AtomicU64>,
@@ -261,8 +260,8 @@ impl SendSession {
     /// Start the pull responder, the tokenizer and the WAN writer.
     fn start<R: Read + Send + 'static>(
         input: R,
-        rd: OwnedReadHalf,
-        wr: OwnedWriteHalf,
+        rd: WanReader,
+        wr: WanWriter,
         opts: SenderOptions,
         encoder: Option<PageEncoder>,
     ) -> Result<SendSession> {
@@ -487,7 +486,7 @@ impl SendSession {
 /// Returns the queue of encode tasks and the writer, which sums up what
 /// crossed.
 fn spawn_writer(
-    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    wr: Arc<tokio::sync::Mutex<WanWriter>>,
     read_ahead: Arc<ReadAhead>,
 ) -> (
     mpsc::Sender<EncodeTask>,

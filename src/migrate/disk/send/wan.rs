@@ -13,6 +13,7 @@ use super::{Failure, Queued, SharedPullable, Waiters};
 use crate::migrate::disk::report::DiskReport;
 use crate::migrate::disk::wire::{read_frame, write_frame, DiskFrame};
 use crate::migrate::error::{AgentError, Result};
+use crate::migrate::link::{WanReader, WanWriter};
 use crate::store::ChunkId;
 
 fn add_report(into: &mut DiskReport, b: &DiskReport) {
@@ -23,7 +24,7 @@ fn add_report(into: &mut DiskReport, b: &DiskReport) {
 
 /// Write prepared batches and flushes to the WAN in queue order.
 pub(super) async fn wan_writer(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut w: WanWriter,
     mut queue: mpsc::Receiver<Queued>,
     mut pulls: mpsc::Receiver<DiskFrame>,
     waiters: Waiters,
@@ -106,7 +107,7 @@ pub(super) async fn wan_writer(
 
 /// Read the receiver's flush acknowledgements and its last word.
 pub(super) async fn wan_reader(
-    rd: tokio::net::tcp::OwnedReadHalf,
+    rd: WanReader,
     waiters: Waiters,
     failed: Failure,
     pullable: SharedPullable,

@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::migrate::link::{WanReader, WanWriter};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 use crate::migrate::memory::wire::{self, Frame};
@@ -19,8 +19,8 @@ pub(super) type PageCache = crate::migrate::memory::pages::BoundedPages;
 
 /// Serve the receiver's pulls until it acknowledges the end.
 pub(super) async fn answer_pulls(
-    mut rd: OwnedReadHalf,
-    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    mut rd: WanReader,
+    wr: Arc<tokio::sync::Mutex<WanWriter>>,
     cache: Arc<Mutex<PageCache>>,
     pulled_bytes: Arc<AtomicU64>,
     pulled_pages: Arc<AtomicU64>,
