@@ -10,6 +10,9 @@
 # and the NBD export are the same code as in a VM). Bytes are the source end's
 # link counters (both directions), time from blockdev-mirror to the job's
 # end; the destination disk is checked against the source's every run.
+# The strato mode runs twice: plain TCP (--insecure) and over mutual TLS 1.3
+# (certificates from `strato migrate certs`), reported as ratios to each
+# other too (TLS costs: bytes of records and handshake, time).
 #
 # Env: STRATO_BIN (default target/release/strato, built if missing), OUT,
 #      RATE (default 100mbit), IMAGE_MIB, CHANGED_MIB.
@@ -111,8 +114,17 @@ try:
     wait_line(site, "serving", "strato serve")
     site_flags = ["--site", f"http://{DIP}:9000", "--access-key", AK, "--secret-key", SK]
 
+    # Mutual TLS: the receiver's certificate names the address the sender dials.
+    certs = json.loads(subprocess.run([strato, "--json", "migrate", "certs", f"{out}/ca", DIP, SIP],
+                                      check=True, capture_output=True, text=True).stdout)
+    def tls_flags(host):
+        h = next(h for h in certs["hosts"] if h["host"] == host)
+        return ["--tls-cert", h["cert"], "--tls-key", h["key"], "--tls-ca", certs["ca"]]
+    link = {"strato": (["--insecure"], ["--insecure"]),
+            "strato-tls": (tls_flags(SIP), tls_flags(DIP))}
+
     results = {}
-    for mode in ("qemu-plain", "strato"):
+    for mode in ("qemu-plain", "strato", "strato-tls"):
         dst_disk = f"{out}/dst-{mode}.qcow2"
         sh("qemu-img", "create", "-q", "-f", "qcow2", dst_disk, f"{image_mib}M")
         nbd_host = DIP if mode == "qemu-plain" else "127.0.0.1"
@@ -125,13 +137,15 @@ try:
             secs = mirror(sq, DIP, 10809, "disk0")
             report = None
         else:
-            recv = spawn(NS_D, [strato, "--json", "migrate", "disk-recv", "--insecure", "--listen", f"{DIP}:7100",
+            send_link, recv_link = link[mode]
+            recv = spawn(NS_D, [strato, "--json", "migrate", "disk-recv", "--listen", f"{DIP}:7100",
                                 "--nbd", "127.0.0.1:10809", "--export", "disk0",
-                                "--report", f"{out}/disk-recv.json"] + site_flags, f"{out}/disk-recv.log")
+                                "--report", f"{out}/disk-recv.json"] + recv_link + site_flags,
+                         f"{out}/disk-recv.log")
             wait_line(recv, "listening", "disk-recv")
-            send = spawn(NS_S, [strato, "--json", "migrate", "disk-send", "--insecure", "--listen", "127.0.0.1:7101",
-                                "--to", f"{DIP}:7100", "--report", f"{out}/disk-send.json"] + site_flags,
-                         f"{out}/disk-send.log")
+            send = spawn(NS_S, [strato, "--json", "migrate", "disk-send", "--listen", "127.0.0.1:7101",
+                                "--to", f"{DIP}:7100", "--report", f"{out}/disk-send.json"]
+                         + send_link + site_flags, f"{out}/disk-send.log")
             wait_line(send, "NBD export", "disk-send")
             secs = mirror(sq, "127.0.0.1", 7101, "strato")
             if send.wait(timeout=120) != 0 or recv.wait(timeout=120) != 0:
@@ -146,9 +160,11 @@ try:
         results[mode] = {"wan_bytes": wan, "seconds": round(secs, 2), "verified": True,
                          "blocks": report and report["blocks"]}
         print(f"{mode}: WAN {wan / MIB:.1f} MiB, {secs:.1f} s, verified", file=sys.stderr)
-    p, s = results["qemu-plain"], results["strato"]
+    p, s, t = results["qemu-plain"], results["strato"], results["strato-tls"]
     results["ratio_wan"] = round(s["wan_bytes"] / p["wan_bytes"], 3)
     results["ratio_time"] = round(s["seconds"] / p["seconds"], 3)
+    results["tls_vs_plain_wan"] = round(t["wan_bytes"] / s["wan_bytes"], 3)
+    results["tls_vs_plain_time"] = round(t["seconds"] / s["seconds"], 3)
     json.dump(results, open(f"{out}/results.json", "w"), indent=2)
     print(json.dumps(results, indent=2))
 finally:
