@@ -999,6 +999,15 @@ fn disk_migration_over_mutual_tls_refuses_strangers_and_plaintext() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mutual TLS"));
 
+    // A peer that connects and says nothing holds the receiver only as long
+    // as a handshake may take.
+    let (mut recv, wan) = start_recv_with(d, port, None, &ours_ref);
+    let silent = std::net::TcpStream::connect(&wan).unwrap();
+    assert!(!recv.wait(Duration::from_secs(30)), "silent peer accepted");
+    assert!(recv.log().contains("did not finish"), "{}", recv.log());
+    drop(silent);
+    untouched("silent peer");
+
     // A plaintext sender, then one whose certificate another CA signed:
     // each refused by the TLS receiver, which ends; nothing is written.
     for (what, link) in [

@@ -304,7 +304,12 @@ pub async fn connect_link(to: &str, timeout: Duration, tls: Option<&LinkTls>) ->
         None => Ok(WanStream::Plain(tcp)),
         Some(tls) => {
             let host = to.rsplit_once(':').map_or(to, |(h, _)| h);
-            Ok(tls.connect(tcp, host).await?)
+            match tokio::time::timeout(HANDSHAKE, tls.connect(tcp, host)).await {
+                Ok(r) => Ok(r?),
+                Err(_) => {
+                    anyhow::bail!("TLS handshake with {to} did not finish within {HANDSHAKE:?}")
+                }
+            }
         }
     }
 }
@@ -320,9 +325,19 @@ pub async fn accept_link(
     let (tcp, peer) = accept_one(listener, timeout_secs).await?;
     match tls {
         None => Ok((WanStream::Plain(tcp), peer)),
-        Some(tls) => Ok((tls.accept(tcp).await?, peer)),
+        // Bounded: a peer that connects and stays silent must not hold the
+        // receiver (it serves one sender) for longer than a handshake takes.
+        Some(tls) => match tokio::time::timeout(HANDSHAKE, tls.accept(tcp)).await {
+            Ok(r) => Ok((r?, peer)),
+            Err(_) => {
+                anyhow::bail!("TLS handshake with {peer} did not finish within {HANDSHAKE:?}")
+            }
+        },
     }
 }
+
+/// How long either end of a migration link waits for the TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 pub fn s3_url(s: &str) -> Result<(String, String)> {
     parse_s3_url(s).with_context(|| format!("expected s3://BUCKET/KEY, got {s:?}"))
