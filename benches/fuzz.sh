@@ -32,8 +32,10 @@ for t in $targets; do
   (cd "$ROOT" && cargo +nightly fuzz run --fuzz-dir "$FUZZ_DIR" -O "$t" "$corpus" -- \
       -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
       -artifact_prefix="$artifacts" >"$log" 2>&1) || true
-  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /,"",$2); print $2}' "$log" | tail -1)
-  rate=$(awk -F: '/stat::average_exec_per_sec/ {gsub(/ /,"",$2); print $2}' "$log" | tail -1)
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  # libFuzzer's own average is an integer over the whole run (0 when cut
+  # short by a crash); this is executions over the time allowed.
+  rate=$(( ${execs:-0} / SECS ))
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | awk '{print $2}')
   found=$(find "$artifacts" -type f | wc -l)
   printf '%-16s %12s %10s %8s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$found"

@@ -90,7 +90,11 @@ impl Route {
         if rest.is_empty() || rest == "/" {
             return Self::parse_query(method, uri.query().unwrap_or(""));
         }
-        let rest = &rest[1..];
+        // `/chunks` must be followed by `/`: `/chunksX` is another path (and
+        // X may be any character, not one byte to skip).
+        let rest = rest
+            .strip_prefix('/')
+            .ok_or_else(|| bad("not a chunk API path"))?;
         if let Some(obj) = rest.strip_prefix("manifest/") {
             return Self::parse_manifest(method, obj);
         }
@@ -171,6 +175,19 @@ mod tests {
     fn roundtrip(r: &Route) -> Route {
         let uri: http::Uri = r.path_and_query().parse().unwrap();
         Route::parse(&r.method(), &uri).unwrap()
+    }
+
+    #[test]
+    fn a_path_that_only_starts_like_chunks_is_refused_not_a_panic() {
+        // Found by fuzzing: a multi-byte character right after "/chunks".
+        for path in [
+            "/chunks\u{442}manifest/b/k",
+            "/chunksX",
+            "/chunksmanifest/b/k",
+        ] {
+            let uri: http::Uri = path.parse().unwrap();
+            assert!(Route::parse(&Method::GET, &uri).is_err(), "{path}");
+        }
     }
 
     #[test]
