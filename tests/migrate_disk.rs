@@ -906,36 +906,6 @@ fn group_blocks_whose_claimant_never_stored_them_are_pulled() {
     assert_eq!(b(&reports[2], "by_hash"), blocks, "{}", reports[2]);
 }
 
-/// `strato migrate certs DIR HOST`: a CA in `dir` and a certificate for
-/// `host`; the agent flags that use them.
-fn migration_certs(dir: &Path, host: &str) -> Vec<String> {
-    let out = strato_cmd(&["--json", "migrate", "certs", dir.to_str().unwrap(), host])
-        .output()
-        .expect("strato migrate certs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("certs JSON");
-    let h = &v["hosts"][0];
-    assert_eq!(h["host"], host);
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(h["key"].as_str().unwrap())
-            .unwrap()
-            .permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600, "key file mode");
-    vec![
-        "--tls-cert".into(),
-        h["cert"].as_str().unwrap().into(),
-        "--tls-key".into(),
-        h["key"].as_str().unwrap().into(),
-        "--tls-ca".into(),
-        v["ca"].as_str().unwrap().into(),
-    ]
-}
-
 fn disk_send_cmd(nbd_port: u16, wan: &str, report: &Path, link: &[String]) -> Command {
     let mut c = strato_cmd(&[
         "migrate",

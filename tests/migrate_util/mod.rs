@@ -29,9 +29,9 @@ fn link_flag(extra: &str) -> &'static str {
     }
 }
 
-/// `strato migrate certs DIR HOST`: the agent flags of a certificate for
-/// `host` signed by the CA in `dir` (made on first use).
-pub fn tls_flags(dir: &Path, host: &str) -> String {
+/// `strato migrate certs DIR HOST`: a CA in `dir` (made on first use) and
+/// a certificate for `host`; the agent flags that use them.
+pub fn migration_certs(dir: &Path, host: &str) -> Vec<String> {
     let out = std::process::Command::new(strato_bin())
         .args(["--json", "migrate", "certs"])
         .arg(dir)
@@ -45,12 +45,25 @@ pub fn tls_flags(dir: &Path, host: &str) -> String {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("certs JSON");
     let h = &v["hosts"][0];
-    format!(
-        "--tls-cert {} --tls-key {} --tls-ca {}",
-        h["cert"].as_str().expect("cert"),
-        h["key"].as_str().expect("key"),
-        v["ca"].as_str().expect("ca")
-    )
+    assert_eq!(h["host"], host);
+    let key = h["key"].as_str().expect("key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(key).expect("key file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "key file mode");
+    vec![
+        "--tls-cert".into(),
+        h["cert"].as_str().expect("cert").into(),
+        "--tls-key".into(),
+        key.into(),
+        "--tls-ca".into(),
+        v["ca"].as_str().expect("ca").into(),
+    ]
+}
+
+/// [`migration_certs`] as one string for an `exec:` command line.
+pub fn tls_flags(dir: &Path, host: &str) -> String {
+    migration_certs(dir, host).join(" ")
 }
 
 /// `-incoming` URI running a receiver on `listen`.
