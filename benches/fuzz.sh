@@ -24,6 +24,8 @@ printf '%-16s %12s %10s %8s %8s\n' target executions exec/s cov crashes
 for t in $targets; do
   corpus=$OUT/corpus/$t
   artifacts=$OUT/artifacts/$t/
+  # Findings of this run only (earlier ones are in fuzz/regressions/ already).
+  rm -rf "$artifacts"
   mkdir -p "$corpus" "$artifacts"
   cp -n "$ROOT/fuzz/regressions/$t/"* "$corpus/" 2>/dev/null || true
   log=$OUT/$t.log
