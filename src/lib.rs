@@ -15,3 +15,7 @@ pub use strato_store as store;
 /// The chunk API's protocol and client (its own crate, `chunk-api/`, on top
 /// of the store); the server's handlers and every client use it.
 pub use chunk_api;
+
+/// The repository's signing keys and distribution tickets (its own crate,
+/// `trust/`); serve publishes the keys.
+pub use strato_trust as trust;

@@ -275,3 +275,44 @@ fn objects_committed_from_held_chunks_survive_gc() {
         .ok(&["get", "keep/migrations/vm1", out.to_str().unwrap()]);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
+
+/// The repository's signing key: made on first use (secret files 0600),
+/// the same from `strato trust-key` as from the server's banner and its
+/// `GET /chunks/trust-keys`, which needs a signature like every chunk API
+/// call.
+#[test]
+fn the_repository_publishes_its_trust_key() {
+    let st = Strato::new("redb");
+    let printed = st.ok(&["trust-key"]);
+    let key = printed.trim();
+    assert_eq!(printed.lines().count(), 1, "{printed:?}");
+    strato::trust::PublicKey::parse(key).expect("a key --trust-key takes");
+    assert_eq!(
+        st.ok(&["trust-key"]).trim(),
+        key,
+        "the same key on a second call"
+    );
+    for e in std::fs::read_dir(st.data_dir().join("trust")).unwrap() {
+        let e = e.unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
+        if e.file_name() != "keyring.json" {
+            assert_eq!(mode & 0o077, 0, "{:?} is readable by others", e.path());
+        }
+    }
+
+    let s = Server::start_with(st, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let keys = rt.block_on(client(&s).trust_keys()).unwrap();
+    assert_eq!(keys, [key.to_string()]);
+    let resp = raw_http(
+        &s.host,
+        &format!(
+            "GET /chunks/trust-keys HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            s.host
+        ),
+    );
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    let out = s.strato.ok(&["--json", "trust-key"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["trust_key"], key);
+}

@@ -319,6 +319,26 @@ impl ChunkClient {
         decode_manifest(&what, &body)
     }
 
+    /// The repository's ticket-signing public keys (`GET /chunks/trust-keys`),
+    /// as text, one key per entry: what a node checks distribution tickets
+    /// against.
+    pub async fn trust_keys(&self) -> Result<Vec<String>> {
+        let what = "the repository's trust keys";
+        let route = crate::Route::TrustKeys;
+        let (status, body) = self
+            .send(what, route.method(), &route.path_and_query(), Bytes::new())
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::status_error(what, status, &body));
+        }
+        Ok(String::from_utf8_lossy(&body)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Commit `bucket/key` at the endpoint from chunks it already holds
     /// (`PUT /chunks/manifest/...`): keeps them referenced, so garbage
     /// collection leaves them alone. Answers the object's ETag.

@@ -8,6 +8,7 @@
 //! POST         /chunks?put | /chunks?get     batches of frames
 //! POST         /chunks?claim&group=G         first-claimer-wins (migration groups)
 //! GET|PUT      /chunks/manifest/BUCKET/KEY   an object's manifest; commit one
+//! GET          /chunks/trust-keys            the repository's signing keys
 //! ```
 
 use http::Method;
@@ -31,9 +32,20 @@ pub enum Route {
     Have,
     PutBatch,
     GetBatch,
-    Claim { group: String },
-    Manifest { bucket: String, key: String },
-    CommitManifest { bucket: String, key: String },
+    Claim {
+        group: String,
+    },
+    Manifest {
+        bucket: String,
+        key: String,
+    },
+    CommitManifest {
+        bucket: String,
+        key: String,
+    },
+    /// The public keys the repository signs distribution tickets with
+    /// (current first, then retired ones still accepted), one per line.
+    TrustKeys,
 }
 
 /// A request that is not a chunk API route; the message says what is.
@@ -53,7 +65,7 @@ impl Route {
 
     pub fn method(&self) -> Method {
         match self {
-            Route::GetChunk(_) | Route::Manifest { .. } => Method::GET,
+            Route::GetChunk(_) | Route::Manifest { .. } | Route::TrustKeys => Method::GET,
             Route::HeadChunk(_) => Method::HEAD,
             Route::PutChunk(_) | Route::CommitManifest { .. } => Method::PUT,
             Route::Have | Route::PutBatch | Route::GetBatch | Route::Claim { .. } => Method::POST,
@@ -67,6 +79,7 @@ impl Route {
                 format!("/chunks/{id}")
             }
             Route::Have => "/chunks?have".into(),
+            Route::TrustKeys => "/chunks/trust-keys".into(),
             Route::PutBatch => "/chunks?put".into(),
             Route::GetBatch => "/chunks?get".into(),
             Route::Claim { group } => format!(
@@ -97,6 +110,12 @@ impl Route {
             .ok_or_else(|| bad("not a chunk API path"))?;
         if let Some(obj) = rest.strip_prefix("manifest/") {
             return Self::parse_manifest(method, obj);
+        }
+        if rest == "trust-keys" {
+            return match *method {
+                Method::GET => Ok(Route::TrustKeys),
+                _ => Err(bad(format!("{method} is not allowed on the trust keys"))),
+            };
         }
         let id: ChunkId = rest
             .parse()
@@ -211,6 +230,7 @@ mod tests {
                 bucket: "b".into(),
                 key: "k".into(),
             },
+            Route::TrustKeys,
         ] {
             assert_eq!(roundtrip(&r), r);
         }

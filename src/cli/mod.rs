@@ -51,6 +51,9 @@ pub struct Cli {
 enum Command {
     /// Serve the S3-compatible API over the data directory
     Serve(serve::ServeArgs),
+    /// Print the repository's ticket-signing public key, alone on one line,
+    /// in the form --trust-key takes (made on first use)
+    TrustKey,
     /// Create a bucket
     Mb {
         bucket: String,
@@ -195,6 +198,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::TrustKey => {
+            let key = serve::repository_keyring(&ctx.data_dir)?.public().to_text();
+            ctx.emit(&serde_json::json!({ "trust_key": key }), || {
+                println!("{key}")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mb {
             bucket,
             block_index,

@@ -104,6 +104,9 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
     }
     let store = ctx.open_store()?;
     let users = server::load_or_create_users(&ctx.data_dir, env_keys, &ctx.file)?;
+    let ring = repository_keyring(&ctx.data_dir)?;
+    let trust_key = ring.public().to_text();
+    let trust_keys = accepted_trust_keys(&ring);
     let opts = ServeOptions {
         listen,
         users: users.clone(),
@@ -114,6 +117,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         file: ctx.file.clone(),
         tls: tls_info.as_ref().map(|t| t.server.clone()),
         limits,
+        trust_keys: Some(trust_keys),
     };
     let data_dir = ctx.data_dir.clone();
     let json = ctx.json;
@@ -122,7 +126,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         .thread_name("strato-serve")
         .build()?;
     rt.block_on(server::serve(store, opts, move |addr| {
-        print_banner(addr, &users, &data_dir, json, tls_info.as_ref());
+        print_banner(addr, &users, &data_dir, json, tls_info.as_ref(), &trust_key);
     }))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -133,6 +137,7 @@ fn print_banner(
     data_dir: &std::path::Path,
     json: bool,
     tls: Option<&TlsInfo>,
+    trust_key: &str,
 ) {
     let first = &users.list[0];
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -144,7 +149,7 @@ fn print_banner(
             "{}",
             serde_json::json!({"endpoint": endpoint, "data_dir": data_dir, "user": first.name,
                 "access_key": first.access_key, "secret_key": first.secret_key,
-                "tls_fingerprint": fingerprint, "ca_file": ca})
+                "tls_fingerprint": fingerprint, "ca_file": ca, "trust_key": trust_key})
         );
     } else {
         println!("strato serving S3 at {endpoint}");
@@ -166,6 +171,7 @@ fn print_banner(
         if let Some(ca) = &ca {
             println!("  CA file     {} (clients trust this file)", ca.display());
         }
+        println!("  trust key   {trust_key} (signs distribution sessions)");
         println!();
         let (ak, sk) = (&first.access_key, &first.secret_key);
         match (&tls, &ca) {
@@ -186,4 +192,29 @@ fn print_banner(
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+}
+
+/// The repository's ticket-signing keyring in DATA_DIR/trust (keys 0600),
+/// made on first use.
+pub fn repository_keyring(data_dir: &std::path::Path) -> Result<strato_trust::Keyring> {
+    let dir = data_dir.join("trust");
+    let (ring, made) = strato_trust::Keyring::open_or_create(&dir)
+        .with_context(|| format!("opening the repository keyring in {}", dir.display()))?;
+    if made {
+        tracing::info!("made the repository's signing key in {}", dir.display());
+    }
+    Ok(ring)
+}
+
+/// The keys tickets are accepted under now (the current one and retired
+/// ones still in their grace time), one per line.
+fn accepted_trust_keys(ring: &strato_trust::Keyring) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ring.accepted(now)
+        .iter()
+        .map(strato_trust::PublicKey::to_text)
+        .collect::<Vec<_>>()
+        .join("\n")
 }

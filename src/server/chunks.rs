@@ -52,6 +52,9 @@ pub struct ChunkRoute {
     fallback: Option<Arc<dyn ChunkSource>>,
     /// Shrinker's coordination service for migrations into this site.
     claims: Arc<ClaimTable>,
+    /// The repository's ticket-signing public keys, one per line (`None`:
+    /// this server signs nothing, e.g. an NBD rack upstream).
+    trust_keys: Option<Arc<str>>,
 }
 
 impl ChunkRoute {
@@ -60,7 +63,14 @@ impl ChunkRoute {
             store,
             fallback: None,
             claims: Arc::new(ClaimTable::default()),
+            trust_keys: None,
         }
+    }
+
+    /// Publish the repository's signing keys at `GET /chunks/trust-keys`.
+    pub fn with_trust_keys(mut self, keys: &str) -> ChunkRoute {
+        self.trust_keys = Some(Arc::from(keys));
+        self
     }
 
     /// Claim-table limits from `[migration]` in the config file.
@@ -217,7 +227,18 @@ impl ChunkRoute {
                 self.commit_manifest(user, bucket, key, body).await
             }
             Route::Manifest { bucket, key } => self.manifest(user, bucket, key).await,
+            Route::TrustKeys => self.trust_keys(),
         }
+    }
+
+    fn trust_keys(&self) -> ApiResult {
+        let keys = self
+            .trust_keys
+            .as_ref()
+            .ok_or_else(|| ApiError::NotFound("this server publishes no trust keys".into()))?;
+        let body = Bytes::from(format!("{keys}\n"));
+        let len = body.len();
+        Ok(response(StatusCode::OK, body, Some(len), "text/plain"))
     }
 
     async fn head_chunk(&self, id: ChunkId) -> ApiResult {
@@ -448,6 +469,14 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// The chunk API route of `strato serve`.
-pub fn route(store: Store, claim_limits: ClaimLimits) -> Arc<dyn ExtraRoute> {
-    Arc::new(ChunkRoute::new(store).with_claim_limits(claim_limits))
+pub fn route(
+    store: Store,
+    claim_limits: ClaimLimits,
+    trust_keys: Option<&str>,
+) -> Arc<dyn ExtraRoute> {
+    let mut r = ChunkRoute::new(store).with_claim_limits(claim_limits);
+    if let Some(keys) = trust_keys {
+        r = r.with_trust_keys(keys);
+    }
+    Arc::new(r)
 }

@@ -35,6 +35,9 @@ pub struct ServeOptions {
     /// HTTPS when set (reloaded on SIGHUP), plain HTTP otherwise.
     pub tls: Option<Arc<TlsServer>>,
     pub limits: Limits,
+    /// The repository's ticket-signing public keys (text, one per line),
+    /// published at `GET /chunks/trust-keys`.
+    pub trust_keys: Option<String>,
 }
 
 pub fn s3_config(file: &FileConfig) -> S3Config {
@@ -68,7 +71,11 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         s3_config(&opts.file),
     )
     .metrics(metrics.sink())
-    .extra_route(chunks::route(store.clone(), opts.file.claim_limits()))
+    .extra_route(chunks::route(
+        store.clone(),
+        opts.file.claim_limits(),
+        opts.trust_keys.as_deref(),
+    ))
     .build();
     let front = Front {
         s3,
