@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qemu_stream", qemu_stream),
     ("qcow2_header", qcow2_header),
     ("segment", segment),
+    ("codec_frames", codec_frames),
 ];
 
 /// Largest chunk a batch frame may carry (the chunk API's own bound).
@@ -144,6 +145,41 @@ pub fn qemu_stream(data: &[u8]) {
         out.clear();
     }
     t.finish(&mut out);
+}
+
+/// The page codec's frames (redundancy-cache references, page deltas,
+/// whole pages) as a memory-migration receiver decodes them, in lockstep
+/// state across frames: each frame is a 2-byte little-endian length and
+/// its bytes, decoded into a page that starts as this end's copy.
+pub fn codec_frames(data: &[u8]) {
+    use strato::migrate::codec::rcache::{CodecConfig, PageDecoder};
+    let cfg = CodecConfig {
+        cache_bytes: 1 << 20,
+        delta_history_bytes: 1 << 20,
+        zstd_level: Some(1),
+        ..CodecConfig::default()
+    };
+    let Ok(mut plain) = PageDecoder::new(cfg.clone(), 7) else {
+        return;
+    };
+    let Ok(mut keyed) = PageDecoder::new_keyed(cfg.clone(), 7) else {
+        return;
+    };
+    let mut page = vec![0x5au8; cfg.page_size];
+    let mut rest = data;
+    let mut page_no = 0u64;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let frame = &rest[2..2 + len];
+        rest = &rest[2 + len..];
+        if plain.decode(frame, &mut page).is_err() {
+            plain.reset(7);
+        }
+        if keyed.decode_keyed(page_no, frame).is_err() {
+            keyed.reset(7);
+        }
+        page_no = page_no.wrapping_add(1) % 64;
+    }
 }
 
 /// A qcow2 header as `overlay` and `put --backing` check it.
