@@ -53,6 +53,12 @@ pub enum Error {
     /// The sink or source failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A signed-session node refused the session (ticket, audience, digest).
+    #[error("session refused: {0}")]
+    Refused(String),
+    /// A control frame whose tag does not verify under the session key.
+    #[error("forged {0} frame: its tag does not verify under the session's control key")]
+    Forged(&'static str),
     /// No node of the chain could be reached.
     #[error("no node reachable (last tried {0})")]
     NoNode(SocketAddr),

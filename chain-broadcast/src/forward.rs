@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::auth::SessionAuth;
 use crate::codec::{FrameReader, FrameWriter, Liveness};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Hello, PROTOCOL_VERSION};
@@ -34,6 +35,11 @@ pub(crate) struct Ctx {
     pub io_timeout: Duration,
     pub finish_timeout: Duration,
     pub max_frame: u32,
+    /// Set in a signed session: HELLO carries it, HAVE and REPORT from
+    /// the link must come with a valid TAG.
+    pub auth: Option<SessionAuth>,
+    /// Control frames from downstream whose tag did not verify.
+    pub forged: Arc<AtomicU64>,
 }
 
 impl Ctx {
@@ -191,6 +197,7 @@ impl Downstream {
             finish_timeout: ctx.finish_timeout,
             chain: self.chain[i..].to_vec(),
             manifest: Arc::clone(&ctx.info.manifest),
+            session: ctx.auth.as_ref().map(SessionAuth::hello_session),
         };
         w.send_now(&Frame::Hello(hello)).await?;
         // The node answers once it has looked at its store and linked the
@@ -220,6 +227,22 @@ impl Downstream {
                 }
             }
         };
+        if let Some(auth) = &ctx.auth {
+            let tag = loop {
+                match r.read_timeout(idle, "TAG").await? {
+                    Frame::Keepalive => continue,
+                    Frame::Tag(t) => break Some(t),
+                    Frame::Error(e) => return Err(Error::Peer(e)),
+                    _ => break None,
+                }
+            };
+            // One bool per chunk: cloning it once per link is cheap.
+            let frame = Frame::Have(have.clone());
+            if !tag.is_some_and(|t| auth.verify(ctx.info.transfer_id, addr, &frame, &t)) {
+                ctx.forged.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Forged("HAVE"));
+            }
+        }
         let chunks = &ctx.info.manifest.chunks;
         if have.len() != chunks.len() {
             return Err(Error::Invalid(format!(
@@ -441,7 +464,26 @@ impl Downstream {
                         }
                     };
                     match ev {
-                        Frame::Report(v) => return Ok(v),
+                        Frame::Report(v) => {
+                            let Some(auth) = &self.ctx.auth else {
+                                return Ok(v);
+                            };
+                            let frame = Frame::Report(v.clone());
+                            let tag = loop {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                match tokio::time::timeout(left.min(io), link.events.recv()).await {
+                                    Ok(Some(Ok(Frame::Keepalive))) => continue,
+                                    Ok(Some(Ok(Frame::Tag(t)))) => break Some(t),
+                                    _ => break None,
+                                }
+                            };
+                            let id = self.ctx.info.transfer_id;
+                            if tag.is_some_and(|t| auth.verify(id, link.addr, &frame, &t)) {
+                                return Ok(v);
+                            }
+                            self.ctx.forged.fetch_add(1, Ordering::Relaxed);
+                            return Err(Error::Forged("REPORT"));
+                        }
                         Frame::Error(e) => return Err(Error::Peer(e)),
                         f => {
                             return Err(Error::Unexpected {

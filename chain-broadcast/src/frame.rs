@@ -18,6 +18,11 @@
 //! | 5    | KEEPALIVE | empty |
 //! | 6    | REPORT    | u16 count + node reports: addr, ok u8, reason (u16 len + UTF-8), bytes_received u64, bytes_written u64, elapsed µs u64 |
 //! | 7    | ERROR     | reason (u16 len + UTF-8) |
+//! | 8    | TAG       | tag (32 bytes): keyed BLAKE3 of the control frame just before it (see [`crate::auth`]) |
+//!
+//! A signed session's HELLO ends with `1 u8, ticket (u32 len + bytes),
+//! control secret (32 bytes)`; an unsigned one ends after the manifest. In a
+//! signed session every HAVE and REPORT is followed by a TAG.
 //!
 //! An address is `4 | ipv4 (4 bytes) | port u16` or `6 | ipv6 (16 bytes) | port u16`.
 
@@ -50,6 +55,10 @@ const KIND_END: u8 = 4;
 const KIND_KEEPALIVE: u8 = 5;
 const KIND_REPORT: u8 = 6;
 const KIND_ERROR: u8 = 7;
+const KIND_TAG: u8 = 8;
+
+/// Longest session ticket accepted in a HELLO.
+pub const MAX_TICKET: usize = 512 << 10;
 
 /// Why bytes could not be parsed into a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,6 +113,29 @@ pub struct Hello {
     pub chain: Vec<SocketAddr>,
     /// The object.
     pub manifest: Arc<Manifest>,
+    /// The repository's ticket and the session's control secret; `None`
+    /// for an unsigned session.
+    pub session: Option<HelloSession>,
+}
+
+/// What a signed session adds to HELLO.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HelloSession {
+    /// The signed ticket's bytes (checked by [`crate::auth`], not here).
+    pub ticket: Bytes,
+    /// The secret the control key derives from; the ticket commits to it.
+    pub secret: [u8; 32],
+}
+
+impl std::fmt::Debug for HelloSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        write!(
+            f,
+            "HelloSession {{ ticket: {} bytes, .. }}",
+            self.ticket.len()
+        )
+    }
 }
 
 /// A parsed frame.
@@ -129,6 +161,8 @@ pub enum Frame {
     Report(Vec<NodeReport>),
     /// The peer gives up on this connection, with the reason.
     Error(String),
+    /// Authenticates the HAVE or REPORT just before it (signed sessions).
+    Tag([u8; 32]),
 }
 
 impl Frame {
@@ -142,6 +176,7 @@ impl Frame {
             Frame::Keepalive => "KEEPALIVE",
             Frame::Report(_) => "REPORT",
             Frame::Error(_) => "ERROR",
+            Frame::Tag(_) => "TAG",
         }
     }
 }
@@ -155,6 +190,7 @@ fn kind_name(kind: u8) -> &'static str {
         KIND_KEEPALIVE => "KEEPALIVE",
         KIND_REPORT => "REPORT",
         KIND_ERROR => "ERROR",
+        KIND_TAG => "TAG",
         _ => "unknown",
     }
 }
@@ -165,7 +201,7 @@ pub fn parse_header(h: &[u8; HEADER_LEN], max_frame: u32) -> Result<(u8, u32), F
         return Err(FrameError::BadMagic([h[0], h[1]]));
     }
     let kind = h[2];
-    if !(KIND_HELLO..=KIND_ERROR).contains(&kind) {
+    if !(KIND_HELLO..=KIND_TAG).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     let len = u32::from_be_bytes([h[3], h[4], h[5], h[6]]);
@@ -324,6 +360,25 @@ pub fn decode_payload(kind: u8, payload: Bytes) -> Result<Frame, FrameError> {
                 let len = r.u32()?;
                 chunks.push(ChunkRef { id, len });
             }
+            let session = if r.b.is_empty() {
+                None
+            } else {
+                if r.u8()? != 1 {
+                    return Err(FrameError::Invalid("HELLO", "bad session marker".into()));
+                }
+                let n = r.u32()? as usize;
+                if n > MAX_TICKET {
+                    return Err(FrameError::Invalid(
+                        "HELLO",
+                        format!("ticket of {n} bytes, limit {MAX_TICKET}"),
+                    ));
+                }
+                let ticket = r.bytes(n)?;
+                r.need(32)?;
+                let mut secret = [0u8; 32];
+                r.b.copy_to_slice(&mut secret);
+                Some(HelloSession { ticket, secret })
+            };
             Frame::Hello(Hello {
                 version,
                 transfer_id,
@@ -333,6 +388,7 @@ pub fn decode_payload(kind: u8, payload: Bytes) -> Result<Frame, FrameError> {
                 finish_timeout,
                 chain,
                 manifest: Arc::new(Manifest { chunks }),
+                session,
             })
         }
         KIND_HAVE => {
@@ -380,6 +436,12 @@ pub fn decode_payload(kind: u8, payload: Bytes) -> Result<Frame, FrameError> {
             Frame::Report(reports)
         }
         KIND_ERROR => Frame::Error(r.string(u16::MAX as usize)?),
+        KIND_TAG => {
+            r.need(32)?;
+            let mut tag = [0u8; 32];
+            r.b.copy_to_slice(&mut tag);
+            Frame::Tag(tag)
+        }
         k => return Err(FrameError::UnknownKind(k)),
     };
     r.done()?;
@@ -444,6 +506,13 @@ pub fn encode(frame: &Frame) -> Bytes {
                 p.put_slice(&c.id.0);
                 p.put_u32(c.len);
             }
+            if let Some(sess) = &h.session {
+                p.reserve(37 + sess.ticket.len());
+                p.put_u8(1);
+                p.put_u32(sess.ticket.len() as u32);
+                p.put_slice(&sess.ticket);
+                p.put_slice(&sess.secret);
+            }
             KIND_HELLO
         }
         Frame::Have(have) => {
@@ -482,6 +551,10 @@ pub fn encode(frame: &Frame) -> Bytes {
         Frame::Error(reason) => {
             put_string(&mut p, reason);
             KIND_ERROR
+        }
+        Frame::Tag(tag) => {
+            p.put_slice(tag);
+            KIND_TAG
         }
     };
     let mut out = BytesMut::with_capacity(HEADER_LEN + p.len());
@@ -533,12 +606,21 @@ mod tests {
                 "[::1]:9001".parse().expect("addr"),
             ],
             manifest: Arc::new(manifest),
+            session: None,
         }
     }
 
     #[test]
     fn frames_roundtrip() {
         roundtrip(Frame::Hello(hello()));
+        roundtrip(Frame::Hello(Hello {
+            session: Some(HelloSession {
+                ticket: Bytes::from_static(b"STKT ticket bytes"),
+                secret: [5; 32],
+            }),
+            ..hello()
+        }));
+        roundtrip(Frame::Tag([9; 32]));
         roundtrip(Frame::Have(vec![
             true, false, true, true, false, false, false, false, true,
         ]));

@@ -24,7 +24,8 @@
 //! A node that is down, or fails mid-stream, is bypassed: its predecessor
 //! connects to the next node in the chain, redoes the HAVE exchange and
 //! resends, from its own copy, what that node lacks. See [`frame`] for the
-//! wire format.
+//! wire format, and [`auth`] for signed sessions (a ticket from the
+//! repository in HELLO, tagged control frames).
 //!
 //! # Example
 //!
@@ -60,6 +61,7 @@
 //! A real node runs [`serve`] with a [`SinkFactory`] over its store; the
 //! repository calls [`propagate`] with a [`ChunkSource`] over its store.
 
+pub mod auth;
 mod codec;
 mod error;
 mod forward;
@@ -71,9 +73,10 @@ mod report;
 mod sender;
 mod sink;
 
+pub use auth::{chain_manifest_digest, NodeTrust, SessionAuth};
 pub use codec::{FrameReader, FrameWriter};
 pub use error::{BoxError, Error, Result};
-pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
+pub use frame::{Frame, FrameError, Hello, HelloSession, PROTOCOL_VERSION};
 pub use manifest::{ChunkId, ChunkRef, Manifest, TransferInfo};
 pub use options::{Options, Progress, ServeOptions};
 pub use relay::{serve, serve_until, Node};

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{NodeTrust, SessionAuth};
 use crate::frame::DEFAULT_MAX_FRAME;
 
 /// Settings of a propagation. The timeouts travel in HELLO so every hop of
@@ -26,6 +27,8 @@ pub struct Options {
     pub transfer_id: Option<u64>,
     /// Live counters for progress bars and benchmarks.
     pub progress: Option<Arc<Progress>>,
+    /// The repository's ticket and control secret: a signed session.
+    pub session: Option<SessionAuth>,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             queue_bytes: 8 << 20,
             transfer_id: None,
             progress: None,
+            session: None,
         }
     }
 }
@@ -57,6 +61,9 @@ pub struct ServeOptions {
     /// Connections served at once; more are refused with an ERROR (each
     /// may hold a manifest and its queues in memory).
     pub max_sessions: usize,
+    /// Accept only signed sessions, checked against these keys and names
+    /// (see [`crate::auth`]); `None` accepts any session.
+    pub trust: Option<Arc<NodeTrust>>,
 }
 
 impl Default for ServeOptions {
@@ -66,6 +73,7 @@ impl Default for ServeOptions {
             max_frame: DEFAULT_MAX_FRAME,
             queue_bytes: 8 << 20,
             max_sessions: 64,
+            trust: None,
         }
     }
 }

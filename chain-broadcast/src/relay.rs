@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
+use crate::auth::{check_hello, SessionAuth};
 use crate::codec::{FrameReader, FrameWriter};
 use crate::error::{BoxError, Error, Result};
 use crate::forward::{pump, AbortOnDrop, Ctx, Downstream, Input, Resupply};
@@ -56,6 +57,13 @@ pub async fn serve_until(
             _ = &mut shutdown => break,
             acc = listener.accept() => match acc {
                 Ok((sock, peer)) => {
+                    // Refusals hold a socket for up to two seconds each: past
+                    // twice the limit a flood is dropped without an answer.
+                    if sessions.len() >= 2 * opts.max_sessions.max(1) {
+                        log_refusal(peer, "connection flood: dropped without an answer");
+                        drop(sock);
+                        continue;
+                    }
                     if sessions.len() >= opts.max_sessions.max(1) {
                         warn!(%peer, "too many connections, refusing one");
                         sessions.spawn(refuse(sock, opts.hello_timeout));
@@ -79,6 +87,17 @@ pub async fn serve_until(
     );
     while sessions.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Refused sessions are logged at most 20 per 10 s, with a count of the
+/// ones left out: a flood of forged sessions must not flood the log.
+static REFUSALS: std::sync::LazyLock<strato_trust::LogLimiter> =
+    std::sync::LazyLock::new(|| strato_trust::LogLimiter::new(Duration::from_secs(10), 20));
+
+fn log_refusal(peer: SocketAddr, why: &str) {
+    if let Some(suppressed) = REFUSALS.allow() {
+        warn!(%peer, suppressed, "chain session refused: {why}");
+    }
 }
 
 /// Tells a peer this node is busy, then lets it hang up first (see
@@ -298,6 +317,13 @@ async fn session(
     opts: ServeOptions,
 ) {
     let _ = sock.set_nodelay(true);
+    let local = match sock.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(%peer, error = %e, "no local address for a connection");
+            return;
+        }
+    };
     let (r, w) = sock.into_split();
     let mut up_r = FrameReader::new(r, opts.max_frame);
     let up = Arc::new(Upstream {
@@ -305,8 +331,11 @@ async fn session(
         base: Instant::now(),
         store_wait: AtomicU64::new(0),
     });
-    if let Err(e) = run(&mut up_r, &up, factory, &opts).await {
-        warn!(%peer, error = %e, "chain transfer failed");
+    if let Err(e) = run(&mut up_r, &up, local, factory, &opts).await {
+        match &e {
+            Error::Refused(why) => log_refusal(peer, why),
+            _ => warn!(%peer, error = %e, "chain transfer failed"),
+        }
         // Best effort: the upstream may be gone already.
         let _ =
             up.w.lock()
@@ -323,11 +352,12 @@ async fn session(
 async fn run(
     up_r: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
     up: &Arc<Upstream>,
+    local: SocketAddr,
     factory: Arc<dyn SinkFactory>,
     opts: &ServeOptions,
 ) -> Result<()> {
     let start = Instant::now();
-    let (ctx, me, chain) = read_hello(up_r, opts).await?;
+    let (ctx, me, chain) = read_hello(up_r, local, opts).await?;
     up.w.lock().await.set_timeout(ctx.io_timeout);
     let ticker = AbortOnDrop(tokio::spawn(keepalive_ticker(
         Arc::clone(up),
@@ -337,7 +367,8 @@ async fn run(
     info!(transfer = ctx.info.transfer_id, name = %ctx.info.name, %me,
           chunks = ctx.info.manifest.len(), downstream = chain.len(), "transfer started");
 
-    let (mut t, mut ds, own_have_v) = Transfer::open(ctx, me, start, factory, chain).await?;
+    let (mut t, mut ds, own_have_v) =
+        Transfer::open(Arc::clone(&ctx), me, start, factory, chain).await?;
     t.announce_have(&mut ds, &own_have_v, up).await?;
     let stages = t.start_stages(ds, opts);
     if let Err(e) = t.relay_chunks(up_r, up, &stages).await {
@@ -355,14 +386,31 @@ async fn run(
     drop(wtx);
     let reports = t.finish(store, fwd).await;
     drop(ticker);
-    up.w.lock().await.send_now(&Frame::Report(reports)).await?;
+    send_control(up, &ctx, me, Frame::Report(reports)).await?;
     Ok(())
+}
+
+/// Sends a control frame upstream, followed by its TAG in a signed session.
+async fn send_control(up: &Upstream, ctx: &Ctx, me: SocketAddr, frame: Frame) -> Result<()> {
+    let tag = ctx
+        .auth
+        .as_ref()
+        .map(|a| a.tag(ctx.info.transfer_id, me, &frame));
+    let mut w = up.w.lock().await;
+    match tag {
+        None => w.send_now(&frame).await,
+        Some(t) => {
+            w.send(&frame).await?;
+            w.send_now(&Frame::Tag(t)).await
+        }
+    }
 }
 
 /// Reads and checks the upstream's HELLO. Returns the transfer's context,
 /// this node's address and the nodes after it.
 async fn read_hello(
     up_r: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    local: SocketAddr,
     opts: &ServeOptions,
 ) -> Result<(Arc<Ctx>, SocketAddr, Vec<SocketAddr>)> {
     let hello = match up_r.read_timeout(opts.hello_timeout, "HELLO").await? {
@@ -381,6 +429,18 @@ async fn read_hello(
         .manifest
         .validate(opts.max_frame.saturating_sub(32))
         .map_err(Error::Invalid)?;
+    // Before anything is opened or written: a signed-session node refuses
+    // whatever the repository did not sign for it (see `auth`).
+    let auth = match (&opts.trust, &hello.session) {
+        (Some(trust), _) => Some(check_hello(trust, local, &hello, strato_trust::now_unix())?),
+        // An open node still tags its control frames for a signed sender.
+        (None, Some(sess)) => {
+            let st = strato_trust::SignedTicket::parse(&sess.ticket)
+                .map_err(|e| Error::Refused(e.to_string()))?;
+            Some(SessionAuth::new(st, sess.secret).map_err(|e| Error::Refused(e.to_string()))?)
+        }
+        (None, None) => None,
+    };
     let ctx = Arc::new(Ctx {
         info: TransferInfo {
             transfer_id: hello.transfer_id,
@@ -399,6 +459,8 @@ async fn read_hello(
             .finish_timeout
             .clamp(Duration::from_millis(100), Duration::from_secs(86_400)),
         max_frame: opts.max_frame,
+        auth,
+        forged: Arc::default(),
     });
     Ok((ctx, me, hello.chain[1..].to_vec()))
 }
@@ -518,7 +580,7 @@ impl Transfer {
             .map(|(c, _)| c.id)
             .collect();
         ds.set_expected(expected);
-        up.w.lock().await.send_now(&Frame::Have(my_have)).await?;
+        send_control(up, &self.ctx, self.me, Frame::Have(my_have)).await?;
         Ok(())
     }
 

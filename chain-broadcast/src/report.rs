@@ -52,6 +52,9 @@ pub struct Report {
     pub bytes_sent: u64,
     /// Object size.
     pub object_size: u64,
+    /// Control frames (HAVE, REPORT) whose tag did not verify under the
+    /// session key; each failed its link, which was bypassed.
+    pub forged_control_frames: u64,
     /// Wall time of the whole propagation.
     #[serde(serialize_with = "ser_secs")]
     pub elapsed: Duration,

@@ -90,6 +90,8 @@ pub async fn propagate(
         io_timeout: opts.io_timeout,
         finish_timeout: opts.finish_timeout,
         max_frame: opts.max_frame,
+        auth: opts.session.clone(),
+        forged: Arc::default(),
     });
     let mut ds = Downstream::connect(Arc::clone(&ctx), nodes.to_vec(), opts.progress.clone()).await;
 
@@ -161,6 +163,7 @@ pub async fn propagate(
         nodes: assemble(nodes, reports),
         bytes_sent,
         object_size: manifest.size(),
+        forged_control_frames: ctx.forged.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
     };
     info!(
@@ -219,10 +222,11 @@ pub async fn propagate_chains(
         )
     });
     let mut nodes = Vec::with_capacity(all.len());
-    let mut bytes_sent = 0;
+    let (mut bytes_sent, mut forged) = (0, 0);
     for r in futures::future::join_all(runs).await {
         let r = r?;
         bytes_sent += r.bytes_sent;
+        forged += r.forged_control_frames;
         nodes.extend(r.nodes);
     }
     Ok(Report {
@@ -230,6 +234,7 @@ pub async fn propagate_chains(
         nodes,
         bytes_sent,
         object_size: manifest.size(),
+        forged_control_frames: forged,
         elapsed: start.elapsed(),
     })
 }

@@ -49,6 +49,7 @@ fn hello(addrs: Vec<SocketAddr>, manifest: Manifest) -> Hello {
         finish_timeout: Duration::from_secs(10),
         chain: addrs,
         manifest: Arc::new(manifest),
+        session: None,
     }
 }
 

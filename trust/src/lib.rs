@@ -20,9 +20,11 @@
 //! out, so every parser here is small and fuzzable.
 
 pub mod keys;
+pub mod limit;
 pub mod mac;
 pub mod ticket;
 
 pub use keys::{Keyring, PublicKey, TrustedKeys};
+pub use limit::{now_unix, LogLimiter};
 pub use mac::ControlKey;
 pub use ticket::{manifest_digest, Audience, SignedTicket, Ticket, TicketError};
