@@ -22,6 +22,12 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v zstd >/dev/null || need_apt+=(zstd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The PostgreSQL metadata engine and S3 segment backend tests (issue 20) run
+# a throwaway PostgreSQL 15 and Ceph 16 cluster (testbed/).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql)
+for c in ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw radosgw-admin:radosgw ceph:ceph-common monmaptool:ceph-common; do
+  command -v "${c%%:*}" >/dev/null || need_apt+=("${c#*:}")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
