@@ -134,11 +134,13 @@ m_tee() {
 # --store on each node, fresh node stores every run.
 "$STRATO" --data-dir "$D/repo" mb bkt >/dev/null
 "$STRATO" --data-dir "$D/repo" put "$D/img" bkt/img >/dev/null
+# Agents off loopback accept only sessions signed by the repository's key.
+TRUST_KEY=$("$STRATO" --data-dir "$D/repo" trust-key)
 m_strato() {
   local n=$1 t0 pids=() nodes="" i line
   fresh
   for i in $(seq 1 "$n"); do
-    ip netns exec "${P}h$i" "$STRATO" chain-agent --listen "$(addr "$i"):7400" --store "$D/n$i/store" \
+    ip netns exec "${P}h$i" "$STRATO" chain-agent --listen "$(addr "$i"):7400" --store "$D/n$i/store" --trust-key "$TRUST_KEY" \
       >"$D/agent$i.log" 2>&1 &
     pids+=($!); PIDS+=($!); wait_listen "$i" 7400
     nodes="$nodes${nodes:+,}$(addr "$i"):7400"

@@ -124,6 +124,8 @@ fresh() { for i in $(seq 1 "$MAXN"); do rm -rf "$D/n$i"; mkdir -p "$D/n$i"; done
 export STRATO_ACCESS_KEY=BENCHACCESSKEY000001 STRATO_SECRET_KEY=bench-secret-key-0123456789abcdefghij
 "$STRATO" --data-dir "$D/repo" mb bkt >/dev/null
 "$STRATO" --data-dir "$D/repo" put "$D/img" bkt/img >/dev/null
+# Agents off loopback accept only sessions signed by the repository's key.
+TRUST_KEY=$("$STRATO" --data-dir "$D/repo" trust-key)
 ip netns exec "${P}h0" "$STRATO" --data-dir "$D/repo" serve --listen 127.0.0.1:9000 >"$T/serve.log" 2>&1 &
 PIDS+=($!); wait_listen 0 9000
 
@@ -147,7 +149,7 @@ m_chain() {
   local n=$1 t0 pids=() nodes="" i
   fresh
   for i in $(seq 1 "$n"); do
-    ip netns exec "${P}h$i" "$STRATO" chain-agent --listen "$(addr "$i"):7400" --out-dir "$D/n$i" \
+    ip netns exec "${P}h$i" "$STRATO" chain-agent --listen "$(addr "$i"):7400" --out-dir "$D/n$i" --trust-key "$TRUST_KEY" \
       >"$T/agent$i.log" 2>&1 &
     pids+=($!); PIDS+=($!); wait_listen "$i" 7400
     nodes="$nodes${nodes:+,}$(addr "$i"):7400"

@@ -241,10 +241,26 @@ impl ChunkClient {
         path_and_query: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes)> {
+        self.send_with(what, method, path_and_query, body, false)
+            .await
+    }
+
+    /// `sign_body`: the signature covers the body's hash too (a small body
+    /// whose meaning matters, like a ticket's audience).
+    pub(crate) async fn send_with(
+        &self,
+        what: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        sign_body: bool,
+    ) -> Result<(StatusCode, Bytes)> {
         let url = format!("{}{}", self.endpoint, path_and_query);
         // Chunk bodies are checked by id on the server; skip hashing them twice.
         let signable = if body.is_empty() {
             SignableBody::Bytes(&[])
+        } else if sign_body {
+            SignableBody::Bytes(&body)
         } else {
             SignableBody::UnsignedPayload
         };
@@ -337,6 +353,50 @@ impl ChunkClient {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect())
+    }
+
+    /// A signed session ticket for distributing `bucket/key` to
+    /// `req`'s audience (`POST /chunks/ticket/...`), with its control
+    /// secret and the manifest it was signed over (checked like
+    /// [`ChunkClient::manifest`]). Only over this authenticated channel
+    /// does the secret travel from the repository.
+    pub async fn ticket(
+        &self,
+        bucket: &str,
+        key: &str,
+        req: &crate::wire::TicketRequest,
+    ) -> Result<crate::wire::TicketGrant> {
+        let what = format!("session ticket for {bucket}/{key}");
+        let route = crate::Route::Ticket {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        };
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Invalid {
+            what: what.clone(),
+            why: e.to_string(),
+        })?;
+        let (status, body) = self
+            .send_with(
+                &what,
+                route.method(),
+                &route.path_and_query(),
+                Bytes::from(body),
+                true,
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::status_error(&what, status, &body));
+        }
+        let grant: crate::wire::TicketGrant =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
+                what: what.clone(),
+                why: e.to_string(),
+            })?;
+        grant
+            .manifest
+            .check()
+            .map_err(|err| ClientError::Manifest { what, err })?;
+        Ok(grant)
     }
 
     /// Commit `bucket/key` at the endpoint from chunks it already holds

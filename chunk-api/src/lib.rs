@@ -26,3 +26,4 @@ pub use wire::{
     ManifestChunk, ManifestCommit, ManifestDoc, ManifestError, MANIFEST_VERSION, MAX_CHUNK_LEN,
     MAX_ID_LIST_BODY, MAX_MANIFEST_BODY,
 };
+pub use wire::{TicketGrant, TicketRequest, DEFAULT_TICKET_SECS, MAX_TICKET_SECS};

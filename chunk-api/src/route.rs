@@ -9,6 +9,7 @@
 //! POST         /chunks?claim&group=G         first-claimer-wins (migration groups)
 //! GET|PUT      /chunks/manifest/BUCKET/KEY   an object's manifest; commit one
 //! GET          /chunks/trust-keys            the repository's signing keys
+//! POST         /chunks/ticket/BUCKET/KEY     a signed distribution-session ticket
 //! ```
 
 use http::Method;
@@ -46,6 +47,12 @@ pub enum Route {
     /// The public keys the repository signs distribution tickets with
     /// (current first, then retired ones still accepted), one per line.
     TrustKeys,
+    /// A signed session ticket for a chain or multicast distribution of
+    /// the object (body: JSON [`crate::wire::TicketRequest`]).
+    Ticket {
+        bucket: String,
+        key: String,
+    },
 }
 
 /// A request that is not a chunk API route; the message says what is.
@@ -68,7 +75,11 @@ impl Route {
             Route::GetChunk(_) | Route::Manifest { .. } | Route::TrustKeys => Method::GET,
             Route::HeadChunk(_) => Method::HEAD,
             Route::PutChunk(_) | Route::CommitManifest { .. } => Method::PUT,
-            Route::Have | Route::PutBatch | Route::GetBatch | Route::Claim { .. } => Method::POST,
+            Route::Have
+            | Route::PutBatch
+            | Route::GetBatch
+            | Route::Claim { .. }
+            | Route::Ticket { .. } => Method::POST,
         }
     }
 
@@ -91,6 +102,11 @@ impl Route {
                 utf8_percent_encode(bucket, KEY_SET),
                 utf8_percent_encode(key, KEY_SET)
             ),
+            Route::Ticket { bucket, key } => format!(
+                "/chunks/ticket/{}/{}",
+                utf8_percent_encode(bucket, KEY_SET),
+                utf8_percent_encode(key, KEY_SET)
+            ),
         }
     }
 
@@ -110,6 +126,13 @@ impl Route {
             .ok_or_else(|| bad("not a chunk API path"))?;
         if let Some(obj) = rest.strip_prefix("manifest/") {
             return Self::parse_manifest(method, obj);
+        }
+        if let Some(obj) = rest.strip_prefix("ticket/") {
+            if method != Method::POST {
+                return Err(bad("tickets are requested with POST"));
+            }
+            let (bucket, key) = Self::bucket_key(obj, "/chunks/ticket/BUCKET/KEY")?;
+            return Ok(Route::Ticket { bucket, key });
         }
         if rest == "trust-keys" {
             return match *method {
@@ -163,21 +186,26 @@ impl Route {
         Err(bad("use POST /chunks?have, ?put, ?get or ?claim&group=G"))
     }
 
+    /// `BUCKET/KEY` (escaped) at the end of a path shaped like `shape`.
+    fn bucket_key(obj: &str, shape: &str) -> Result<(String, String), RouteError> {
+        let decoded = percent_encoding::percent_decode_str(obj)
+            .decode_utf8()
+            .map_err(|_| bad("path is not UTF-8"))?;
+        match decoded
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        {
+            Some((b, k)) => Ok((b.to_string(), k.to_string())),
+            None => Err(bad(format!("expected {shape}"))),
+        }
+    }
+
     /// `/chunks/manifest/BUCKET/KEY` (escaped).
     fn parse_manifest(method: &Method, obj: &str) -> Result<Route, RouteError> {
         if method != Method::GET && method != Method::PUT {
             return Err(bad("manifests are read with GET and committed with PUT"));
         }
-        let decoded = percent_encoding::percent_decode_str(obj)
-            .decode_utf8()
-            .map_err(|_| bad("path is not UTF-8"))?;
-        let Some((b, k)) = decoded
-            .split_once('/')
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        else {
-            return Err(bad("expected /chunks/manifest/BUCKET/KEY"));
-        };
-        let (bucket, key) = (b.to_string(), k.to_string());
+        let (bucket, key) = Self::bucket_key(obj, "/chunks/manifest/BUCKET/KEY")?;
         Ok(if method == Method::GET {
             Route::Manifest { bucket, key }
         } else {
@@ -231,6 +259,10 @@ mod tests {
                 key: "k".into(),
             },
             Route::TrustKeys,
+            Route::Ticket {
+                bucket: "b".into(),
+                key: "dir/img v2.qcow2".into(),
+            },
         ] {
             assert_eq!(roundtrip(&r), r);
         }

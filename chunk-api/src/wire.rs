@@ -14,6 +14,39 @@ pub const MAX_ID_LIST_BODY: usize = 128 << 20;
 /// Bound on a manifest commit body (about 1.5 M chunks).
 pub const MAX_MANIFEST_BODY: usize = 128 << 20;
 
+/// Bound on a ticket request body (an audience of a few thousand nodes).
+pub const MAX_TICKET_REQUEST: usize = 1 << 20;
+/// Session ticket lifetime when the request names none, and the longest
+/// granted: a ticket is a bearer credential for one image, keep it short.
+pub const DEFAULT_TICKET_SECS: u64 = 3600;
+pub const MAX_TICKET_SECS: u64 = 24 * 3600;
+
+/// `POST /chunks/ticket/{bucket}/{key}`: who a distribution session is for.
+/// Exactly one of `nodes` (chain nodes, `HOST:PORT` as the sender names
+/// them) and `group` (multicast `ADDR:PORT`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TicketRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Seconds; default [`DEFAULT_TICKET_SECS`], at most [`MAX_TICKET_SECS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_secs: Option<u64>,
+}
+
+/// The answer: the signed ticket (base64url text), the session's control
+/// secret (hex; the ticket commits to the key derived from it) and the
+/// manifest the ticket's digest was computed from, so the sender sends
+/// exactly that version even if the object changes meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TicketGrant {
+    pub ticket: String,
+    pub control_secret: String,
+    pub expires_at: u64,
+    pub manifest: ManifestDoc,
+}
+
 /// The manifest format this build writes and reads. A client refuses a
 /// manifest of another version instead of guessing at its fields.
 pub const MANIFEST_VERSION: u32 = 1;

@@ -2,7 +2,7 @@
 //! (the repository side), over `chain-broadcast` and the store glue in
 //! `distribute::chain`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use chain_broadcast::{
-    propagate_chains, resolve_nodes, split_chains, ChunkSource, Options, Progress, Report,
-    ServeOptions, SinkFactory,
+    chain_manifest_digest, propagate_chains, resolve_nodes, split_chains, ChunkSource, NodeTrust,
+    Options, Progress, Report, ServeOptions, SessionAuth, SinkFactory,
 };
 use strato::distribute::chain::{
     transfer_name, ChainSource, FileNameSinkFactory, StoreSinkFactory,
@@ -22,13 +22,70 @@ use strato::distribute::chain::{
 use super::common::{open_cache, ImageSource};
 use super::{local_owner, split_path, Ctx};
 
+/// Which repository a receiver (chain agent, multicast receiver) accepts
+/// images from.
+#[derive(Args, Debug, Clone)]
+pub struct TrustArgs {
+    /// Accept only sessions whose ticket is signed by this repository key
+    /// (the line `strato trust-key` prints); repeatable
+    #[arg(long = "trust-key", value_name = "KEY")]
+    pub trust_key: Vec<String>,
+    /// Repository keys from a file, one per line (`#` comments allowed)
+    #[arg(long, value_name = "FILE")]
+    pub trust_key_file: Vec<PathBuf>,
+    /// Without trust keys, listen on a non-loopback address anyway and
+    /// accept unsigned sessions: any host that reaches the port can then
+    /// write images here
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl TrustArgs {
+    /// The keys to check sessions against; `None` (unsigned sessions
+    /// accepted) only on loopback or with `--insecure`, said loudly.
+    pub fn load(&self, what: &str, bind: IpAddr) -> Result<Option<strato_trust::TrustedKeys>> {
+        let mut texts = self.trust_key.clone();
+        for f in &self.trust_key_file {
+            texts.push(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading trust keys from {}", f.display()))?,
+            );
+        }
+        if !texts.is_empty() {
+            let keys = strato_trust::TrustedKeys::from_texts(texts.iter().map(String::as_str))
+                .context("trust keys")?;
+            return Ok(Some(keys));
+        }
+        if bind.is_loopback() {
+            return Ok(None);
+        }
+        if self.insecure {
+            eprintln!(
+                "WARNING: {what} on {bind} with --insecure and no --trust-key: it accepts \
+                 UNSIGNED sessions, so any host that can reach it can make it store any image"
+            );
+            return Ok(None);
+        }
+        anyhow::bail!(
+            "{what} on {bind} without --trust-key: it would accept images from anyone who can \
+             reach it; give --trust-key KEY (printed by `strato trust-key` on the repository) \
+             or --trust-key-file FILE, or --insecure to accept unsigned sessions anyway"
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("sink").required(true).args(["store", "out_dir"])))]
 pub struct AgentArgs {
-    /// Address to listen on. The chain protocol has no authentication:
-    /// bind it to a trusted (cluster-internal) interface only.
+    /// Address to listen on. Off loopback it needs --trust-key (or --insecure)
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// HOST:PORT this node is named by in session tickets, besides the
+    /// address a connection reached it at (behind NAT or a name); repeatable
+    #[arg(long, value_name = "HOST:PORT")]
+    node_name: Vec<String>,
     /// Keep received images as objects of this strato store (BUCKET/KEY as
     /// sent); chunks it already holds are not sent again
     #[arg(long)]
@@ -42,6 +99,7 @@ pub struct AgentArgs {
 }
 
 pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<ExitCode> {
+    let keys = a.trust.load("chain-agent", a.listen.ip())?;
     let factory: Arc<dyn SinkFactory> = match (&a.store, &a.out_dir) {
         (Some(dir), _) => Arc::new(StoreSinkFactory::new(
             open_cache(dir)?,
@@ -64,13 +122,21 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<ExitCode> {
         let addr = listener.local_addr()?;
         // Scripts and tests read the bound port (with --listen HOST:0) here.
         println!("chain-agent listening on {addr}");
-        if !addr.ip().is_loopback() {
-            tracing::warn!(
-                "the chain protocol is unauthenticated: {addr} must be a trusted network"
-            );
+        match &keys {
+            Some(k) => println!(
+                "chain-agent accepts only sessions signed by {} trusted key(s)",
+                k.keys().len()
+            ),
+            None => tracing::warn!("chain-agent accepts unsigned sessions on {addr}"),
         }
         let opts = ServeOptions {
             max_sessions: a.max_sessions.max(1),
+            trust: keys.map(|keys| {
+                Arc::new(NodeTrust {
+                    keys,
+                    names: a.node_name.clone(),
+                })
+            }),
             ..ServeOptions::default()
         };
         let shutdown = strato::server::shutdown_signal();
@@ -98,6 +164,63 @@ pub struct PropagateArgs {
     /// Seconds without progress before a hop is given up
     #[arg(long, default_value_t = 20)]
     io_timeout: u64,
+    /// Seconds the session ticket is valid (nodes refuse it afterwards, a
+    /// bypass reconnection included)
+    #[arg(long, default_value_t = chunk_api::DEFAULT_TICKET_SECS)]
+    ticket_lifetime: u64,
+    /// Send an unsigned session (only nodes without --trust-key accept it)
+    #[arg(long)]
+    unsigned: bool,
+}
+
+/// The session ticket for `nodes`: from the repository's chunk API with
+/// `--endpoint`, or signed here with the local repository's key. Also
+/// returns the source and the manifest the ticket was signed over.
+async fn signed_session(
+    ctx: &Ctx,
+    a: &PropagateArgs,
+    bucket: &str,
+    key: &str,
+    nodes: &[SocketAddr],
+) -> Result<(
+    Arc<dyn chunk_api::ChunkSource>,
+    chunk_api::ManifestDoc,
+    SessionAuth,
+)> {
+    let audience: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    match &a.source.endpoint {
+        Some(ep) => {
+            let client = a.source.creds.client(ep)?;
+            let req = chunk_api::TicketRequest {
+                nodes: Some(audience),
+                group: None,
+                lifetime_secs: Some(a.ticket_lifetime),
+            };
+            let grant = client
+                .ticket(bucket, key, &req)
+                .await
+                .with_context(|| format!("session ticket for {bucket}/{key} from {ep}"))?;
+            let auth = strato::distribute::session_from_grant(&grant)
+                .context("the repository's session ticket")?;
+            Ok((Arc::new(client), grant.manifest, auth))
+        }
+        None => {
+            let store = ctx.open_store()?;
+            let doc = chunk_api::ChunkSource::manifest(&store, bucket, key)
+                .await
+                .with_context(|| format!("manifest of {bucket}/{key} in the local store"))?;
+            let ring = super::serve::repository_keyring(&ctx.data_dir)?;
+            let lifetime = a.ticket_lifetime.clamp(1, chunk_api::MAX_TICKET_SECS);
+            let (ticket, secret) = strato::distribute::sign_session(
+                &ring,
+                &doc,
+                strato::distribute::Audience::Nodes(audience),
+                lifetime,
+            );
+            let auth = SessionAuth::new(ticket, secret).context("signing the session")?;
+            Ok((Arc::new(store), doc, auth))
+        }
+    }
 }
 
 pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
@@ -108,7 +231,7 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
         .thread_name("strato-propagate")
         .build()?;
     let progress = Progress::new();
-    let opts = Options {
+    let mut opts = Options {
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
         io_timeout: Duration::from_secs(a.io_timeout.max(1)),
         progress: Some(Arc::clone(&progress)),
@@ -116,11 +239,24 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
     };
     let report: Report = rt.block_on(async {
         let nodes = resolve_nodes(&a.nodes).await?;
-        let from = a.source.open(ctx, &a.image)?;
-        let where_ = a.source.endpoint.as_deref().unwrap_or("the local store");
-        let (src, manifest, _) = ChainSource::open(from, &bucket, &key)
-            .await
-            .with_context(|| format!("manifest of {bucket}/{key} at {where_}"))?;
+        let (src, manifest) = if a.unsigned {
+            let from = a.source.open(ctx, &a.image)?;
+            let where_ = a.source.endpoint.as_deref().unwrap_or("the local store");
+            let (src, manifest, _) = ChainSource::open(from, &bucket, &key)
+                .await
+                .with_context(|| format!("manifest of {bucket}/{key} at {where_}"))?;
+            (src, manifest)
+        } else {
+            let (from, doc, auth) = signed_session(ctx, &a, &bucket, &key, &nodes).await?;
+            let (src, manifest) = ChainSource::from_doc(from, &doc);
+            // Both ends must cut zero runs alike, or every node refuses.
+            anyhow::ensure!(
+                chain_manifest_digest(&manifest) == auth.ticket().ticket.manifest_digest,
+                "the session ticket's manifest digest does not match {bucket}/{key}'s manifest"
+            );
+            opts.session = Some(auth);
+            (src, manifest)
+        };
         let source: Arc<dyn ChunkSource> = src;
         let pb = super::progress_bar(ctx, manifest.size(), &format!("{bucket}/{key}"));
         let ticker = {
@@ -152,6 +288,12 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
             report.elapsed.as_secs_f64(),
             report.bytes_sent
         );
+        if report.forged_control_frames > 0 {
+            println!(
+                "forged control frames dropped: {}",
+                report.forged_control_frames
+            );
+        }
         println!(
             "{:<24} {:<6} {:>14} {:>14} {:>9}  reason",
             "node", "result", "received", "written", "time"

@@ -118,6 +118,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         tls: tls_info.as_ref().map(|t| t.server.clone()),
         limits,
         trust_keys: Some(trust_keys),
+        keyring: Some(Arc::new(ring)),
     };
     let data_dir = ctx.data_dir.clone();
     let json = ctx.json;

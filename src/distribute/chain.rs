@@ -155,13 +155,23 @@ impl ChainSource {
         key: &str,
     ) -> Result<(Arc<ChainSource>, Manifest, ManifestDoc), ChainError> {
         let doc = source.manifest(bucket, key).await?;
+        let (src, manifest) = ChainSource::from_doc(source, &doc);
+        Ok((src, manifest, doc))
+    }
+
+    /// Over a manifest already fetched (the one a session ticket was
+    /// signed over, so the chain sends exactly that version).
+    pub fn from_doc(
+        source: Arc<dyn chunk_api::ChunkSource>,
+        doc: &ManifestDoc,
+    ) -> (Arc<ChainSource>, Manifest) {
         let (manifest, zeros) = chain_manifest(&doc.entries());
         let src = ChainSource {
             source,
             handle: tokio::runtime::Handle::current(),
             zeros,
         };
-        Ok((Arc::new(src), manifest, doc))
+        (Arc::new(src), manifest)
     }
 }
 

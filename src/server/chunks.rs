@@ -13,6 +13,10 @@
 //! POST /chunks?claim&group=G           body: hex ids; answer: those this caller won for
 //!                                      migration group G (first claimant wins, atomic)
 //! GET  /chunks/manifest/{bucket}/{key} JSON manifest (see [`ManifestDoc`])
+//! POST /chunks/ticket/{bucket}/{key}   body: JSON [`TicketRequest`]; answer: [`TicketGrant`],
+//!                                      a session ticket signed by the repository's key,
+//!                                      the session's control secret, and the manifest
+//!                                      signed over (owner only, like the manifest)
 //! PUT  /chunks/manifest/{bucket}/{key} body: JSON [`ManifestCommit`]; commits an object
 //!                                      made of chunks already held here (all must be
 //!                                      present, with those lengths; the ETag is the
@@ -35,7 +39,8 @@ use s3_compat::{ByteStream, ExtraRoute, ResponseBody, User};
 use chunk_api::frames;
 use chunk_api::ids;
 use chunk_api::wire::{
-    ManifestCommit, ManifestDoc, MAX_CHUNK_LEN, MAX_ID_LIST_BODY, MAX_MANIFEST_BODY,
+    ManifestCommit, ManifestDoc, TicketGrant, TicketRequest, DEFAULT_TICKET_SECS, MAX_CHUNK_LEN,
+    MAX_ID_LIST_BODY, MAX_MANIFEST_BODY, MAX_TICKET_REQUEST, MAX_TICKET_SECS,
 };
 
 use crate::chunk_api::claims::{ClaimError, ClaimLimits, ClaimTable};
@@ -55,6 +60,8 @@ pub struct ChunkRoute {
     /// The repository's ticket-signing public keys, one per line (`None`:
     /// this server signs nothing, e.g. an NBD rack upstream).
     trust_keys: Option<Arc<str>>,
+    /// Signs session tickets (`None`: this server issues none).
+    keyring: Option<Arc<strato_trust::Keyring>>,
 }
 
 impl ChunkRoute {
@@ -64,7 +71,14 @@ impl ChunkRoute {
             fallback: None,
             claims: Arc::new(ClaimTable::default()),
             trust_keys: None,
+            keyring: None,
         }
+    }
+
+    /// Issue session tickets signed with `ring` at `POST /chunks/ticket/...`.
+    pub fn with_keyring(mut self, ring: Arc<strato_trust::Keyring>) -> ChunkRoute {
+        self.keyring = Some(ring);
+        self
     }
 
     /// Publish the repository's signing keys at `GET /chunks/trust-keys`.
@@ -228,6 +242,7 @@ impl ChunkRoute {
             }
             Route::Manifest { bucket, key } => self.manifest(user, bucket, key).await,
             Route::TrustKeys => self.trust_keys(),
+            Route::Ticket { bucket, key } => self.ticket(user, bucket, key, body).await,
         }
     }
 
@@ -380,6 +395,84 @@ impl ChunkRoute {
 
     /// A pseudo image's own manifest first (it serves one object for
     /// others), else the store's, for the bucket's owner only.
+    /// A signed ticket for distributing the object's current version to
+    /// the audience asked for, with the session's control secret. The
+    /// digest is over exactly the list the receivers are sent: the chain
+    /// manifest (zero runs cut into pieces) for chain nodes, the store
+    /// manifest for a multicast group.
+    async fn ticket(
+        &self,
+        user: &User,
+        bucket: String,
+        key: String,
+        body: ByteStream,
+    ) -> ApiResult {
+        let ring = self
+            .keyring
+            .clone()
+            .ok_or_else(|| ApiError::NotFound("this server issues no session tickets".into()))?;
+        let data = collect(body, MAX_TICKET_REQUEST).await?;
+        let req: TicketRequest = serde_json::from_slice(&data)
+            .map_err(|e| ApiError::BadRequest(format!("ticket request: {e}")))?;
+        let addr = |s: &str| {
+            s.parse::<std::net::SocketAddr>()
+                .map_err(|_| ApiError::BadRequest(format!("{s:?} is not an IP:PORT address")))
+        };
+        let audience = match (req.nodes, req.group) {
+            (Some(nodes), None) if !nodes.is_empty() && nodes.len() <= 4096 => {
+                for n in &nodes {
+                    addr(n)?;
+                }
+                strato_trust::Audience::Nodes(nodes)
+            }
+            (None, Some(group)) if addr(&group)?.ip().is_multicast() => {
+                strato_trust::Audience::Group(group)
+            }
+            (None, Some(group)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "{group} is not a multicast group address"
+                )))
+            }
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "give exactly one of nodes (1 to 4096 IP:PORT) or group (ADDR:PORT)".into(),
+                ))
+            }
+        };
+        let lifetime = req.lifetime_secs.unwrap_or(DEFAULT_TICKET_SECS);
+        if lifetime == 0 || lifetime > MAX_TICKET_SECS {
+            return Err(ApiError::BadRequest(format!(
+                "ticket lifetime {lifetime} s: 1 to {MAX_TICKET_SECS} allowed"
+            )));
+        }
+        let me = user.id.clone();
+        let store = self.store.clone();
+        // Reading the manifest and hashing it (a large image has a million
+        // entries) happen off the reactor.
+        let (doc, signed, secret) = blocking(move || {
+            let bk = store.bucket(&bucket)?;
+            if bk.owner != me {
+                return Ok(Err(ApiError::Denied));
+            }
+            let (rec, chunks) = store.manifest(&bucket, &key)?;
+            let doc = ManifestDoc::of_record(&bucket, &key, &rec, &chunks);
+            let (signed, secret) = crate::distribute::sign_session(&ring, &doc, audience, lifetime);
+            Ok(Ok((doc, signed, secret)))
+        })
+        .await??;
+        let ticket = &signed.ticket;
+        // The secret goes back only in this answer to an authenticated
+        // caller; it is never logged.
+        tracing::info!(user = %user.id, bucket = %ticket.bucket, key = %ticket.key,
+            expires_at = ticket.expires_at, "session ticket issued");
+        json_response(&TicketGrant {
+            ticket: signed.to_text(),
+            control_secret: hex::encode(secret),
+            expires_at: ticket.expires_at,
+            manifest: doc,
+        })
+    }
+
     async fn manifest(&self, user: &User, bucket: String, key: String) -> ApiResult {
         if let Some(f) = &self.fallback {
             match f.manifest(&bucket, &key).await {
@@ -473,10 +566,14 @@ pub fn route(
     store: Store,
     claim_limits: ClaimLimits,
     trust_keys: Option<&str>,
+    keyring: Option<Arc<strato_trust::Keyring>>,
 ) -> Arc<dyn ExtraRoute> {
     let mut r = ChunkRoute::new(store).with_claim_limits(claim_limits);
     if let Some(keys) = trust_keys {
         r = r.with_trust_keys(keys);
+    }
+    if let Some(ring) = keyring {
+        r = r.with_keyring(ring);
     }
     Arc::new(r)
 }

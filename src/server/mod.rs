@@ -38,6 +38,8 @@ pub struct ServeOptions {
     /// The repository's ticket-signing public keys (text, one per line),
     /// published at `GET /chunks/trust-keys`.
     pub trust_keys: Option<String>,
+    /// Signs distribution-session tickets (`POST /chunks/ticket/...`).
+    pub keyring: Option<Arc<strato_trust::Keyring>>,
 }
 
 pub fn s3_config(file: &FileConfig) -> S3Config {
@@ -75,6 +77,7 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         store.clone(),
         opts.file.claim_limits(),
         opts.trust_keys.as_deref(),
+        opts.keyring.clone(),
     ))
     .build();
     let front = Front {

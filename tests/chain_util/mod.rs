@@ -30,7 +30,20 @@ impl Agent {
     /// Starts `strato chain-agent --listen LISTEN (--store|--out-dir) DIR`,
     /// optionally through a prefix (`ip netns exec NS`), and waits (bounded)
     /// for the address it prints.
+    /// Off loopback the agent runs `--insecure` (these tests are about the
+    /// chain, not about trust; tests/trust_sessions.rs is).
     pub fn start(prefix: &[&str], listen: &str, kind: Kind, dir: &Path) -> Agent {
+        Agent::start_with(prefix, listen, kind, dir, &["--insecure"])
+    }
+
+    /// As [`Agent::start`], with extra agent flags (`--trust-key K`...).
+    pub fn start_with(
+        prefix: &[&str],
+        listen: &str,
+        kind: Kind,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Agent {
         let flag = match kind {
             Kind::Store => "--store",
             Kind::Files => "--out-dir",
@@ -45,6 +58,7 @@ impl Agent {
         };
         cmd.args(["chain-agent", "--listen", listen, flag])
             .arg(dir)
+            .args(extra)
             .env_remove("STRATO_CONFIG")
             .env("STRATO_DATA_DIR", dir.join("unused-data-dir"))
             .stdin(Stdio::null())

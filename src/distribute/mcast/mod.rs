@@ -24,6 +24,13 @@ pub use receiver::{receive, RecvOptions, RecvSink};
 pub use report::{Outcome, ReceiverOutcome, ReceiverReport, SenderReport};
 pub use sender::{send, SendOptions, Source};
 
+/// The digest a multicast session's ticket signs: over the manifest
+/// entries exactly as the Session message carries them (zero runs as the
+/// all-zero id).
+pub fn manifest_digest(entries: &[crate::store::model::ManifestEntry]) -> [u8; 32] {
+    strato_trust::manifest_digest(entries.iter().map(|e| (e.id.0, u64::from(e.len))))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum McastError {
     #[error(transparent)]
