@@ -14,7 +14,10 @@ use crate::store::{Engine, StoreConfig};
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    /// The metadata engine; `[meta] engine` says the same and wins.
     pub engine: Option<Engine>,
+    #[serde(default)]
+    pub meta: MetaConfig,
     pub verify_reads: Option<bool>,
     pub segment_size: Option<u64>,
     #[serde(default)]
@@ -27,6 +30,17 @@ pub struct FileConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub migration: MigrationConfig,
+}
+
+/// `[meta]`: where the metadata lives. The embedded engines keep it in the
+/// data directory; `postgres` in the database at `url`, which several
+/// frontends can share. A url with a password belongs in this file (mode
+/// 0600) or STRATO_META_URL rather than on a command line other users can read.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaConfig {
+    pub engine: Option<Engine>,
+    pub url: Option<String>,
 }
 
 /// `[migration]`: the claim table this site keeps for migration groups
@@ -97,13 +111,30 @@ impl FileConfig {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
     }
 
-    pub fn store_config(&self, engine_flag: Option<Engine>) -> StoreConfig {
+    /// `engine_flag` and `url_flag` come from the command line or the
+    /// environment and win over the file. A url with no engine named
+    /// anywhere means postgres.
+    pub fn store_config(&self, engine_flag: Option<Engine>, url_flag: Option<&str>) -> StoreConfig {
         let d = StoreConfig::default();
+        let meta_url = url_flag
+            .map(str::to_string)
+            .or_else(|| self.meta.url.clone())
+            .filter(|u| !u.is_empty());
+        let engine =
+            engine_flag
+                .or(self.meta.engine)
+                .or(self.engine)
+                .unwrap_or(if meta_url.is_some() {
+                    Engine::Postgres
+                } else {
+                    d.engine
+                });
         StoreConfig {
-            engine: engine_flag.or(self.engine).unwrap_or(d.engine),
+            engine,
+            meta_url,
             segment_size: self.segment_size.unwrap_or(d.segment_size),
             verify_reads: self.verify_reads.unwrap_or(d.verify_reads),
-            min_part_size: d.min_part_size,
+            ..d
         }
     }
 
@@ -192,5 +223,32 @@ mod tests {
         assert_eq!(c.users.len(), 1);
         assert_eq!(c.gc_options().grace, Duration::from_secs(5));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn meta_section_and_its_precedence() {
+        let c: FileConfig = toml::from_str(
+            r#"engine = "sled"
+               [meta]
+               engine = "postgres"
+               url = "postgres://u:pw@127.0.0.1:5432/strato""#,
+        )
+        .unwrap();
+        let s = c.store_config(None, None);
+        assert_eq!(s.engine, Engine::Postgres, "[meta] engine wins over engine");
+        assert_eq!(
+            s.meta_url.as_deref(),
+            Some("postgres://u:pw@127.0.0.1:5432/strato")
+        );
+        let s = c.store_config(Some(Engine::Redb), Some("postgres://other/db"));
+        assert_eq!(s.engine, Engine::Redb, "the flag wins");
+        assert_eq!(s.meta_url.as_deref(), Some("postgres://other/db"));
+        // A url alone means postgres; nothing at all means redb.
+        let only_url: FileConfig = toml::from_str("[meta]\nurl = \"postgres://h/d\"").unwrap();
+        assert_eq!(only_url.store_config(None, None).engine, Engine::Postgres);
+        let none = FileConfig::default().store_config(None, None);
+        assert_eq!((none.engine, none.meta_url), (Engine::Redb, None));
+        assert!(toml::from_str::<FileConfig>("[meta]\nengine = \"mysql\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[meta]\nhost = \"x\"").is_err());
     }
 }

@@ -89,6 +89,10 @@ pub enum BackendError {
     Body(#[from] BodyError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A backend the store depends on (named, e.g. "postgres") cannot be
+    /// reached for now; clients should retry (503).
+    #[error("{backend} backend unavailable: {message}")]
+    Unavailable { backend: String, message: String },
 }
 
 /// A bucket as listed.

@@ -106,6 +106,15 @@ pub(crate) fn backend_error(e: &BackendError) -> S3Error {
                 "We encountered an internal error. Please try again.",
             )
         }
+        // The client learns which backend failed, not where it is: the
+        // detail (host, database) goes to the log only.
+        BackendError::Unavailable { backend, message } => {
+            tracing::warn!(backend = %backend, error = %message, "backend unavailable");
+            err(
+                C::ServiceUnavailable,
+                format!("The {backend} backend is unavailable; please try again."),
+            )
+        }
     }
 }
 
@@ -193,12 +202,25 @@ mod tests {
             BackendError::InvalidBucketName,
             BackendError::KeyTooLong,
             BackendError::Internal("x".into()),
+            BackendError::Unavailable {
+                backend: "postgres".into(),
+                message: "x".into(),
+            },
         ];
         for e in all {
             let s = status_of(&backend_error(&e));
             assert!(s.is_client_error() || s.is_server_error(), "{e:?} -> {s}");
         }
         assert_eq!(status_of(&backend_error(&BackendError::NoSuchKey)), 404);
+        let down = backend_error(&BackendError::Unavailable {
+            backend: "postgres".into(),
+            message: "connection refused".into(),
+        });
+        assert_eq!(status_of(&down), 503);
+        assert!(
+            down.message().is_some_and(|m| m.contains("postgres")),
+            "{down:?}"
+        );
         let bodies = [
             BodyError::Incomplete {
                 expected: 2,

@@ -37,9 +37,18 @@ pub struct Cli {
     /// TOML config file (default: DATA_DIR/strato.toml if it exists)
     #[arg(long, global = true, env = "STRATO_CONFIG")]
     config: Option<PathBuf>,
-    /// Metadata engine: redb (default) or sled
-    #[arg(long, global = true, env = "STRATO_ENGINE")]
+    /// Metadata engine: redb (default), sled or postgres (STRATO_ENGINE is
+    /// read too)
+    #[arg(
+        long = "meta-engine",
+        visible_alias = "engine",
+        global = true,
+        env = "STRATO_META_ENGINE"
+    )]
     engine: Option<Engine>,
+    /// PostgreSQL url of the postgres engine (postgres://user:password@host:port/db)
+    #[arg(long, global = true, env = "STRATO_META_URL", hide_env_values = true)]
+    meta_url: Option<String>,
     /// Machine-readable JSON output
     #[arg(long, global = true)]
     json: bool,
@@ -110,6 +119,7 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     pub file: FileConfig,
     pub engine: Option<Engine>,
+    pub meta_url: Option<String>,
     pub json: bool,
     /// Progress bars only when a person is watching.
     pub interactive: bool,
@@ -117,9 +127,8 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn open_store(&self) -> Result<Store> {
-        let (store, report) =
-            Store::open_with_report(&self.data_dir, self.file.store_config(self.engine))
-                .with_context(|| format!("opening the store in {}", self.data_dir.display()))?;
+        let (store, report) = Store::open_with_report(&self.data_dir, self.store_config())
+            .with_context(|| format!("opening the store in {}", self.data_dir.display()))?;
         if report.recovered_segments > 0 {
             tracing::warn!(
                 "recovered {} unsealed segment(s) left by an earlier crash ({} torn bytes cut)",
@@ -128,6 +137,23 @@ impl Ctx {
             );
         }
         Ok(store)
+    }
+
+    pub fn store_config(&self) -> strato::store::StoreConfig {
+        self.file
+            .store_config(self.engine, self.meta_url.as_deref())
+    }
+
+    /// The metadata engine for banners: its name, and for postgres where
+    /// the database is (never the password).
+    pub fn meta_description(&self) -> String {
+        let cfg = self.store_config();
+        match (&cfg.engine, &cfg.meta_url) {
+            (Engine::Postgres, Some(url)) => {
+                format!("postgres {}", strato::store::meta::redact_url(url))
+            }
+            (e, _) => e.name().to_string(),
+        }
     }
 
     pub fn print_json(&self, v: &impl serde::Serialize) -> Result<()> {
@@ -189,10 +215,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let data_dir = data_dir_flag
         .or_else(|| file.data_dir.clone())
         .unwrap_or_else(config::default_data_dir);
+    // The older name of the engine variable, still honoured under the new one.
+    let engine = match cli.engine {
+        Some(e) => Some(e),
+        None => match std::env::var("STRATO_ENGINE") {
+            Ok(v) if !v.is_empty() => Some(
+                v.parse::<Engine>()
+                    .map_err(|e| anyhow::anyhow!("STRATO_ENGINE: {e}"))?,
+            ),
+            _ => None,
+        },
+    };
     let ctx = Ctx {
         data_dir,
         file,
-        engine: cli.engine,
+        engine,
+        meta_url: cli.meta_url,
         json: cli.json,
         interactive: std::io::stderr().is_terminal(),
     };

@@ -57,6 +57,10 @@ fn map_err(e: StoreError) -> BackendError {
         StoreError::InvalidRange { start, end, size } => BackendError::InvalidArgument(format!(
             "range {start}-{end} outside an object of {size} bytes"
         )),
+        StoreError::Unavailable { backend, message } => BackendError::Unavailable {
+            backend: backend.to_string(),
+            message,
+        },
         other => {
             tracing::error!("store error: {other}");
             BackendError::Internal(other.to_string())

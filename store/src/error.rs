@@ -16,6 +16,15 @@ pub enum StoreError {
     },
     #[error("metadata engine error: {0}")]
     Meta(String),
+    /// A networked backend (the PostgreSQL metadata, an object store) could
+    /// not be reached within its retries; nothing was changed by the failed
+    /// operation unless `message` says the outcome is unknown. The S3 API
+    /// answers 503 so clients retry.
+    #[error("{backend} backend unavailable: {message}")]
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
     #[error("data directory {0} is in use by another strato process")]
     Locked(PathBuf),
     #[error("data directory {path} has format {found:?}, this strato understands {expected:?}")]

@@ -82,6 +82,8 @@ pub fn now_secs() -> u64 {
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub engine: Engine,
+    /// Where the postgres engine's database is (`postgres://...`).
+    pub meta_url: Option<String>,
     /// A segment is sealed once it grows past this many bytes.
     pub segment_size: u64,
     /// Re-hash chunks on every read (always done by fsck).
@@ -94,6 +96,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             engine: Engine::Redb,
+            meta_url: None,
             segment_size: 256 << 20,
             verify_reads: true,
             min_part_size: MIN_PART_SIZE,
@@ -172,7 +175,8 @@ impl Store {
         check_format(dir)?;
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir).at(&seg_dir)?;
-        let meta = meta::open(cfg.engine, dir)?;
+        let meta = meta::open(cfg.engine, cfg.meta_url.as_deref(), dir)?;
+        meta.check_format(FORMAT)?;
 
         let index = ChunkIndex::default();
         let mut segments = HashMap::new();

@@ -227,7 +227,6 @@ impl Daemon {
 }
 
 /// Find `name` on PATH or in the sbin directories.
-#[allow(dead_code)] // the Ceph testbed uses it
 pub(crate) fn find_tool(name: &str, package: &'static str) -> Result<PathBuf, TestbedError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let sbin = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];

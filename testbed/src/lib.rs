@@ -14,6 +14,6 @@ mod error;
 mod guard;
 mod postgres;
 
-pub use ceph::{shared_ceph, Ceph, CephOptions};
+pub use ceph::{s3_client, shared_ceph, Ceph, CephOptions};
 pub use error::TestbedError;
 pub use postgres::{shared_postgres, Postgres};
