@@ -121,13 +121,22 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         keyring: Some(Arc::new(ring)),
     };
     let data_dir = ctx.data_dir.clone();
+    let meta = ctx.meta_description();
     let json = ctx.json;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strato-serve")
         .build()?;
     rt.block_on(server::serve(store, opts, move |addr| {
-        print_banner(addr, &users, &data_dir, json, tls_info.as_ref(), &trust_key);
+        print_banner(
+            addr,
+            &users,
+            &data_dir,
+            &meta,
+            json,
+            tls_info.as_ref(),
+            &trust_key,
+        );
     }))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -136,6 +145,7 @@ fn print_banner(
     addr: SocketAddr,
     users: &server::Users,
     data_dir: &std::path::Path,
+    meta: &str,
     json: bool,
     tls: Option<&TlsInfo>,
     trust_key: &str,
@@ -148,13 +158,15 @@ fn print_banner(
     if json {
         println!(
             "{}",
-            serde_json::json!({"endpoint": endpoint, "data_dir": data_dir, "user": first.name,
+            serde_json::json!({"endpoint": endpoint, "data_dir": data_dir, "metadata": meta,
+                "user": first.name,
                 "access_key": first.access_key, "secret_key": first.secret_key,
                 "tls_fingerprint": fingerprint, "ca_file": ca, "trust_key": trust_key})
         );
     } else {
         println!("strato serving S3 at {endpoint}");
         println!("  data dir    {}", data_dir.display());
+        println!("  metadata    {meta}");
         println!(
             "  user        {}{}",
             first.name,

@@ -1,16 +1,19 @@
 //! Metadata behind one small trait: buckets, manifests, per-chunk reference
-//! state and multipart uploads. Two engines implement it (redb, the default,
-//! and sled); `tests` runs one suite against both.
+//! state and multipart uploads. Three engines implement it (redb, the default,
+//! sled, and PostgreSQL for a repository shared by several frontends);
+//! `tests` runs one suite against all of them.
 //!
 //! Each engine keeps a single ordered key space; a [`Table`] is a one-byte key
 //! prefix. That keeps both engines symmetric (sled transactions span one tree
 //! cheaply) and makes a transaction over several "tables" trivially atomic.
 
+mod postgres_engine;
 mod redb_engine;
 mod sled_engine;
 
 use std::path::Path;
 
+pub use postgres_engine::{redact_url, PostgresMeta, SCHEMA_VERSION};
 pub use redb_engine::RedbMeta;
 pub use sled_engine::SledMeta;
 
@@ -37,6 +40,8 @@ pub enum Table {
     BucketOptions = b's',
     /// 4 KiB block id -> chunk id + offset (see blocks.rs)
     Blocks = b'k',
+    /// shared (s3) mode: chunk id -> segment object id, offset, length (see shared.rs)
+    ChunkLocs = b'l',
 }
 
 pub(crate) fn full_key(t: Table, key: &[u8]) -> Vec<u8> {
@@ -58,6 +63,11 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub trait MetaStore: Send + Sync {
     fn engine(&self) -> &'static str;
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// The values of `keys` (in their order; `None` where absent). Engines
+    /// over a network answer it in one round trip.
+    fn get_many(&self, t: Table, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(t, k)).collect()
+    }
     /// Up to `limit` entries of table `t` whose key starts with `prefix` and is
     /// `>= start` (start is a full key within the table), in key order.
     fn scan(&self, t: Table, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<KeyValue>>;
@@ -66,6 +76,12 @@ pub trait MetaStore: Send + Sync {
     /// retries on conflict), so it must only act through the transaction.
     /// An error from `f` rolls everything back.
     fn write(&self, f: &mut dyn FnMut(&mut dyn MetaTxn) -> Result<()>) -> Result<()>;
+    /// Check (or, in a new repository, record) the store's format marker
+    /// where this engine keeps the repository. The embedded engines live in
+    /// the data directory, whose FORMAT file the store checks itself.
+    fn check_format(&self, _format: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -74,6 +90,8 @@ pub enum Engine {
     #[default]
     Redb,
     Sled,
+    /// PostgreSQL at `StoreConfig::meta_url`, shared by several frontends.
+    Postgres,
 }
 
 impl std::str::FromStr for Engine {
@@ -82,15 +100,45 @@ impl std::str::FromStr for Engine {
         match s {
             "redb" => Ok(Engine::Redb),
             "sled" => Ok(Engine::Sled),
-            other => Err(format!("unknown metadata engine {other:?} (redb or sled)")),
+            "postgres" | "postgresql" => Ok(Engine::Postgres),
+            other => Err(format!(
+                "unknown metadata engine {other:?} (redb, sled or postgres)"
+            )),
         }
     }
 }
 
-pub fn open(engine: Engine, dir: &Path) -> Result<Box<dyn MetaStore>> {
-    Ok(match engine {
-        Engine::Redb => Box::new(RedbMeta::open(&dir.join("meta.redb"))?),
-        Engine::Sled => Box::new(SledMeta::open(&dir.join("meta.sled"))?),
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Redb => "redb",
+            Engine::Sled => "sled",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
+/// Open the metadata of the store in `dir`: the embedded engines keep it
+/// there, PostgreSQL at `url` (required for it, refused for the others so a
+/// url given by mistake is not silently ignored).
+pub fn open(engine: Engine, url: Option<&str>, dir: &Path) -> Result<Box<dyn MetaStore>> {
+    Ok(match (engine, url) {
+        (Engine::Redb, None) => Box::new(RedbMeta::open(&dir.join("meta.redb"))?),
+        (Engine::Sled, None) => Box::new(SledMeta::open(&dir.join("meta.sled"))?),
+        (Engine::Postgres, Some(url)) => Box::new(PostgresMeta::open(url)?),
+        (Engine::Postgres, None) => {
+            return Err(StoreError::InvalidArgument(
+                "the postgres metadata engine needs a url ([meta] url, --meta-url or \
+                 STRATO_META_URL)"
+                    .into(),
+            ))
+        }
+        (e @ (Engine::Redb | Engine::Sled), Some(_)) => {
+            return Err(StoreError::InvalidArgument(format!(
+                "a metadata url is set but the engine is {}; set the engine to postgres",
+                e.name()
+            )))
+        }
     })
 }
 
@@ -124,15 +172,28 @@ pub fn for_each(
 }
 
 #[cfg(test)]
+mod store_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    const ALL: [Engine; 3] = [Engine::Redb, Engine::Sled, Engine::Postgres];
+
+    /// A fresh database on the shared PostgreSQL testbed for the postgres
+    /// engine, nothing for the embedded ones.
+    pub(crate) fn fresh_url(e: Engine) -> Option<String> {
+        (e == Engine::Postgres).then(|| {
+            let name = format!("meta_{:016x}", rand::random::<u64>());
+            strato_testbed::shared_postgres().create_database(&name)
+        })
+    }
+
     fn engines() -> Vec<(tempfile::TempDir, Box<dyn MetaStore>)> {
-        [Engine::Redb, Engine::Sled]
-            .into_iter()
+        ALL.into_iter()
             .map(|e| {
                 let d = tempfile::tempdir().unwrap();
-                let m = open(e, d.path()).unwrap();
+                let m = open(e, fresh_url(e).as_deref(), d.path()).unwrap();
                 (d, m)
             })
             .collect()
@@ -209,17 +270,76 @@ mod tests {
 
     #[test]
     fn survives_reopen() {
-        for e in [Engine::Redb, Engine::Sled] {
+        for e in ALL {
             let d = tempfile::tempdir().unwrap();
+            let url = fresh_url(e);
             {
-                let m = open(e, d.path()).unwrap();
+                let m = open(e, url.as_deref(), d.path()).unwrap();
                 m.write(&mut |tx| tx.put(Table::Misc, b"k", b"v")).unwrap();
             }
-            let m = open(e, d.path()).unwrap();
+            let m = open(e, url.as_deref(), d.path()).unwrap();
             assert_eq!(
                 m.get(Table::Misc, b"k").unwrap().as_deref(),
                 Some(&b"v"[..])
             );
+        }
+    }
+
+    #[test]
+    fn get_many_answers_in_key_order_with_gaps_and_repeats() {
+        for (_d, m) in engines() {
+            m.write(&mut |tx| {
+                tx.put(Table::Chunks, b"a", b"1")?;
+                tx.put(Table::Chunks, b"c", b"3")?;
+                tx.put(Table::Blocks, b"b", b"other table")
+            })
+            .unwrap();
+            let got = m
+                .get_many(Table::Chunks, &[b"c", b"b", b"a", b"c", b""])
+                .unwrap();
+            let want: Vec<Option<Vec<u8>>> = vec![
+                Some(b"3".to_vec()),
+                None,
+                Some(b"1".to_vec()),
+                Some(b"3".to_vec()),
+                None,
+            ];
+            assert_eq!(got, want, "{}", m.engine());
+            assert!(m.get_many(Table::Chunks, &[]).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn scan_edges_match_across_engines() {
+        // Keys with 0x00 and 0xff bytes at the prefix edge, and a prefix that
+        // is a whole key: every engine must return the same pages.
+        let keys: [&[u8]; 6] = [b"p", b"p\0", b"p\xff", b"p\xff\xff", b"pa", b"q"];
+        let mut answers = Vec::new();
+        for (_d, m) in engines() {
+            m.write(&mut |tx| {
+                for k in keys {
+                    tx.put(Table::Parts, k, k)?;
+                }
+                tx.put(Table::Uploads, b"p", b"x")
+            })
+            .unwrap();
+            let mut got = Vec::new();
+            for (prefix, start, limit) in [
+                (&b"p"[..], &b""[..], 10),
+                (b"p\xff", b"", 10),
+                (b"p", b"p\xff", 10),
+                (b"", b"pa", 2),
+                (b"p", b"p", 3),
+            ] {
+                got.push(m.scan(Table::Parts, prefix, start, limit).unwrap());
+            }
+            answers.push((m.engine(), got));
+        }
+        let (first, want) = &answers[0];
+        assert_eq!(want[0].len(), 5);
+        assert_eq!(want[1].len(), 2);
+        for (engine, got) in &answers[1..] {
+            assert_eq!(got, want, "{engine} differs from {first}");
         }
     }
 }
