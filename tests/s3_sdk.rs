@@ -56,8 +56,8 @@ async fn buckets() {
     let c = client(&server);
     c.create_bucket().bucket("images").send().await.unwrap();
     c.create_bucket().bucket("other").send().await.unwrap();
-    let e = c.create_bucket().bucket("images").send().await.unwrap_err();
-    assert_eq!(code(&e), "BucketAlreadyOwnedByYou");
+    // us-east-1 answers a repeated create of your own bucket with 200.
+    c.create_bucket().bucket("images").send().await.unwrap();
 
     let lb = c.list_buckets().send().await.unwrap();
     let names: Vec<_> = lb.buckets().iter().filter_map(|b| b.name()).collect();

@@ -139,8 +139,10 @@ pub struct PutOptions {
     /// `If-Match`: commit only if the current object's ETag (without quotes)
     /// equals this; `Some("*")` means "only if an object exists".
     pub if_match: Option<String>,
-    /// `If-None-Match: *`: commit only if no object exists under the key.
-    pub if_none_match_any: bool,
+    /// `If-None-Match`: `Some("*")` commits only if no object exists under
+    /// the key; a list of ETags (without quotes, comma-separated) commits
+    /// only if the current object's ETag is none of them.
+    pub if_none_match: Option<String>,
     /// Expected MD5 of the body (from `Content-MD5`); mismatch → `BadDigest`.
     pub content_md5: Option<[u8; 16]>,
     /// Chunking profile requested via `x-amz-meta-strato-chunking`.

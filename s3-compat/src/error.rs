@@ -139,6 +139,44 @@ pub(crate) fn escape(s: &str) -> String {
     out
 }
 
+/// AWS's wording for an error code, for documents that would otherwise go
+/// out without a message (s3s rejects some requests before routing with an
+/// empty one, and clients such as the aws CLI v1 crash on that).
+pub(crate) fn default_message(code: &str, status: http::StatusCode) -> String {
+    let m = match code {
+        "AccessDenied" => "Access Denied",
+        "BadDigest" => "The Content-MD5 or checksum you specified did not match what we received.",
+        "BucketAlreadyExists" => "The requested bucket name is not available. The bucket namespace is shared by all users of the system. Please select a different name and try again.",
+        "BucketNotEmpty" => "The bucket you tried to delete is not empty",
+        "EntityTooLarge" => "Your proposed upload exceeds the maximum allowed object size.",
+        "EntityTooSmall" => "Your proposed upload is smaller than the minimum allowed object size.",
+        "IncompleteBody" => "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+        "InternalError" => "We encountered an internal error. Please try again.",
+        "InvalidArgument" => "Invalid Argument",
+        "InvalidBucketName" => "The specified bucket is not valid.",
+        "InvalidDigest" => "The Content-MD5 you specified was invalid.",
+        "InvalidPart" => "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.",
+        "InvalidPartOrder" => "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
+        "InvalidRange" => "The requested range is not satisfiable",
+        "InvalidRequest" => "Invalid Request",
+        "KeyTooLongError" => "Your key is too long",
+        "MalformedXML" => "The XML you provided was not well-formed or did not validate against our published schema.",
+        "MethodNotAllowed" => "The specified method is not allowed against this resource.",
+        "MissingContentLength" => "You must provide the Content-Length HTTP header.",
+        "NoSuchBucket" => "The specified bucket does not exist",
+        "NoSuchKey" => "The specified key does not exist.",
+        "NoSuchUpload" => "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+        "NotImplemented" => "A header you provided implies functionality that is not implemented",
+        "PreconditionFailed" => "At least one of the pre-conditions you specified did not hold",
+        "RequestTimeTooSkewed" => "The difference between the request time and the current time is too large.",
+        "ServiceUnavailable" => "Service is unable to handle request.",
+        "SignatureDoesNotMatch" => "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+        "SlowDown" => "Please reduce your request rate.",
+        _ => return status.canonical_reason().unwrap_or("Error").to_owned(),
+    };
+    m.to_owned()
+}
+
 /// The S3 error document.
 pub(crate) fn error_xml(code: &str, message: &str, resource: &str, request_id: &str) -> String {
     format!(

@@ -53,7 +53,9 @@ mod config;
 mod error;
 mod list;
 mod metrics;
+mod rfc2047;
 mod service;
+mod spool;
 
 pub use auth::{Credential, CredentialStore, StaticCredentials, User};
 pub use backend::{

@@ -23,7 +23,7 @@ use crate::auth::{CredentialStore, User};
 use crate::backend::{Backend, BackendError, ByteStream};
 use crate::body::{classify_transport, ChunkCap};
 use crate::config::S3Config;
-use crate::error::{backend_error, error_xml, parse_error_xml};
+use crate::error::{backend_error, default_message, error_xml, parse_error_xml};
 use crate::metrics::{MetricsSink, RequestRecord};
 
 /// Boxed error type of response bodies.
@@ -256,6 +256,19 @@ impl S3Service {
             r
         });
         parts.extensions.insert(ctx.clone());
+        if needs_spool(&parts, streaming) {
+            let spooled = match crate::spool::spool(body, config.max_object_size).await {
+                Ok(s) => s,
+                Err(e) => return error_response(e),
+            };
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(spooled.len));
+            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            return self
+                .call_s3s(http::Request::from_parts(parts, spooled.body))
+                .await;
+        }
         let body = body.map_err(Into::into);
         let body = if streaming {
             s3s::Body::http_body(ChunkCap::new(
@@ -299,6 +312,20 @@ impl S3Service {
             }
         }
     }
+}
+
+/// A PUT whose body has no declared length (`Transfer-Encoding: chunked`,
+/// no Content-Length, not aws-chunked): s3s and SigV4 need the length, so
+/// it is read to its end first (see spool.rs).
+fn needs_spool(parts: &http::request::Parts, streaming: bool) -> bool {
+    parts.method == Method::PUT
+        && !streaming
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && parts
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
 }
 
 fn xml_field(raw: &[u8], name: &str) -> Option<String> {
@@ -430,6 +457,11 @@ async fn finish(
                 String::new(),
             )
         });
+        let message = if message.trim().is_empty() {
+            default_message(&code, status)
+        } else {
+            message
+        };
         let mut doc = error_xml(&code, &message, path, request_id);
         // Keep the Region of a wrong-region answer: clients retry with it.
         if let Some(region) = xml_field(&raw, "Region") {

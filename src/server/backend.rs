@@ -95,8 +95,8 @@ fn object_info(bucket: &str, key: &str, rec: &ObjectRecord) -> ObjectInfo {
 }
 
 fn precondition(opts: &PutOptions) -> Precondition {
-    if opts.if_none_match_any {
-        Precondition::IfAbsent
+    if let Some(list) = &opts.if_none_match {
+        Precondition::IfNoneMatch(list.clone())
     } else if let Some(etag) = &opts.if_match {
         Precondition::IfMatch(etag.clone())
     } else {

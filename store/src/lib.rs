@@ -1228,7 +1228,8 @@ pub(crate) fn replace_object(
         .get(Table::Objects, okey)?
         .map(|v| model::decode(&v))
         .transpose()?;
-    precondition.check(old.as_ref().map(|o| o.etag.as_str()))?;
+    let (bucket, key) = model::split_object_key(okey);
+    precondition.check(old.as_ref().map(|o| o.etag.as_str()), &bucket, &key)?;
     if old.is_some() {
         if let Some(m) = tx.get(Table::Manifests, okey)? {
             let m: model::Manifest = model::decode(&m)?;

@@ -109,6 +109,18 @@ pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// The bucket and key of an [`object_key`], for error messages.
+pub fn split_object_key(okey: &[u8]) -> (String, String) {
+    let (b, k) = match okey.iter().position(|&c| c == 0) {
+        Some(i) => (&okey[..i], &okey[i + 1..]),
+        None => (okey, &okey[..0]),
+    };
+    (
+        String::from_utf8_lossy(b).into_owned(),
+        String::from_utf8_lossy(k).into_owned(),
+    )
+}
+
 pub fn part_key(upload_id: &str, part: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(upload_id.len() + 5);
     k.extend_from_slice(upload_id.as_bytes());

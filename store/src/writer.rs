@@ -32,20 +32,36 @@ pub enum Precondition {
     None,
     /// If-None-Match: * — only create, never overwrite.
     IfAbsent,
-    /// If-Match: the current object must have this ETag.
+    /// If-Match: the current object must have this ETag (`*`: any).
     IfMatch(String),
+    /// If-None-Match: comma-separated ETags (or `*`) the current object must
+    /// not have; a missing object always passes.
+    IfNoneMatch(String),
 }
 
 impl Precondition {
-    pub fn check(&self, current_etag: Option<&str>) -> Result<()> {
+    /// `Ok` if a write may replace the object whose ETag is `current_etag`
+    /// (`None`: no object). If-Match on a missing object is `NoSuchKey`, as
+    /// S3 answers, so callers name the key.
+    pub fn check(&self, current_etag: Option<&str>, bucket: &str, key: &str) -> Result<()> {
         let ok = match (self, current_etag) {
             (Precondition::None, _) => true,
             (Precondition::IfAbsent, cur) => cur.is_none(),
-            (Precondition::IfMatch(_), None) => false,
+            (Precondition::IfMatch(_), None) => {
+                return Err(StoreError::NoSuchKey {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                })
+            }
             (Precondition::IfMatch(want), Some(cur)) => {
                 let want = want.trim().trim_matches('"');
                 want == "*" || want == cur
             }
+            (Precondition::IfNoneMatch(_), None) => true,
+            (Precondition::IfNoneMatch(list), Some(cur)) => !list
+                .split(',')
+                .map(|t| t.trim().trim_matches('"'))
+                .any(|t| t == "*" || t == cur),
         };
         if ok {
             Ok(())

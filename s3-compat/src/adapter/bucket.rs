@@ -1,9 +1,16 @@
 //! Bucket operations.
 
+use base64::Engine as _;
 use s3s::dto;
 use s3s::{S3ErrorCode, S3Request, S3Response, S3Result};
 
+use crate::backend::BackendError;
+
 use super::{ctx_of, s3err, ts, valid_bucket_name, Adapter};
+
+/// ListBuckets answers at most this many buckets per page unless
+/// `max-buckets` asks for fewer (AWS's bound).
+const MAX_BUCKETS_PAGE: i32 = 10_000;
 
 pub(super) async fn list_buckets(
     a: &Adapter,
@@ -11,6 +18,27 @@ pub(super) async fn list_buckets(
 ) -> S3Result<S3Response<dto::ListBucketsOutput>> {
     let ctx = ctx_of(&req.extensions);
     let user = a.user(&req)?;
+    let page = match req.input.max_buckets {
+        None => MAX_BUCKETS_PAGE,
+        Some(n) if (1..=MAX_BUCKETS_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(s3err(
+                S3ErrorCode::InvalidArgument,
+                "Argument max-buckets must be an integer between 1 and 10000.",
+            ))
+        }
+    };
+    // The continuation token is the last name of the previous page, opaque
+    // to clients (base64), so it never has to name a bucket that still exists.
+    let after = match req.input.continuation_token.as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(decode_token(t).ok_or_else(|| {
+            s3err(
+                S3ErrorCode::InvalidArgument,
+                "The continuation token provided is incorrect.",
+            )
+        })?),
+    };
     let mut buckets = a
         .backend
         .list_buckets(&user.id)
@@ -18,9 +46,22 @@ pub(super) async fn list_buckets(
         .map_err(|e| a.map_err(&ctx, e))?;
     buckets.sort_by(|x, y| x.name.cmp(&y.name));
     let prefix = req.input.prefix.clone().unwrap_or_default();
-    let buckets = buckets
+    let mut matching = buckets
         .into_iter()
         .filter(|b| b.name.starts_with(&prefix))
+        .filter(|b| after.as_ref().is_none_or(|last| b.name > *last))
+        .peekable();
+    let mut listed = Vec::new();
+    while listed.len() < page as usize {
+        let Some(b) = matching.next() else { break };
+        listed.push(b);
+    }
+    let continuation_token = match (matching.peek(), listed.last()) {
+        (Some(_), Some(last)) => Some(encode_token(&last.name)),
+        _ => None,
+    };
+    let buckets = listed
+        .into_iter()
         .map(|b| dto::Bucket {
             name: Some(b.name),
             creation_date: Some(ts(b.created)),
@@ -34,8 +75,19 @@ pub(super) async fn list_buckets(
             display_name: Some(user.display_name),
         }),
         prefix: req.input.prefix,
-        continuation_token: None,
+        continuation_token,
     }))
+}
+
+fn encode_token(last: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
+}
+
+fn decode_token(token: &str) -> Option<String> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    String::from_utf8(raw).ok()
 }
 
 pub(super) async fn create_bucket(
@@ -68,10 +120,13 @@ pub(super) async fn create_bucket(
             ));
         }
     }
-    a.backend
-        .create_bucket(&user.id, name)
-        .await
-        .map_err(|e| a.map_err(&ctx, e))?;
+    match a.backend.create_bucket(&user.id, name).await {
+        Ok(()) => {}
+        // us-east-1 answers a create of a bucket you already own with 200
+        // and leaves it as it is; every other region says so.
+        Err(BackendError::BucketAlreadyOwnedByYou) if a.config.region == "us-east-1" => {}
+        Err(e) => return Err(a.map_err(&ctx, e)),
+    }
     Ok(S3Response::new(dto::CreateBucketOutput {
         location: Some(format!("/{name}")),
     }))

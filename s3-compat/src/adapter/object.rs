@@ -12,6 +12,7 @@ use crate::backend::{ByteStream, LateChecksums, ObjectAttrs, ObjectInfo, PutOpti
 use crate::body::{verify_body, BodySpec};
 use crate::checksum::Algorithm;
 use crate::cond::{self, Outcome};
+use crate::rfc2047;
 
 /// The user metadata key that selects the store's chunking profile.
 const CHUNKING_META: &str = "strato-chunking";
@@ -33,13 +34,13 @@ pub(super) fn attrs_from_headers(h: &HeaderMap, metadata: Option<&dto::Metadata>
     let user_metadata = match metadata {
         Some(m) => m
             .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .map(|(k, v)| (k.to_ascii_lowercase(), rfc2047::decode(v)))
             .collect(),
         None => h
             .iter()
             .filter_map(|(name, value)| {
                 let k = name.as_str().strip_prefix("x-amz-meta-")?;
-                let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let v = rfc2047::decode(&String::from_utf8_lossy(value.as_bytes()));
                 Some((k.to_owned(), v))
             })
             .collect(),
@@ -65,23 +66,20 @@ pub(super) fn put_options(h: &HeaderMap) -> S3Result<PutOptions> {
             cond::bare_etag(v).to_owned()
         }
     });
-    let if_none_match_any = match hdr(h, "if-none-match").map(str::trim) {
-        None => false,
-        Some("*") => true,
-        Some(_) => {
-            return Err(s3err(
-                S3ErrorCode::NotImplemented,
-                "A header you provided implies functionality that is not implemented: If-None-Match other than *",
-            ))
-        }
-    };
+    let if_none_match = hdr(h, "if-none-match").map(|v| {
+        v.split(',')
+            .map(cond::bare_etag)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     let content_md5 = match hdr(h, "content-md5") {
         None => None,
         Some(v) => Some(parse_md5(v)?),
     };
     Ok(PutOptions {
         if_match,
-        if_none_match_any,
+        if_none_match,
         content_md5,
         chunking: hdr(h, &format!("x-amz-meta-{CHUNKING_META}")).map(str::to_owned),
         late_checksums: LateChecksums::default(),
@@ -387,7 +385,7 @@ fn user_metadata(info: &ObjectInfo) -> Option<dto::Metadata> {
         info.attrs
             .user_metadata
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), rfc2047::encode(v)))
             .collect()
     })
 }

@@ -127,10 +127,80 @@ pub async fn signed_request_at(
     body: Vec<u8>,
     time: std::time::SystemTime,
 ) -> (u16, http::HeaderMap, Vec<u8>) {
-    use aws_sigv4::http_request::{
-        sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+    use http_body_util::Full;
+    let (url, host, extra_headers) = request_target(addr, path_and_query, extra_headers);
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("host", &host);
+    for (k, v) in &extra_headers {
+        builder = builder.header(*k, *v);
+    }
+    let mut req = builder
+        .body(Full::new(bytes::Bytes::from(body.clone())))
+        .unwrap();
+    let signable_body = match payload {
+        Some(p) => aws_sigv4::http_request::SignableBody::Precomputed(p.to_owned()),
+        None => aws_sigv4::http_request::SignableBody::Bytes(&body),
     };
-    use http_body_util::{BodyExt, Full};
+    sign_request(&mut req, &host, &extra_headers, signable_body, time);
+    send(req).await
+}
+
+/// A signed PUT whose body goes out with `Transfer-Encoding: chunked` and no
+/// Content-Length (curl, Java SDK v1 and some Go clients send it so).
+pub async fn signed_chunked_put(
+    addr: SocketAddr,
+    path_and_query: &str,
+    pieces: Vec<Vec<u8>>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::{BodyExt, StreamBody};
+    let (url, host, _) = request_target(addr, path_and_query, &[]);
+    let frames = pieces.into_iter().map(|p| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(p)))
+    });
+    let body = StreamBody::new(futures::stream::iter(frames)).boxed();
+    let mut req = http::Request::builder()
+        .method("PUT")
+        .uri(&url)
+        .header("host", &host)
+        .body(body)
+        .unwrap();
+    let unsigned = aws_sigv4::http_request::SignableBody::UnsignedPayload;
+    sign_request(&mut req, &host, &[], unsigned, std::time::SystemTime::now());
+    assert!(!req.headers().contains_key("content-length"));
+    send(req).await
+}
+
+/// The URL, Host and other headers of a request to `addr`; a "host" in
+/// `extra_headers` replaces the address (virtual-host tests).
+fn request_target<'h>(
+    addr: SocketAddr,
+    path_and_query: &str,
+    extra_headers: &[(&'h str, &'h str)],
+) -> (String, String, Vec<(&'h str, &'h str)>) {
+    let url = format!("http://{addr}{path_and_query}");
+    let host = extra_headers
+        .iter()
+        .find(|(k, _)| *k == "host")
+        .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_owned());
+    let rest = extra_headers
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "host")
+        .collect();
+    (url, host, rest)
+}
+
+/// Signs `req` (SigV4, alice's key) as of `time`.
+fn sign_request<B>(
+    req: &mut http::Request<B>,
+    host: &str,
+    extra_headers: &[(&str, &str)],
+    body: aws_sigv4::http_request::SignableBody<'_>,
+    time: std::time::SystemTime,
+) {
+    use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableRequest, SigningSettings};
     let identity: aws_smithy_runtime_api::client::identity::Identity =
         Credentials::new(AK, SK, None, None, "test").into();
     let mut settings = SigningSettings::default();
@@ -144,40 +214,25 @@ pub async fn signed_request_at(
         .build()
         .unwrap()
         .into();
-    let url = format!("http://{addr}{path_and_query}");
-    // A "host" in extra_headers replaces the address (virtual-host tests).
-    let host = extra_headers
-        .iter()
-        .find(|(k, _)| *k == "host")
-        .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_owned());
-    let extra_headers: Vec<(&str, &str)> = extra_headers
-        .iter()
-        .copied()
-        .filter(|(k, _)| *k != "host")
-        .collect();
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("host", &host);
-    for (k, v) in &extra_headers {
-        builder = builder.header(*k, *v);
-    }
-    let mut req = builder
-        .body(Full::new(bytes::Bytes::from(body.clone())))
-        .unwrap();
-    let signable_body = match payload {
-        Some(p) => SignableBody::Precomputed(p.to_owned()),
-        None => SignableBody::Bytes(&body),
-    };
-    let headers: Vec<(&str, &str)> = std::iter::once(("host", host.as_str()))
+    let headers: Vec<(&str, &str)> = std::iter::once(("host", host))
         .chain(extra_headers.iter().copied())
         .collect();
+    let url = req.uri().to_string();
     let signable =
-        SignableRequest::new(method, url.clone(), headers.into_iter(), signable_body).unwrap();
+        SignableRequest::new(req.method().as_str(), url, headers.into_iter(), body).unwrap();
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    instructions.apply_to_request_http1x(&mut req);
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<bytes::Bytes>>();
+    instructions.apply_to_request_http1x(req);
+}
+
+async fn send<B>(req: http::Request<B>) -> (u16, http::HeaderMap, Vec<u8>)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<B>();
     let resp = client.request(req).await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();

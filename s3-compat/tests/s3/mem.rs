@@ -118,8 +118,10 @@ fn stream_of(data: Bytes) -> ByteStream {
 }
 
 fn check_conditions(existing: Option<&Obj>, opts: &PutOptions) -> Result<(), BackendError> {
-    if opts.if_none_match_any && existing.is_some() {
-        return Err(BackendError::PreconditionFailed);
+    if let (Some(list), Some(o)) = (&opts.if_none_match, existing) {
+        if list.split(',').any(|t| t == "*" || t == o.info.etag) {
+            return Err(BackendError::PreconditionFailed);
+        }
     }
     if let Some(want) = &opts.if_match {
         match existing {
@@ -469,7 +471,7 @@ impl Backend for MemBackend {
             last_modified: SystemTime::now(),
             attrs: up.attrs.clone(),
         };
-        let opts = if complete_opts.if_match.is_some() || complete_opts.if_none_match_any {
+        let opts = if complete_opts.if_match.is_some() || complete_opts.if_none_match.is_some() {
             complete_opts
         } else {
             up.opts.clone()

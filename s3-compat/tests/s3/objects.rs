@@ -670,3 +670,191 @@ async fn presigned_get_with_plain_http() {
         String::from_utf8_lossy(&b)
     );
 }
+
+/// If-None-Match with ETags and If-Match on a missing key, on PutObject and
+/// on CompleteMultipartUpload (one-part uploads: a last part may be small).
+#[tokio::test]
+async fn conditional_writes_with_etags() {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let put = |key: &'static str, body: &'static [u8]| {
+        c.put_object()
+            .bucket("bkt")
+            .key(key)
+            .body(body.to_vec().into())
+    };
+    let e = put("k", b"v1").if_match("*").send().await.unwrap_err();
+    assert_eq!((status(&e), code(&e).as_str()), (Some(404), "NoSuchKey"));
+    let e = put("k", b"v1")
+        .if_match("\"0123\"")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchKey");
+    // A missing object matches no ETag: If-None-Match passes.
+    let v1 = put("k", b"v1")
+        .if_none_match("\"0123\"")
+        .send()
+        .await
+        .unwrap();
+    let etag = v1.e_tag().unwrap().to_owned();
+    let e = put("k", b"v2")
+        .if_none_match(&etag)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status(&e), code(&e).as_str()),
+        (Some(412), "PreconditionFailed")
+    );
+    let e = put("k", b"v2")
+        .if_none_match(format!("\"aaaa\", {etag}"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "PreconditionFailed");
+    assert_eq!(s.object_data("bkt", "k").await.unwrap().as_ref(), b"v1");
+    put("k", b"v2")
+        .if_none_match("\"aaaa\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.object_data("bkt", "k").await.unwrap().as_ref(), b"v2");
+
+    // CompleteMultipartUpload checks the same conditions at commit.
+    let complete = |key: &'static str| {
+        let c = c.clone();
+        async move {
+            let id = c
+                .create_multipart_upload()
+                .bucket("bkt")
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .upload_id()
+                .unwrap()
+                .to_owned();
+            let part = c
+                .upload_part()
+                .bucket("bkt")
+                .key(key)
+                .upload_id(&id)
+                .part_number(1)
+                .body(b"multi".to_vec().into())
+                .send()
+                .await
+                .unwrap();
+            let done = CompletedMultipartUpload::builder()
+                .parts(
+                    CompletedPart::builder()
+                        .part_number(1)
+                        .e_tag(part.e_tag().unwrap())
+                        .build(),
+                )
+                .build();
+            c.complete_multipart_upload()
+                .bucket("bkt")
+                .key(key)
+                .upload_id(id)
+                .multipart_upload(done)
+        }
+    };
+    let e = complete("fresh")
+        .await
+        .if_match("*")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchKey");
+    let cur = c.head_object().bucket("bkt").key("k").send().await.unwrap();
+    let e = complete("k")
+        .await
+        .if_none_match(cur.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "PreconditionFailed");
+    assert_eq!(s.object_data("bkt", "k").await.unwrap().as_ref(), b"v2");
+    complete("k")
+        .await
+        .if_match(cur.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.object_data("bkt", "k").await.unwrap().as_ref(), b"multi");
+}
+
+/// User metadata: RFC 2047 words are decoded before they are stored;
+/// values that are not printable ASCII go back out as one UTF-8 word.
+#[tokio::test]
+async fn metadata_encoded_words() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    c.put_object()
+        .bucket("bkt")
+        .key("k")
+        .metadata("ascii", "=?UTF-8?B?aGVsbG8=?=")
+        .metadata("accents", "=?UTF-8?Q?caf=C3=A9?=")
+        .metadata("split", "=?UTF-8?B?w6k=?= =?UTF-8?B?w6g=?=")
+        .metadata("plain", "as is =? not a word")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let head = c.head_object().bucket("bkt").key("k").send().await.unwrap();
+    let m = head.metadata().unwrap();
+    let get = |k: &str| m.get(k).map(String::as_str);
+    assert_eq!(get("ascii"), Some("hello"));
+    assert_eq!(get("accents"), Some("=?UTF-8?B?Y2Fmw6k=?="));
+    assert_eq!(get("split"), Some("=?UTF-8?B?w6nDqA==?="));
+    assert_eq!(get("plain"), Some("as is =? not a word"));
+
+    // Raw UTF-8 in a header (some clients send it) round-trips the same way.
+    let (st, _, b) = crate::signed_request_with(
+        "PUT",
+        s.addr,
+        "/bkt/raw",
+        &[("x-amz-meta-name", "日本語")],
+        None,
+        b"y".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let head = c
+        .head_object()
+        .bucket("bkt")
+        .key("raw")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata().unwrap().get("name").map(String::as_str),
+        Some("=?UTF-8?B?5pel5pys6Kqe?=")
+    );
+}
+
+/// PUT with `Transfer-Encoding: chunked` and no Content-Length.
+#[tokio::test]
+async fn put_without_content_length() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    // Past the 8 MiB kept in memory: the rest is spooled to a file.
+    let pieces: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 100_003]).collect();
+    let whole = pieces.concat();
+    let (st, h, b) = crate::signed_chunked_put(s.addr, "/bkt/streamed", pieces).await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let etag = h.get("etag").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", hex::encode(Md5::digest(&whole))));
+    let got = s.object_data("bkt", "streamed").await.unwrap();
+    assert_eq!(got.len(), whole.len());
+    assert!(got == whole);
+    // An empty chunked body is an empty object.
+    let (st, _, b) = crate::signed_chunked_put(s.addr, "/bkt/empty", vec![]).await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    assert!(s.object_data("bkt", "empty").await.unwrap().is_empty());
+}
