@@ -138,7 +138,7 @@ m_mcast() {
   spid=$!; PIDS+=($spid); wait_listen 0 7401
   for i in $(seq 1 "$n"); do
     ip netns exec "${P}h$i" "$STRATO" --json mcast recv --group $GROUP --sender "$(addr 0)" \
-      --out "$D/n$i/img" >"$T/recv$i.json" 2>"$T/recv$i.log" &
+      --trust-key "$TRUST_KEY" --out "$D/n$i/img" >"$T/recv$i.json" 2>"$T/recv$i.log" &
     pids+=($!); PIDS+=($!)
   done
   wait_pids "$spid" "${pids[@]}" || { cat "$T/send.log" >&2; return 1; }

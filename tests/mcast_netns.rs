@@ -1,7 +1,8 @@
 //! `strato mcast send` / `strato mcast recv` across network namespaces
 //! joined by a bridge (multicast through the bridge, snooping off): byte-
 //! identical copies, repair under loss, a killed and a frozen receiver,
-//! a late joiner, forged and foreign datagrams on the group.
+//! a late joiner, forged and foreign datagrams on the group; signed
+//! sessions: a rogue sender's image refused, forged control frames dropped.
 //!
 //! Loss: this machine's kernel has no `netem` qdisc, so link loss is made
 //! with nftables `numgen random` drops on the netdev ingress hooks (the
@@ -240,13 +241,20 @@ impl Topology {
         p
     }
 
-    /// A receiver in host i: "out" writes a file, "store" a store.
+    /// A receiver in host i: "out" writes a file, "store" a store. It runs
+    /// `--insecure` (these tests are about the protocol; the signed ones
+    /// use `receiver_with`).
     fn receiver(&self, i: usize, sink: &str) -> Proc {
-        let target = self.path(&format!("{sink}{i}"));
         let sender = format!("{}:7401", self.addr(0));
+        self.receiver_with(i, sink, &sender, &["--insecure"])
+    }
+
+    fn receiver_with(&self, i: usize, sink: &str, sender: &str, extra: &[&str]) -> Proc {
+        let target = self.path(&format!("{sink}{i}"));
         let mut args = vec![
-            "--json", "mcast", "recv", "--group", GROUP, "--sender", &sender,
+            "--json", "mcast", "recv", "--group", GROUP, "--sender", sender,
         ];
+        args.extend_from_slice(extra);
         let flag = format!("--{sink}");
         args.push(&flag);
         let target = target.to_str().unwrap().to_string();
@@ -668,6 +676,105 @@ fn foreign_and_forged_datagrams_are_ignored() {
     // Forged pieces at valid positions were caught by the chunk ids and
     // repaired, never written into an image.
     assert!(failures > 0, "no forged chunk was detected: {report}");
+}
+
+/// A control client that is not a receiver of the session: HELLO, then an
+/// unsigned JOIN and a signed-looking NACK of everything under a made-up
+/// tag (postcard by hand: variant index, then fields).
+const FORGER: &str = r#"
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+def frame(b): s.sendall(struct.pack(">I", len(b)) + b)
+frame(bytes([0, 2]))                       # Hello { protocol: 2 }
+n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+s.recv(n, socket.MSG_WAITALL)              # the Session
+frame(bytes([1, 0]))                       # Join { held: [] }, unsigned
+nack = bytes([2, 0, 1, 0, 0xA0, 0x8D, 0x06]) + bytes(7)
+frame(bytes([4, 1, len(nack)]) + nack + bytes([0x42]) * 32)
+time.sleep(1)
+print("sent")
+"#;
+
+#[test]
+fn signed_sessions_refuse_a_rogue_sender_and_drop_forged_control_frames() {
+    let t = Topology::new("s", 4);
+    let data = make_image(&t, 12, 17);
+    let key = run(&mut t.strato(0, &["trust-key"])).trim().to_string();
+    // Host 3 is a rogue: a repository of its own with another image under
+    // the same name, its sessions signed by its own key.
+    let rogue_img = t.path("rogue-img");
+    std::fs::write(&rogue_img, random_bytes(4 << 20, 99)).unwrap();
+    run(&mut t.strato(3, &["mb", "bkt"]));
+    run(&mut t.strato(3, &["put", rogue_img.to_str().unwrap(), "bkt/disk.img"]));
+    let rogue_listen = format!("{}:7401", t.addr(3));
+    let mut rogue = Proc::spawn(
+        t.strato(
+            3,
+            &[
+                "--json",
+                "mcast",
+                "send",
+                "bkt/disk.img",
+                "--group",
+                GROUP,
+                "--interface",
+                &t.addr(3),
+                "--listen",
+                &rogue_listen,
+                "--rate",
+                "40mbit",
+                "--expect",
+                "1",
+                "--join-timeout",
+                "15",
+            ],
+        ),
+        t.dir.path(),
+        "rogue",
+    );
+    rogue.wait_stderr("control channel on", Duration::from_secs(20));
+    let mut fooled = t.receiver_with(2, "out", &rogue_listen, &["--trust-key", &key]);
+    let (ok, _) = fooled.finish(LIMIT);
+    assert!(!ok, "a receiver took the rogue's session");
+    let err = fooled.stderr();
+    assert!(err.contains("does not trust"), "{err}");
+    assert!(!t.path("out2").exists(), "the rogue's session wrote a file");
+    rogue.kill();
+
+    // The honest session, with a forger on the control channel meanwhile.
+    let mut sender = t.sender("bkt/disk.img", &["--rate", "40mbit", "--expect", "2"]);
+    let mut forge = Command::new(require_tool("ip"));
+    forge
+        .args(["netns", "exec", &t.host(3)])
+        .arg(require_tool("python3"))
+        .args(["-c", FORGER, &t.addr(0), "7401"]);
+    let mut forger = Proc::spawn(forge, t.dir.path(), "forger");
+    let (ok, _) = forger.finish(LIMIT);
+    assert!(ok, "forger: {}", forger.stderr());
+    let mut rx: Vec<Proc> = (1..=2)
+        .map(|i| {
+            let sender = format!("{}:7401", t.addr(0));
+            t.receiver_with(i, "out", &sender, &["--trust-key", &key])
+        })
+        .collect();
+    let (ok, report) = sender.finish(LIMIT);
+    assert!(
+        ok,
+        "{}
+{report}",
+        sender.stderr()
+    );
+    assert!(
+        report["forged_control_frames"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    assert_eq!(report["joined"], 2, "{report}");
+    let want = md5_hex(&data);
+    for (i, r) in rx.iter_mut().enumerate() {
+        let (ok, _) = r.finish(LIMIT);
+        assert!(ok, "receiver {}: {}", i + 1, r.stderr());
+        assert_eq!(md5_file(&t.path(&format!("out{}", i + 1))), want);
+    }
 }
 
 #[test]

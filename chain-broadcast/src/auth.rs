@@ -53,7 +53,7 @@ use crate::frame::{encode, Frame, Hello, HelloSession};
 use crate::manifest::Manifest;
 
 /// What the sender of a signed session holds, from the repository.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SessionAuth {
     ticket: SignedTicket,
     secret: [u8; 32],
@@ -78,6 +78,16 @@ impl SessionAuth {
         &self.ticket
     }
 
+    /// The control secret, for a session start that carries it.
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
+    /// The control key derived from it.
+    pub fn control_key(&self) -> &ControlKey {
+        &self.key
+    }
+
     pub(crate) fn hello_session(&self) -> HelloSession {
         HelloSession {
             ticket: Bytes::copy_from_slice(self.ticket.as_bytes()),
@@ -100,6 +110,15 @@ impl SessionAuth {
     ) -> bool {
         let (ctx, bytes) = tag_input(transfer_id, node, frame);
         self.key.verify(ctx, &bytes, tag)
+    }
+}
+
+impl std::fmt::Debug for SessionAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("SessionAuth")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
     }
 }
 

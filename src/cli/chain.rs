@@ -43,6 +43,7 @@ pub struct TrustArgs {
 impl TrustArgs {
     /// The keys to check sessions against; `None` (unsigned sessions
     /// accepted) only on loopback or with `--insecure`, said loudly.
+    /// `bind`: where the agent listens, or the peer it takes sessions from.
     pub fn load(&self, what: &str, bind: IpAddr) -> Result<Option<strato_trust::TrustedKeys>> {
         let mut texts = self.trust_key.clone();
         for f in &self.trust_key_file {
@@ -61,13 +62,13 @@ impl TrustArgs {
         }
         if self.insecure {
             eprintln!(
-                "WARNING: {what} on {bind} with --insecure and no --trust-key: it accepts \
+                "WARNING: {what} ({bind}) with --insecure and no --trust-key: it accepts \
                  UNSIGNED sessions, so any host that can reach it can make it store any image"
             );
             return Ok(None);
         }
         anyhow::bail!(
-            "{what} on {bind} without --trust-key: it would accept images from anyone who can \
+            "{what} ({bind}) without --trust-key: it would accept images from anyone who can \
              reach it; give --trust-key KEY (printed by `strato trust-key` on the repository) \
              or --trust-key-file FILE, or --insecure to accept unsigned sessions anyway"
         )

@@ -63,7 +63,7 @@ pub struct SendArgs {
     #[arg(long, default_value_t = wire::DEFAULT_PAYLOAD)]
     payload: usize,
     /// Control channel address (default: --interface, else 127.0.0.1; port 7401).
-    /// Unauthenticated: bind it to a trusted network only.
+    /// Receivers' frames are tagged with the session key (see `mcast::control`).
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Seconds to wait for --expect receivers to join
@@ -84,6 +84,60 @@ pub struct SendArgs {
     /// MiB of chunks kept in memory for repair rounds
     #[arg(long, default_value_t = 1024)]
     cache_mb: u64,
+    /// Seconds the session ticket is valid (receivers refuse it afterwards)
+    #[arg(long, default_value_t = chunk_api::DEFAULT_TICKET_SECS)]
+    ticket_lifetime: u64,
+    /// Send an unsigned session (only receivers without --trust-key accept it)
+    #[arg(long)]
+    unsigned: bool,
+    /// Control connections served at once (more are closed unanswered)
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+}
+
+/// The session ticket for the group: from the repository's chunk API with
+/// `--endpoint`, or signed here with the local repository's key.
+async fn group_session(
+    ctx: &Ctx,
+    a: &SendArgs,
+    source: &Source,
+    bucket: &str,
+    key: &str,
+) -> Result<chain_broadcast::SessionAuth> {
+    let group = a.group.to_string();
+    match &a.source.endpoint {
+        Some(ep) => {
+            let req = chunk_api::TicketRequest {
+                nodes: None,
+                group: Some(group),
+                lifetime_secs: Some(a.ticket_lifetime),
+            };
+            let grant = a
+                .source
+                .creds
+                .client(ep)?
+                .ticket(bucket, key, &req)
+                .await
+                .with_context(|| format!("session ticket for {bucket}/{key} from {ep}"))?;
+            strato::distribute::session_from_grant(&grant)
+                .context("the repository's session ticket")
+        }
+        None => {
+            let doc = source
+                .manifest(bucket, key)
+                .await
+                .with_context(|| format!("manifest of {bucket}/{key} in the local store"))?;
+            let ring = super::serve::repository_keyring(&ctx.data_dir)?;
+            let lifetime = a.ticket_lifetime.clamp(1, chunk_api::MAX_TICKET_SECS);
+            let (ticket, secret) = strato::distribute::sign_session(
+                &ring,
+                &doc,
+                strato::distribute::Audience::Group(group),
+                lifetime,
+            );
+            chain_broadcast::SessionAuth::new(ticket, secret).context("signing the session")
+        }
+    }
 }
 
 /// "200mbit", "200M", "1.5g", "64k", "100000" (bits per second).
@@ -146,10 +200,16 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
         max_rounds: a.max_rounds.max(1),
         loss_threshold: a.loss_threshold,
         cache_bytes: a.cache_mb << 20,
+        session: None,
+        max_connections: a.max_connections.max(1),
     };
+    let mut opts = opts;
     let rt = runtime()?;
     let progress = Arc::new(SendProgress::default());
     let report = rt.block_on(async {
+        if !a.unsigned {
+            opts.session = Some(group_session(ctx, &a, &source, &bucket, &key).await?);
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
@@ -184,6 +244,12 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
             report.elapsed_ms as f64 / 1000.0,
             report.rounds.len(),
         );
+        if report.forged_control_frames > 0 {
+            println!(
+                "forged control frames dropped: {}",
+                report.forged_control_frames
+            );
+        }
         println!(
             "{:<22} {:<9} {:>7} {:>10} {:>8} {:>9}  reason",
             "receiver", "outcome", "held", "written", "foreign", "time"
@@ -249,6 +315,8 @@ pub struct RecvArgs {
     /// Seconds of silence from the sender before giving up
     #[arg(long, default_value_t = 600)]
     idle_timeout: u64,
+    #[command(flatten)]
+    trust: super::chain::TrustArgs,
 }
 
 fn resolve_sender(s: &str) -> Result<SocketAddr> {
@@ -272,6 +340,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         );
     }
     let sender = resolve_sender(&a.sender)?;
+    let trust = a.trust.load("mcast recv", sender.ip())?;
     let sink = match (&a.out, &a.store) {
         (Some(out), None) => {
             if out.is_dir() {
@@ -292,6 +361,7 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
         sink,
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+        trust,
     };
     let rt = runtime()?;
     let bytes = Arc::new(AtomicU64::new(0));

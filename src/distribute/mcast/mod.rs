@@ -51,6 +51,8 @@ pub enum McastError {
     },
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("session refused: {0}")]
+    Refused(String),
     #[error("evicted by the sender: {0}")]
     Evicted(String),
     #[error("the sender closed the control connection before the image was complete")]

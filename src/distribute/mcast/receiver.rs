@@ -45,6 +45,9 @@ pub struct RecvOptions {
     pub connect_timeout: Duration,
     /// Longest silence on the control channel (a round can be long).
     pub idle_timeout: Duration,
+    /// Accept only sessions whose ticket verifies under these keys and
+    /// names `group` (which must then be given); `None` accepts any.
+    pub trust: Option<strato_trust::TrustedKeys>,
 }
 
 /// What the datagram and verifier threads share with the control loop.
@@ -77,6 +80,9 @@ pub async fn receive(
     let started = Instant::now();
     let (mut ctl, local) = Control::connect(&opts).await?;
     let info = ctl.handshake().await?;
+    // Before anything is created: only what the repository signed.
+    ctl.key = check_trust(&opts, &info, strato_trust::now_unix())?;
+    ctl.session = info.session;
     let rx = Reception::new(&opts, info, local, bytes)?;
     let threads = rx.start_threads()?;
     let held_ranges = ranges_of(&rx.held);
@@ -91,6 +97,10 @@ pub async fn receive(
 struct Control {
     rd: tokio::net::tcp::OwnedReadHalf,
     wr: tokio::net::tcp::OwnedWriteHalf,
+    /// A signed session's control key: frames after HELLO are Signed.
+    key: Option<strato_trust::ControlKey>,
+    session: u32,
+    seq: u64,
 }
 
 impl Control {
@@ -110,7 +120,16 @@ impl Control {
             .local_addr()
             .map_err(McastError::io("control socket"))?;
         let (rd, wr) = stream.into_split();
-        Ok((Control { rd, wr }, local))
+        Ok((
+            Control {
+                rd,
+                wr,
+                key: None,
+                session: 0,
+                seq: 0,
+            },
+            local,
+        ))
     }
 
     /// HELLO, and the sender's description of the session.
@@ -130,9 +149,16 @@ impl Control {
         }
     }
 
-    /// One frame to the sender.
+    /// One frame to the sender (tagged in a signed session).
     async fn send(&mut self, msg: &ToSender) -> Result<(), McastError> {
-        control::write_frame(&mut self.wr, msg).await?;
+        match &self.key {
+            Some(key) => {
+                self.seq += 1;
+                let signed = control::sign_to_sender(key, self.session, self.seq, msg)?;
+                control::write_frame(&mut self.wr, &signed).await?;
+            }
+            None => control::write_frame(&mut self.wr, msg).await?,
+        }
         Ok(())
     }
 }
@@ -248,8 +274,8 @@ impl Reception {
                         missing,
                         progress,
                     };
-                    if let Err(e) = control::write_frame(&mut ctl.wr, &nack).await {
-                        return Err(eviction_notice(&mut ctl.rd).await.unwrap_or(e.into()));
+                    if let Err(e) = ctl.send(&nack).await {
+                        return Err(eviction_notice(&mut ctl.rd).await.unwrap_or(e));
                     }
                 }
                 Some(ToReceiver::Evicted { reason }) => return Err(McastError::Evicted(reason)),
@@ -363,6 +389,60 @@ async fn eviction_notice(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Mcas
         }
     }
     None
+}
+
+/// A receiver with trust keys accepts only a session whose ticket verifies,
+/// is unexpired, names the group it was told to join, and covers exactly
+/// this object and these manifest entries, with a control secret the
+/// ticket commits to. Returns the control key to tag our frames with (also
+/// for an open receiver, when the sender signs).
+fn check_trust(
+    opts: &RecvOptions,
+    info: &SessionInfo,
+    now: u64,
+) -> Result<Option<strato_trust::ControlKey>, McastError> {
+    let refused = |why: String| McastError::Refused(why);
+    let Some(trust) = &opts.trust else {
+        return Ok(info
+            .control_secret
+            .as_ref()
+            .map(strato_trust::ControlKey::from_secret));
+    };
+    let Some(group) = opts.group else {
+        return Err(refused(
+            "a receiver with trust keys needs its --group".into(),
+        ));
+    };
+    let (Some(text), Some(secret)) = (&info.ticket, &info.control_secret) else {
+        return Err(refused(
+            "unsigned session: this receiver accepts only sessions with a ticket signed by the repository"
+                .into(),
+        ));
+    };
+    let st = strato_trust::SignedTicket::from_text(text).map_err(|e| refused(e.to_string()))?;
+    let t = st
+        .verify(trust, now, &group.to_string())
+        .map_err(|e| refused(e.to_string()))?;
+    if info.group != group.to_string() {
+        return Err(refused(format!(
+            "session on group {}, the ticket is for {group}",
+            info.group
+        )));
+    }
+    if t.bucket != info.bucket || t.key != info.key || t.size != info.size {
+        return Err(refused(format!(
+            "session for {}/{} ({} bytes), the ticket is for {}/{} ({} bytes)",
+            info.bucket, info.key, info.size, t.bucket, t.key, t.size
+        )));
+    }
+    let digest =
+        strato_trust::manifest_digest(info.entries.iter().map(|(id, len)| (*id, u64::from(*len))));
+    st.check_manifest(&digest)
+        .map_err(|e| refused(e.to_string()))?;
+    let key = strato_trust::ControlKey::from_secret(secret);
+    key.check(&t.control_commitment)
+        .map_err(|e| refused(e.to_string()))?;
+    Ok(Some(key))
 }
 
 /// The session must describe something we can receive safely.

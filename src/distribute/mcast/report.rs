@@ -24,6 +24,9 @@ pub struct SenderReport {
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
     pub elapsed_ms: u64,
+    /// Receiver frames dropped in a signed session because their tag did
+    /// not verify (or they were unsigned, or replayed).
+    pub forged_control_frames: u64,
     pub receivers: Vec<ReceiverOutcome>,
 }
 

@@ -88,6 +88,11 @@ pub struct SendOptions {
     pub loss_threshold: f64,
     /// Chunks kept in memory for repair rounds (beyond it they are fetched again).
     pub cache_bytes: u64,
+    /// The repository's ticket for this group and object, with its control
+    /// secret: a signed session (see `control`).
+    pub session: Option<chain_broadcast::SessionAuth>,
+    /// Control connections served at once; more are closed unanswered.
+    pub max_connections: usize,
 }
 
 /// Counters a progress display reads while a session runs.
@@ -235,6 +240,8 @@ struct SendSession<'a> {
     events: mpsc::UnboundedReceiver<Event>,
     /// Stops accepting control connections when the session ends.
     _acceptor: AbortOnDrop,
+    /// Receiver frames dropped because they were not validly signed.
+    forged: Arc<AtomicU64>,
     peers: HashMap<usize, Peer>,
     /// Receivers in the order they joined.
     order: Vec<usize>,
@@ -261,6 +268,9 @@ impl<'a> SendSession<'a> {
     ) -> Result<SendSession<'a>, McastError> {
         let started = Instant::now();
         let obj = object(&source, bucket, key).await?;
+        if let Some(auth) = &opts.session {
+            check_own_ticket(auth, opts, bucket, key, &obj)?;
+        }
         let payload = opts.payload.clamp(64, 65507 - wire::HEADER) as u32;
         let layout = Arc::new(Layout::new(&obj.entries, payload)?);
         let session = loop {
@@ -281,6 +291,8 @@ impl<'a> SendSession<'a> {
             profile: obj.profile,
             parts: obj.parts,
             entries: obj.entries.iter().map(|e| (e.id.0, e.len)).collect(),
+            ticket: opts.session.as_ref().map(|a| a.ticket().to_text()),
+            control_secret: opts.session.as_ref().map(|a| *a.secret()),
         });
         let sock = super::socket::sender(opts.interface, opts.ttl)
             .map_err(McastError::io("multicast sender socket"))?;
@@ -291,7 +303,14 @@ impl<'a> SendSession<'a> {
             "multicast session ready"
         );
         let (ev_tx, events) = mpsc::unbounded_channel::<Event>();
-        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&info), ev_tx));
+        let forged = Arc::new(AtomicU64::new(0));
+        let guard = PeerGuard {
+            key: opts.session.as_ref().map(|a| a.control_key().clone()),
+            forged: Arc::clone(&forged),
+            max: opts.max_connections.max(1),
+            open: Arc::new(AtomicU64::new(0)),
+        };
+        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&info), ev_tx, guard));
         Ok(SendSession {
             opts,
             source,
@@ -302,6 +321,7 @@ impl<'a> SendSession<'a> {
             session,
             events,
             _acceptor: AbortOnDrop(acceptor),
+            forged,
             peers: HashMap::new(),
             order: Vec::new(),
             round: 0,
@@ -582,8 +602,66 @@ impl<'a> SendSession<'a> {
             datagrams_sent: self.datagrams,
             bytes_sent: self.bytes,
             elapsed_ms: self.started.elapsed().as_millis() as u64,
+            forged_control_frames: self.forged.load(Ordering::Relaxed),
             receivers,
         }
+    }
+}
+
+/// A sender must not start a session its own ticket does not cover: every
+/// receiver would refuse it (or the object changed since it was issued).
+fn check_own_ticket(
+    auth: &chain_broadcast::SessionAuth,
+    opts: &SendOptions,
+    bucket: &str,
+    key: &str,
+    obj: &Object,
+) -> Result<(), McastError> {
+    let t = &auth.ticket().ticket;
+    let bad = |why: String| Err(McastError::Protocol(format!("session ticket: {why}")));
+    if t.bucket != bucket || t.key != key {
+        return bad(format!(
+            "it is for {}/{}, not {bucket}/{key}",
+            t.bucket, t.key
+        ));
+    }
+    if t.audience != strato_trust::Audience::Group(opts.group.to_string()) {
+        return bad(format!("it is not for group {}", opts.group));
+    }
+    if t.manifest_digest != super::manifest_digest(&obj.entries) || t.size != obj.size {
+        return bad(format!(
+            "{bucket}/{key} changed since the ticket was issued"
+        ));
+    }
+    Ok(())
+}
+
+/// What every control connection shares: the session's control key, the
+/// count of dropped forgeries, and the bound on open connections.
+#[derive(Clone)]
+struct PeerGuard {
+    key: Option<strato_trust::ControlKey>,
+    forged: Arc<AtomicU64>,
+    max: usize,
+    open: Arc<AtomicU64>,
+}
+
+/// Refusals are logged at most 20 per 10 s (a flood must not flood the log).
+static REFUSALS: std::sync::LazyLock<strato_trust::LogLimiter> =
+    std::sync::LazyLock::new(|| strato_trust::LogLimiter::new(Duration::from_secs(10), 20));
+
+fn log_refusal(peer: SocketAddr, why: &str) {
+    if let Some(suppressed) = REFUSALS.allow() {
+        tracing::warn!(%peer, suppressed, "multicast control: {why}");
+    }
+}
+
+/// Decrements the open-connection count when a connection task ends.
+struct OpenSlot(Arc<AtomicU64>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -599,6 +677,7 @@ async fn accept_loop(
     listener: TcpListener,
     info: Arc<SessionInfo>,
     events: mpsc::UnboundedSender<Event>,
+    guard: PeerGuard,
 ) {
     let mut next_id = 0usize;
     loop {
@@ -611,12 +690,20 @@ async fn accept_loop(
                 continue;
             }
         };
+        if guard.open.load(Ordering::Relaxed) >= guard.max as u64 {
+            log_refusal(addr, "too many control connections, one closed unanswered");
+            drop(stream);
+            continue;
+        }
+        guard.open.fetch_add(1, Ordering::Relaxed);
+        let slot = OpenSlot(Arc::clone(&guard.open));
         let _ = stream.set_nodelay(true);
         let id = next_id;
         next_id += 1;
-        let (info, events) = (Arc::clone(&info), events.clone());
+        let (info, events, guard) = (Arc::clone(&info), events.clone(), guard.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(id, stream, addr, info, events).await {
+            let _slot = slot;
+            if let Err(e) = serve_peer(id, stream, addr, info, events, &guard).await {
                 tracing::info!(peer = %addr, "control connection: {e}");
             }
         });
@@ -631,8 +718,28 @@ async fn serve_peer(
     addr: SocketAddr,
     info: Arc<SessionInfo>,
     events: mpsc::UnboundedSender<Event>,
+    guard: &PeerGuard,
 ) -> Result<(), McastError> {
     const HANDSHAKE: Duration = Duration::from_secs(30);
+    // In a signed session only frames under the control key count; the
+    // others are dropped and counted (see `control`).
+    let mut last_seq = 0u64;
+    let mut open = |frame: ToSender| -> Option<ToSender> {
+        let Some(key) = &guard.key else {
+            return Some(frame);
+        };
+        match control::open_to_sender(key, info.session, last_seq, &frame) {
+            Some((seq, msg)) => {
+                last_seq = seq;
+                Some(msg)
+            }
+            None => {
+                guard.forged.fetch_add(1, Ordering::Relaxed);
+                log_refusal(addr, "control frame without a valid tag dropped");
+                None
+            }
+        }
+    };
     let (mut rd, mut wr) = stream.into_split();
     let hello = tokio::time::timeout(HANDSHAKE, control::read_frame::<_, ToSender>(&mut rd))
         .await
@@ -646,15 +753,22 @@ async fn serve_peer(
         }
     }
     control::write_frame(&mut wr, &ToReceiver::Session(Box::new((*info).clone()))).await?;
-    let held = match tokio::time::timeout(HANDSHAKE, control::read_frame(&mut rd))
-        .await
-        .map_err(|_| McastError::Timeout("no JOIN".into()))??
-    {
-        Some(ToSender::Join { held }) => held,
-        other => {
-            return Err(McastError::Protocol(format!(
-                "expected JOIN, got {other:?}"
-            )))
+    let deadline = tokio::time::Instant::now() + HANDSHAKE;
+    let held = loop {
+        let frame = tokio::time::timeout_at(deadline, control::read_frame(&mut rd))
+            .await
+            .map_err(|_| McastError::Timeout("no JOIN".into()))??;
+        let Some(frame) = frame else {
+            return Err(McastError::Protocol("closed before JOIN".into()));
+        };
+        match open(frame) {
+            Some(ToSender::Join { held }) => break held,
+            None => continue,
+            Some(other) => {
+                return Err(McastError::Protocol(format!(
+                    "expected JOIN, got {other:?}"
+                )))
+            }
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<ToReceiver>();
@@ -672,7 +786,8 @@ async fn serve_peer(
     });
     let why = loop {
         match control::read_frame::<_, ToSender>(&mut rd).await {
-            Ok(Some(msg)) => {
+            Ok(Some(frame)) => {
+                let Some(msg) = open(frame) else { continue };
                 if events.send(Event::Msg { id, msg }).is_err() {
                     break "session over".to_string();
                 }
