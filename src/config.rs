@@ -30,6 +30,83 @@ pub struct FileConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub migration: MigrationConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: where segments live. `local` (the default) keeps them in
+/// DATA_DIR/segments; `s3` in an S3-compatible object store, with the chunk
+/// index in the metadata store, so several frontends can share them.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: Option<StorageBackend>,
+    /// e.g. "http://127.0.0.1:7480"
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    /// Key prefix of everything strato writes in the bucket.
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    /// When unset: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    /// The local chunk read cache (default DATA_DIR/cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Its bound in bytes (default 1 GiB; 0 turns it off).
+    pub cache_bytes: Option<u64>,
+    /// Segments are uploaded in parts of this size above it (default 16 MiB).
+    pub part_size: Option<u64>,
+    /// Parts one ingest stream uploads at once (default 4).
+    pub upload_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    S3,
+}
+
+impl StorageConfig {
+    /// Settings given (flags, environment) win field by field over `self`.
+    pub fn overridden_by(&self, over: &StorageConfig) -> StorageConfig {
+        macro_rules! pick {
+            ($($f:ident),*) => { StorageConfig { $($f: over.$f.clone().or_else(|| self.$f.clone())),* } };
+        }
+        pick!(
+            backend,
+            endpoint,
+            bucket,
+            prefix,
+            region,
+            access_key,
+            secret_key,
+            cache_dir,
+            cache_bytes,
+            part_size,
+            upload_concurrency
+        )
+    }
+
+    pub fn storage(&self) -> crate::store::Storage {
+        if self.backend != Some(StorageBackend::S3) {
+            return crate::store::Storage::Local;
+        }
+        let d = crate::store::S3Settings::default();
+        crate::store::Storage::S3(Box::new(crate::store::S3Settings {
+            endpoint: self.endpoint.clone().unwrap_or_default(),
+            bucket: self.bucket.clone().unwrap_or_default(),
+            prefix: self.prefix.clone().unwrap_or_default(),
+            region: self.region.clone().unwrap_or(d.region),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            cache_dir: self.cache_dir.clone(),
+            cache_bytes: self.cache_bytes.unwrap_or(d.cache_bytes),
+            part_size: self.part_size.unwrap_or(d.part_size),
+            upload_concurrency: self.upload_concurrency.unwrap_or(d.upload_concurrency),
+            max_attempts: d.max_attempts,
+        }))
+    }
 }
 
 /// `[meta]`: where the metadata lives. The embedded engines keep it in the
@@ -134,6 +211,7 @@ impl FileConfig {
             meta_url,
             segment_size: self.segment_size.unwrap_or(d.segment_size),
             verify_reads: self.verify_reads.unwrap_or(d.verify_reads),
+            storage: self.storage.storage(),
             ..d
         }
     }
@@ -223,6 +301,38 @@ mod tests {
         assert_eq!(c.users.len(), 1);
         assert_eq!(c.gc_options().grace, Duration::from_secs(5));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn storage_section_and_overrides() {
+        use crate::store::Storage;
+        let c: FileConfig = toml::from_str(
+            r#"[storage]
+               backend = "s3"
+               endpoint = "http://127.0.0.1:7480"
+               bucket = "images"
+               cache_bytes = 0"#,
+        )
+        .unwrap();
+        let Storage::S3(s) = c.storage.storage() else {
+            panic!("not s3")
+        };
+        assert_eq!(
+            (s.endpoint.as_str(), s.bucket.as_str(), s.cache_bytes),
+            ("http://127.0.0.1:7480", "images", 0)
+        );
+        assert_eq!(s.part_size, 16 << 20);
+        let flags = StorageConfig {
+            bucket: Some("other".into()),
+            ..Default::default()
+        };
+        let Storage::S3(s) = c.storage.overridden_by(&flags).storage() else {
+            panic!("not s3")
+        };
+        assert_eq!((s.bucket.as_str(), s.cache_bytes), ("other", 0));
+        assert_eq!(FileConfig::default().storage.storage(), Storage::Local);
+        assert!(toml::from_str::<FileConfig>("[storage]\nbackend = \"nfs\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[storage]\nhost = \"x\"").is_err());
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl FsckReport {
 
 impl Store {
     pub fn fsck(&self) -> Result<FsckReport> {
+        self.refuse_in_shared_mode("fsck")?;
         self.seal_idle_segments()?;
         let mut report = FsckReport::default();
         let index: HashMap<ChunkId, Loc> = self.inner().index.snapshot().into_iter().collect();

@@ -90,6 +90,7 @@ pub struct GcReport {
 impl Store {
     /// Work out what GC would do. Changes nothing.
     pub fn gc_plan(&self, opts: &GcOptions) -> Result<GcPlan> {
+        self.refuse_in_shared_mode("gc")?;
         let now = now_ms();
         let mut plan = GcPlan::default();
         let expiry_ms = opts.upload_expiry.as_millis() as u64;
@@ -167,6 +168,7 @@ impl Store {
     /// Carry out a plan. Every step re-checks its premise, so a plan that has
     /// gone stale (writes continued meanwhile) never removes a live chunk.
     pub fn gc_execute(&self, plan: GcPlan) -> Result<GcReport> {
+        self.refuse_in_shared_mode("gc")?;
         let mut report = GcReport::default();
         for upload in &plan.expired_uploads {
             if self.abort_upload(upload).is_ok() {
@@ -233,6 +235,7 @@ impl Store {
     }
 
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        self.refuse_in_shared_mode("gc")?;
         self.seal_idle_segments()?;
         let plan = self.gc_plan(opts)?;
         self.gc_execute(plan)

@@ -16,6 +16,7 @@
 
 mod audit;
 pub mod blocks;
+mod cache;
 pub mod chunker;
 pub mod error;
 mod fsck;
@@ -25,8 +26,10 @@ pub mod index;
 pub mod meta;
 pub mod model;
 mod names;
+pub mod objstore;
 mod reader;
 pub mod segment;
+mod shared;
 mod stats;
 mod writer;
 
@@ -42,6 +45,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 pub use blocks::{BlockIndexReport, BlockRef, BucketOptions};
+pub use cache::CacheStats;
 pub use chunker::{Profile, ProfileChoice};
 pub use error::{Result, StoreError};
 pub use fsck::{FsckProblem, FsckReport};
@@ -50,6 +54,7 @@ pub use id::ChunkId;
 pub use meta::Engine;
 pub use model::{BucketRecord, ManifestEntry, ObjectMeta, ObjectRecord, PartRecord, UploadRecord};
 pub use names::{check_bucket_name, check_key, MAX_KEY_LEN};
+pub use objstore::S3Settings;
 pub use reader::ObjectReader;
 pub use stats::{ProfileStats, StoreStats};
 pub use writer::{Committed, ObjectWriter, Precondition, Target};
@@ -90,6 +95,18 @@ pub struct StoreConfig {
     pub verify_reads: bool,
     /// Minimum size of every multipart part but the last.
     pub min_part_size: u64,
+    /// Where segments live (local files by default).
+    pub storage: Storage,
+}
+
+/// The segment backend: `local` keeps segments in DATA/segments (the
+/// embedded default); `s3` keeps them as objects in an S3-compatible store
+/// and the chunk index in the metadata store (see shared.rs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Storage {
+    #[default]
+    Local,
+    S3(Box<S3Settings>),
 }
 
 impl Default for StoreConfig {
@@ -100,6 +117,7 @@ impl Default for StoreConfig {
             segment_size: 256 << 20,
             verify_reads: true,
             min_part_size: MIN_PART_SIZE,
+            storage: Storage::Local,
         }
     }
 }
@@ -129,6 +147,8 @@ pub(crate) struct Inner {
     next_token: AtomicU64,
     layouts: Mutex<LayoutCache>,
     opened_ms: u64,
+    /// The s3 segment backend and its caches; `None` in local mode.
+    shared: Option<shared::Shared>,
     _lock: File,
 }
 
@@ -178,6 +198,16 @@ impl Store {
         let meta = meta::open(cfg.engine, cfg.meta_url.as_deref(), dir)?;
         meta.check_format(FORMAT)?;
 
+        let shared = match &cfg.storage {
+            Storage::Local => {
+                shared::check_data_dir(dir, &seg_dir, false)?;
+                None
+            }
+            Storage::S3(s) => {
+                shared::check_data_dir(dir, &seg_dir, true)?;
+                Some(shared::Shared::open(dir, s, FORMAT)?)
+            }
+        };
         let index = ChunkIndex::default();
         let mut segments = HashMap::new();
         let mut report = OpenReport::default();
@@ -236,6 +266,7 @@ impl Store {
             next_token: AtomicU64::new(1),
             layouts: Mutex::new(LayoutCache::default()),
             opened_ms: now_ms(),
+            shared,
             _lock: lock,
         };
         Ok((
@@ -719,6 +750,11 @@ impl Store {
     // ---- chunks ------------------------------------------------------------
 
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        if self.shared().is_some() && !id.is_zero_run() {
+            // An unreachable metadata store answers "not here": callers
+            // then fetch or send the chunk, which fails with the real error.
+            return matches!(self.shared_lookup(&[*id]).as_deref(), Ok([Some(_)]));
+        }
         id.is_zero_run() || self.inner.index.get(id).is_some()
     }
 
@@ -728,6 +764,10 @@ impl Store {
     }
 
     pub(crate) fn read_chunk_as(&self, id: &ChunkId, object: &str, verify: bool) -> Result<Bytes> {
+        if self.shared().is_some() {
+            let mut one = self.shared_read_chunks(&[*id], object)?;
+            return one.pop().ok_or(StoreError::MissingChunk(*id));
+        }
         // Compaction may move a chunk between our index lookup and the
         // segment lookup; the retry finds it at its new place.
         for _ in 0..4 {
@@ -774,6 +814,9 @@ impl Store {
         verify: bool,
     ) -> Result<Vec<Bytes>> {
         use rayon::prelude::*;
+        if self.shared().is_some() {
+            return self.shared_read_chunks(ids, object);
+        }
         let locs: Vec<Option<Loc>> = ids.iter().map(|id| self.inner.index.get(id)).collect();
         let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
         let mut i = 0;
@@ -853,6 +896,9 @@ impl Store {
         if let Some((id, _)) = chunks.par_iter().find_any(|(id, d)| ChunkId::of(d) != *id) {
             return Err(mismatched_upload(id));
         }
+        if self.shared().is_some() {
+            return self.shared_put_chunks(chunks);
+        }
         let mut new = 0;
         for (id, data) in chunks {
             if self.append_checked(id, data, false)? {
@@ -877,6 +923,12 @@ impl Store {
     fn put_chunk_with(&self, id: &ChunkId, data: &[u8], durable: bool) -> Result<bool> {
         if ChunkId::of(data) != *id {
             return Err(mismatched_upload(id));
+        }
+        if self.shared().is_some() {
+            // Uploaded (durable) either way: an object PUT is the unit.
+            return self
+                .shared_put_chunks(&[(*id, Bytes::copy_from_slice(data))])
+                .map(|n| n > 0);
         }
         self.append_checked(id, data, durable)
     }
@@ -942,9 +994,29 @@ impl Store {
                 record.size
             )));
         }
+        if self.shared().is_some() {
+            let stored: Vec<&ManifestEntry> =
+                chunks.iter().filter(|c| !c.id.is_zero_run()).collect();
+            let ids: Vec<ChunkId> = stored.iter().map(|c| c.id).collect();
+            for (c, loc) in stored.iter().zip(self.shared_lookup(&ids)?) {
+                match loc {
+                    Some(l) if l.len == c.len => {}
+                    Some(_) => {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "chunk {} has another length",
+                            c.id
+                        )))
+                    }
+                    None => return Err(StoreError::MissingChunk(c.id)),
+                }
+            }
+        }
         let mut pinned = Vec::new();
         let result = (|| {
-            for c in chunks.iter().filter(|c| !c.id.is_zero_run()) {
+            for c in chunks
+                .iter()
+                .filter(|c| !c.id.is_zero_run() && self.shared().is_none())
+            {
                 pinned.push(c.id);
                 match self.inner.index.pin_lookup(&c.id) {
                     Some(loc) if loc.len == c.len => self.sync_loc(loc)?,

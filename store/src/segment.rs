@@ -76,7 +76,7 @@ fn encode_record_header(id: &ChunkId, len: u32, flags: u8) -> [u8; RECORD_HEADER
 }
 
 /// Parse a record header; `None` means "not a valid record here".
-fn decode_record_header(h: &[u8]) -> Option<(ChunkId, u32, u8)> {
+pub(crate) fn decode_record_header(h: &[u8]) -> Option<(ChunkId, u32, u8)> {
     if h.len() < RECORD_HEADER_LEN as usize || &h[0..4] != RECORD_MAGIC || h[4] != RECORD_VERSION {
         return None;
     }
@@ -170,13 +170,25 @@ pub struct SegmentAppender {
     buf: Vec<u8>,
     /// File offset of `buf[0]`.
     buf_start: u64,
+    /// fsync on seal (false only for s3 staging segments).
+    durable: bool,
 }
 
 pub const APPEND_BUFFER: usize = 1 << 20;
 
 impl SegmentAppender {
     pub fn create(dir: &Path, id: u32) -> Result<SegmentAppender> {
-        let path = dir.join(segment_file_name(id));
+        let app = Self::create_at(dir.join(segment_file_name(id)), id as u64, true)?;
+        // The new file's directory entry must be durable before any manifest
+        // can point into it.
+        sync_dir(dir)?;
+        Ok(app)
+    }
+
+    /// A segment at `path` whose header names `header_id`. `durable: false`
+    /// is for staging segments of the s3 backend: they are uploaded and
+    /// deleted before anything references them, so fsyncs would only cost.
+    pub fn create_at(path: PathBuf, header_id: u64, durable: bool) -> Result<SegmentAppender> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -186,17 +198,18 @@ impl SegmentAppender {
         let mut header = [0u8; FILE_HEADER_LEN as usize];
         header[0..8].copy_from_slice(SEGMENT_MAGIC);
         header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
-        header[16..24].copy_from_slice(&(id as u64).to_le_bytes());
+        header[16..24].copy_from_slice(&header_id.to_le_bytes());
         header[24..32].copy_from_slice(&super::now_secs().to_le_bytes());
         file.write_all(&header).at(&path)?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&header);
-        // The new file's directory entry must be durable before any manifest
-        // can point into it.
-        file.sync_all().at(&path)?;
-        sync_dir(dir)?;
+        if durable {
+            file.sync_all().at(&path)?;
+        }
         let seg = Arc::new(Segment {
-            id,
+            // Local segment ids are u32; a staging segment's id lives in its
+            // header and in its object name, never in this field.
+            id: header_id as u32,
             path,
             file,
             written: AtomicU64::new(FILE_HEADER_LEN),
@@ -210,6 +223,7 @@ impl SegmentAppender {
             table: Vec::new(),
             buf: Vec::with_capacity(APPEND_BUFFER + (256 << 10)),
             buf_start: FILE_HEADER_LEN,
+            durable,
         })
     }
 
@@ -269,7 +283,9 @@ impl SegmentAppender {
             .file
             .write_all_at(&trailer, self.buf_start)
             .at(&self.seg.path)?;
-        self.seg.file.sync_all().at(&self.seg.path)?;
+        if self.durable {
+            self.seg.file.sync_all().at(&self.seg.path)?;
+        }
         let end = self.buf_start + trailer.len() as u64;
         self.seg.synced.store(end, Ordering::Release);
         self.seg.sealed.store(true, Ordering::Release);

@@ -20,6 +20,7 @@ use super::index::Loc;
 use super::meta::Table;
 use super::model::{self, ManifestEntry, ObjectRecord, PartRecord};
 use super::segment::{RecordRef, Segment, SegmentAppender};
+use super::shared::{put_locs, StagingPipe};
 use super::{now_ms, replace_object, RefDeltas, Store};
 
 /// Largest zero run one manifest entry describes.
@@ -156,6 +157,8 @@ pub struct ObjectWriter {
     /// New chunks go to this thread, which appends them to segments, so disk
     /// writes overlap with chunking and hashing on the caller's thread.
     segments: Option<SegmentPipe>,
+    /// Shared mode's equivalent: staging segments uploaded as objects.
+    staging: Option<StagingPipe>,
     batch: Vec<(ChunkId, Bytes)>,
     batch_bytes: usize,
     entries: Vec<ManifestEntry>,
@@ -311,6 +314,7 @@ impl ObjectWriter {
             chunker: Chunker::new(chunking),
             md5: Some(Md5Pipe::start()),
             segments: None,
+            staging: None,
             batch: Vec::new(),
             batch_bytes: 0,
             entries: Vec::new(),
@@ -369,10 +373,13 @@ impl ObjectWriter {
             return Ok(()); // ours already: stored earlier in this stream, or a hit
         }
         self.pinned.insert(id);
+        // Shared mode looks a whole batch up at once in `send_batch`.
         let inner = self.store.inner();
-        if let Some(loc) = inner.index.pin_lookup(&id) {
-            self.note_dependency(loc);
-            return Ok(());
+        if self.store.shared().is_none() {
+            if let Some(loc) = inner.index.pin_lookup(&id) {
+                self.note_dependency(loc);
+                return Ok(());
+            }
         }
         self.new_bytes += len as u64;
         self.batch_bytes += data.len();
@@ -387,6 +394,9 @@ impl ObjectWriter {
         if self.batch.is_empty() {
             return Ok(());
         }
+        if self.store.shared().is_some() {
+            return self.send_batch_shared();
+        }
         if self.segments.is_none() {
             self.segments = Some(SegmentPipe::start(self.store.clone())?);
         }
@@ -399,6 +409,37 @@ impl ObjectWriter {
             return Err(match err {
                 Some(Err(e)) => e,
                 _ => StoreError::Aborted("the segment thread stopped".into()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Shared mode: one lookup for the batch (other frontends' chunks
+    /// included); only the chunks nobody has stored go to staging.
+    fn send_batch_shared(&mut self) -> Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+        let found = self.store.shared_lookup(&ids)?;
+        let mut hit = found.iter();
+        batch.retain(|(_, data)| {
+            let stored = hit.next().is_some_and(Option::is_some);
+            if stored {
+                self.new_bytes -= data.len() as u64;
+            }
+            !stored
+        });
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.staging.is_none() {
+            self.staging = Some(StagingPipe::start(self.store.clone())?);
+        }
+        if !self.staging.as_mut().is_some_and(|p| p.send(batch)) {
+            let err = self.staging.take().map(|mut p| p.finish());
+            return Err(match err {
+                Some(Err(e)) => e,
+                _ => StoreError::Aborted("the staging thread stopped".into()),
             });
         }
         Ok(())
@@ -422,12 +463,8 @@ impl ObjectWriter {
         let profile = self.chunker.finish(&mut pieces);
         self.store_pieces(&mut pieces)?;
         self.send_batch()?;
-        if let Some(mut pipe) = self.segments.take() {
-            for (id, (seg, end)) in pipe.finish()? {
-                let e = self.to_sync.entry(id).or_insert((seg, 0));
-                e.1 = e.1.max(end);
-            }
-        }
+        // Before the last upload: a body that fails its Content-MD5 check
+        // must not leave a segment object behind.
         let md5 = match self.md5.take() {
             Some(m) => m.finish()?,
             None => return Err(StoreError::Aborted("writer already finished".into())),
@@ -435,6 +472,18 @@ impl ObjectWriter {
         if expected_md5.is_some_and(|want| want != md5) {
             return Err(StoreError::BadDigest);
         }
+        if let Some(mut pipe) = self.segments.take() {
+            for (id, (seg, end)) in pipe.finish()? {
+                let e = self.to_sync.entry(id).or_insert((seg, 0));
+                e.1 = e.1.max(end);
+            }
+        }
+        // Shared mode: every new chunk is in an acknowledged segment object
+        // once this returns; their locations commit with the manifest.
+        let new_locs = match self.staging.take() {
+            Some(mut pipe) => pipe.finish()?,
+            None => Vec::new(),
+        };
         for (seg, end) in self.to_sync.values() {
             seg.sync_to(*end)?;
         }
@@ -467,6 +516,7 @@ impl ObjectWriter {
                     let mut deltas = RefDeltas::default();
                     deltas.add(entries);
                     replace_object(tx, &okey, &rec, entries, precondition, &mut deltas)?;
+                    put_locs(tx, &new_locs)?;
                     deltas.apply(tx, now)
                 })?;
                 drop(_c);
@@ -493,10 +543,12 @@ impl ObjectWriter {
                         deltas.sub(&old.chunks);
                     }
                     tx.put(Table::Parts, &pkey, &encoded)?;
+                    put_locs(tx, &new_locs)?;
                     deltas.apply(tx, now)
                 })?;
             }
         }
+        store.shared_committed(&new_locs);
         Ok(Committed {
             size: self.size,
             etag,

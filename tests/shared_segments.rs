@@ -1,0 +1,279 @@
+//! `strato serve` with `[storage] backend = "s3"` (issue 20, the segment
+//! half) against the testbed's radosgw, driven by aws-sdk-s3 as a user
+//! would: one frontend with the embedded metadata, then two frontends over
+//! one PostgreSQL database and one bucket.
+//!
+//! Tests run one at a time (GATE): one of them stops radosgw.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+mod common;
+
+use std::io::BufRead;
+use std::process::Stdio;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use common::{Server, Strato};
+
+static GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Frontend {
+    server: Server,
+    banner: Vec<String>,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Frontend {
+    /// A frontend storing segments in `bucket`; metadata in PostgreSQL at
+    /// `url`, else redb in its data directory.
+    fn start(bucket: &str, url: Option<&str>) -> Frontend {
+        let ceph = strato_testbed::shared_ceph();
+        let strato = Strato::new(if url.is_some() { "postgres" } else { "redb" });
+        std::fs::create_dir_all(strato.dir.path()).unwrap();
+        let stderr_path = strato.dir.path().join("serve.stderr");
+        let access_key = "STRTESTACCESSKEY0001".to_string();
+        let secret_key = "test-secret-key-0123456789abcdefghijklmn".to_string();
+        let mut cmd = strato.cmd();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("STRATO_STORAGE_BACKEND", "s3")
+            .env("STRATO_S3_ENDPOINT", ceph.endpoint())
+            .env("STRATO_S3_BUCKET", bucket)
+            .env("STRATO_S3_PREFIX", "strato")
+            .env("STRATO_S3_ACCESS_KEY", ceph.access_key())
+            .env("STRATO_S3_SECRET_KEY", ceph.secret_key())
+            .env("STRATO_CACHE_BYTES", (64u64 << 20).to_string())
+            .env("STRATO_LOG", "info")
+            .env("STRATO_ACCESS_KEY", &access_key)
+            .env("STRATO_SECRET_KEY", &secret_key)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        if let Some(url) = url {
+            cmd.env("STRATO_META_URL", url);
+        }
+        let mut child = cmd.spawn().expect("starting strato serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        for _ in 0..40 {
+            match lines.next() {
+                Some(Ok(l)) if l.is_empty() => break,
+                Some(Ok(l)) => banner.push(l),
+                _ => break,
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let first = banner.first().cloned().unwrap_or_default();
+        let Some(endpoint) = first.strip_prefix("strato serving S3 at ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "strato serve did not start: {first:?}\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        };
+        let endpoint = endpoint.to_string();
+        let host = endpoint.trim_start_matches("http://").to_string();
+        Frontend {
+            server: Server {
+                strato,
+                child,
+                endpoint,
+                host,
+                access_key,
+                secret_key,
+            },
+            banner,
+            stderr_path,
+        }
+    }
+
+    /// No retries, so a 503 reaches the test as it was sent.
+    fn client(&self) -> aws_sdk_s3::Client {
+        let s = &self.server;
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&s.endpoint)
+            .credentials_provider(Credentials::new(
+                &s.access_key,
+                &s.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .force_path_style(true)
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn new_bucket(tag: &str) -> String {
+    let name = format!("{tag}-{:08x}", rand::random::<u32>());
+    strato_testbed::shared_ceph().create_bucket(&name);
+    name
+}
+
+async fn put(c: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
+    c.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(data.to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT {bucket}/{key}: {e:?}"));
+}
+
+async fn get(c: &aws_sdk_s3::Client, bucket: &str, key: &str, range: Option<&str>) -> Vec<u8> {
+    let out = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_range(range.map(str::to_string))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {bucket}/{key}: {e:?}"));
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+/// Segment objects strato wrote in the radosgw bucket.
+async fn segment_objects(bucket: &str) -> Vec<String> {
+    let c = strato_testbed::shared_ceph().s3_client();
+    let mut keys = Vec::new();
+    let mut token = None;
+    for _ in 0..1000 {
+        let r = c
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("strato/segments/")
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .unwrap();
+        keys.extend(
+            r.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+        match r.next_continuation_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => break,
+        }
+    }
+    keys
+}
+
+#[test]
+fn serve_with_s3_segments_put_get_range_and_outage() {
+    let _g = GATE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ceph = strato_testbed::shared_ceph();
+    let bucket = new_bucket("serve");
+    let f = Frontend::start(&bucket, None);
+    let line = f
+        .banner
+        .iter()
+        .find(|l| l.trim_start().starts_with("storage"))
+        .unwrap_or_else(|| panic!("no storage line in {:?}", f.banner));
+    assert!(
+        line.contains("s3") && line.contains(&ceph.endpoint()),
+        "{line}"
+    );
+    assert!(line.contains(&bucket), "{line}");
+    assert!(!f.banner.join("\n").contains(ceph.secret_key()));
+    let c = f.client();
+    rt().block_on(async {
+        c.create_bucket().bucket("images").send().await.unwrap();
+        let data = common::random_bytes(12 << 20, 1);
+        put(&c, "images", "disk.raw", &data).await;
+        let segs = segment_objects(&bucket).await;
+        assert!(!segs.is_empty());
+        assert!(get(&c, "images", "disk.raw", None).await == data);
+        let part = get(&c, "images", "disk.raw", Some("bytes=5000000-6000000")).await;
+        assert!(part == data[5_000_000..=6_000_000]);
+        // The same bytes again: all dedup hits, no new segment object.
+        put(&c, "images", "copy.raw", &data).await;
+        assert_eq!(segment_objects(&bucket).await, segs);
+        assert!(get(&c, "images", "copy.raw", None).await == data);
+
+        // radosgw down: a PUT with new data answers 503 naming the backend,
+        // and commits nothing.
+        ceph.stop_rgw();
+        let fresh = common::random_bytes(2 << 20, 2);
+        let err = c
+            .put_object()
+            .bucket("images")
+            .key("during")
+            .body(ByteStream::from(fresh.clone()))
+            .send()
+            .await
+            .unwrap_err();
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        ceph.start_rgw();
+        assert_eq!(status, Some(503), "{err:?}\n{}", f.stderr());
+        let missing = c
+            .head_object()
+            .bucket("images")
+            .key("during")
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            missing.raw_response().map(|r| r.status().as_u16()),
+            Some(404)
+        );
+        assert!(f.stderr().contains("s3"), "{}", f.stderr());
+        // Back up: it works again without a restart.
+        put(&c, "images", "during", &fresh).await;
+        assert!(get(&c, "images", "during", None).await == fresh);
+    });
+}
+
+#[test]
+fn two_frontends_one_database_one_bucket() {
+    let _g = GATE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pg = strato_testbed::shared_postgres();
+    let url = pg.create_database(&format!("segs_{:08x}", rand::random::<u32>()));
+    let bucket = new_bucket("shared");
+    let f1 = Frontend::start(&bucket, Some(&url));
+    let f2 = Frontend::start(&bucket, Some(&url));
+    let (c1, c2) = (f1.client(), f2.client());
+    rt().block_on(async {
+        c1.create_bucket().bucket("images").send().await.unwrap();
+        let data = common::random_bytes(10 << 20, 3);
+        put(&c1, "images", "from-1", &data).await;
+        // Bytes ingested by frontend 1 come back from frontend 2.
+        assert!(get(&c2, "images", "from-1", None).await == data);
+        assert!(
+            get(&c2, "images", "from-1", Some("bytes=1000-2000000")).await
+                == data[1000..=2_000_000]
+        );
+        let segs = segment_objects(&bucket).await;
+        // The same data through the other frontend: each chunk once.
+        put(&c2, "images", "from-2", &data).await;
+        assert_eq!(segment_objects(&bucket).await, segs, "{}", f2.stderr());
+        assert!(get(&c1, "images", "from-2", None).await == data);
+        // New data through frontend 2 is readable on frontend 1.
+        let other = common::random_bytes(3 << 20, 4);
+        put(&c2, "images", "new-2", &other).await;
+        assert!(get(&c1, "images", "new-2", None).await == other);
+        assert!(segment_objects(&bucket).await.len() > segs.len());
+    });
+}
