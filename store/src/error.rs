@@ -73,6 +73,8 @@ pub enum StoreError {
     CorruptSegment { path: PathBuf, what: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
     #[error("upload aborted: {0}")]
     Aborted(String),
 }
