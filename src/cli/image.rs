@@ -189,6 +189,16 @@ pub struct NbdArgs {
     /// Log export statistics this often (seconds; 0: only at exit)
     #[arg(long, default_value_t = 60)]
     pub stats_interval: u64,
+    /// NBD connections served at once; more are closed at once
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// A client must finish the NBD negotiation within this (milliseconds)
+    #[arg(long, default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Close a connection that sends no request for this long (seconds;
+    /// 0: never, the default, as qemu stays silent while its VM is idle)
+    #[arg(long, default_value_t = 0)]
+    pub idle_timeout: u64,
 }
 
 pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
@@ -208,6 +218,15 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
             .with_context(|| format!("opening s3://{bucket}/{key}"))?;
         let mut exports = Exports::default();
         exports.add(&name, img.clone());
+        // One gate for both listeners: the connection bound is per export.
+        let gate = nbd::NbdGate::new(
+            exports.clone(),
+            nbd::NbdLimits {
+                max_connections: a.max_connections,
+                handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+                idle_timeout: (a.idle_timeout > 0).then(|| Duration::from_secs(a.idle_timeout)),
+            },
+        );
         let mut urls = Vec::new();
         if let Some(path) = &a.socket {
             remove_stale_socket(path)?;
@@ -220,7 +239,7 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
                     let l = l.clone();
                     async move { l.accept().await.map(|(s, _)| s) }
                 },
-                exports.clone(),
+                gate.clone(),
             );
         }
         if let Some(addr) = a.listen {
@@ -238,7 +257,7 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
                         Ok(s)
                     }
                 },
-                exports.clone(),
+                gate.clone(),
             );
         }
         if let Some(addr) = a.serve_chunks {
@@ -330,10 +349,10 @@ fn spawn_chunk_server(
     ));
 }
 
-/// Serves NBD on every connection `accept` yields, until the process ends.
-/// A failed accept (out of file descriptors, say) is retried after a pause
-/// instead of ending the loop.
-fn spawn_accept_loop<S, F, Fut>(mut accept: F, exports: Exports)
+/// Serves NBD on every connection `accept` yields, until the process ends,
+/// within the gate's bounds. A failed accept (out of file descriptors, say)
+/// is retried after a pause instead of ending the loop.
+fn spawn_accept_loop<S, F, Fut>(mut accept: F, gate: std::sync::Arc<nbd::NbdGate>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
@@ -342,24 +361,12 @@ where
     tokio::spawn(async move {
         loop {
             match accept().await {
-                Ok(s) => spawn_conn(s, exports.clone()),
+                Ok(s) => gate.admit(s),
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-        }
-    });
-}
-
-fn spawn_conn<S>(s: S, exports: Exports)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        if let Err(e) = nbd::serve_conn(s, exports).await {
-            // A misbehaving client loses only its own connection.
-            tracing::info!("NBD connection closed: {e}");
         }
     });
 }

@@ -155,6 +155,9 @@ pub enum NbdError {
     Io(#[from] std::io::Error),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The client held its connection without progress past a limit.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
 }
 
 /// A parsed handshake option.
@@ -271,12 +274,51 @@ fn errno_of(e: &std::io::Error) -> u32 {
     }
 }
 
-/// Serve one client connection to its end.
+/// Serve one client connection to its end, with the default
+/// [`NbdLimits`] timeouts.
 pub async fn serve_conn<S>(stream: S, exports: Exports) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_conn_with(stream, exports, &NbdLimits::default()).await
+}
+
+/// Serve one client connection to its end: the negotiation must finish
+/// within `limits.handshake_timeout`, and with `limits.idle_timeout` set a
+/// connection with no request for that long (and none in flight) is closed.
+pub async fn serve_conn_with<S>(
+    stream: S,
+    exports: Exports,
+    limits: &NbdLimits,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut r, mut w) = tokio::io::split(stream);
+    let negotiated = tokio::time::timeout(
+        limits.handshake_timeout,
+        negotiate(&mut r, &mut w, &exports),
+    )
+    .await
+    .map_err(|_| NbdError::Timeout("negotiation"))??;
+    let Some(export) = negotiated else {
+        return Ok(());
+    };
+    w.flush().await?;
+    transmission(r, w, export, limits.idle_timeout).await
+}
+
+/// The handshake and option haggling; `None` when the client aborted.
+async fn negotiate<R, W>(
+    r: &mut R,
+    w: &mut W,
+    exports: &Exports,
+) -> Result<Option<Arc<dyn BlockSource>>, NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut w = w;
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -311,7 +353,7 @@ where
         match opt {
             Opt::Abort => {
                 let _ = opt_reply(&mut w, code, REP_ACK, &[]).await;
-                return Ok(());
+                return Ok(None);
             }
             Opt::List => {
                 for name in exports.map.keys() {
@@ -364,11 +406,15 @@ where
             }
         }
     };
-    w.flush().await?;
-    transmission(r, w, export).await
+    Ok(Some(export))
 }
 
-async fn transmission<R, W>(mut r: R, w: W, export: Arc<dyn BlockSource>) -> Result<(), NbdError>
+async fn transmission<R, W>(
+    mut r: R,
+    w: W,
+    export: Arc<dyn BlockSource>,
+    idle: Option<std::time::Duration>,
+) -> Result<(), NbdError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -378,8 +424,9 @@ where
     let size = export.size();
     let result = loop {
         let mut hdr = [0u8; 28];
-        if let Err(e) = r.read_exact(&mut hdr).await {
-            break Err(e.into());
+        match read_header(&mut r, &mut hdr, idle, &slots).await {
+            Ok(()) => {}
+            Err(e) => break Err(e),
         }
         let req = match parse_request(&hdr) {
             Ok(q) => q,
@@ -526,6 +573,173 @@ async fn reply<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
+/// Read the next request header. With `idle` set, a client that sends
+/// nothing for that long while none of its reads is in flight is gone (a
+/// read still being served is progress, however slow upstream is).
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    hdr: &mut [u8; 28],
+    idle: Option<std::time::Duration>,
+    slots: &Semaphore,
+) -> Result<(), NbdError> {
+    let mut read = std::pin::pin!(r.read_exact(hdr));
+    let Some(idle) = idle else {
+        read.await?;
+        return Ok(());
+    };
+    // Bounded: each round waits `idle`, and a round only repeats while a
+    // read of this connection is in flight.
+    loop {
+        match tokio::time::timeout(idle, read.as_mut()).await {
+            Ok(res) => {
+                res?;
+                return Ok(());
+            }
+            Err(_) if slots.available_permits() < PER_CONN_INFLIGHT => continue,
+            Err(_) => return Err(NbdError::Timeout("idle connection")),
+        }
+    }
+}
+
+/// Bounds on what NBD clients can hold open: a listener anyone can reach
+/// must not be held by clients that connect and say nothing.
+#[derive(Debug, Clone)]
+pub struct NbdLimits {
+    /// Connections served at once; past that, new ones are closed at once.
+    pub max_connections: usize,
+    /// From accept to the end of option negotiation.
+    pub handshake_timeout: std::time::Duration,
+    /// Close a connection that sends no request for this long. Off by
+    /// default: qemu sends nothing while its guest does no disk I/O (for
+    /// hours, on an idle VM), and it does not reconnect unless told to.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl Default for NbdLimits {
+    fn default() -> Self {
+        NbdLimits {
+            max_connections: 256,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: None,
+        }
+    }
+}
+
+/// Admission to an NBD listener: the connection bound, the limits, and a
+/// rate-limited log of failed connections (a scan or a flood must not fill
+/// the log).
+pub struct NbdGate {
+    exports: Exports,
+    limits: NbdLimits,
+    permits: Arc<Semaphore>,
+    failures: Arc<FailureLog>,
+}
+
+impl NbdGate {
+    pub fn new(exports: Exports, limits: NbdLimits) -> Arc<NbdGate> {
+        Arc::new(NbdGate {
+            exports,
+            permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
+            failures: Arc::new(FailureLog::new()),
+        })
+    }
+
+    /// Serve `stream` on a task of its own, or close it at once when
+    /// `max_connections` are open.
+    pub fn admit<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.failures.note(format_args!(
+                "NBD connection refused: {} connections open",
+                self.limits.max_connections
+            ));
+            drop(stream);
+            return;
+        };
+        let (exports, limits, failures) = (
+            self.exports.clone(),
+            self.limits.clone(),
+            self.failures.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_conn_with(stream, exports, &limits).await {
+                // A misbehaving client loses only its own connection.
+                failures.note(format_args!("NBD connection closed: {e}"));
+            }
+        });
+    }
+
+    /// Connections being served now.
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_connections.max(1) - self.permits.available_permits()
+    }
+
+    /// Failed or refused connections so far (logged or not).
+    pub fn failures(&self) -> u64 {
+        self.failures.total()
+    }
+}
+
+/// At most `PER_WINDOW` lines per `WINDOW`; the rest are counted and
+/// reported in one line when the next window opens.
+struct FailureLog {
+    state: parking_lot::Mutex<LogWindow>,
+}
+
+struct LogWindow {
+    start: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+    total: u64,
+}
+
+impl FailureLog {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+    const PER_WINDOW: u32 = 5;
+
+    fn new() -> FailureLog {
+        FailureLog {
+            state: parking_lot::Mutex::new(LogWindow {
+                start: std::time::Instant::now(),
+                logged: 0,
+                suppressed: 0,
+                total: 0,
+            }),
+        }
+    }
+
+    fn note(&self, what: std::fmt::Arguments<'_>) {
+        let mut st = self.state.lock();
+        st.total += 1;
+        if st.start.elapsed() >= Self::WINDOW {
+            if st.suppressed > 0 {
+                tracing::info!(
+                    "{} more failed NBD connections in the last {:?} were not logged",
+                    st.suppressed,
+                    st.start.elapsed()
+                );
+            }
+            st.start = std::time::Instant::now();
+            st.logged = 0;
+            st.suppressed = 0;
+        }
+        if st.logged < Self::PER_WINDOW {
+            st.logged += 1;
+            tracing::info!("{what}");
+        } else {
+            st.suppressed += 1;
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.state.lock().total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,5 +779,174 @@ mod tests {
         );
         b[0] = 0;
         assert!(parse_request(&b).is_err());
+    }
+
+    struct Mem(Vec<u8>);
+
+    #[async_trait]
+    impl BlockSource for Mem {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        async fn read_at(&self, offset: u64, len: u32) -> std::io::Result<Bytes> {
+            let o = offset as usize;
+            Ok(Bytes::copy_from_slice(&self.0[o..o + len as usize]))
+        }
+    }
+
+    async fn listen(
+        limits: NbdLimits,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<NbdGate>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let mut exports = Exports::default();
+        let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        exports.add("img", Arc::new(Mem(data)));
+        let gate = NbdGate::new(exports, limits);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let g = gate.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                g.admit(s);
+            }
+        });
+        (addr, gate, task)
+    }
+
+    /// Negotiate export "img" and read 4096 bytes at 8192; returns the
+    /// connection for more.
+    async fn legit_read(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello[..8], &NBDMAGIC.to_be_bytes());
+        s.write_all(&(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES).to_be_bytes())
+            .await
+            .unwrap();
+        let mut opt = Vec::new();
+        opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        opt.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+        opt.extend_from_slice(&3u32.to_be_bytes());
+        opt.extend_from_slice(b"img");
+        s.write_all(&opt).await.unwrap();
+        let mut info = [0u8; 10];
+        s.read_exact(&mut info).await.unwrap();
+        assert_eq!(u64::from_be_bytes(info[..8].try_into().unwrap()), 65536);
+        let mut req = [0u8; 28];
+        req[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        req[6..8].copy_from_slice(&CMD_READ.to_be_bytes());
+        req[8..16].copy_from_slice(&42u64.to_be_bytes());
+        req[16..24].copy_from_slice(&8192u64.to_be_bytes());
+        req[24..28].copy_from_slice(&4096u32.to_be_bytes());
+        s.write_all(&req).await.unwrap();
+        let mut rep = [0u8; 16];
+        s.read_exact(&mut rep).await.unwrap();
+        assert_eq!(&rep[..4], &SIMPLE_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(&rep[4..8], &[0, 0, 0, 0], "error in the reply");
+        assert_eq!(u64::from_be_bytes(rep[8..].try_into().unwrap()), 42);
+        let mut data = vec![0u8; 4096];
+        s.read_exact(&mut data).await.unwrap();
+        let want: Vec<u8> = (8192..8192 + 4096u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(data, want);
+        s
+    }
+
+    /// Whether the server closes `s` within `limit` (EOF after whatever it
+    /// sent).
+    async fn closed_within(s: &mut tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+        let mut buf = [0u8; 64];
+        let deadline = tokio::time::Instant::now() + limit;
+        for _ in 0..100 {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_connections_are_closed_and_a_real_client_still_works() {
+        let limits = NbdLimits {
+            max_connections: 512,
+            handshake_timeout: std::time::Duration::from_millis(800),
+            idle_timeout: None,
+        };
+        let (addr, gate, task) = listen(limits).await;
+        let t0 = std::time::Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..200 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        for _ in 0..200 {
+            if gate.open_connections() >= 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(gate.open_connections() >= 200);
+        // While they hold their connections, a real client is served.
+        let legit = legit_read(addr).await;
+        assert!(
+            t0.elapsed() < std::time::Duration::from_millis(800),
+            "test too slow to tell"
+        );
+        for s in &mut silent {
+            assert!(closed_within(s, std::time::Duration::from_secs(3)).await);
+        }
+        let took = t0.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "closed after {took:?}"
+        );
+        // The negotiated client is past the handshake limit and still open.
+        assert_eq!(gate.open_connections(), 1);
+        assert_eq!(gate.failures(), 200);
+        drop(legit);
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn excess_connections_are_refused_and_idle_ones_closed() {
+        let limits = NbdLimits {
+            max_connections: 2,
+            handshake_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: Some(std::time::Duration::from_millis(300)),
+        };
+        let (addr, gate, task) = listen(limits).await;
+        let mut a = legit_read(addr).await;
+        let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..200 {
+            if gate.open_connections() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(gate.open_connections(), 2);
+        // The third gets no hello, only a close.
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 18];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(3), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "an excess connection must be closed without a hello");
+        // The negotiated client that then stays silent is closed as idle.
+        assert!(closed_within(&mut a, std::time::Duration::from_secs(3)).await);
+        assert!(gate.failures() >= 2);
+        // Its slot is free again: a new client is served.
+        for _ in 0..200 {
+            if gate.open_connections() < 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let _d = legit_read(addr).await;
+        task.abort();
     }
 }
