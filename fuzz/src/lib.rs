@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qcow2_header", qcow2_header),
     ("segment", segment),
     ("codec_frames", codec_frames),
+    ("nbd_stream", nbd_stream),
 ];
 
 /// Largest chunk a batch frame may carry (the chunk API's own bound).
@@ -209,4 +210,43 @@ fn scratch_file(data: &[u8]) -> Option<tempfile::NamedTempFile> {
     f.write_all(data).ok()?;
     f.flush().ok()?;
     Some(f)
+}
+
+/// The NBD server's side of one connection: `data` is everything a client
+/// sends (handshake, options, requests with their payloads), fed through
+/// `serve_conn` over an in-memory pipe to a 64 KiB writable in-memory
+/// export; the server's answers are read and dropped.
+pub fn nbd_stream(data: &[u8]) {
+    use std::sync::Arc;
+    use strato::image::nbd::{serve_conn, Exports, MemDisk};
+    use tokio::io::AsyncWriteExt;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let mut exports = Exports::default();
+        exports.add("disk", Arc::new(MemDisk::new(64 << 10)));
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let srv = tokio::spawn(serve_conn(server, exports));
+        let (mut from_srv, mut to_srv) = tokio::io::split(client);
+        let drain = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_srv, &mut tokio::io::sink()).await;
+        });
+        let _ = to_srv.write_all(data).await;
+        let _ = to_srv.shutdown().await;
+        // The server ends at the end of the input (EOF) or earlier on a
+        // protocol error; either way it must not panic or hang.
+        let res = tokio::time::timeout(std::time::Duration::from_secs(5), srv).await;
+        assert!(res.is_ok(), "NBD server did not finish on a closed stream");
+        if let Ok(Err(e)) = res {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        drop(to_srv);
+        let _ = drain.await;
+    });
 }

@@ -101,6 +101,52 @@ pub trait BlockSource: Send + Sync + 'static {
     }
 }
 
+/// A writable export held in memory, for tests and fuzzing of the server.
+pub struct MemDisk {
+    data: parking_lot::Mutex<Vec<u8>>,
+}
+
+impl MemDisk {
+    pub fn new(size: usize) -> MemDisk {
+        MemDisk {
+            data: parking_lot::Mutex::new(vec![0u8; size]),
+        }
+    }
+}
+
+#[async_trait]
+impl BlockSource for MemDisk {
+    fn size(&self) -> u64 {
+        self.data.lock().len() as u64
+    }
+    async fn read_at(&self, offset: u64, len: u32) -> std::io::Result<Bytes> {
+        let d = self.data.lock();
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|o| Some(o..o.checked_add(len as usize)?))
+            .filter(|r| r.end <= d.len())
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        Ok(Bytes::copy_from_slice(&d[range]))
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    async fn write_at(&self, offset: u64, data: Bytes) -> std::io::Result<()> {
+        let mut d = self.data.lock();
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|o| Some(o..o.checked_add(data.len())?))
+            .filter(|r| r.end <= d.len())
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        d[range].copy_from_slice(&data);
+        Ok(())
+    }
+    async fn write_zeroes(&self, offset: u64, len: u32) -> std::io::Result<()> {
+        self.write_at(offset, Bytes::from(vec![0u8; len as usize]))
+            .await
+    }
+}
+
 /// Images are exported padded with zeros to a multiple of 512 bytes:
 /// qemu sizes devices in sectors, and without structured replies its NBD
 /// client expects a whole sector even for a read it clipped at the end.
