@@ -7,6 +7,7 @@
 //! Users and keys are not in the metadata: they come from the config file or
 //! STRATO_ACCESS_KEY / STRATO_SECRET_KEY of each frontend, so both are given
 //! the same keys here.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 #[path = "common/sdk.rs"]
