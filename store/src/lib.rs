@@ -13,6 +13,12 @@
 //! before `finish` returns. Nothing is acknowledged before both. A crash can
 //! leave unreferenced records (reclaimed by GC) or a torn segment tail (cut on
 //! the next open), never a manifest pointing at missing data.
+//!
+//! With the s3 segment backend (`Storage::S3`, shared.rs) the same promise
+//! holds across machines: a writer's new chunks are uploaded as one sealed
+//! segment object, and only after the object store acknowledged it do the
+//! manifest, the reference counts and the chunks' locations commit in one
+//! metadata transaction. GC and fsck refuse to run in that mode for now.
 
 mod audit;
 pub mod blocks;
