@@ -57,6 +57,20 @@ fn nbd_serve(
     Proc,
     std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 ) {
+    nbd_serve_with(port, key, cache, sock, &[])
+}
+
+/// [`nbd_serve`] with more arguments.
+fn nbd_serve_with(
+    port: u16,
+    key: &str,
+    cache: &Path,
+    sock: &Path,
+    extra: &[&str],
+) -> (
+    Proc,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
     let mut child = Command::new(strato_bin())
         .args([
             "--json",
@@ -73,6 +87,7 @@ fn nbd_serve(
         .arg(cache)
         .arg("--socket")
         .arg(sock)
+        .args(extra)
         .env("STRATO_ACCESS_KEY", KEY_A)
         .env("STRATO_SECRET_KEY", KEY_S)
         .stdout(Stdio::piped())
@@ -425,5 +440,40 @@ fn prefetch_completes_the_cache_and_corrupt_chunks_are_refetched() {
     assert!(
         s["fetched_bytes"].as_u64().unwrap() < data.len() as u64 / 4,
         "{s}"
+    );
+}
+
+#[test]
+fn silent_clients_are_closed_while_a_real_one_reads() {
+    let (tmp, _st, data, port, _server) = image_server(4 << 20, 21);
+    let sock = tmp.path().join("nbd.sock");
+    let args = ["--handshake-timeout-ms", "1000", "--max-connections", "300"];
+    let (_nbd, _lines) = nbd_serve_with(port, "a.img", &tmp.path().join("cache"), &sock, &args);
+    let t0 = std::time::Instant::now();
+    // 200 clients that connect and never negotiate.
+    let mut silent: Vec<std::os::unix::net::UnixStream> = (0..200)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    // A real client is served while they hold their connections.
+    let out = tmp.path().join("copy.raw");
+    convert(&url(&sock), "raw", &out);
+    assert_eq!(md5_file(&out), md5_hex(&data));
+    // Each got the server's hello, then a close at the timeout.
+    for s in &mut silent {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .expect("the server must close a silent connection");
+        assert_eq!(&got[..8], b"NBDMAGIC");
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    eprintln!(
+        "200 silent NBD clients closed {:.2} s after connecting",
+        took.as_secs_f64()
     );
 }
