@@ -47,7 +47,7 @@ fn main() {
     );
     for engine in [Engine::Redb, Engine::Sled] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let m = meta::open(engine, dir.path()).expect("open");
+        let m = meta::open(engine, None, dir.path()).expect("open");
         let t = Instant::now();
         for batch in keys.chunks(1000) {
             m.write(&mut |tx| {
@@ -79,7 +79,7 @@ fn main() {
         drop(m);
         let space = dir_size(dir.path()) as f64 / raw;
         let t = Instant::now();
-        let m = meta::open(engine, dir.path()).expect("reopen");
+        let m = meta::open(engine, None, dir.path()).expect("reopen");
         let _ = m.get(Table::Chunks, &keys[0]).expect("get");
         let reopen = t.elapsed();
         println!(
