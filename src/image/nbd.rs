@@ -908,7 +908,7 @@ mod tests {
         let deadline = tokio::time::Instant::now() + limit;
         for _ in 0..100 {
             match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(0) | Err(_)) => return true,
                 Ok(Ok(_)) => continue,
                 Err(_) => return false,
             }
