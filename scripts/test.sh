@@ -11,6 +11,8 @@ command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
 # tests/migrate_disk.rs exports a destination disk with qemu-nbd.
 command -v qemu-nbd >/dev/null || need_apt+=(qemu-utils)
+# s3-compat's suite PUTs a chunked body with curl --aws-sigv4.
+command -v curl >/dev/null || need_apt+=(curl)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tc >/dev/null || need_apt+=(iproute2)
 # Multicast tests make link loss with nftables (this kernel has no netem).

@@ -264,7 +264,7 @@ impl S3Service {
             parts
                 .headers
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(spooled.len));
-            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            // Transfer-Encoding stays: clients such as curl sign it.
             return self
                 .call_s3s(http::Request::from_parts(parts, spooled.body))
                 .await;

@@ -155,6 +155,8 @@ pub async fn signed_chunked_put(
     pieces: Vec<Vec<u8>>,
 ) -> (u16, http::HeaderMap, Vec<u8>) {
     use http_body_util::{BodyExt, StreamBody};
+    // Signed like curl --aws-sigv4 does it: Transfer-Encoding included.
+    let te = [("transfer-encoding", "chunked")];
     let (url, host, _) = request_target(addr, path_and_query, &[]);
     let frames = pieces.into_iter().map(|p| {
         Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(p)))
@@ -164,10 +166,11 @@ pub async fn signed_chunked_put(
         .method("PUT")
         .uri(&url)
         .header("host", &host)
+        .header(te[0].0, te[0].1)
         .body(body)
         .unwrap();
     let unsigned = aws_sigv4::http_request::SignableBody::UnsignedPayload;
-    sign_request(&mut req, &host, &[], unsigned, std::time::SystemTime::now());
+    sign_request(&mut req, &host, &te, unsigned, std::time::SystemTime::now());
     assert!(!req.headers().contains_key("content-length"));
     send(req).await
 }

@@ -853,6 +853,31 @@ async fn put_without_content_length() {
     let got = s.object_data("bkt", "streamed").await.unwrap();
     assert_eq!(got.len(), whole.len());
     assert!(got == whole);
+    // curl --aws-sigv4 signs Transfer-Encoding too; it must still verify.
+    let file = std::env::temp_dir().join(format!("strato-chunked-{}", std::process::id()));
+    std::fs::write(&file, &whole).unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg(format!("{}:{}", crate::AK, crate::SK))
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .args(["-H", "Transfer-Encoding: chunked", "-T"])
+        .arg(&file)
+        .arg(format!("http://{}/bkt/curl", s.addr))
+        .output()
+        .await
+        .expect("curl (scripts/test.sh installs it)");
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    assert!(s.object_data("bkt", "curl").await.unwrap() == whole);
     // An empty chunked body is an empty object.
     let (st, _, b) = crate::signed_chunked_put(s.addr, "/bkt/empty", vec![]).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
