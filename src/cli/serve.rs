@@ -186,7 +186,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         tls: tls_info.as_ref().map(|t| t.server.clone()),
         limits,
         trust_keys: Some(trust_keys),
-        keyring: Some(Arc::new(ring)),
+        session_signer: Some(session_signer(ring)),
     };
     let data_dir = ctx.data_dir.clone();
     let meta = ctx.meta_description();
@@ -278,6 +278,15 @@ fn print_banner(
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+}
+
+/// Tickets signed with the repository's key over the manifest as each
+/// distribution mechanism lists it (`distribute::sign_session`).
+fn session_signer(ring: strato_trust::Keyring) -> strato::server::chunks::SessionSigner {
+    let ring = Arc::new(ring);
+    Arc::new(move |doc, audience, lifetime| {
+        strato::distribute::sign_session(&ring, doc, audience, lifetime)
+    })
 }
 
 /// The repository's ticket-signing keyring in DATA_DIR/trust (keys 0600),

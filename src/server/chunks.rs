@@ -61,8 +61,19 @@ pub struct ChunkRoute {
     /// this server signs nothing, e.g. an NBD rack upstream).
     trust_keys: Option<Arc<str>>,
     /// Signs session tickets (`None`: this server issues none).
-    keyring: Option<Arc<strato_trust::Keyring>>,
+    signer: Option<SessionSigner>,
 }
+
+/// Signs a distribution-session ticket for a manifest, an audience and a
+/// lifetime (seconds); returns it with the session's control secret. The
+/// digest depends on how each mechanism lists the manifest, which is
+/// `distribute`'s business, so the command that starts the server hands the
+/// signer in rather than this layer reaching up into `distribute`.
+pub type SessionSigner = Arc<
+    dyn Fn(&ManifestDoc, strato_trust::Audience, u64) -> (strato_trust::SignedTicket, [u8; 32])
+        + Send
+        + Sync,
+>;
 
 impl ChunkRoute {
     pub fn new(store: Store) -> ChunkRoute {
@@ -71,13 +82,13 @@ impl ChunkRoute {
             fallback: None,
             claims: Arc::new(ClaimTable::default()),
             trust_keys: None,
-            keyring: None,
+            signer: None,
         }
     }
 
-    /// Issue session tickets signed with `ring` at `POST /chunks/ticket/...`.
-    pub fn with_keyring(mut self, ring: Arc<strato_trust::Keyring>) -> ChunkRoute {
-        self.keyring = Some(ring);
+    /// Issue session tickets signed by `signer` at `POST /chunks/ticket/...`.
+    pub fn with_signer(mut self, signer: SessionSigner) -> ChunkRoute {
+        self.signer = Some(signer);
         self
     }
 
@@ -407,8 +418,8 @@ impl ChunkRoute {
         key: String,
         body: ByteStream,
     ) -> ApiResult {
-        let ring = self
-            .keyring
+        let sign = self
+            .signer
             .clone()
             .ok_or_else(|| ApiError::NotFound("this server issues no session tickets".into()))?;
         let data = collect(body, MAX_TICKET_REQUEST).await?;
@@ -456,7 +467,7 @@ impl ChunkRoute {
             }
             let (rec, chunks) = store.manifest(&bucket, &key)?;
             let doc = ManifestDoc::of_record(&bucket, &key, &rec, &chunks);
-            let (signed, secret) = crate::distribute::sign_session(&ring, &doc, audience, lifetime);
+            let (signed, secret) = sign(&doc, audience, lifetime);
             Ok(Ok((doc, signed, secret)))
         })
         .await??;
@@ -566,14 +577,14 @@ pub fn route(
     store: Store,
     claim_limits: ClaimLimits,
     trust_keys: Option<&str>,
-    keyring: Option<Arc<strato_trust::Keyring>>,
+    signer: Option<SessionSigner>,
 ) -> Arc<dyn ExtraRoute> {
     let mut r = ChunkRoute::new(store).with_claim_limits(claim_limits);
     if let Some(keys) = trust_keys {
         r = r.with_trust_keys(keys);
     }
-    if let Some(ring) = keyring {
-        r = r.with_keyring(ring);
+    if let Some(signer) = signer {
+        r = r.with_signer(signer);
     }
     Arc::new(r)
 }

@@ -39,7 +39,7 @@ pub struct ServeOptions {
     /// published at `GET /chunks/trust-keys`.
     pub trust_keys: Option<String>,
     /// Signs distribution-session tickets (`POST /chunks/ticket/...`).
-    pub keyring: Option<Arc<strato_trust::Keyring>>,
+    pub session_signer: Option<chunks::SessionSigner>,
 }
 
 pub fn s3_config(file: &FileConfig) -> S3Config {
@@ -77,7 +77,7 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         store.clone(),
         opts.file.claim_limits(),
         opts.trust_keys.as_deref(),
-        opts.keyring.clone(),
+        opts.session_signer.clone(),
     ))
     .build();
     let front = Front {
