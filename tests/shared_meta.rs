@@ -10,101 +10,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
+#[path = "common/frontend.rs"]
+mod frontend;
 #[path = "common/sdk.rs"]
 mod sdk;
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use common::{Server, Strato};
+use frontend::Frontend;
 
-/// A frontend and the lines of its banner.
-struct Frontend {
-    server: Server,
-    banner: Vec<String>,
-    stderr_path: std::path::PathBuf,
-}
-
-impl Frontend {
-    fn start(url: &str) -> Frontend {
-        let strato = Strato::new("postgres");
-        std::fs::create_dir_all(strato.dir.path()).unwrap();
-        let stderr_path = strato.dir.path().join("serve.stderr");
-        let access_key = "STRTESTACCESSKEY0001".to_string();
-        let secret_key = "test-secret-key-0123456789abcdefghijklmn".to_string();
-        let mut cmd = strato.cmd();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("STRATO_META_URL", url)
-            .env("STRATO_LOG", "info")
-            .env("STRATO_ACCESS_KEY", &access_key)
-            .env("STRATO_SECRET_KEY", &secret_key)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let mut child = cmd.spawn().expect("starting strato serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut banner = Vec::new();
-        // The banner ends with an empty line; bounded in case it changes.
-        for _ in 0..40 {
-            match lines.next() {
-                Some(Ok(l)) if l.is_empty() => break,
-                Some(Ok(l)) => banner.push(l),
-                _ => break,
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let first = banner.first().cloned().unwrap_or_default();
-        let Some(endpoint) = first.strip_prefix("strato serving S3 at ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "strato serve did not start: {first:?}\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        };
-        let endpoint = endpoint.to_string();
-        let host = endpoint.trim_start_matches("http://").to_string();
-        Frontend {
-            server: Server {
-                strato,
-                child,
-                endpoint,
-                host,
-                access_key,
-                secret_key,
-            },
-            banner,
-            stderr_path,
-        }
-    }
-
-    /// A client that does not retry, so a 503 reaches the test as it was sent.
-    fn client(&self) -> aws_sdk_s3::Client {
-        let s = &self.server;
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&s.endpoint)
-            .credentials_provider(Credentials::new(
-                &s.access_key,
-                &s.secret_key,
-                None,
-                None,
-                "test",
-            ))
-            .force_path_style(true)
-            .retry_config(RetryConfig::standard().with_max_attempts(1))
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
+/// A frontend over the PostgreSQL database at `url`.
+fn frontend(url: &str) -> Frontend {
+    Frontend::start("postgres", &[("STRATO_META_URL", url.to_string())])
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -136,8 +56,8 @@ async fn keys(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
 fn two_frontends_share_buckets_and_objects() {
     let pg = strato_testbed::shared_postgres();
     let url = pg.create_database("shared_two_frontends");
-    let f1 = Frontend::start(&url);
-    let f2 = Frontend::start(&url);
+    let f1 = frontend(&url);
+    let f2 = frontend(&url);
     // The banner names the engine and the database, never the password.
     for f in [&f1, &f2] {
         let line = f
@@ -236,8 +156,8 @@ fn postgres_down_gives_503_and_nothing_acknowledged_is_lost() {
     // Its own server: stopping the shared one would break the other tests.
     let pg = strato_testbed::Postgres::start().unwrap();
     let url = pg.create_database("shared_down");
-    let f1 = Frontend::start(&url);
-    let f2 = Frontend::start(&url);
+    let f1 = frontend(&url);
+    let f2 = frontend(&url);
     let (c1, c2) = (f1.client(), f2.client());
     let rt = rt();
     let mut acked = Vec::new();

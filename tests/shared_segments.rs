@@ -8,110 +8,31 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
+#[path = "common/frontend.rs"]
+mod frontend;
 
-use std::io::BufRead;
-use std::process::Stdio;
-
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
-use common::{Server, Strato};
+use frontend::Frontend;
 
 static GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-struct Frontend {
-    server: Server,
-    banner: Vec<String>,
-    stderr_path: std::path::PathBuf,
-}
-
-impl Frontend {
-    /// A frontend storing segments in `bucket`; metadata in PostgreSQL at
-    /// `url`, else redb in its data directory.
-    fn start(bucket: &str, url: Option<&str>) -> Frontend {
-        let ceph = strato_testbed::shared_ceph();
-        let strato = Strato::new(if url.is_some() { "postgres" } else { "redb" });
-        std::fs::create_dir_all(strato.dir.path()).unwrap();
-        let stderr_path = strato.dir.path().join("serve.stderr");
-        let access_key = "STRTESTACCESSKEY0001".to_string();
-        let secret_key = "test-secret-key-0123456789abcdefghijklmn".to_string();
-        let mut cmd = strato.cmd();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("STRATO_STORAGE_BACKEND", "s3")
-            .env("STRATO_S3_ENDPOINT", ceph.endpoint())
-            .env("STRATO_S3_BUCKET", bucket)
-            .env("STRATO_S3_PREFIX", "strato")
-            .env("STRATO_S3_ACCESS_KEY", ceph.access_key())
-            .env("STRATO_S3_SECRET_KEY", ceph.secret_key())
-            .env("STRATO_CACHE_BYTES", (64u64 << 20).to_string())
-            .env("STRATO_LOG", "info")
-            .env("STRATO_ACCESS_KEY", &access_key)
-            .env("STRATO_SECRET_KEY", &secret_key)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        if let Some(url) = url {
-            cmd.env("STRATO_META_URL", url);
-        }
-        let mut child = cmd.spawn().expect("starting strato serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut banner = Vec::new();
-        for _ in 0..40 {
-            match lines.next() {
-                Some(Ok(l)) if l.is_empty() => break,
-                Some(Ok(l)) => banner.push(l),
-                _ => break,
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let first = banner.first().cloned().unwrap_or_default();
-        let Some(endpoint) = first.strip_prefix("strato serving S3 at ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "strato serve did not start: {first:?}\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        };
-        let endpoint = endpoint.to_string();
-        let host = endpoint.trim_start_matches("http://").to_string();
-        Frontend {
-            server: Server {
-                strato,
-                child,
-                endpoint,
-                host,
-                access_key,
-                secret_key,
-            },
-            banner,
-            stderr_path,
-        }
+/// A frontend storing segments in `bucket`; metadata in PostgreSQL at
+/// `url`, else redb in its data directory.
+fn frontend(bucket: &str, url: Option<&str>) -> Frontend {
+    let ceph = strato_testbed::shared_ceph();
+    let mut env = vec![
+        ("STRATO_STORAGE_BACKEND", "s3".to_string()),
+        ("STRATO_S3_ENDPOINT", ceph.endpoint()),
+        ("STRATO_S3_BUCKET", bucket.to_string()),
+        ("STRATO_S3_PREFIX", "strato".to_string()),
+        ("STRATO_S3_ACCESS_KEY", ceph.access_key().to_string()),
+        ("STRATO_S3_SECRET_KEY", ceph.secret_key().to_string()),
+        ("STRATO_CACHE_BYTES", (64u64 << 20).to_string()),
+    ];
+    if let Some(url) = url {
+        env.push(("STRATO_META_URL", url.to_string()));
     }
-
-    /// No retries, so a 503 reaches the test as it was sent.
-    fn client(&self) -> aws_sdk_s3::Client {
-        let s = &self.server;
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&s.endpoint)
-            .credentials_provider(Credentials::new(
-                &s.access_key,
-                &s.secret_key,
-                None,
-                None,
-                "test",
-            ))
-            .force_path_style(true)
-            .retry_config(RetryConfig::standard().with_max_attempts(1))
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
+    Frontend::start(if url.is_some() { "postgres" } else { "redb" }, &env)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -184,7 +105,7 @@ fn serve_with_s3_segments_put_get_range_and_outage() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ceph = strato_testbed::shared_ceph();
     let bucket = new_bucket("serve");
-    let f = Frontend::start(&bucket, None);
+    let f = frontend(&bucket, None);
     let line = f
         .banner
         .iter()
@@ -252,8 +173,8 @@ fn two_frontends_one_database_one_bucket() {
     let pg = strato_testbed::shared_postgres();
     let url = pg.create_database(&format!("segs_{:08x}", rand::random::<u32>()));
     let bucket = new_bucket("shared");
-    let f1 = Frontend::start(&bucket, Some(&url));
-    let f2 = Frontend::start(&bucket, Some(&url));
+    let f1 = frontend(&bucket, Some(&url));
+    let f2 = frontend(&bucket, Some(&url));
     let (c1, c2) = (f1.client(), f2.client());
     rt().block_on(async {
         c1.create_bucket().bucket("images").send().await.unwrap();
