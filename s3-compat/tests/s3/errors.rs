@@ -132,3 +132,26 @@ async fn stale_and_expired_signatures() {
     assert!(b.contains("<Code>AccessDenied</Code>"), "{b}");
     assert!(b.contains("expired"), "{b}");
 }
+
+/// A key that is not UTF-8 on the wire (`%FF`) cannot name any object: the
+/// request is refused as malformed (400), not answered as a missing key.
+#[tokio::test]
+async fn key_not_utf8_is_bad_request() {
+    let s = Server::start().await;
+    bucket(&s.client(), "bkt").await;
+    for (method, body) in [
+        ("GET", vec![]),
+        ("HEAD", vec![]),
+        ("PUT", b"x".to_vec()),
+        ("DELETE", vec![]),
+    ] {
+        let (st, _, b) = crate::signed_request(method, s.addr, "/bkt/a%FFb", body).await;
+        assert_eq!(st, 400, "{method}: {}", String::from_utf8_lossy(&b));
+        if method != "HEAD" {
+            let b = String::from_utf8_lossy(&b);
+            assert!(b.contains("<Code>InvalidURI</Code>"), "{b}");
+            assert!(b.contains("UTF-8"), "{b}");
+        }
+    }
+    assert_eq!(s.object_count("bkt").await, 0);
+}
