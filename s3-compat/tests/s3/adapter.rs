@@ -459,3 +459,33 @@ async fn encoded_metadata_round_trips() {
     let name = md.get("name").unwrap();
     assert!(name.starts_with("=?UTF-8?"), "{name}");
 }
+
+// from buckets.rs: outside us-east-1, creating a bucket you already own is
+// BucketAlreadyOwnedByYou (409), and the bucket and its objects stay.
+#[tokio::test]
+async fn recreate_own_bucket_outside_us_east_1() {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let mut config = s3_compat::S3Config::default();
+    config.region = "eu-west-1".to_owned();
+    let s = Server::start_with(config).await;
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .endpoint_url(s.url())
+        .credentials_provider(Credentials::new(crate::AK, crate::SK, None, None, "test"))
+        .force_path_style(true)
+        .build();
+    let c = aws_sdk_s3::Client::from_conf(conf);
+    bucket(&c, "mine").await;
+    c.put_object()
+        .bucket("mine")
+        .key("k")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let e = c.create_bucket().bucket("mine").send().await.unwrap_err();
+    assert_eq!(code(&e), "BucketAlreadyOwnedByYou");
+    assert_eq!(status(&e), Some(409));
+    assert_eq!(s.object_count("mine").await, 1);
+}
