@@ -238,7 +238,13 @@ impl Store {
         self.refuse_in_shared_mode("gc")?;
         self.seal_idle_segments()?;
         let plan = self.gc_plan(opts)?;
-        self.gc_execute(plan)
+        let report = self.gc_execute(plan)?;
+        // For the web console's repository page; a failure to note it does
+        // not undo the collection, so it is only logged.
+        if let Err(e) = self.record_gc(&super::history::GcRecord::of(&report)) {
+            tracing::warn!("recording the GC run failed: {e}");
+        }
+        Ok(report)
     }
 
     /// Copy the live records of a sealed segment into a new one and delete

@@ -42,6 +42,8 @@ pub enum Table {
     Blocks = b'k',
     /// shared (s3) mode: chunk id -> segment object id, offset, length (see shared.rs)
     ChunkLocs = b'l',
+    /// time (ms, big endian) -> History sample of the web console (see history.rs), bounded
+    History = b'h',
 }
 
 pub(crate) fn full_key(t: Table, key: &[u8]) -> Vec<u8> {
