@@ -127,15 +127,12 @@ async fn group_session(
                 .manifest(bucket, key)
                 .await
                 .with_context(|| format!("manifest of {bucket}/{key} in the local store"))?;
-            let ring = super::serve::repository_keyring(&ctx.data_dir)?;
-            let lifetime = a.ticket_lifetime.clamp(1, chunk_api::MAX_TICKET_SECS);
-            let (ticket, secret) = strato::distribute::sign_session(
-                &ring,
+            super::serve::sign_local_session(
+                &ctx.data_dir,
                 &doc,
                 strato::distribute::Audience::Group(group),
-                lifetime,
-            );
-            chain_broadcast::SessionAuth::new(ticket, secret).context("signing the session")
+                a.ticket_lifetime,
+            )
         }
     }
 }

@@ -301,6 +301,21 @@ pub fn repository_keyring(data_dir: &std::path::Path) -> Result<strato_trust::Ke
     Ok(ring)
 }
 
+/// A distribution session signed with this data directory's own key, for
+/// `propagate` and `mcast send` run on the repository host without an
+/// endpoint to ask for a ticket.
+pub fn sign_local_session(
+    data_dir: &std::path::Path,
+    doc: &strato::chunk_api::ManifestDoc,
+    audience: strato::distribute::Audience,
+    lifetime_secs: u64,
+) -> Result<chain_broadcast::SessionAuth> {
+    let ring = repository_keyring(data_dir)?;
+    let lifetime = lifetime_secs.clamp(1, strato::chunk_api::MAX_TICKET_SECS);
+    let (ticket, secret) = strato::distribute::sign_session(&ring, doc, audience, lifetime);
+    chain_broadcast::SessionAuth::new(ticket, secret).context("signing the session")
+}
+
 /// The keys tickets are accepted under now (the current one and retired
 /// ones still in their grace time), one per line.
 fn accepted_trust_keys(ring: &strato_trust::Keyring) -> String {
