@@ -117,8 +117,17 @@ pub struct ObjectAttrs {
     /// `x-amz-meta-*` without the prefix; names lower-cased.
     pub user_metadata: BTreeMap<String, String>,
     /// Verified whole-object checksums: algorithm name ("CRC32", "CRC32C",
-    /// "CRC64NVME", "SHA1", "SHA256") to base64 value.
+    /// "CRC64NVME", "SHA1", "SHA256") to base64 value. A multipart object's
+    /// COMPOSITE checksum is `base64(H(part checksums))-N`.
     pub checksums: BTreeMap<String, String>,
+    /// `FULL_OBJECT` or `COMPOSITE` (multipart objects); `None` reads as
+    /// `FULL_OBJECT` when there are checksums (single PUTs, older objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
+    /// Of a multipart upload: the algorithm asked for at
+    /// CreateMultipartUpload, which every part is checksummed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<String>,
 }
 
 /// An object as stored.
@@ -152,6 +161,10 @@ pub struct PutOptions {
     /// and before committing, the backend merges `late_checksums.take()` into
     /// `attrs.checksums`.
     pub late_checksums: LateChecksums,
+    /// CompleteMultipartUpload only: the object's checksum type, which the
+    /// backend stores in `attrs.checksum_type` (with `late_checksums`, the
+    /// checksum the protocol layer computed from the parts).
+    pub checksum_type: Option<String>,
 }
 
 /// A slot the protocol layer fills with verified trailer checksums when the
@@ -187,6 +200,9 @@ pub struct PartInfo {
     pub etag: String,
     pub size: u64,
     pub last_modified: SystemTime,
+    /// The part's verified checksums (algorithm name to base64), replaced
+    /// with the part when it is uploaded again.
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// A multipart upload in progress.
@@ -196,6 +212,17 @@ pub struct UploadInfo {
     pub bucket: String,
     pub key: String,
     pub initiated: SystemTime,
+    /// `ObjectAttrs::checksum_algorithm` / `checksum_type` of the upload.
+    pub checksum_algorithm: Option<String>,
+    pub checksum_type: Option<String>,
+}
+
+/// One part of a stored multipart object, in part order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectPartInfo {
+    pub size: u64,
+    /// The part's checksums as uploaded.
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// Storage operations the S3 layer needs. Implementations must be safe to
@@ -273,6 +300,23 @@ pub trait Backend: Send + Sync + 'static {
         body: ByteStream,
         content_md5: Option<[u8; 16]>,
     ) -> Result<PartInfo, BackendError>;
+    /// [`Backend::upload_part`] that also keeps the part's checksums: once
+    /// the body has ended cleanly, `checksums.take()` holds them (verified by
+    /// the protocol layer); they are stored atomically with the part and
+    /// returned in [`PartInfo::checksums`] here and by `list_parts`.
+    /// The default stores none (for backends that keep no checksums).
+    async fn upload_part_checked(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
+        checksums: LateChecksums,
+    ) -> Result<PartInfo, BackendError> {
+        let _ = checksums;
+        self.upload_part(upload_id, part_number, body, content_md5)
+            .await
+    }
     async fn upload_part_copy(
         &self,
         upload_id: &str,
@@ -286,7 +330,11 @@ pub trait Backend: Send + Sync + 'static {
     /// parts are at least 5 MiB; computes the `md5-of-md5s-N` ETag.
     /// `opts` carries the CompleteMultipartUpload request's conditional-write
     /// headers (`If-Match`, `If-None-Match: *`), checked atomically with the
-    /// commit like [`Backend::put_object`]'s.
+    /// commit like [`Backend::put_object`]'s, and the object's checksum:
+    /// merge `opts.late_checksums.take()` into the upload's
+    /// `attrs.checksums` and set `attrs.checksum_type` to
+    /// `opts.checksum_type`. Keep the parts' sizes and checksums for
+    /// [`Backend::object_parts`].
     /// Errors: `InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`, `NoSuchUpload`,
     /// `PreconditionFailed`.
     async fn complete_multipart(
@@ -296,6 +344,16 @@ pub trait Backend: Send + Sync + 'static {
         opts: PutOptions,
     ) -> Result<ObjectInfo, BackendError>;
     async fn abort_multipart(&self, upload_id: &str) -> Result<(), BackendError>;
+    /// The object and, for a multipart object whose part boundaries the
+    /// backend kept, its parts in order (`None`: single-part, or not kept).
+    /// Both describe the same version of the object.
+    async fn object_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Option<Vec<ObjectPartInfo>>), BackendError> {
+        Ok((self.head_object(bucket, key).await?, None))
+    }
     async fn list_multipart_uploads(
         &self,
         bucket: &str,

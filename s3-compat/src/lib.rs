@@ -60,7 +60,7 @@ mod spool;
 pub use auth::{Credential, CredentialStore, StaticCredentials, User};
 pub use backend::{
     Backend, BackendError, BodyError, BucketInfo, ByteStream, LateChecksums, ObjectAttrs,
-    ObjectInfo, PartInfo, PutOptions, UploadInfo,
+    ObjectInfo, ObjectPartInfo, PartInfo, PutOptions, UploadInfo,
 };
 pub use config::S3Config;
 pub use metrics::{MetricsSink, RequestRecord, S3Metrics};

@@ -5,6 +5,7 @@
 //! through small bounded channels: memory stays bounded by a few chunks per
 //! request however large the object.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,8 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use s3_compat::{
-    Backend, BackendError, BodyError, BucketInfo, ByteStream, ObjectAttrs, ObjectInfo, PartInfo,
-    PutOptions, UploadInfo,
+    Backend, BackendError, BodyError, BucketInfo, ByteStream, LateChecksums, ObjectAttrs,
+    ObjectInfo, ObjectPartInfo, PartInfo, PutOptions, UploadInfo,
 };
 use tokio::sync::mpsc;
 
@@ -79,6 +80,23 @@ fn encode_attrs(attrs: &ObjectAttrs) -> Vec<u8> {
 fn decode_attrs(raw: &[u8]) -> ObjectAttrs {
     if raw.is_empty() {
         return ObjectAttrs::default();
+    }
+    serde_json::from_slice(raw).unwrap_or_default()
+}
+
+/// A part's opaque store attributes: its verified checksums as JSON (none:
+/// empty, so parts without checksums cost no extra record).
+fn encode_part_sums(sums: &BTreeMap<String, String>) -> Vec<u8> {
+    if sums.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(sums).unwrap_or_default()
+    }
+}
+
+fn decode_part_sums(raw: &[u8]) -> BTreeMap<String, String> {
+    if raw.is_empty() {
+        return BTreeMap::new();
     }
     serde_json::from_slice(raw).unwrap_or_default()
 }
@@ -388,6 +406,24 @@ impl Backend for StoreBackend {
         body: ByteStream,
         content_md5: Option<[u8; 16]>,
     ) -> Result<PartInfo, BackendError> {
+        self.upload_part_checked(
+            upload_id,
+            part_number,
+            body,
+            content_md5,
+            LateChecksums::default(),
+        )
+        .await
+    }
+
+    async fn upload_part_checked(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
+        checksums: LateChecksums,
+    ) -> Result<PartInfo, BackendError> {
         let id = upload_id.to_string();
         let upload: UploadRecord = self.on_store(move |store| store.upload(&id)).await?;
         let choice = upload.chunking.parse().unwrap_or_default();
@@ -395,13 +431,16 @@ impl Backend for StoreBackend {
             upload_id: upload_id.to_string(),
             part: part_number,
         };
+        // The checksums are complete once the body has ended, which is when
+        // the writer asks for the attributes; they commit with the part.
+        let late = checksums.clone();
         let c = ingest(
             self.store.clone(),
             target,
             choice,
             body,
             content_md5,
-            Vec::new,
+            move || encode_part_sums(&late.take()),
         )
         .await?;
         Ok(PartInfo {
@@ -409,6 +448,7 @@ impl Backend for StoreBackend {
             etag: c.etag,
             size: c.size,
             last_modified: time(c.modified_ms),
+            checksums: checksums.take(),
         })
     }
 
@@ -449,19 +489,23 @@ impl Backend for StoreBackend {
             etag: c.etag,
             size: c.size,
             last_modified: time(c.modified_ms),
+            checksums: BTreeMap::new(),
         })
     }
 
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, BackendError> {
         let id = upload_id.to_string();
-        let parts = self.on_store(move |store| store.list_parts(&id)).await?;
+        let parts = self
+            .on_store(move |store| store.list_parts_with_attrs(&id))
+            .await?;
         Ok(parts
             .into_iter()
-            .map(|(n, p)| PartInfo {
+            .map(|(n, p, attrs)| PartInfo {
                 part_number: n,
                 etag: hex::encode(p.md5),
                 size: p.size,
                 last_modified: time(p.modified_ms),
+                checksums: decode_part_sums(&attrs),
             })
             .collect())
     }
@@ -474,10 +518,16 @@ impl Backend for StoreBackend {
     ) -> Result<ObjectInfo, BackendError> {
         let id = upload_id.to_string();
         let pre = precondition(&opts);
+        let sums = opts.late_checksums.take();
+        let checksum_type = opts.checksum_type.clone();
         let (upload, rec) = self
             .on_store(move |store| {
                 let upload = store.upload(&id)?;
-                let rec = store.complete_upload(&id, &parts, &pre)?;
+                let mut attrs = decode_attrs(&upload.attrs);
+                attrs.checksums.extend(sums);
+                attrs.checksum_type = checksum_type;
+                let attrs = encode_attrs(&attrs);
+                let rec = store.complete_upload_with(&id, &parts, &pre, Some(attrs))?;
                 Ok((upload, rec))
             })
             .await?;
@@ -503,12 +553,38 @@ impl Backend for StoreBackend {
             .await?;
         Ok(uploads
             .into_iter()
-            .map(|(id, u)| UploadInfo {
-                upload_id: id,
-                bucket: u.bucket,
-                key: u.key,
-                initiated: time(u.initiated_ms),
+            .map(|(id, u)| {
+                let attrs = decode_attrs(&u.attrs);
+                UploadInfo {
+                    upload_id: id,
+                    bucket: u.bucket,
+                    key: u.key,
+                    initiated: time(u.initiated_ms),
+                    checksum_algorithm: attrs.checksum_algorithm,
+                    checksum_type: attrs.checksum_type,
+                }
             })
             .collect())
+    }
+
+    async fn object_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Option<Vec<ObjectPartInfo>>), BackendError> {
+        let (b, k) = (bucket.to_string(), key.to_string());
+        let (rec, layout) = self
+            .on_store(move |store| store.object_parts(&b, &k))
+            .await?;
+        let parts = layout.map(|l| {
+            l.parts
+                .into_iter()
+                .map(|p| ObjectPartInfo {
+                    size: p.size,
+                    checksums: decode_part_sums(&p.attrs),
+                })
+                .collect()
+        });
+        Ok((object_info(bucket, key, &rec), parts))
     }
 }

@@ -34,6 +34,7 @@ pub mod meta;
 pub mod model;
 mod names;
 pub mod objstore;
+mod parts;
 mod reader;
 pub mod segment;
 mod shared;
@@ -507,6 +508,7 @@ impl Store {
             }
             tx.delete(Table::Objects, &okey)?;
             tx.delete(Table::Manifests, &okey)?;
+            tx.delete(Table::ObjectParts, &okey)?;
             deltas.apply(tx, now)
         })
     }
@@ -524,6 +526,7 @@ impl Store {
         self.bucket(dst.0)?;
         let (src_rec, chunks) = self.manifest(src.0, src.1)?;
         let dkey = model::object_key(dst.0, dst.1);
+        let skey = model::object_key(src.0, src.1);
         let now = now_ms();
         let rec = ObjectRecord {
             modified_ms: now,
@@ -538,6 +541,15 @@ impl Store {
             let mut deltas = RefDeltas::default();
             deltas.add(&chunks);
             replace_object(tx, &dkey, &rec, &chunks, precondition, &mut deltas)?;
+            // The copy has the source's ETag and parts, so its part
+            // boundaries too (when they belong to this version of the source).
+            if let Some(v) = tx.get(Table::ObjectParts, &skey)? {
+                let mut layout: model::ObjectParts = model::decode(&v)?;
+                if layout.etag == src_rec.etag && layout.modified_ms == src_rec.modified_ms {
+                    layout.modified_ms = rec.modified_ms;
+                    tx.put(Table::ObjectParts, &dkey, &model::encode(&layout)?)?;
+                }
+            }
             deltas.apply(tx, now)
         })?;
         drop(_c);
@@ -658,6 +670,25 @@ impl Store {
         parts: &[(u32, String)],
         precondition: &Precondition,
     ) -> Result<ObjectRecord> {
+        self.complete_upload_with(upload_id, parts, precondition, None)
+    }
+
+    /// [`Store::complete_upload`], with the object's attributes replaced by
+    /// `attrs` when given (the S3 layer adds the multipart checksum it
+    /// computed from the parts). The part sizes and attributes are kept in
+    /// `Table::ObjectParts` with the object, in the same transaction.
+    ///
+    /// The parts are read again inside the commit transaction, so a part
+    /// re-uploaded meanwhile either still has the listed ETag or fails the
+    /// completion with `InvalidPart`; reference counts always follow what is
+    /// actually committed.
+    pub fn complete_upload_with(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        precondition: &Precondition,
+        attrs: Option<Vec<u8>>,
+    ) -> Result<ObjectRecord> {
         let upload = self.upload(upload_id)?;
         if parts.is_empty() {
             return Err(StoreError::InvalidPart(
@@ -667,51 +698,17 @@ impl Store {
         if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err(StoreError::InvalidPartOrder);
         }
-        let stored: HashMap<u32, PartRecord> = self.list_parts(upload_id)?.into_iter().collect();
-        let mut chunks = Vec::new();
-        let mut md5s = Vec::with_capacity(parts.len() * 16);
-        let mut size = 0u64;
-        let mut profiles: Vec<&str> = Vec::new();
-        for (i, (n, etag)) in parts.iter().enumerate() {
-            let Some(p) = stored.get(n) else {
-                return Err(StoreError::InvalidPart(format!(
-                    "part {n} was not uploaded"
-                )));
-            };
-            let want = etag.trim().trim_matches('"').to_ascii_lowercase();
-            if want != hex::encode(p.md5) {
-                return Err(StoreError::InvalidPart(format!(
-                    "part {n}'s ETag does not match {etag}"
-                )));
-            }
-            if i + 1 < parts.len() && p.size < self.inner.cfg.min_part_size {
-                return Err(StoreError::EntityTooSmall {
-                    part: *n,
-                    size: p.size,
-                    min: self.inner.cfg.min_part_size,
-                });
-            }
-            chunks.extend_from_slice(&p.chunks);
-            md5s.extend_from_slice(&p.md5);
-            size += p.size;
-            if !profiles.contains(&p.profile.as_str()) {
-                profiles.push(&p.profile);
-            }
-        }
-        let etag = {
-            use md5::Digest;
-            format!("{}-{}", hex::encode(md5::Md5::digest(&md5s)), parts.len())
-        };
+        // Which parts exist; their contents are re-read in the transaction.
+        let stored: Vec<u32> = self
+            .list_parts(upload_id)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let min_part = self.inner.cfg.min_part_size;
+        let attrs = attrs.unwrap_or_else(|| upload.attrs.clone());
         let now = now_ms();
-        let rec = ObjectRecord {
-            size,
-            etag,
-            modified_ms: now,
-            profile: profiles.join(","),
-            attrs: upload.attrs.clone(),
-            parts: parts.len() as u32,
-        };
         let okey = model::object_key(&upload.bucket, &upload.key);
+        let mut committed: Option<ObjectRecord> = None;
         let _c = self.inner.commit_lock.read();
         self.inner.meta.write(&mut |tx| {
             if tx.get(Table::Uploads, upload_id.as_bytes())?.is_none() {
@@ -721,16 +718,89 @@ impl Store {
                 return Err(StoreError::NoSuchBucket(upload.bucket.clone()));
             }
             let mut deltas = RefDeltas::default();
+            let mut chunks = Vec::new();
+            let mut md5s = Vec::with_capacity(parts.len() * 16);
+            let mut size = 0u64;
+            let mut profiles: Vec<String> = Vec::new();
+            let mut layout = Vec::with_capacity(parts.len());
+            for (i, (n, etag)) in parts.iter().enumerate() {
+                let pkey = model::part_key(upload_id, *n);
+                let Some(v) = tx.get(Table::Parts, &pkey)? else {
+                    return Err(StoreError::InvalidPart(format!(
+                        "part {n} was not uploaded"
+                    )));
+                };
+                let p: PartRecord = model::decode(&v)?;
+                let want = etag.trim().trim_matches('"').to_ascii_lowercase();
+                if want != hex::encode(p.md5) {
+                    return Err(StoreError::InvalidPart(format!(
+                        "part {n}'s ETag does not match {etag}"
+                    )));
+                }
+                if i + 1 < parts.len() && p.size < min_part {
+                    return Err(StoreError::EntityTooSmall {
+                        part: *n,
+                        size: p.size,
+                        min: min_part,
+                    });
+                }
+                let part_attrs = match tx.get(Table::PartAttrs, &pkey)? {
+                    Some(v) => {
+                        let a: model::PartAttrsRecord = model::decode(&v)?;
+                        if a.md5 == p.md5 && a.modified_ms == p.modified_ms {
+                            a.attrs
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                layout.push(model::ObjectPart {
+                    size: p.size,
+                    attrs: part_attrs,
+                });
+                chunks.extend_from_slice(&p.chunks);
+                md5s.extend_from_slice(&p.md5);
+                size += p.size;
+                if !profiles.contains(&p.profile) {
+                    profiles.push(p.profile.clone());
+                }
+            }
+            let etag = {
+                use md5::Digest;
+                format!("{}-{}", hex::encode(md5::Md5::digest(&md5s)), parts.len())
+            };
+            let rec = ObjectRecord {
+                size,
+                etag,
+                modified_ms: now,
+                profile: profiles.join(","),
+                attrs: attrs.clone(),
+                parts: parts.len() as u32,
+            };
             deltas.add(&chunks);
-            for (n, p) in &stored {
-                deltas.sub(&p.chunks);
-                tx.delete(Table::Parts, &model::part_key(upload_id, *n))?;
+            for n in &stored {
+                let pkey = model::part_key(upload_id, *n);
+                if let Some(v) = tx.get(Table::Parts, &pkey)? {
+                    let p: PartRecord = model::decode(&v)?;
+                    deltas.sub(&p.chunks);
+                    tx.delete(Table::Parts, &pkey)?;
+                }
+                tx.delete(Table::PartAttrs, &pkey)?;
             }
             tx.delete(Table::Uploads, upload_id.as_bytes())?;
             replace_object(tx, &okey, &rec, &chunks, precondition, &mut deltas)?;
+            let layout = model::ObjectParts {
+                etag: rec.etag.clone(),
+                modified_ms: rec.modified_ms,
+                parts: layout,
+            };
+            tx.put(Table::ObjectParts, &okey, &model::encode(&layout)?)?;
+            committed = Some(rec);
             deltas.apply(tx, now)
         })?;
         drop(_c);
+        let rec = committed.ok_or_else(|| StoreError::Meta("completion did not run".into()))?;
         self.index_if_enabled(&upload.bucket, &upload.key);
         Ok(rec)
     }
@@ -749,6 +819,7 @@ impl Store {
                     deltas.sub(&p.chunks);
                     tx.delete(Table::Parts, &pkey)?;
                 }
+                tx.delete(Table::PartAttrs, &pkey)?;
             }
             tx.delete(Table::Uploads, upload_id.as_bytes())?;
             deltas.apply(tx, now)
@@ -1317,6 +1388,9 @@ pub(crate) fn replace_object(
         }
     }
     tx.put(Table::Objects, okey, &model::encode(rec)?)?;
+    // Part boundaries belong to the version they were written with; a
+    // multipart completion puts the new ones after this.
+    tx.delete(Table::ObjectParts, okey)?;
     let manifest = model::Manifest {
         etag: rec.etag.clone(),
         modified_ms: rec.modified_ms,

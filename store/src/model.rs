@@ -101,6 +101,38 @@ pub struct PartRecord {
     pub chunks: Vec<ManifestEntry>,
 }
 
+/// What `PartRecord`'s fixed layout has no room for: the caller's opaque
+/// attributes of one uploaded part (the S3 layer keeps the part's verified
+/// checksums here), in `Table::PartAttrs` under the part's key. `md5` and
+/// `modified_ms` tie it to the `PartRecord` written in the same transaction,
+/// so a reader never pairs one upload of a part with another's attributes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartAttrsRecord {
+    pub md5: [u8; 16],
+    pub modified_ms: u64,
+    pub attrs: Vec<u8>,
+}
+
+/// One part of a completed multipart object, in part order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectPart {
+    pub size: u64,
+    /// The part's opaque attributes as uploaded (see [`PartAttrsRecord`]).
+    pub attrs: Vec<u8>,
+}
+
+/// The part boundaries of a multipart object, in `Table::ObjectParts` under
+/// the object's key: written in the commit transaction of
+/// `complete_upload`, deleted with the object or when it is replaced.
+/// A table of its own because `ObjectRecord`'s postcard layout is fixed in
+/// existing repositories; `etag`/`modified_ms` tie it to its record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectParts {
+    pub etag: String,
+    pub modified_ms: u64,
+    pub parts: Vec<ObjectPart>,
+}
+
 pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
     k.extend_from_slice(bucket.as_bytes());

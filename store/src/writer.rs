@@ -531,6 +531,15 @@ impl ObjectWriter {
                     chunks: self.entries.clone(),
                 };
                 let encoded = model::encode(&rec)?;
+                let extra = if attrs.is_empty() {
+                    Vec::new()
+                } else {
+                    model::encode(&model::PartAttrsRecord {
+                        md5,
+                        modified_ms: now,
+                        attrs,
+                    })?
+                };
                 let pkey = model::part_key(upload_id, *part);
                 inner.meta.write(&mut |tx| {
                     if tx.get(Table::Uploads, upload_id.as_bytes())?.is_none() {
@@ -543,6 +552,13 @@ impl ObjectWriter {
                         deltas.sub(&old.chunks);
                     }
                     tx.put(Table::Parts, &pkey, &encoded)?;
+                    // The part's attributes go with this upload of it: a
+                    // re-upload without any must not inherit the last one's.
+                    if extra.is_empty() {
+                        tx.delete(Table::PartAttrs, &pkey)?;
+                    } else {
+                        tx.put(Table::PartAttrs, &pkey, &extra)?;
+                    }
                     put_locs(tx, &new_locs)?;
                     deltas.apply(tx, now)
                 })?;

@@ -53,6 +53,8 @@ pub(super) fn attrs_from_headers(h: &HeaderMap, metadata: Option<&dto::Metadata>
         expires: text("expires"),
         user_metadata,
         checksums: Default::default(),
+        checksum_type: None,
+        checksum_algorithm: None,
     }
 }
 
@@ -83,6 +85,7 @@ pub(super) fn put_options(h: &HeaderMap) -> S3Result<PutOptions> {
         content_md5,
         chunking: hdr(h, &format!("x-amz-meta-{CHUNKING_META}")).map(str::to_owned),
         late_checksums: LateChecksums::default(),
+        checksum_type: None,
     })
 }
 

@@ -13,13 +13,15 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use md5::{Digest, Md5};
 use s3_compat::{
-    Backend, BackendError, BucketInfo, ByteStream, ObjectAttrs, ObjectInfo, PartInfo, PutOptions,
-    UploadInfo,
+    Backend, BackendError, BucketInfo, ByteStream, LateChecksums, ObjectAttrs, ObjectInfo,
+    ObjectPartInfo, PartInfo, PutOptions, UploadInfo,
 };
 
 struct Obj {
     data: Bytes,
     info: ObjectInfo,
+    /// Part boundaries of a multipart object.
+    parts: Option<Vec<ObjectPartInfo>>,
 }
 
 struct Bucket {
@@ -233,6 +235,7 @@ impl Backend for MemBackend {
             Obj {
                 data,
                 info: info.clone(),
+                parts: None,
             },
         );
         Ok(info)
@@ -295,6 +298,7 @@ impl Backend for MemBackend {
             .get(src_key)
             .ok_or(BackendError::NoSuchKey)?;
         let data = src.data.clone();
+        let parts = src.parts.clone();
         let info = ObjectInfo {
             bucket: dst_bucket.to_owned(),
             key: dst_key.to_owned(),
@@ -313,6 +317,7 @@ impl Backend for MemBackend {
             Obj {
                 data,
                 info: info.clone(),
+                parts,
             },
         );
         Ok(info)
@@ -372,6 +377,24 @@ impl Backend for MemBackend {
         body: ByteStream,
         content_md5: Option<[u8; 16]>,
     ) -> Result<PartInfo, BackendError> {
+        self.upload_part_checked(
+            upload_id,
+            part_number,
+            body,
+            content_md5,
+            LateChecksums::default(),
+        )
+        .await
+    }
+
+    async fn upload_part_checked(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
+        checksums: LateChecksums,
+    ) -> Result<PartInfo, BackendError> {
         if !self.lock().uploads.contains_key(upload_id) {
             return Err(BackendError::NoSuchUpload);
         }
@@ -385,6 +408,7 @@ impl Backend for MemBackend {
             etag: hex::encode(digest),
             size: data.len() as u64,
             last_modified: SystemTime::now(),
+            checksums: checksums.take(),
         };
         let mut st = self.lock();
         let up = st
@@ -450,6 +474,7 @@ impl Backend for MemBackend {
         }
         let mut data = BytesMut::new();
         let mut md5s = Vec::new();
+        let mut layout = Vec::new();
         for (i, (n, etag)) in parts.iter().enumerate() {
             let (bytes, info) = up.parts.get(n).ok_or(BackendError::InvalidPart)?;
             if info.etag != *etag {
@@ -459,17 +484,24 @@ impl Backend for MemBackend {
                 return Err(BackendError::EntityTooSmall);
             }
             md5s.extend_from_slice(&hex::decode(&info.etag).unwrap_or_default());
+            layout.push(ObjectPartInfo {
+                size: info.size,
+                checksums: info.checksums.clone(),
+            });
             data.extend_from_slice(bytes);
         }
         let etag = format!("{}-{}", hex::encode(md5(&md5s)), parts.len());
         let data = data.freeze();
+        let mut attrs = up.attrs.clone();
+        attrs.checksums.extend(complete_opts.late_checksums.take());
+        attrs.checksum_type = complete_opts.checksum_type.clone();
         let info = ObjectInfo {
             bucket: up.bucket.clone(),
             key: up.key.clone(),
             size: data.len() as u64,
             etag,
             last_modified: SystemTime::now(),
-            attrs: up.attrs.clone(),
+            attrs,
         };
         let opts = if complete_opts.if_match.is_some() || complete_opts.if_none_match.is_some() {
             complete_opts
@@ -487,6 +519,7 @@ impl Backend for MemBackend {
             Obj {
                 data,
                 info: info.clone(),
+                parts: Some(layout),
             },
         );
         st.uploads.remove(upload_id);
@@ -519,7 +552,20 @@ impl Backend for MemBackend {
                 bucket: u.bucket.clone(),
                 key: u.key.clone(),
                 initiated: u.initiated,
+                checksum_algorithm: u.attrs.checksum_algorithm.clone(),
+                checksum_type: u.attrs.checksum_type.clone(),
             })
             .collect())
+    }
+
+    async fn object_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Option<Vec<ObjectPartInfo>>), BackendError> {
+        let st = self.lock();
+        let b = st.buckets.get(bucket).ok_or(BackendError::NoSuchBucket)?;
+        let o = b.objects.get(key).ok_or(BackendError::NoSuchKey)?;
+        Ok((o.info.clone(), o.parts.clone()))
     }
 }

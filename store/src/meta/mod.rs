@@ -36,6 +36,10 @@ pub enum Table {
     Uploads = b'u',
     /// upload id \0 part number (big endian) -> PartRecord
     Parts = b'p',
+    /// upload id \0 part number (big endian) -> PartAttrsRecord (see model.rs)
+    PartAttrs = b'r',
+    /// bucket \0 key -> ObjectParts: part sizes of a multipart object
+    ObjectParts = b'q',
     /// bucket name -> BucketOptions (see blocks.rs)
     BucketOptions = b's',
     /// 4 KiB block id -> chunk id + offset (see blocks.rs)
