@@ -231,7 +231,7 @@ fn print_banner(
         println!(
             "{}",
             serde_json::json!({"endpoint": endpoint, "data_dir": data_dir, "metadata": meta, "storage": storage,
-                "user": first.name,
+                "user": first.name, "console": format!("{endpoint}/ui/"),
                 "access_key": first.access_key, "secret_key": first.secret_key,
                 "tls_fingerprint": fingerprint, "ca_file": ca, "trust_key": trust_key})
         );
@@ -240,6 +240,7 @@ fn print_banner(
         println!("  data dir    {}", data_dir.display());
         println!("  metadata    {meta}");
         println!("  storage     {storage}");
+        println!("  console     {endpoint}/ui/ (sign in with the keys below)");
         println!(
             "  user        {}{}",
             first.name,

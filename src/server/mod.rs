@@ -3,6 +3,7 @@
 
 mod backend;
 pub mod chunks;
+pub mod console;
 mod credentials;
 pub mod listener;
 mod metrics;
@@ -24,7 +25,7 @@ use crate::config::FileConfig;
 use crate::store::{GcOptions, Store};
 
 /// Bucket names the server keeps for its own routes.
-pub const RESERVED_BUCKETS: &[&str] = &["chunks", "metrics"];
+pub const RESERVED_BUCKETS: &[&str] = &["chunks", "metrics", "ui"];
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -67,24 +68,34 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         creds = creds.with_user(&u.name, &u.access_key, &u.secret_key);
     }
     let metrics = Arc::new(metrics::Metrics::new(store.clone()));
+    let console = console::Console::new(
+        store.clone(),
+        opts.users.list.clone(),
+        metrics.clone(),
+        s3_config(&opts.file).region,
+        opts.tls.is_some(),
+        console::ConsoleOptions::from_env()?,
+    );
     let s3 = S3Service::builder(
         Arc::new(StoreBackend::new(store.clone())),
         Arc::new(creds),
         s3_config(&opts.file),
     )
     .metrics(metrics.sink())
-    .extra_route(chunks::route(
+    .extra_route(console.observe(chunks::route(
         store.clone(),
         opts.file.claim_limits(),
         opts.trust_keys.as_deref(),
         opts.session_signer.clone(),
-    ))
+    )))
     .build();
     let front = Front {
         s3,
         metrics: metrics.clone(),
+        console: console.clone(),
     };
     metrics.spawn_refresh();
+    console.spawn_samplers();
     if let Some(every) = opts.gc_interval.filter(|d| !d.is_zero()) {
         spawn_gc(store.clone(), opts.gc.clone(), every);
     }
@@ -128,6 +139,7 @@ fn spawn_tls_reload(tls: Arc<TlsServer>) {
 struct Front {
     s3: S3Service,
     metrics: Arc<metrics::Metrics>,
+    console: console::Console,
 }
 
 impl Front {
@@ -137,6 +149,9 @@ impl Front {
     ) -> hyper::Response<s3_compat::ResponseBody> {
         if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
             return self.metrics.response();
+        }
+        if console::Console::owns(req.uri().path()) {
+            return self.console.handle(req).await;
         }
         self.s3.handle(req).await
     }
