@@ -109,6 +109,143 @@ impl Hasher {
     }
 }
 
+impl Algorithm {
+    /// Raw digest length in bytes.
+    pub(crate) fn digest_len(self) -> usize {
+        match self {
+            Algorithm::Crc32 | Algorithm::Crc32c => 4,
+            Algorithm::Crc64Nvme => 8,
+            Algorithm::Sha1 => 20,
+            Algorithm::Sha256 => 32,
+        }
+    }
+
+    fn crc(self) -> Option<crc_fast::CrcAlgorithm> {
+        match self {
+            Algorithm::Crc32 => Some(crc_fast::CrcAlgorithm::Crc32IsoHdlc),
+            Algorithm::Crc32c => Some(crc_fast::CrcAlgorithm::Crc32Iscsi),
+            Algorithm::Crc64Nvme => Some(crc_fast::CrcAlgorithm::Crc64Nvme),
+            Algorithm::Sha1 | Algorithm::Sha256 => None,
+        }
+    }
+
+    /// Whether a multipart object can carry a FULL_OBJECT checksum of this
+    /// algorithm: only CRCs, which combine without the data.
+    pub(crate) fn supports_full_object(self) -> bool {
+        self.crc().is_some()
+    }
+
+    /// Whether a multipart object can carry a COMPOSITE checksum of this
+    /// algorithm (AWS: every algorithm but CRC64NVME).
+    pub(crate) fn supports_composite(self) -> bool {
+        self != Algorithm::Crc64Nvme
+    }
+}
+
+/// A transmitted (base64) checksum value as raw bytes of the right length.
+pub(crate) fn decode_value(a: Algorithm, b64: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .filter(|b| b.len() == a.digest_len())
+}
+
+/// S3's COMPOSITE checksum of a multipart object: the algorithm over the
+/// concatenated raw part checksums, base64, then `-N` for N parts.
+/// `None` if a part value is malformed.
+pub(crate) fn composite(a: Algorithm, parts: &[&str]) -> Option<String> {
+    let mut h = a.hasher();
+    for p in parts {
+        h.update(&decode_value(a, p)?);
+    }
+    Some(format!("{}-{}", h.finalize_base64(), parts.len()))
+}
+
+/// The FULL_OBJECT CRC of a multipart object from its parts' CRCs and
+/// lengths, combined arithmetically (CRC(A‖B) from CRC(A), CRC(B), |B|)
+/// rather than by reading the object again. `None` for a non-CRC algorithm,
+/// no parts, or a malformed part value.
+pub(crate) fn combine_crcs(a: Algorithm, parts: &[(&str, u64)]) -> Option<String> {
+    let crc = a.crc()?;
+    let mut acc: Option<u64> = None;
+    for (value, len) in parts {
+        let raw = decode_value(a, value)?;
+        let v = raw.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b));
+        acc = Some(match acc {
+            None => v,
+            Some(prev) => crc_fast::checksum_combine(crc, prev, v, *len),
+        });
+    }
+    let v = acc?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Some(if a == Algorithm::Crc64Nvme {
+        b64.encode(v.to_be_bytes())
+    } else {
+        b64.encode(((v & 0xffff_ffff) as u32).to_be_bytes())
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// Passes a body through while computing one checksum over it; when the
+    /// inner stream ends cleanly the value is published in `late` (before the
+    /// end is reported, so a backend that commits on end sees it). Used for
+    /// parts of an upload that asked for an algorithm when the part request
+    /// carried no value for it: the part is still stored with its checksum.
+    pub(crate) struct Computing<S> {
+        #[pin]
+        inner: S,
+        hasher: Option<Hasher>,
+        algorithm: Algorithm,
+        late: crate::backend::LateChecksums,
+    }
+}
+
+impl<S> Computing<S> {
+    pub(crate) fn new(inner: S, algorithm: Algorithm, late: crate::backend::LateChecksums) -> Self {
+        Computing {
+            inner,
+            hasher: Some(algorithm.hasher()),
+            algorithm,
+            late,
+        }
+    }
+}
+
+impl<S, E> futures::Stream for Computing<S>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    type Item = Result<bytes::Bytes, E>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.project();
+        match this.inner.poll_next(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                if let Some(h) = this.hasher.as_mut() {
+                    h.update(&b);
+                }
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A failed body stores nothing; publish nothing either.
+                *this.hasher = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                if let Some(h) = this.hasher.take() {
+                    this.late.insert(this.algorithm.name(), h.finalize_base64());
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +270,36 @@ mod tests {
             "Kq5sNclPz7QV2+lfQIuc6R7oRu0="
         );
         assert_eq!(sum(Algorithm::Crc64Nvme, b"hello world"), "jSnVw/bqjr4=");
+    }
+
+    #[test]
+    fn full_object_crc_is_the_crc_of_the_whole() {
+        let whole = b"hello world, in three uneven parts";
+        let cuts = [(0, 6), (6, 7), (7, whole.len())];
+        for a in [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64Nvme] {
+            let sums: Vec<(String, u64)> = cuts
+                .iter()
+                .map(|&(s, e)| (sum(a, &whole[s..e]), (e - s) as u64))
+                .collect();
+            let refs: Vec<(&str, u64)> = sums.iter().map(|(v, l)| (v.as_str(), *l)).collect();
+            assert_eq!(combine_crcs(a, &refs), Some(sum(a, whole)), "{a:?}");
+            assert_eq!(combine_crcs(a, &refs[..1]), Some(sum(a, &whole[..6])));
+        }
+        assert_eq!(combine_crcs(Algorithm::Sha256, &[("x", 1)]), None);
+        assert_eq!(combine_crcs(Algorithm::Crc32, &[("not base64", 1)]), None);
+        assert_eq!(combine_crcs(Algorithm::Crc32, &[]), None);
+    }
+
+    #[test]
+    fn composite_is_a_checksum_of_checksums() {
+        let p1 = sum(Algorithm::Sha256, b"part one");
+        let p2 = sum(Algorithm::Sha256, b"part two");
+        let mut raw = decode_value(Algorithm::Sha256, &p1).unwrap();
+        raw.extend(decode_value(Algorithm::Sha256, &p2).unwrap());
+        let want = format!("{}-2", sum(Algorithm::Sha256, &raw));
+        assert_eq!(composite(Algorithm::Sha256, &[&p1, &p2]), Some(want));
+        // A value of another algorithm's length is refused.
+        assert_eq!(composite(Algorithm::Crc32, &[&p1]), None);
     }
 
     #[test]

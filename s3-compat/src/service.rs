@@ -91,6 +91,7 @@ impl S3ServiceBuilder {
             backend: self.backend.clone(),
             creds: self.creds.clone(),
             config: config.clone(),
+            completed: Default::default(),
         };
         let mut b = s3s::service::S3ServiceBuilder::new(adapter);
         b.set_auth(Auth {

@@ -88,6 +88,8 @@ pub(crate) struct Adapter {
     pub backend: Arc<dyn Backend>,
     pub creds: Arc<dyn CredentialStore>,
     pub config: Arc<S3Config>,
+    /// Recently completed multipart uploads, for retried completions.
+    pub completed: multipart::Completed,
 }
 
 pub(crate) fn ctx_of(ext: &http::Extensions) -> ReqCtx {

@@ -1,5 +1,6 @@
 //! Object operations: put, get, head, delete, copy.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use base64::Engine as _;
@@ -102,15 +103,6 @@ pub(super) fn parse_md5(v: &str) -> S3Result<[u8; 16]> {
         })
 }
 
-fn digest_len(a: Algorithm) -> usize {
-    match a {
-        Algorithm::Crc32 | Algorithm::Crc32c => 4,
-        Algorithm::Crc64Nvme => 8,
-        Algorithm::Sha1 => 20,
-        Algorithm::Sha256 => 32,
-    }
-}
-
 /// Checksums to verify on an upload: header values, and algorithms whose
 /// values come as aws-chunked trailers.
 pub(super) fn checksum_spec(h: &HeaderMap) -> S3Result<Vec<(Algorithm, Option<String>)>> {
@@ -120,7 +112,7 @@ pub(super) fn checksum_spec(h: &HeaderMap) -> S3Result<Vec<(Algorithm, Option<St
             let v = v.trim();
             let ok = base64::engine::general_purpose::STANDARD
                 .decode(v)
-                .is_ok_and(|b| b.len() == digest_len(a));
+                .is_ok_and(|b| b.len() == a.digest_len());
             if !ok {
                 return Err(s3err(
                     S3ErrorCode::InvalidRequest,
@@ -295,20 +287,224 @@ pub(super) fn parse_range(h: Option<&str>, size: u64) -> RangeReq {
     RangeReq::Part(a..end)
 }
 
-fn part_number_unsupported() -> S3Error {
-    s3err(
-        S3ErrorCode::NotImplemented,
-        "Reading a multipart object by partNumber is not supported; use a Range",
-    )
+/// What `?partNumber=N` of an object selects.
+struct PartRead {
+    info: ObjectInfo,
+    /// The part's bytes (`None`: an empty single-part object, read whole).
+    range: Option<Range<u64>>,
+    /// `x-amz-mp-parts-count`, for multipart objects only (as AWS).
+    parts_count: Option<i32>,
+    /// The part's own checksum, when the object's checksum is COMPOSITE (a
+    /// full-object checksum says nothing about one part).
+    checksums: BTreeMap<String, String>,
 }
 
-/// `?partNumber=1` of a single-part object is the whole object; anything
-/// else needs part boundaries, which the backend does not expose.
-fn check_part_number(n: Option<i32>) -> S3Result<()> {
-    match n {
-        None | Some(1) => Ok(()),
-        Some(_) => Err(part_number_unsupported()),
+fn invalid_part_number() -> S3Error {
+    let mut e = s3err(
+        S3ErrorCode::Custom("InvalidPartNumber".into()),
+        "The requested partnumber is not satisfiable",
+    );
+    e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+    e
+}
+
+/// Resolves `?partNumber=N`: on a multipart object the N-th part (416
+/// `InvalidPartNumber` past the last), on a single-part object part 1 is the
+/// whole object and any other number is 416 `InvalidPartNumber`, as AWS
+/// answers. Conditions are checked on the object the part belongs to.
+async fn select_part(
+    a: &Adapter,
+    ctx: &super::ReqCtx,
+    h: &HeaderMap,
+    bucket: &str,
+    key: &str,
+    n: i32,
+) -> S3Result<PartRead> {
+    if !(1..=10_000).contains(&n) {
+        return Err(s3err(
+            S3ErrorCode::InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive",
+        ));
     }
+    if hdr(h, "range").is_some() {
+        return Err(s3err(
+            S3ErrorCode::InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter",
+        ));
+    }
+    let (info, parts) = a
+        .backend
+        .object_parts(bucket, key)
+        .await
+        .map_err(|e| a.map_err(ctx, e))?;
+    check_conditions(h, &info)?;
+    // n is 1..=10000 here.
+    let idx = (n - 1) as usize;
+    match parts {
+        Some(parts) => {
+            let Some(p) = parts.get(idx) else {
+                return Err(invalid_part_number());
+            };
+            let start: u64 = parts[..idx].iter().map(|p| p.size).sum();
+            let composite = info.attrs.checksum_type.as_deref() == Some("COMPOSITE");
+            let checksums = if composite {
+                p.checksums
+                    .iter()
+                    .filter(|(k, _)| info.attrs.checksums.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            Ok(PartRead {
+                range: Some(start..start + p.size),
+                parts_count: i32::try_from(parts.len()).ok(),
+                checksums,
+                info,
+            })
+        }
+        None if info.etag.contains('-') => Err(s3err(
+            S3ErrorCode::NotImplemented,
+            "This multipart object was stored before part boundaries were kept; read it with a Range",
+        )),
+        None if n == 1 => Ok(PartRead {
+            range: (info.size > 0).then(|| 0..info.size),
+            parts_count: None,
+            checksums: BTreeMap::new(),
+            info,
+        }),
+        None => Err(invalid_part_number()),
+    }
+}
+
+/// The checksum type to report for an object's stored checksums.
+fn checksum_type_of(info: &ObjectInfo) -> Option<dto::ChecksumType> {
+    if info.attrs.checksums.is_empty() {
+        return None;
+    }
+    Some(match &info.attrs.checksum_type {
+        Some(t) => dto::ChecksumType::from(t.clone()),
+        None => dto::ChecksumType::from_static(dto::ChecksumType::FULL_OBJECT),
+    })
+}
+
+/// GET of `?partNumber=N`.
+async fn get_part(
+    a: &Adapter,
+    req: &S3Request<dto::GetObjectInput>,
+    n: i32,
+) -> S3Result<S3Response<dto::GetObjectOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    let (bucket, key) = (&req.input.bucket, &req.input.key);
+    // The part boundaries and the bytes come from two backend calls; if the
+    // object is replaced between them, resolve the part again.
+    for _ in 0..3 {
+        let sel = select_part(a, &ctx, &req.headers, bucket, key, n).await?;
+        let (info, stream) = a
+            .backend
+            .get_object(bucket, key, sel.range.clone())
+            .await
+            .map_err(|e| a.map_err(&ctx, e))?;
+        if info.etag != sel.info.etag || info.last_modified != sel.info.last_modified {
+            continue;
+        }
+        let (len, content_range) = match &sel.range {
+            Some(r) => (
+                r.end - r.start,
+                Some(format!("bytes {}-{}/{}", r.start, r.end - 1, info.size)),
+            ),
+            None => (info.size, None),
+        };
+        let mut out = dto::GetObjectOutput {
+            body: Some(body_of(stream)),
+            accept_ranges: Some("bytes".to_owned()),
+            content_length: i64::try_from(len).ok(),
+            content_range,
+            parts_count: sel.parts_count,
+            e_tag: Some(etag(&info.etag)),
+            last_modified: Some(ts(info.last_modified)),
+            content_type: Some(content_type(&info)),
+            content_disposition: info.attrs.content_disposition.clone(),
+            content_encoding: info.attrs.content_encoding.clone(),
+            cache_control: info.attrs.cache_control.clone(),
+            metadata: user_metadata(&info),
+            ..Default::default()
+        };
+        if checksum_mode_enabled(&req.headers) {
+            part_checksums(&sel, &mut out.checksum_type);
+            set_checksums!(out, &read_checksums(&sel));
+        }
+        let mut resp = S3Response::new(out);
+        resp.headers = extra_headers(&info);
+        return Ok(resp);
+    }
+    Err(s3err(
+        S3ErrorCode::ServiceUnavailable,
+        "The object kept changing while its part was read; please retry",
+    ))
+}
+
+/// The checksums a part read reports: a single-part object's own (part 1
+/// is all of it), else the part's under a COMPOSITE object.
+fn read_checksums(sel: &PartRead) -> BTreeMap<String, String> {
+    if sel.parts_count.is_none() {
+        sel.info.attrs.checksums.clone()
+    } else {
+        sel.checksums.clone()
+    }
+}
+
+fn part_checksums(sel: &PartRead, kind: &mut Option<dto::ChecksumType>) {
+    *kind = if sel.parts_count.is_none() {
+        checksum_type_of(&sel.info)
+    } else if sel.checksums.is_empty() {
+        None
+    } else {
+        Some(dto::ChecksumType::from_static(dto::ChecksumType::COMPOSITE))
+    };
+}
+
+/// HEAD of `?partNumber=N`: the part's length and range, 206 as AWS.
+async fn head_part(
+    a: &Adapter,
+    req: &S3Request<dto::HeadObjectInput>,
+    n: i32,
+) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+    let ctx = ctx_of(&req.extensions);
+    let sel = select_part(a, &ctx, &req.headers, &req.input.bucket, &req.input.key, n).await?;
+    let info = &sel.info;
+    let (len, content_range) = match &sel.range {
+        Some(r) => (
+            r.end - r.start,
+            Some(format!("bytes {}-{}/{}", r.start, r.end - 1, info.size)),
+        ),
+        None => (info.size, None),
+    };
+    let partial = content_range.is_some();
+    let mut out = dto::HeadObjectOutput {
+        accept_ranges: Some("bytes".to_owned()),
+        content_length: i64::try_from(len).ok(),
+        content_range,
+        parts_count: sel.parts_count,
+        e_tag: Some(etag(&info.etag)),
+        last_modified: Some(ts(info.last_modified)),
+        content_type: Some(content_type(info)),
+        content_disposition: info.attrs.content_disposition.clone(),
+        content_encoding: info.attrs.content_encoding.clone(),
+        cache_control: info.attrs.cache_control.clone(),
+        metadata: user_metadata(info),
+        ..Default::default()
+    };
+    if checksum_mode_enabled(&req.headers) {
+        part_checksums(&sel, &mut out.checksum_type);
+        set_checksums!(out, &read_checksums(&sel));
+    }
+    let mut resp = S3Response::new(out);
+    resp.headers = extra_headers(info);
+    if partial {
+        resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+    }
+    Ok(resp)
 }
 
 fn invalid_range(size: u64) -> S3Error {
@@ -404,7 +600,9 @@ pub(super) async fn get_object(
     let ctx = ctx_of(&req.extensions);
     let (bucket, key) = (&req.input.bucket, &req.input.key);
     check_key(key)?;
-    check_part_number(req.input.part_number)?;
+    if let Some(n) = req.input.part_number {
+        return get_part(a, &req, n).await;
+    }
     let range_header = hdr(&req.headers, "range");
     let (info, stream, range) = if range_header.is_none() {
         // The common case costs one backend call: conditions are checked on
@@ -444,9 +642,6 @@ pub(super) async fn get_object(
         }
         (info, stream, range)
     };
-    if req.input.part_number.is_some() && info.etag.contains('-') {
-        return Err(part_number_unsupported());
-    }
     let (len, content_range) = match &range {
         Some(r) => (
             r.end - r.start,
@@ -471,7 +666,7 @@ pub(super) async fn get_object(
     // A whole-object checksum describes the whole object only: never on 206.
     if range.is_none() && checksum_mode_enabled(&req.headers) {
         set_checksums!(out, &info.attrs.checksums);
-        out.checksum_type = full_object(&info.attrs.checksums);
+        out.checksum_type = checksum_type_of(&info);
     }
     let mut resp = S3Response::new(out);
     resp.headers = extra_headers(&info);
@@ -485,16 +680,15 @@ pub(super) async fn head_object(
     let ctx = ctx_of(&req.extensions);
     let (bucket, key) = (&req.input.bucket, &req.input.key);
     check_key(key)?;
-    check_part_number(req.input.part_number)?;
+    if let Some(n) = req.input.part_number {
+        return head_part(a, &req, n).await;
+    }
     let info = a
         .backend
         .head_object(bucket, key)
         .await
         .map_err(|e| a.map_err(&ctx, e))?;
     check_conditions(&req.headers, &info)?;
-    if req.input.part_number.is_some() && info.etag.contains('-') {
-        return Err(part_number_unsupported());
-    }
     let range = match parse_range(hdr(&req.headers, "range"), info.size) {
         RangeReq::Full => None,
         RangeReq::Part(r) => Some(r),
@@ -522,7 +716,7 @@ pub(super) async fn head_object(
     };
     if range.is_none() && checksum_mode_enabled(&req.headers) {
         set_checksums!(out, &info.attrs.checksums);
-        out.checksum_type = full_object(&info.attrs.checksums);
+        out.checksum_type = checksum_type_of(&info);
     }
     let mut resp = S3Response::new(out);
     resp.headers = extra_headers(&info);
