@@ -24,6 +24,10 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v zstd >/dev/null || need_apt+=(zstd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The web console's browser test (tests/console_browser.rs): headless Chromium
+# driven by playwright-core from npm.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(npm)
 # The PostgreSQL metadata engine and S3 segment backend tests (issue 20) run
 # a throwaway PostgreSQL 15 and Ceph 16 cluster (testbed/).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql)
@@ -88,6 +92,12 @@ if [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c 'import boto3' 2>/dev/null;
   .venv/bin/pip install -q --disable-pip-version-check 's3cmd==2.4.0' 'boto3>=1.36,<2'
 fi
 export PATH="$PWD/.venv/bin:$PATH"
+# playwright-core at the version tests/console/package-lock.json pins.
+if [ ! -d tests/console/node_modules ] || [ tests/console/package-lock.json -nt tests/console/node_modules ]; then
+  echo "== npm ci in tests/console (playwright-core)"
+  npm ci --prefix tests/console --no-audit --no-fund
+  touch tests/console/node_modules
+fi
 export STRATO_TEST_PYTHON="$PWD/.venv/bin/python"
 
 echo "== tools: $(qemu-img --version | head -1); $(qemu-system-x86_64 --version | head -1); $(s3cmd --version); boto3 $(python -c 'import boto3; print(boto3.__version__)')"

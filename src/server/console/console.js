@@ -44,6 +44,7 @@
       if (!f) { status.textContent = "Choose a file first."; return; }
       const key = keyIn.value.trim() || f.name;
       button.disabled = true;
+      delete status.dataset.newBytes;
       status.className = "";
       status.textContent = "Uploading " + key + "…";
       bar.value = 0; pct.textContent = "0%";

@@ -20,9 +20,16 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// Everything but RFC 3986's unreserved characters is escaped.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// A query-string component (for links we build).
 pub fn q(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// `application/x-www-form-urlencoded` (query strings and form bodies).
@@ -118,7 +125,7 @@ pub fn page(title: &str, current: &str, nav: Option<&Nav>, main: &str) -> String
         h,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · strato</title><link rel=\"stylesheet\" href=\"/ui/assets/console.css\">\
+         <title>{} · strato</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/ui/assets/console.css\">\
          <script src=\"/ui/assets/console.js\" defer></script></head><body>\
          <a class=\"skip\" href=\"#main\">Skip to content</a><header><span class=\"brand\">strato</span>",
         esc(title)
