@@ -16,14 +16,22 @@ use s3_compat::{
     Backend, BackendError, BodyError, BucketInfo, ByteStream, LateChecksums, ObjectAttrs,
     ObjectInfo, ObjectPartInfo, PartInfo, PutOptions, UploadInfo,
 };
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::store::{
     Committed, ObjectRecord, Precondition, ProfileChoice, Store, StoreError, Target, UploadRecord,
 };
 
-/// How many pieces a GET reads ahead of the client.
-const READ_AHEAD: usize = 4;
+/// Bytes a GET keeps read and verified ahead of the socket: two of the
+/// store reader's 4 MiB batches, so the next batch is read and hashed while
+/// the socket drains the last one (with a bound of four pieces, a 64 KiB
+/// chunk size left the socket idle for every batch read). Counted in bytes
+/// because chunks run from 4 KiB to 1 MiB.
+const READ_AHEAD_BYTES: usize = 8 << 20;
+/// Pieces cross to the reactor in groups of about this many bytes: one
+/// wakeup per group instead of one per chunk.
+const READ_GROUP_BYTES: usize = 1 << 20;
 /// How many body pieces a PUT buffers ahead of the chunker.
 const WRITE_AHEAD: usize = 4;
 
@@ -195,22 +203,60 @@ async fn ingest(
     result?.map_err(map_err)
 }
 
-/// Stream a store reader out through a bounded channel.
+/// Pieces on their way to the socket, holding their share of the read-ahead.
+type Ahead = (Vec<Result<Bytes, BodyError>>, Option<OwnedSemaphorePermit>);
+
+/// Stream a store reader out through a channel bounded in bytes: the
+/// reader (file reads and verification, on the blocking pool) runs up to
+/// `READ_AHEAD_BYTES` ahead of the client. A group gives its bytes back to
+/// the budget when the response body takes it.
 fn stream_reader(reader: crate::store::ObjectReader) -> ByteStream {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(READ_AHEAD);
+    let (tx, rx) = mpsc::channel::<Ahead>(READ_AHEAD_BYTES / READ_GROUP_BYTES + 1);
+    let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES));
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        for piece in reader {
-            let item = piece.map_err(|e| {
+        let _span = tracing::debug_span!("get_read_ahead").entered();
+        let mut pieces = reader.map(|piece| {
+            piece.map_err(|e| {
                 tracing::error!("read failed mid-stream: {e}");
                 BodyError::Transport(e.to_string())
-            });
-            let stop = item.is_err();
-            if tx.blocking_send(item).is_err() || stop {
-                break; // client went away, or we reported an error
+            })
+        });
+        let mut group = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let next = pieces.next();
+            // An error ends the stream: it goes out after the pieces before it.
+            let last = !matches!(next, Some(Ok(_)));
+            if let Some(item) = next {
+                bytes += item.as_ref().map_or(0, Bytes::len);
+                group.push(item);
             }
+            if group.is_empty() || (!last && bytes < READ_GROUP_BYTES) {
+                if last {
+                    break;
+                }
+                continue;
+            }
+            // Waits while the client is behind; fails only if the budget is
+            // closed, which nothing does.
+            let permit = u32::try_from(bytes.min(READ_AHEAD_BYTES))
+                .ok()
+                .and_then(|n| rt.block_on(budget.clone().acquire_many_owned(n)).ok());
+            if tx
+                .blocking_send((std::mem::take(&mut group), permit))
+                .is_err()
+                || last
+            {
+                break; // client went away, or the stream is complete
+            }
+            bytes = 0;
         }
     });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .flat_map(|(group, _permit)| futures::stream::iter(group)),
+    )
 }
 
 impl StoreBackend {
