@@ -488,3 +488,112 @@ async fn upload_in_parts_reports_new_bytes_and_downloads_back() {
     assert!(repo.contains(&format!("id=\"stored\" data-bytes=\"{}\"", data.len())));
     assert!(repo.contains("2.00×"));
 }
+
+#[tokio::test]
+async fn transfers_show_pulls_claims_and_rates_to_their_user() {
+    use strato::chunk_api::{ChunkClient, Keys};
+    let cs = ConsoleServer::start(&[]);
+    let s = &cs.server;
+    let c = sdk::client(s);
+    c.create_bucket().bucket("golden").send().await.unwrap();
+    put(&c, "golden", "base.img", random_bytes(4 << 20, 5)).await;
+    let api = ChunkClient::new(
+        &s.endpoint,
+        Keys {
+            access_key: s.access_key.clone(),
+            secret_key: s.secret_key.clone(),
+        },
+        "us-east-1",
+    )
+    .unwrap();
+    // A pull: the manifest, what is here already, then every chunk.
+    let m = api.manifest("golden", "base.img").await.unwrap();
+    let ids: Vec<_> = m.chunks.iter().map(|c| c.id).collect();
+    assert_eq!(api.have(&ids).await.unwrap().len(), ids.len());
+    for id in &ids[..ids.len() / 2] {
+        api.get_chunk(id).await.unwrap();
+    }
+    api.claim("migration-7", &ids).await.unwrap();
+
+    let mut web = cs.web();
+    web.sign_in(&s.access_key, &s.secret_key).await;
+    let j = web.get("/ui/transfers.json").await.json();
+    let sessions = j["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{j}");
+    let p = &sessions[0];
+    assert_eq!(p["kind"], "pull");
+    assert_eq!(p["bucket"], "golden");
+    assert_eq!(p["key"], "base.img");
+    assert_eq!(p["user"], "admin");
+    assert_eq!(p["total_bytes"], 4 << 20);
+    assert_eq!(p["running"], true);
+    let progress = p["progress"].as_f64().unwrap();
+    assert!(progress > 0.2 && progress < 0.9, "{progress}");
+    assert_eq!(j["have_ids_total"], ids.len());
+    assert_eq!(j["claim_ids_total"], ids.len());
+    assert_eq!(j["groups"][0]["group"], "migration-7");
+    assert_eq!(j["groups"][0]["ids_asked"], ids.len());
+    // The rest of the chunks: the pull is done.
+    for id in &ids[ids.len() / 2..] {
+        api.get_chunk(id).await.unwrap();
+    }
+    let j = web.get("/ui/transfers.json").await.json();
+    assert_eq!(j["sessions"][0]["progress"], 1.0);
+    assert_eq!(j["sessions"][0]["running"], false);
+    assert!(j["get_bytes_total"].as_u64().unwrap() >= 4 << 20);
+    // Rates come from samples every 2 s.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let j = web.get("/ui/transfers.json").await.json();
+    assert!(j["get_bytes_per_s"].as_f64().unwrap() >= 0.0);
+
+    // Bob sees neither the admin's session nor the claim groups.
+    let mut bw = cs.web();
+    bw.sign_in(BOB_AK, BOB_SK).await;
+    let j = bw.get("/ui/transfers.json").await.json();
+    assert!(j["sessions"].as_array().unwrap().is_empty(), "{j}");
+    assert!(j["groups"].as_array().unwrap().is_empty(), "{j}");
+}
+
+#[tokio::test]
+async fn size_history_is_sampled_and_bounded() {
+    let cs = ConsoleServer::start(&[
+        ("STRATO_CONSOLE_SAMPLE_SECS", "1"),
+        ("STRATO_CONSOLE_KEEP_SAMPLES", "3"),
+    ]);
+    let s = &cs.server;
+    let c = sdk::client(s);
+    c.create_bucket().bucket("imgs").send().await.unwrap();
+    put(&c, "imgs", "a.img", random_bytes(100_000, 6)).await;
+    let mut web = cs.web();
+    web.sign_in(&s.access_key, &s.secret_key).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let page = web.get("/ui/repository").await.text();
+        if page.contains("3 samples") && page.contains("logical: <span class=\"num\">97.7 KiB") {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 3 samples with the object: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(page.contains("<polyline"));
+    // Never more than the bound, however long it runs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let page = web.get("/ui/repository").await.text();
+    assert!(page.contains("3 samples"), "{page}");
+    // A bad setting stops serve with a clear error before it listens.
+    let out = common::Strato::new("redb")
+        .cmd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("STRATO_CONSOLE_SESSION_SECS", "soon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("STRATO_CONSOLE_SESSION_SECS=\"soon\" is not a whole number"),
+        "{err}"
+    );
+}

@@ -45,7 +45,12 @@ async fn console_in_headless_chromium() {
          (scripts/test.sh does)"
     );
 
-    let cs = ConsoleServer::start(&[]);
+    // Sampled every second, so the charts have lines by the time the
+    // browser looks at them.
+    let cs = ConsoleServer::start(&[
+        ("STRATO_CONSOLE_SAMPLE_SECS", "1"),
+        ("STRATO_CONSOLE_HEALTH_SECS", "1"),
+    ]);
     let s = &cs.server;
     let admin = sdk::client(s);
     let bob = sdk::client_with(&s.endpoint, BOB_AK, BOB_SK);

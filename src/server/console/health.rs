@@ -4,14 +4,11 @@
 //! Samples are read from the same Prometheus text `/metrics` serves, so the
 //! page shows exactly what a scraper would see.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
-
 use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
 
-/// Samples kept: 120 at 5 s, ten minutes.
+/// Samples kept: 120, ten minutes at the default 5 s.
 pub const KEEP: usize = 120;
-pub const EVERY: Duration = Duration::from_secs(5);
 
 /// Cumulative counters at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]

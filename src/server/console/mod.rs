@@ -18,7 +18,8 @@
 //! `X-CSRF-Token`). Settings (environment, read at start):
 //! `STRATO_CONSOLE_SESSION_SECS` (lifetime, 43200), `STRATO_CONSOLE_IDLE_SECS`
 //! (idle timeout, 3600), `STRATO_CONSOLE_SAMPLE_SECS` (size history interval,
-//! 300) and `STRATO_CONSOLE_KEEP_SAMPLES` (2016: a week at 5 min).
+//! 300), `STRATO_CONSOLE_KEEP_SAMPLES` (2016: a week at 5 min) and
+//! `STRATO_CONSOLE_HEALTH_SECS` (health sampling, 5).
 
 mod activity;
 mod health;
@@ -64,6 +65,8 @@ pub struct ConsoleOptions {
     pub expiry: Expiry,
     pub sample_every: Duration,
     pub keep_samples: usize,
+    /// How often the Health page's figures are sampled.
+    pub health_every: Duration,
 }
 
 impl ConsoleOptions {
@@ -88,6 +91,7 @@ impl ConsoleOptions {
             },
             sample_every: Duration::from_secs(num("STRATO_CONSOLE_SAMPLE_SECS", 300)?),
             keep_samples: num("STRATO_CONSOLE_KEEP_SAMPLES", 2016)? as usize,
+            health_every: Duration::from_secs(num("STRATO_CONSOLE_HEALTH_SECS", 5)?),
         })
     }
 }
@@ -268,7 +272,7 @@ impl Console {
         });
         let me = self.inner.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(health::EVERY);
+            let mut tick = tokio::time::interval(me.opts.health_every);
             loop {
                 tick.tick().await;
                 let store = me.store.clone();
@@ -1360,7 +1364,7 @@ impl Console {
             m,
             "</div><p class=\"hint\">One sample every {} s, the last {} kept in memory; the same \
              figures as <a href=\"/metrics\">/metrics</a>.</p></div>",
-            health::EVERY.as_secs(),
+            self.inner.opts.health_every.as_secs(),
             health::KEEP
         );
         if fragment {
