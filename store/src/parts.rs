@@ -197,6 +197,39 @@ mod tests {
     }
 
     #[test]
+    fn abort_and_completion_leave_no_part_attrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), Engine::Sled);
+        s.create_bucket("bkt", "me").unwrap();
+        let count = |s: &Store| {
+            s.inner
+                .meta
+                .scan(super::Table::PartAttrs, b"", b"", 100)
+                .unwrap()
+                .len()
+        };
+        let id = s
+            .create_upload("bkt", "a", vec![], ProfileChoice::Auto)
+            .unwrap();
+        part(&s, &id, 1, &[1u8; 2000], b"x");
+        part(&s, &id, 2, &[2u8; 10], b"y");
+        assert_eq!(count(&s), 2);
+        s.abort_upload(&id).unwrap();
+        assert_eq!(count(&s), 0);
+        let id = s
+            .create_upload("bkt", "b", vec![], ProfileChoice::Auto)
+            .unwrap();
+        let e1 = part(&s, &id, 1, &[1u8; 2000], b"x");
+        // Uploaded but not named in the completion: dropped with its attrs.
+        part(&s, &id, 2, &[2u8; 10], b"y");
+        s.complete_upload(&id, &[(1, e1)], &Precondition::None)
+            .unwrap();
+        assert_eq!(count(&s), 0);
+        let (_, layout) = s.object_parts("bkt", "b").unwrap();
+        assert_eq!(layout.unwrap().parts.len(), 1);
+    }
+
+    #[test]
     fn completion_sees_a_part_replaced_after_listing() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), Engine::Redb);

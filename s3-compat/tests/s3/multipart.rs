@@ -1102,3 +1102,80 @@ async fn part_number_reads() {
         .unwrap_err();
     assert_eq!(crate::status(&err), Some(416));
 }
+
+#[tokio::test]
+async fn upload_part_copy_into_a_checksum_upload() {
+    let s = Server::start().await;
+    let c = s.client();
+    bucket(&c, "bkt").await;
+    let src = data(6 * MIB, 11);
+    c.put_object()
+        .bucket("bkt")
+        .key("src")
+        .body(src.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let up = create(&c, "dst", Some(ChecksumAlgorithm::Sha256), None).await;
+    let id = up.upload_id().unwrap().to_owned();
+    let copied = c
+        .upload_part_copy()
+        .bucket("bkt")
+        .key("dst")
+        .upload_id(&id)
+        .part_number(1)
+        .copy_source("bkt/src")
+        .copy_source_range(format!("bytes=0-{}", 5 * MIB - 1))
+        .send()
+        .await
+        .unwrap();
+    let r = copied.copy_part_result().unwrap();
+    let s1 = b64(&sha256_raw(&src[..5 * MIB]));
+    assert_eq!(r.checksum_sha256(), Some(s1.as_str()));
+    let tail = b"and a tail";
+    let o2 = upload(&c, "dst", &id, 2, tail, ChecksumAlgorithm::Sha256).await;
+    let lp = c
+        .list_parts()
+        .bucket("bkt")
+        .key("dst")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lp.parts()[0].checksum_sha256(), Some(s1.as_str()));
+    let done = c
+        .complete_multipart_upload()
+        .bucket("bkt")
+        .key("dst")
+        .upload_id(&id)
+        .multipart_upload(completed(vec![
+            CompletedPart::builder()
+                .part_number(1)
+                .e_tag(r.e_tag().unwrap())
+                .checksum_sha256(&s1)
+                .build(),
+            CompletedPart::builder()
+                .part_number(2)
+                .e_tag(o2.e_tag().unwrap())
+                .checksum_sha256(o2.checksum_sha256().unwrap())
+                .build(),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let mut raw = sha256_raw(&src[..5 * MIB]);
+    raw.extend(sha256_raw(tail));
+    let want = format!("{}-2", b64(&sha256_raw(&raw)));
+    assert_eq!(done.checksum_sha256(), Some(want.as_str()));
+    let got = c
+        .get_object()
+        .bucket("bkt")
+        .key("dst")
+        .part_number(1)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    let b = got.body.collect().await.unwrap().into_bytes();
+    assert!(b.as_ref() == &src[..5 * MIB]);
+}
