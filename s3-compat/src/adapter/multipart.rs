@@ -51,19 +51,25 @@ struct Done {
     checksum_type: Option<String>,
 }
 
+/// The remembered completions by upload id, and their ids oldest first.
+type CompletedState = (
+    HashMap<String, (Instant, Done)>,
+    VecDeque<(Instant, String)>,
+);
+
 /// Recently completed uploads by upload id, bounded in count and age.
 #[derive(Default)]
 pub(crate) struct Completed {
-    inner: Mutex<(
-        HashMap<String, (Instant, Done)>,
-        VecDeque<(Instant, String)>,
-    )>,
+    inner: Mutex<CompletedState>,
 }
 
 impl Completed {
     fn insert(&self, upload_id: &str, done: Done) {
         let now = Instant::now();
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (map, order) = &mut *g;
         map.insert(upload_id.to_owned(), (now, done));
         order.push_back((now, upload_id.to_owned()));
@@ -81,7 +87,10 @@ impl Completed {
     }
 
     fn replay(&self, upload_id: &str, bucket: &str, key: &str, hash: &[u8; 32]) -> Option<Done> {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (at, d) = g.0.get(upload_id)?;
         (at.elapsed() < COMPLETED_TTL
             && d.bucket == bucket
@@ -92,7 +101,11 @@ impl Completed {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .len()
     }
 }
 
@@ -219,8 +232,14 @@ pub(super) async fn create(
     check_key(key)?;
     let mut attrs = attrs_from_headers(&req.headers, req.input.metadata.as_ref());
     let sum = upload_checksum(
-        req.input.checksum_algorithm.as_ref().map(|a| a.as_str()),
-        req.input.checksum_type.as_ref().map(|t| t.as_str()),
+        req.input
+            .checksum_algorithm
+            .as_ref()
+            .map(dto::ChecksumAlgorithm::as_str),
+        req.input
+            .checksum_type
+            .as_ref()
+            .map(dto::ChecksumType::as_str),
     )?;
     if let Some((alg, kind)) = sum {
         attrs.checksum_algorithm = Some(alg.name().to_owned());
@@ -797,7 +816,6 @@ pub(super) async fn list_uploads(
                     storage_class: Some(dto::StorageClass::from_static(
                         dto::StorageClass::STANDARD,
                     )),
-                    ..Default::default()
                 })
                 .collect(),
         ),

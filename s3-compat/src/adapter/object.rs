@@ -368,7 +368,7 @@ async fn select_part(
             "This multipart object was stored before part boundaries were kept; read it with a Range",
         )),
         None if n == 1 => Ok(PartRead {
-            range: (info.size > 0).then(|| 0..info.size),
+            range: (info.size > 0).then_some(0..info.size),
             parts_count: None,
             checksums: BTreeMap::new(),
             info,
