@@ -472,6 +472,44 @@ async fn upload_in_parts_reports_new_bytes_and_downloads_back() {
         .await
         .unwrap();
     assert!(sdk::body_bytes(o).await == data);
+    // A first upload may make its bucket, but not a reserved or taken one.
+    let first = web
+        .send(
+            "POST",
+            "/ui/upload/start?bucket=fresh&key=k&create=1",
+            &h,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(web
+        .get("/ui/images")
+        .await
+        .text()
+        .contains("data-bucket=\"fresh\""));
+    let r = web
+        .send(
+            "POST",
+            "/ui/upload/start?bucket=ui&key=k&create=1",
+            &h,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let bob = sdk::client_with(&s.endpoint, BOB_AK, BOB_SK);
+    bob.create_bucket().bucket("bobs").send().await.unwrap();
+    let mut bw = cs.web();
+    bw.sign_in(BOB_AK, BOB_SK).await;
+    let bt = bw.token();
+    let r = bw
+        .send(
+            "POST",
+            "/ui/upload/start?bucket=uploads&key=k&create=1",
+            &[("x-csrf-token", bt.as_str())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
     // An upload id that is not ours / not there.
     let r = web
         .send(

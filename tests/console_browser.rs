@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::*;
-use harness::{ConsoleServer, BOB_AK, BOB_SK};
+use harness::{ConsoleServer, BOB_AK, BOB_SK, CAROL_AK, CAROL_SK};
 use strato::chunk_api::wire::TicketRequest;
 use strato::chunk_api::{ChunkClient, Keys};
 
@@ -120,6 +120,8 @@ async fn console_in_headless_chromium() {
                 .env("STRATO_OTHER_BUCKET", "bobs-private-images")
                 .env("STRATO_OTHER_AK", BOB_AK)
                 .env("STRATO_OTHER_SK", BOB_SK)
+                .env("STRATO_NEW_AK", CAROL_AK)
+                .env("STRATO_NEW_SK", CAROL_SK)
                 .env("STRATO_FILE", file)
                 .env("STRATO_TRANSFER_KEY", "golden/debian-12.img")
                 .env("STRATO_SHOTS", shots)
@@ -155,9 +157,12 @@ async fn console_in_headless_chromium() {
     assert_eq!(report["download_bytes"], FILE_BYTES as u64);
     assert_eq!(report["deleted"], true);
     assert_eq!(report["transfer"]["kind"], "chain");
+    assert_eq!(report["first_visit_bucket"], "images");
+    assert_eq!(report["first_visit_new_bytes"], 3 << 20);
     let progress = report["transfer"]["progress"].as_f64().unwrap();
     assert!(progress > 0.2 && progress < 0.9, "progress {progress}");
     for shot in [
+        "first-visit",
         "signin",
         "images",
         "images-dedup",
@@ -190,5 +195,10 @@ async fn console_in_headless_chromium() {
         .send()
         .await
         .is_err());
+    // Carol's first upload made the bucket, hers.
+    let carol = sdk::client_with(&s.endpoint, CAROL_AK, CAROL_SK);
+    let listed = carol.list_buckets().send().await.unwrap();
+    let names: Vec<_> = listed.buckets().iter().filter_map(|b| b.name()).collect();
+    assert_eq!(names, ["images"]);
     eprintln!("e2e in {took:?}: {}", report["steps"]);
 }

@@ -47,6 +47,7 @@ const base = env("STRATO_ENDPOINT");
 const ak = env("STRATO_AK"), sk = env("STRATO_SK");
 const other = env("STRATO_OTHER_BUCKET");
 const otherAk = env("STRATO_OTHER_AK"), otherSk = env("STRATO_OTHER_SK");
+const newAk = env("STRATO_NEW_AK"), newSk = env("STRATO_NEW_SK");
 const file = env("STRATO_FILE");
 const transferKey = env("STRATO_TRANSFER_KEY");
 const shots = env("STRATO_SHOTS");
@@ -255,6 +256,30 @@ try {
     return td && td.textContent === "No sessions yet.";
   }, null, { timeout: 10_000 });
   step("other_bucket_hidden", { other_bucket_hidden: true });
+
+  // A user with nothing yet: sign in, pick a file, upload; the bucket is
+  // made on the way and the page shows what the image cost.
+  await page.click("text=Sign out");
+  await page.waitForURL(/\/ui\/signin/);
+  await page.fill("#access_key", newAk);
+  await page.fill("#secret_key", newSk);
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/ui\/images/);
+  await page.waitForSelector("#upload-bucket");
+  await page.screenshot({ path: join(shots, "first-visit.png") });
+  const firstBuf = createHash("sha512").update("first").digest();
+  const small = Buffer.alloc(3 << 20);
+  for (let i = 0; i < small.length; i += firstBuf.length) {
+    createHash("sha512").update(String(i)).digest().copy(small, i);
+  }
+  await page.setInputFiles("#file", { name: "first.img", mimeType: "application/octet-stream", buffer: small });
+  await page.click("#upload-button");
+  await page.waitForURL(/\/ui\/images\?bucket=images/, { timeout: 60_000 });
+  const firstRow = await page.waitForSelector('#objects tr[data-key="first.img"]');
+  const firstFig = await firstRow.evaluate((r) => ({ size: Number(r.dataset.size), unique: Number(r.dataset.unique) }));
+  check(firstFig.size === small.length && firstFig.unique === small.length,
+    `first-visit upload listed as ${JSON.stringify(firstFig)}`);
+  step("first_visit_upload", { first_visit_bucket: "images", first_visit_new_bytes: firstFig.unique });
 
   check(errors.length === 0, `page errors: ${errors.join("; ")}`);
   result.ok = true;

@@ -12,6 +12,9 @@ use super::common::{Server, Strato};
 
 pub const BOB_AK: &str = "STRBOBACCESSKEY00002";
 pub const BOB_SK: &str = "bob-secret-key-abcdefghijklmnopqrstuvwx";
+/// A third user who owns nothing yet.
+pub const CAROL_AK: &str = "STRCAROLACCESSKEY003";
+pub const CAROL_SK: &str = "carol-secret-key-abcdefghijklmnopqrstuv";
 
 pub struct ConsoleServer {
     pub server: Server,
@@ -25,7 +28,8 @@ impl ConsoleServer {
         std::fs::write(
             &path,
             format!(
-                "[[users]]\nname = \"bob\"\naccess_key = \"{BOB_AK}\"\nsecret_key = \"{BOB_SK}\"\n"
+                "[[users]]\nname = \"bob\"\naccess_key = \"{BOB_AK}\"\nsecret_key = \"{BOB_SK}\"\n\
+                 [[users]]\nname = \"carol\"\naccess_key = \"{CAROL_AK}\"\nsecret_key = \"{CAROL_SK}\"\n"
             ),
         )
         .unwrap();

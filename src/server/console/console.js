@@ -31,7 +31,9 @@
   function setupUpload() {
     const form = document.getElementById("upload");
     if (!form) return;
-    const bucket = form.dataset.bucket, csrf = form.dataset.csrf;
+    const csrf = form.dataset.csrf;
+    // No bucket yet: the form names one and the upload makes it.
+    const bucketIn = document.getElementById("upload-bucket");
     const file = document.getElementById("file");
     const keyIn = document.getElementById("key");
     const bar = document.getElementById("upload-progress");
@@ -43,6 +45,7 @@
       const f = file.files[0];
       if (!f) { status.textContent = "Choose a file first."; return; }
       const key = keyIn.value.trim() || f.name;
+      const bucket = form.dataset.bucket || bucketIn.value.trim();
       button.disabled = true;
       delete status.dataset.newBytes;
       status.className = "";
@@ -51,7 +54,9 @@
       const q = (o) => Object.keys(o).map((k) => k + "=" + encodeURIComponent(o[k])).join("&");
       let upload = null;
       try {
-        upload = (await post("/ui/upload/start?" + q({ bucket: bucket, key: key }), csrf, "")).upload;
+        const start = { bucket: bucket, key: key };
+        if (bucketIn) start.create = "1";
+        upload = (await post("/ui/upload/start?" + q(start), csrf, "")).upload;
         const parts = Math.max(1, Math.ceil(f.size / PART));
         let done = 0;
         for (let i = 0; i < parts; i++) {
@@ -70,6 +75,11 @@
         status.textContent = "Uploaded " + r.key + ": " + fmtBytes(r.size) + ", " +
           fmtBytes(r.new_bytes) + " new bytes stored (" + r.new_bytes + " bytes), " +
           fmtBytes(r.shared_bytes) + " shared with other objects.";
+        if (bucketIn) {
+          status.textContent += " Opening the bucket…";
+          location.assign("/ui/images?bucket=" + encodeURIComponent(bucket));
+          return;
+        }
         await refreshObjects();
       } catch (e) {
         status.className = "error";

@@ -56,6 +56,13 @@ const MAX_PART: u64 = 64 << 20;
 const MAX_UPLOADS: usize = 256;
 /// Objects listed per page.
 const PAGE: usize = 200;
+/// The upload form's fields (the script in console.js drives them).
+const UPLOAD_FIELDS: &str = "<p><label for=\"file\">File</label> <input id=\"file\" type=\"file\" required></p>\
+     <p><label for=\"key\">Key</label> <input id=\"key\" name=\"key\" placeholder=\"the file's name\"></p>\
+     <p><button type=\"submit\" id=\"upload-button\">Upload</button> \
+     <progress id=\"upload-progress\" max=\"1\" value=\"0\" aria-label=\"Upload progress\"></progress> \
+     <span id=\"upload-percent\" class=\"num\">0%</span></p>\
+     <p id=\"upload-status\" role=\"status\" aria-live=\"polite\"></p>";
 /// Presigned URLs are valid this long.
 const PRESIGN_SECS: u64 = 24 * 3600;
 
@@ -589,6 +596,16 @@ impl Console {
             esc(&who.csrf)
         );
         let Some(bucket) = selected else {
+            // A first visit: the upload makes the bucket, so signing in and
+            // uploading an image is all it takes.
+            let _ = write!(
+                m,
+                "<section aria-labelledby=\"upload-h\"><h2 id=\"upload-h\">Upload an image</h2>\
+                 <form id=\"upload\" data-bucket=\"\" data-csrf=\"{c}\" class=\"upload\">\
+                 <p><label for=\"upload-bucket\">Into the bucket (made if missing)</label> \
+                 <input id=\"upload-bucket\" value=\"images\" required></p>{UPLOAD_FIELDS}</form></section>",
+                c = esc(&who.csrf)
+            );
             return html_resp(
                 StatusCode::OK,
                 html::page("Images", "images", Some(nav), &m),
@@ -674,13 +691,7 @@ impl Console {
         let _ = write!(
             m,
             "<section aria-labelledby=\"upload-h\"><h2 id=\"upload-h\">Upload to {b}</h2>\
-             <form id=\"upload\" data-bucket=\"{b}\" data-csrf=\"{c}\" class=\"upload\">\
-             <p><label for=\"file\">File</label> <input id=\"file\" type=\"file\" required></p>\
-             <p><label for=\"key\">Key</label> <input id=\"key\" name=\"key\" placeholder=\"the file's name\"></p>\
-             <p><button type=\"submit\" id=\"upload-button\">Upload</button> \
-             <progress id=\"upload-progress\" max=\"1\" value=\"0\" aria-label=\"Upload progress\"></progress> \
-             <span id=\"upload-percent\" class=\"num\">0%</span></p>\
-             <p id=\"upload-status\" role=\"status\" aria-live=\"polite\"></p></form>\
+             <form id=\"upload\" data-bucket=\"{b}\" data-csrf=\"{c}\" class=\"upload\">{UPLOAD_FIELDS}</form>\
              <noscript><p>Uploading from the page needs JavaScript; S3 tools work without it.</p></noscript></section>",
             b = esc(&bucket),
             c = esc(&who.csrf)
@@ -962,6 +973,20 @@ impl Console {
                 let Some((bucket, key)) = Self::bucket_key(query) else {
                     return json_err(StatusCode::BAD_REQUEST, "bucket and key are required");
                 };
+                if query.get("create").is_some_and(|v| v == "1") {
+                    if super::RESERVED_BUCKETS.contains(&bucket.as_str()) {
+                        return json_err(
+                            StatusCode::BAD_REQUEST,
+                            &format!("{bucket:?} is reserved for the server's own routes"),
+                        );
+                    }
+                    let store = self.inner.store.clone();
+                    let (b, owner) = (bucket.clone(), who.user.clone());
+                    match blocking(move || store.create_bucket(&b, &owner)).await {
+                        Ok(()) | Err(StoreError::BucketAlreadyOwnedByYou(_)) => {}
+                        Err(e) => return json_err(store_status(&e), &e.to_string()),
+                    }
+                }
                 if let Err((st, msg)) = self.visible(who, &bucket).await {
                     return json_err(st, &msg);
                 }
