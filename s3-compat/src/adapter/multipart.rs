@@ -13,7 +13,7 @@ use super::object::{
     set_checksums, upload_body,
 };
 use super::{check_key, ctx_of, etag, hdr, s3err, ts, Adapter, ReqCtx};
-use crate::backend::{ByteStream, LateChecksums, ObjectInfo, PartInfo, UploadInfo};
+use crate::backend::{BackendError, ByteStream, LateChecksums, ObjectInfo, PartInfo, UploadInfo};
 use crate::checksum::{self, Algorithm, Computing};
 use crate::cond;
 
@@ -37,6 +37,10 @@ fn part_number(n: i32) -> S3Result<u32> {
 /// answers NoSuchUpload as before.
 const COMPLETED_TTL: Duration = Duration::from_secs(60 * 60);
 const COMPLETED_MAX: usize = 10_000;
+/// How long a completion that lost a race with a concurrent identical one
+/// waits for that one's answer: 50 × 20 ms.
+const REPLAY_WAIT_STEPS: usize = 50;
+const REPLAY_WAIT_STEP: Duration = Duration::from_millis(20);
 
 /// The answer a completion gave, for replaying it.
 #[derive(Debug, Clone)]
@@ -620,9 +624,16 @@ pub(super) async fn complete(
     let info: ObjectInfo = match a.backend.complete_multipart(&i.upload_id, list, opts).await {
         Ok(info) => info,
         Err(e) => {
-            // Completed by a concurrent retry of this request meanwhile.
-            if let Some(d) = a.completed.replay(&i.upload_id, &i.bucket, &i.key, &hash) {
-                return Ok(S3Response::new(complete_output(&d)));
+            // Completed by a concurrent retry of this request meanwhile: its
+            // answer is remembered as soon as its commit returns, so wait
+            // for it a little (bounded) before calling the upload gone.
+            if e == BackendError::NoSuchUpload {
+                for _ in 0..REPLAY_WAIT_STEPS {
+                    if let Some(d) = a.completed.replay(&i.upload_id, &i.bucket, &i.key, &hash) {
+                        return Ok(S3Response::new(complete_output(&d)));
+                    }
+                    tokio::time::sleep(REPLAY_WAIT_STEP).await;
+                }
             }
             return Err(a.map_err(&ctx, e));
         }
