@@ -635,3 +635,55 @@ async fn size_history_is_sampled_and_bounded() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn virtual_host_requests_for_ui_keys_stay_with_s3() {
+    let cs = ConsoleServer::start_with_toml(&[], "[s3]\nvirtual_host_domain = \"s3.test\"\n");
+    let s = &cs.server;
+    let port = s.endpoint.rsplit(':').next().unwrap();
+    // BUCKET.DOMAIN/ui/... names the object "ui/..." of that bucket: S3
+    // answers (unsigned, so AccessDenied), not the console.
+    let vhost = format!("imgs.s3.test:{port}");
+    let (st, h, body) = sdk::raw_request(
+        "GET",
+        &format!("{}/ui/images", s.endpoint),
+        &[("host", vhost.as_str())],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(st, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(h.get("location").is_none());
+    assert!(String::from_utf8_lossy(&body).contains("AccessDenied"));
+    // The server's own host gets the console.
+    let r = cs.web().get("/ui/images").await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location(), "/ui/signin");
+}
+
+#[test]
+fn over_tls_the_cookie_is_secure() {
+    let curl = require_tool("curl");
+    let cs = ConsoleServer::start(&[("STRATO_TLS_SELF_SIGNED", "true")]);
+    let s = &cs.server;
+    assert!(s.endpoint.starts_with("https://"), "{}", s.endpoint);
+    let out = std::process::Command::new(curl)
+        .args(["-sk", "-i", "--max-time", "20", "--data-urlencode"])
+        .arg(format!("access_key={}", s.access_key))
+        .arg("--data-urlencode")
+        .arg(format!("secret_key={}", s.secret_key))
+        .arg(format!("{}/ui/signin", s.endpoint))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 303") || text.starts_with("HTTP/2 303"),
+        "{text}"
+    );
+    let cookie = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {text}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Secure"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+}

@@ -72,7 +72,7 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         store.clone(),
         opts.users.list.clone(),
         metrics.clone(),
-        s3_config(&opts.file).region,
+        &s3_config(&opts.file),
         opts.tls.is_some(),
         console::ConsoleOptions::from_env()?,
     );
@@ -150,7 +150,7 @@ impl Front {
         if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
             return self.metrics.response();
         }
-        if console::Console::owns(req.uri().path()) {
+        if self.console.owns(&req) {
             return self.console.handle(req).await;
         }
         self.s3.handle(req).await

@@ -23,13 +23,18 @@ pub struct ConsoleServer {
 
 impl ConsoleServer {
     pub fn start(env: &[(&str, &str)]) -> ConsoleServer {
+        Self::start_with_toml(env, "")
+    }
+
+    /// With `toml` appended to the config file.
+    pub fn start_with_toml(env: &[(&str, &str)], toml: &str) -> ConsoleServer {
         let cfg = tempfile::tempdir().unwrap();
         let path = cfg.path().join("strato.toml");
         std::fs::write(
             &path,
             format!(
                 "[[users]]\nname = \"bob\"\naccess_key = \"{BOB_AK}\"\nsecret_key = \"{BOB_SK}\"\n\
-                 [[users]]\nname = \"carol\"\naccess_key = \"{CAROL_AK}\"\nsecret_key = \"{CAROL_SK}\"\n"
+                 [[users]]\nname = \"carol\"\naccess_key = \"{CAROL_AK}\"\nsecret_key = \"{CAROL_SK}\"\n{toml}"
             ),
         )
         .unwrap();

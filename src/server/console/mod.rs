@@ -127,6 +127,8 @@ struct Inner {
     metrics: Arc<super::metrics::Metrics>,
     region: String,
     tls: bool,
+    /// S3's virtual-host domain, if set (see [`Console::owns`]).
+    vhost_domain: Option<String>,
     opts: ConsoleOptions,
     uploads: Mutex<HashMap<String, UploadState>>,
 }
@@ -238,7 +240,7 @@ impl Console {
         store: Store,
         users: Vec<UserConfig>,
         metrics: Arc<super::metrics::Metrics>,
-        region: String,
+        s3: &s3_compat::S3Config,
         tls: bool,
         opts: ConsoleOptions,
     ) -> Console {
@@ -249,8 +251,9 @@ impl Console {
                 sessions: Sessions::new(users, opts.expiry),
                 health: health::History::default(),
                 metrics,
-                region,
+                region: s3.region.clone(),
                 tls,
+                vhost_domain: s3.virtual_host_domain.clone(),
                 opts,
                 uploads: Mutex::new(HashMap::new()),
             }),
@@ -262,9 +265,32 @@ impl Console {
         self.inner.activity.observe(chunk_route)
     }
 
-    /// Whether `path` is the console's.
-    pub fn owns(path: &str) -> bool {
-        path == "/ui" || path.starts_with("/ui/")
+    /// Whether the request is the console's: `/ui` on the server's own
+    /// host. With virtual-host addressing, `BUCKET.DOMAIN/ui/...` is an
+    /// object key of that bucket and stays with S3.
+    pub fn owns<B>(&self, req: &hyper::Request<B>) -> bool {
+        let path = req.uri().path();
+        if !(path == "/ui" || path.starts_with("/ui/")) {
+            return false;
+        }
+        let Some(domain) = &self.inner.vhost_domain else {
+            return true;
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        !host
+            .to_ascii_lowercase()
+            .ends_with(&format!(".{}", domain.to_ascii_lowercase()))
     }
 
     /// Background samplers: transfer rates, health figures, size history.
