@@ -107,6 +107,9 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<ExitCode> {
     if let Some(g) = a.grace {
         opts.grace = g;
     }
+    if store.is_shared() {
+        return shared_gc(ctx, &store, &opts, a.dry_run);
+    }
     store.seal_idle_segments()?;
     let plan = store.gc_plan(&opts)?;
     if a.dry_run {
@@ -165,6 +168,34 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<ExitCode> {
                 r.block_entries_dropped
             );
         }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// GC of a shared repository (segments in an object store): one frontend
+/// at a time reclaims segment objects nothing references.
+fn shared_gc(
+    ctx: &Ctx,
+    store: &strato::store::Store,
+    opts: &strato::store::GcOptions,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    if dry_run {
+        anyhow::bail!("gc --dry-run is not available with the s3 segment backend yet");
+    }
+    let r = store.gc(opts)?;
+    ctx.emit(&r, || {
+        let s = r.shared.clone().unwrap_or_default();
+        println!(
+            "gc (shared): {} segment objects, {} referenced; deleted {} orphan objects ({}), {} waiting (younger than the grace period or still being written); removed {} stale in-flight registrations; aborted {} uploads",
+            s.segment_objects,
+            s.referenced_segments,
+            s.orphans_deleted,
+            human(s.orphan_bytes_deleted),
+            s.orphans_waiting,
+            s.stale_registrations_removed,
+            r.aborted_uploads
+        );
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -77,6 +77,9 @@ pub enum StoreError {
     Unsupported(String),
     #[error("upload aborted: {0}")]
     Aborted(String),
+    /// Another process holds the work's lease (shared-mode GC).
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -85,6 +85,9 @@ pub struct GcReport {
     pub bytes_freed_on_disk: u64,
     /// Block index entries dropped because their chunk was reclaimed.
     pub block_entries_dropped: u64,
+    /// Shared mode: what happened to segment objects (shared_gc.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<super::shared_gc::SharedGcReport>,
 }
 
 impl Store {
@@ -235,10 +238,13 @@ impl Store {
     }
 
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
-        self.refuse_in_shared_mode("gc")?;
-        self.seal_idle_segments()?;
-        let plan = self.gc_plan(opts)?;
-        let report = self.gc_execute(plan)?;
+        let report = if self.shared().is_some() {
+            self.shared_gc(opts)?
+        } else {
+            self.seal_idle_segments()?;
+            let plan = self.gc_plan(opts)?;
+            self.gc_execute(plan)?
+        };
         // For the web console's repository page; a failure to note it does
         // not undo the collection, so it is only logged.
         if let Err(e) = self.record_gc(&super::history::GcRecord::of(&report)) {

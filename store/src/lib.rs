@@ -38,6 +38,7 @@ mod parts;
 mod reader;
 pub mod segment;
 mod shared;
+mod shared_gc;
 mod stats;
 mod writer;
 
@@ -58,6 +59,7 @@ pub use chunker::{Profile, ProfileChoice};
 pub use error::{Result, StoreError};
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::{GcOptions, GcPlan, GcReport};
+pub use shared_gc::SharedGcReport;
 pub use history::{GcRecord, HistorySample, ObjectCost};
 pub use id::ChunkId;
 pub use meta::Engine;

@@ -388,6 +388,15 @@ impl ObjectStore {
 
     /// Every key under `PREFIX/rest`, with its size.
     pub fn list(&self, rest: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_detailed(rest)?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect())
+    }
+
+    /// The objects under `rest`, with their sizes and modification times.
+    pub fn list_detailed(&self, rest: &str) -> Result<Vec<Listed>> {
         let (c, bucket, p) = (self.client.clone(), self.bucket.clone(), self.key(rest));
         let name = self.name.clone();
         self.run(async move {
@@ -408,7 +417,13 @@ impl ObjectStore {
                     })?;
                 for o in resp.contents() {
                     if let Some(k) = o.key() {
-                        out.push((k.to_string(), o.size().unwrap_or(0).max(0) as u64));
+                        out.push(Listed {
+                            key: k.to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            modified_ms: o
+                                .last_modified()
+                                .and_then(|t| u64::try_from(t.to_millis().ok()?).ok()),
+                        });
                     }
                 }
                 match resp.next_continuation_token() {
@@ -419,6 +434,26 @@ impl ObjectStore {
             Ok(out)
         })
     }
+
+    /// Delete `key`; an object already gone is not an error.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        let (c, bucket, k) = (self.client.clone(), self.bucket.clone(), key.to_string());
+        let r = self.run(async move { Ok(c.delete_object().bucket(bucket).key(k).send().await) })?;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.unavailable(&format!("deleting {key}"), &e)),
+        }
+    }
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// When the object store last wrote it (ms since the epoch), if it said.
+    pub modified_ms: Option<u64>,
 }
 
 /// The object store failed (unreachable, 5xx, or a reply that makes no

@@ -6,6 +6,7 @@
 //! BUCKET/PREFIX/FORMAT                 "strato-store 1"
 //! BUCKET/PREFIX/segments/<id>.seg      (id: 32 hex digits) one sealed segment (segment.rs format), immutable
 //! meta Table::ChunkLocs  chunk id -> segment id:u128 offset:u64 len:u32  (little-endian)
+//! meta Table::Inflight   segment id (big endian) -> heartbeat ms (u64 LE): uploaded, not yet committed
 //! DATA/staging/<id>.seg                a segment being written (never referenced)
 //! DATA/cache/                          chunk read cache (cache.rs), disposable
 //! ```
@@ -18,7 +19,18 @@
 //! always names a durable object, and a failed upload commits nothing. The
 //! staging file is deleted once uploaded: an acknowledged PUT needs no
 //! local state. A crash before the commit leaves an object nothing points at
-//! (orphan, for a future shared-mode GC to reclaim).
+//! (an orphan, which shared-mode GC reclaims: shared_gc.rs).
+//!
+//! In-flight registrations make that reclaim race-free across frontends. A
+//! writer registers each segment in Table::Inflight before uploading it and
+//! refreshes the registrations of its uploaded segments every HEARTBEAT
+//! while its stream runs; the commit transaction requires every new
+//! location's segment to be still registered and removes the registration.
+//! GC deletes an unreferenced segment object only after removing its
+//! registration (if any) once its heartbeat is older than the grace period.
+//! Whichever transaction comes second loses: a late commit fails (the
+//! client's PUT errors, nothing acknowledged), or GC skips the object. A
+//! heartbeat refresh never recreates a registration GC removed.
 //!
 //! Segment ids are random 128-bit numbers, drawn per segment from the
 //! OS-seeded generator. A counter in the metadata store would cost a write
@@ -72,7 +84,7 @@ impl SharedLoc {
         v
     }
 
-    fn decode(v: &[u8]) -> Result<SharedLoc> {
+    pub(crate) fn decode(v: &[u8]) -> Result<SharedLoc> {
         let bad = || {
             StoreError::Meta(format!(
                 "a chunk location of {} bytes, not {}",
@@ -191,6 +203,10 @@ impl Shared {
         format!("{} ({cache})", self.objects.name())
     }
 
+    pub(crate) fn objects(&self) -> &ObjectStore {
+        &self.objects
+    }
+
     pub fn cache_stats(&self) -> CacheStats {
         self.cache
             .as_ref()
@@ -253,8 +269,23 @@ pub(crate) fn check_data_dir(dir: &Path, seg_dir: &Path, s3: bool) -> Result<()>
 
 /// Write the locations of newly uploaded chunks inside the manifest's
 /// transaction. A location already there wins: both copies are durable,
-/// and keeping the first keeps what other frontends cached valid.
+/// and keeping the first keeps what other frontends cached valid. Every
+/// segment named must still be registered in flight (GC has not claimed
+/// it); the registrations end here.
 pub(crate) fn put_locs(tx: &mut dyn MetaTxn, new: &[(ChunkId, SharedLoc)]) -> Result<()> {
+    let mut segments: Vec<u128> = new.iter().map(|(_, l)| l.segment).collect();
+    segments.sort_unstable();
+    segments.dedup();
+    for seg in segments {
+        let key = seg.to_be_bytes();
+        if tx.get(Table::Inflight, &key)?.is_none() {
+            return Err(StoreError::Aborted(format!(
+                "segment {seg:032x} was reclaimed by GC before this write committed \
+                 (the write stalled for longer than the GC grace period); nothing was stored"
+            )));
+        }
+        tx.delete(Table::Inflight, &key)?;
+    }
     for (id, loc) in new {
         if tx.get(Table::ChunkLocs, &id.0)?.is_none() {
             tx.put(Table::ChunkLocs, &id.0, &loc.encode())?;
@@ -483,6 +514,11 @@ impl Store {
         }
     }
 
+    /// True with the s3 segment backend (a shared repository).
+    pub fn is_shared(&self) -> bool {
+        self.shared().is_some()
+    }
+
     /// Hits and misses of the shared mode's chunk read cache.
     pub fn read_cache_stats(&self) -> CacheStats {
         self.shared().map(Shared::cache_stats).unwrap_or_default()
@@ -507,6 +543,54 @@ impl Store {
 }
 
 type Uploaded = Vec<(ChunkId, SharedLoc)>;
+
+/// How often a running stream refreshes the registrations of the segments
+/// it uploaded; GC's grace period must be much longer (minutes).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Register `seg` in flight, before its upload starts.
+fn register_segment(store: &Store, seg: u128) -> Result<()> {
+    let now = super::now_ms().to_le_bytes();
+    store
+        .inner()
+        .meta
+        .write(&mut |tx| tx.put(Table::Inflight, &seg.to_be_bytes(), &now))
+}
+
+/// Refresh the heartbeat of registrations that still exist: one GC removed
+/// stays removed (its segment object may be gone already).
+fn refresh_registrations(store: &Store, segs: &[u128]) -> Result<()> {
+    if segs.is_empty() {
+        return Ok(());
+    }
+    let now = super::now_ms().to_le_bytes();
+    store.inner().meta.write(&mut |tx| {
+        for seg in segs {
+            let key = seg.to_be_bytes();
+            if tx.get(Table::Inflight, &key)?.is_some() {
+                tx.put(Table::Inflight, &key, &now)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Drop the registrations of segments a failed stream uploaded (they will
+/// never be committed): GC may then reclaim them without waiting.
+fn unregister_segments(store: &Store, segs: &[u128]) {
+    if segs.is_empty() {
+        return;
+    }
+    let r = store.inner().meta.write(&mut |tx| {
+        for seg in segs {
+            tx.delete(Table::Inflight, &seg.to_be_bytes())?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        tracing::debug!("cannot drop in-flight registrations (GC will expire them): {e}");
+    }
+}
 
 /// One ingest stream's staging thread: appends new chunks to a private
 /// staging segment, and when it passes the segment size seals it and starts
@@ -573,8 +657,20 @@ fn staging_thread(
     let mut current: Option<(u128, SegmentAppender)> = None;
     let mut uploads: VecDeque<Upload> = VecDeque::new();
     let mut out = Uploaded::new();
+    // Segments handed to an upload (registered), for heartbeats.
+    let mut started: Vec<u128> = Vec::new();
+    let mut beat = std::time::Instant::now();
     let result = (|| -> Result<()> {
-        for batch in rx {
+        loop {
+            let batch = match rx.recv_timeout(HEARTBEAT) {
+                Ok(b) => b,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if beat.elapsed() >= HEARTBEAT {
+                refresh_registrations(&store, &started)?;
+                beat = std::time::Instant::now();
+            }
             for (id, data) in batch {
                 if current.is_none() {
                     current = Some(new_staging(&store)?);
@@ -603,6 +699,7 @@ fn staging_thread(
                     while !uploads.is_empty() {
                         join_upload(uploads.pop_front())?;
                     }
+                    started.push(seg_id);
                     uploads.push_back(spawn_upload(store.clone(), seg_id, app)?);
                 }
             }
@@ -611,6 +708,7 @@ fn staging_thread(
             return Err(StoreError::Aborted("the write was abandoned".into()));
         }
         if let Some((seg_id, app)) = current.take() {
+            started.push(seg_id);
             upload_sealed(&store, seg_id, app)?;
         }
         Ok(())
@@ -628,6 +726,9 @@ fn staging_thread(
     // was uploaded or will be referenced.
     if let Some((_, app)) = current.take() {
         remove_staging(&app.segment().path);
+    }
+    if result.is_err() || joined.is_err() {
+        unregister_segments(&store, &started);
     }
     result?;
     joined?;
@@ -667,6 +768,7 @@ fn upload_sealed(store: &Store, seg_id: u128, app: SegmentAppender) -> Result<()
     };
     let path = app.segment().path.clone();
     let r = (|| {
+        register_segment(store, seg_id)?;
         let seg = app.seal()?;
         let len = std::fs::metadata(&path).at(&path)?.len();
         drop(seg);

@@ -46,6 +46,9 @@ pub enum Table {
     Blocks = b'k',
     /// shared (s3) mode: chunk id -> segment object id, offset, length (see shared.rs)
     ChunkLocs = b'l',
+    /// shared (s3) mode: segment object id (big endian) -> heartbeat ms of the
+    /// write that uploaded it and has not committed it yet (see shared.rs)
+    Inflight = b'i',
     /// time (ms, big endian) -> History sample of the web console (see history.rs), bounded
     History = b'h',
 }
