@@ -438,7 +438,8 @@ impl ObjectStore {
     /// Delete `key`; an object already gone is not an error.
     pub fn delete(&self, key: &str) -> Result<()> {
         let (c, bucket, k) = (self.client.clone(), self.bucket.clone(), key.to_string());
-        let r = self.run(async move { Ok(c.delete_object().bucket(bucket).key(k).send().await) })?;
+        let r =
+            self.run(async move { Ok(c.delete_object().bucket(bucket).key(k).send().await) })?;
         match r {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),

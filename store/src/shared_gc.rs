@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn only_segment_names_parse() {
         let id = 0x0123_4567_89ab_cdef_0011_2233_4455_6677_u128;
-        assert_eq!(segment_id_of(&format!("p/segments/{id:032x}.seg")), Some(id));
+        assert_eq!(
+            segment_id_of(&format!("p/segments/{id:032x}.seg")),
+            Some(id)
+        );
         assert_eq!(segment_id_of("p/segments/abc.seg"), None);
         assert_eq!(segment_id_of("p/segments/FORMAT"), None);
         assert_eq!(segment_id_of(&format!("p/segments/{id:032x}.tmp")), None);
