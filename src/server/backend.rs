@@ -30,10 +30,17 @@ use crate::store::{
 /// because chunks run from 4 KiB to 1 MiB.
 const READ_AHEAD_BYTES: usize = 8 << 20;
 /// Pieces cross to the reactor in groups of about this many bytes: one
-/// wakeup per group instead of one per chunk.
+/// wakeup per group instead of one per chunk. The first groups are smaller
+/// (from 64 KiB, doubling) so the first bytes leave at once.
 const READ_GROUP_BYTES: usize = 1 << 20;
-/// How many body pieces a PUT buffers ahead of the chunker.
-const WRITE_AHEAD: usize = 4;
+const FIRST_READ_GROUP_BYTES: usize = 64 << 10;
+/// Bytes of a PUT body read off the socket ahead of the chunker: the
+/// reactor keeps reading (and the client keeps sending) while the writer
+/// chunks and hashes. Four pieces of hyper's small body frames filled at
+/// once and stalled the socket.
+const WRITE_AHEAD_BYTES: usize = 8 << 20;
+/// Body frames ready at once cross to the writer as one message.
+const WRITE_GROUP_PIECES: usize = 64;
 
 #[derive(Clone)]
 pub struct StoreBackend {
@@ -149,7 +156,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 enum Feed {
-    Data(Bytes),
+    /// Pieces in order, holding their share of the write-ahead budget until
+    /// the writer has taken them.
+    Data(Vec<Bytes>, Option<OwnedSemaphorePermit>),
     /// The body ended cleanly; commit with these attributes.
     Finish(Vec<u8>),
 }
@@ -161,33 +170,54 @@ async fn ingest(
     store: Store,
     target: Target,
     choice: ProfileChoice,
-    mut body: ByteStream,
+    body: ByteStream,
     expected_md5: Option<[u8; 16]>,
     attrs: impl FnOnce() -> Vec<u8>,
 ) -> Result<Committed, BackendError> {
-    let (tx, mut rx) = mpsc::channel::<Feed>(WRITE_AHEAD);
+    let (tx, mut rx) = mpsc::channel::<Feed>(WRITE_GROUP_PIECES);
+    let budget = Arc::new(Semaphore::new(WRITE_AHEAD_BYTES));
     let worker = tokio::task::spawn_blocking(move || -> Result<Committed, StoreError> {
+        let _span = tracing::debug_span!("put_writer").entered();
         let mut w = store.writer(target, choice)?;
         while let Some(msg) = rx.blocking_recv() {
             match msg {
-                Feed::Data(b) => w.write(b)?,
+                Feed::Data(group, _permit) => {
+                    for b in group {
+                        w.write(b)?;
+                    }
+                }
                 Feed::Finish(attrs) => return w.finish(attrs, expected_md5),
             }
         }
         Err(StoreError::Aborted("request body ended early".into()))
     });
     let mut body_error: Option<BodyError> = None;
-    while let Some(item) = body.next().await {
-        match item {
-            Ok(b) => {
-                if tx.send(Feed::Data(b)).await.is_err() {
-                    break; // the writer failed; its error is reported below
+    // Whatever frames are ready at once, without waiting for more.
+    let mut body = body.ready_chunks(WRITE_GROUP_PIECES);
+    'read: while let Some(items) = body.next().await {
+        let mut group = Vec::with_capacity(items.len());
+        let mut bytes = 0usize;
+        for item in items {
+            match item {
+                Ok(b) => {
+                    bytes += b.len();
+                    group.push(b);
+                }
+                Err(e) => {
+                    // Nothing commits without Finish: what went before is
+                    // abandoned with the write.
+                    body_error = Some(e);
+                    break 'read;
                 }
             }
-            Err(e) => {
-                body_error = Some(e);
-                break;
-            }
+        }
+        // Fails only if the budget is closed, which nothing does.
+        let permit = match u32::try_from(bytes.min(WRITE_AHEAD_BYTES)) {
+            Ok(n) => budget.clone().acquire_many_owned(n).await.ok(),
+            Err(_) => None,
+        };
+        if tx.send(Feed::Data(group, permit)).await.is_err() {
+            break; // the writer failed; its error is reported below
         }
     }
     if body_error.is_none() {
@@ -224,6 +254,7 @@ fn stream_reader(reader: crate::store::ObjectReader) -> ByteStream {
         });
         let mut group = Vec::new();
         let mut bytes = 0usize;
+        let mut group_bytes = FIRST_READ_GROUP_BYTES;
         loop {
             let next = pieces.next();
             // An error ends the stream: it goes out after the pieces before it.
@@ -232,7 +263,7 @@ fn stream_reader(reader: crate::store::ObjectReader) -> ByteStream {
                 bytes += item.as_ref().map_or(0, Bytes::len);
                 group.push(item);
             }
-            if group.is_empty() || (!last && bytes < READ_GROUP_BYTES) {
+            if group.is_empty() || (!last && bytes < group_bytes) {
                 if last {
                     break;
                 }
@@ -251,6 +282,7 @@ fn stream_reader(reader: crate::store::ObjectReader) -> ByteStream {
                 break; // client went away, or the stream is complete
             }
             bytes = 0;
+            group_bytes = (group_bytes * 2).min(READ_GROUP_BYTES);
         }
     });
     Box::pin(

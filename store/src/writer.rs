@@ -99,21 +99,34 @@ pub struct Committed {
 }
 
 struct Md5Pipe {
-    tx: Option<SyncSender<Bytes>>,
+    tx: Option<SyncSender<Vec<Bytes>>>,
     handle: Option<JoinHandle<[u8; 16]>>,
+    /// Pieces not yet handed to the thread, and their bytes.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
 }
+
+/// Pieces go to the MD5 thread in groups of about this many bytes. An S3
+/// body arrives in frames of a few KiB to 64 KiB: one handoff each kept the
+/// queue full of small pieces, so the two threads woke each other per frame
+/// and MD5 (the ingest's critical path) waited on the handoffs.
+const MD5_GROUP_BYTES: usize = 1 << 20;
+/// Groups queued for the MD5 thread. Each keeps buffers alive the chunker is
+/// already done with: a short queue bounds a writer's memory (64 clients at
+/// once) to about 8 MiB each.
+const MD5_QUEUE: usize = 8;
 
 impl Md5Pipe {
     fn start() -> Md5Pipe {
-        // Each queued piece keeps a buffer alive the chunker is already done
-        // with: a short queue bounds a writer's memory (64 clients at once).
-        let (tx, rx) = sync_channel::<Bytes>(8);
+        let (tx, rx) = sync_channel::<Vec<Bytes>>(MD5_QUEUE);
         let handle = std::thread::Builder::new()
             .name("strato-md5".into())
             .spawn(move || {
                 let mut h = Md5::new();
-                for b in rx {
-                    h.update(&b);
+                for group in rx {
+                    for b in group {
+                        h.update(&b);
+                    }
                 }
                 h.finalize().into()
             })
@@ -121,17 +134,35 @@ impl Md5Pipe {
         Md5Pipe {
             tx: Some(tx),
             handle,
+            pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
     fn feed(&mut self, b: Bytes) -> Result<()> {
+        self.pending_bytes += b.len();
+        self.pending.push(b);
+        if self.pending_bytes >= MD5_GROUP_BYTES {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let group = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         match &self.tx {
-            Some(tx) if tx.send(b).is_ok() => Ok(()),
+            Some(tx) if tx.send(group).is_ok() => Ok(()),
             _ => Err(StoreError::Aborted("the MD5 thread is gone".into())),
         }
     }
 
     fn finish(mut self) -> Result<[u8; 16]> {
+        self.flush()?;
         drop(self.tx.take());
         self.handle
             .take()
