@@ -186,8 +186,14 @@ impl Activity {
         }
     }
 
-    fn start(&self, kind: Kind, user: &str, bucket: &str, key: &str, audience: String) {
-        let total_bytes = self.store.head(bucket, key).map_or(0, |r| r.size);
+    async fn start(&self, kind: Kind, user: &str, bucket: &str, key: &str, audience: String) {
+        // A metadata read, which may cross the network (postgres): off the
+        // reactor.
+        let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
+        let total_bytes =
+            tokio::task::spawn_blocking(move || store.head(&b, &k).map_or(0, |r| r.size))
+                .await
+                .unwrap_or(0);
         let mut st = self.state.lock();
         st.next_id += 1;
         let id = st.next_id;
@@ -433,14 +439,15 @@ impl ExtraRoute for Observed {
                         }
                         _ => (Kind::Chain, String::new()),
                     };
-                    a.start(kind, &who, &bucket, &key, audience);
+                    a.start(kind, &who, &bucket, &key, audience).await;
                 }
                 resp
             }
             Route::Manifest { bucket, key } => {
                 let resp = self.inner.call(user, req).await;
                 if resp.status().is_success() {
-                    a.start(Kind::Pull, &who, &bucket, &key, String::new());
+                    a.start(Kind::Pull, &who, &bucket, &key, String::new())
+                        .await;
                 }
                 resp
             }

@@ -308,10 +308,13 @@ impl Console {
             let mut tick = tokio::time::interval(me.opts.health_every);
             loop {
                 tick.tick().await;
-                let store = me.store.clone();
-                let uploads = blocking(move || store.count_uploads()).await.unwrap_or(0);
-                let text = me.metrics.render();
-                me.health.push(health::parse(&text, now_ms(), uploads));
+                let (store, metrics) = (me.store.clone(), me.metrics.clone());
+                // Both read the store (the chunk count, the uploads table).
+                let r = blocking(move || Ok((store.count_uploads()?, metrics.render()))).await;
+                match r {
+                    Ok((uploads, text)) => me.health.push(health::parse(&text, now_ms(), uploads)),
+                    Err(e) => tracing::debug!("console: health sample failed: {e}"),
+                }
             }
         });
         let me = self.inner.clone();
