@@ -90,7 +90,9 @@ impl FsckReport {
 
 impl Store {
     pub fn fsck(&self) -> Result<FsckReport> {
-        self.refuse_in_shared_mode("fsck")?;
+        if self.shared().is_some() {
+            return self.shared_fsck();
+        }
         self.seal_idle_segments()?;
         let mut report = FsckReport::default();
         let index: HashMap<ChunkId, Loc> = self.inner().index.snapshot().into_iter().collect();

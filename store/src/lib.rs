@@ -38,6 +38,7 @@ mod parts;
 mod reader;
 pub mod segment;
 mod shared;
+mod shared_fsck;
 mod shared_gc;
 mod stats;
 mod writer;

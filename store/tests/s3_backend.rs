@@ -157,8 +157,11 @@ fn put_get_range_multipart_delete_and_reopen() {
     let sg = r.shared.unwrap();
     assert_eq!((sg.orphans_deleted, sg.orphans_waiting), (0, 0), "{sg:?}");
     assert_eq!(sg.segment_objects, objects(&store).len());
-    // fsck is not there yet in shared mode, and says so.
-    assert!(matches!(store.fsck(), Err(StoreError::Unsupported(_))));
+    // fsck re-reads every located record: clean.
+    let f = store.fsck().unwrap();
+    assert!(f.is_clean(), "{:?}", f.problems);
+    assert_eq!(f.segments, objects(&store).len());
+    assert!(f.chunks_checked > 0 && f.bytes_checked >= big.len() as u64);
 
     // Reopen with a cold, empty cache: the data comes back from radosgw.
     drop(store);
@@ -224,6 +227,34 @@ fn missing_segment_object_fails_the_get_naming_object_and_segment() {
     let client = strato_testbed::shared_ceph().s3_client();
     let key = segs[0].0.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // A corrupt segment object (one byte flipped in the middle, written
+    // behind strato's back): fsck names the chunk, the object and who uses it.
+    let mut bytes = rt
+        .block_on(async {
+            let o = client.get_object().bucket(&b).key(&key).send().await?;
+            Ok::<_, Box<dyn std::error::Error>>(o.body.collect().await?.into_bytes().to_vec())
+        })
+        .unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    rt.block_on(
+        client
+            .put_object()
+            .bucket(&b)
+            .key(&key)
+            .body(bytes.into())
+            .send(),
+    )
+    .unwrap();
+    let f = store.fsck().unwrap();
+    let problems: Vec<String> = f.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(&key) && problems[0].contains("img/victim"),
+        "{problems:?}"
+    );
+
     rt.block_on(client.delete_object().bucket(&b).key(&key).send())
         .unwrap();
     let err = store
@@ -234,6 +265,14 @@ fn missing_segment_object_fails_the_get_naming_object_and_segment() {
     let msg = err.to_string();
     assert!(msg.contains("img/victim"), "{msg}");
     assert!(msg.contains(&key), "{msg}");
+    // fsck says which object is gone and how many chunks it held.
+    let f = store.fsck().unwrap();
+    let problems: Vec<String> = f.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(&key) && problems[0].contains("missing"),
+        "{problems:?}"
+    );
     // Other objects are unaffected.
     let other = random(1 << 20, 7);
     put(&store, "img", "other", &other).unwrap();
@@ -416,6 +455,8 @@ fn gc_reclaims_orphans_and_never_a_live_write() {
     .unwrap();
     assert!(get(&cold, "img", "keep", None) == keep);
     assert!(get(&cold, "img", "fresh", None) == fresh_data);
+    let f = cold.fsck().unwrap();
+    assert!(f.is_clean(), "fsck after GC: {:?}", f.problems);
     for k in kept {
         assert!(
             objects(&cold).iter().any(|(o, _)| *o == k),

@@ -1,0 +1,147 @@
+//! fsck in shared mode: every chunk location names a segment object that
+//! exists and holds an intact record of that chunk (each referenced segment
+//! object is read once, whole, and every located record re-hashed), and
+//! every manifest's chunks have a location of the right length.
+//!
+//! Reference counts are not audited here: other frontends commit while
+//! fsck runs, so a mismatch seen from one frontend could be a commit in
+//! flight elsewhere. Orphan segment objects (nothing located in them) are
+//! garbage for `gc`, not problems.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::error::{Result, StoreError};
+use super::fsck::{FsckProblem, FsckReport};
+use super::id::ChunkId;
+use super::meta::{self, Table};
+use super::objstore::Got;
+use super::segment::{self, RECORD_HEADER_LEN};
+use super::shared::SharedLoc;
+use super::Store;
+
+impl Store {
+    pub(crate) fn shared_fsck(&self) -> Result<FsckReport> {
+        let Some(sh) = self.shared() else {
+            return Err(StoreError::Aborted("not a shared store".into()));
+        };
+        let objects = sh.objects();
+        let mut report = FsckReport::default();
+        let sizes: HashMap<String, u64> = objects
+            .list_detailed("segments/")?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        report.segments = sizes.len();
+
+        let mut by_segment: BTreeMap<u128, Vec<(ChunkId, SharedLoc)>> = BTreeMap::new();
+        let mut located: HashMap<ChunkId, SharedLoc> = HashMap::new();
+        meta::for_each(&*self.inner().meta, Table::ChunkLocs, b"", |k, v| {
+            let Ok(id) = <[u8; 32]>::try_from(k) else {
+                return Ok(());
+            };
+            let loc = SharedLoc::decode(v)?;
+            by_segment
+                .entry(loc.segment)
+                .or_default()
+                .push((ChunkId(id), loc));
+            located.insert(ChunkId(id), loc);
+            Ok(())
+        })?;
+
+        let mut corrupt: Vec<(ChunkId, String, u64, String)> = Vec::new();
+        for (seg, locs) in &by_segment {
+            let key = objects.segment_key(*seg);
+            let Some(&size) = sizes.get(&key) else {
+                report.problems.push(FsckProblem::UnreadableSegment {
+                    segment: key,
+                    what: format!(
+                        "missing from {}; {} chunk(s) are located in it",
+                        objects.name(),
+                        locs.len()
+                    ),
+                });
+                continue;
+            };
+            let data = match objects.get_range(&key, 0, size)? {
+                Got::Data(b) => b,
+                Got::Missing => {
+                    report.problems.push(FsckProblem::UnreadableSegment {
+                        segment: key,
+                        what: "deleted while fsck ran".into(),
+                    });
+                    continue;
+                }
+            };
+            for (id, l) in locs {
+                report.chunks_checked += 1;
+                report.bytes_checked += u64::from(l.len);
+                let (at, end) = (l.offset as usize, (l.offset + RECORD_HEADER_LEN) as usize);
+                let body_end = end + l.len as usize;
+                let what = if body_end > data.len() {
+                    Some(format!("record runs past the object's end ({size} bytes)"))
+                } else if !segment::decode_record_header(&data[at..end])
+                    .is_some_and(|(hid, hlen, _)| hid == *id && hlen == l.len)
+                {
+                    Some("no intact record header at its location".to_string())
+                } else if ChunkId::of(&data[end..body_end]) != *id {
+                    Some("bytes do not match its id".to_string())
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    corrupt.push((*id, key.clone(), l.offset, what));
+                }
+            }
+        }
+
+        let corrupt_ids: HashSet<ChunkId> = corrupt.iter().map(|c| c.0).collect();
+        let mut used_by: HashMap<ChunkId, Vec<String>> = HashMap::new();
+        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        let mut manifest_problems = Vec::new();
+        self.for_each_manifest(|owner, _, chunks| {
+            report.manifests += 1;
+            for c in chunks.iter().filter(|c| !c.id.is_zero_run()) {
+                referenced.insert(c.id);
+                match located.get(&c.id) {
+                    None => manifest_problems.push(FsckProblem::MissingChunk {
+                        object: owner.describe(),
+                        chunk: c.id.to_hex(),
+                    }),
+                    Some(l) if l.len != c.len => {
+                        manifest_problems.push(FsckProblem::WrongLength {
+                            object: owner.describe(),
+                            chunk: c.id.to_hex(),
+                            manifest_len: c.len,
+                            stored_len: l.len,
+                        });
+                    }
+                    Some(_) => {}
+                }
+                if corrupt_ids.contains(&c.id) {
+                    let v = used_by.entry(c.id).or_default();
+                    let name = owner.describe();
+                    if !v.contains(&name) {
+                        v.push(name);
+                    }
+                }
+            }
+        })?;
+        for (id, segment, offset, what) in corrupt {
+            report.problems.push(FsckProblem::CorruptChunk {
+                chunk: id.to_hex(),
+                segment,
+                offset,
+                what,
+                used_by: used_by.remove(&id).unwrap_or_default(),
+            });
+        }
+        report.problems.extend(manifest_problems);
+        for (id, l) in &located {
+            if !referenced.contains(id) {
+                report.unreferenced_chunks += 1;
+                report.unreferenced_bytes += u64::from(l.len);
+            }
+        }
+        Ok(report)
+    }
+}
