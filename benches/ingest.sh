@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 SIZE_MB=${SIZE_MB:-2048}
 RUNS=${RUNS:-3}
 command -v /usr/bin/time >/dev/null || { echo "needs GNU time: apt-get install time" >&2; exit 1; }
-cargo build --release -q -p strato --bin strato
-BIN=$PWD/target/release/strato
+[ -n "${STRATO_BIN:-}" ] || cargo build --release -q -p strato --bin strato
+BIN=${STRATO_BIN:-$PWD/target/release/strato}
 WORK=$(mktemp -d -p "$PWD/target" bench-ingest.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 SRC=$WORK/src.bin
