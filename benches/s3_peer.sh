@@ -11,7 +11,7 @@
 #   cargo install s3s-fs --version $S3S_FS_VERSION --features binary --root target/s3s-fs
 # S3S_FS_VERSION defaults to 0.14.1, the s3s release strato itself builds on
 # and the newest s3s-fs this toolchain (rustc 1.95) can build: 0.17 needs
-# rustc 1.96. The install took about N s here on 2 busy cores (see README).
+# rustc 1.96. The install took 290 s here (2 cores, load 4-5 from other builds).
 # Both servers listen on 127.0.0.1 only and keep their data under a
 # temporary directory that is removed at exit; both are stopped by PID.
 set -euo pipefail
