@@ -507,7 +507,7 @@ fn main() {
         median(rps.clone()),
         rps.iter().map(|r| r.round()).collect::<Vec<_>>()
     );
-    println!("server peak RSS: {hwm} MiB (1 GiB transfers), {small_hwm} MiB (4 KiB GETs)");
+    println!("server peak RSS: {hwm} MiB ({mib} MiB transfers), {small_hwm} MiB (4 KiB GETs)");
     println!(
         "load average (1, 5, 15 min): {load_before} before, {} after",
         loadavg()
