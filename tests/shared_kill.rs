@@ -2,7 +2,9 @@
 //! 256 MiB PUT, 20 times (issue 20): while it ingests, it also acknowledges
 //! small PUTs; after each kill the other frontend must still serve, every
 //! acknowledged object must be there and intact, and the big object must be
-//! either whole (its PUT had been acknowledged) or invisible.
+//! either whole (its PUT had been acknowledged) or invisible. Then `strato
+//! gc` reclaims the cut PUTs' segment objects, everything acknowledged still
+//! reads back (cold cache) and `strato fsck` is clean.
 //!
 //! One Ceph cluster on bluestore for this binary: the partial uploads'
 //! segment objects are orphans until shared-mode GC exists, and memstore
@@ -32,9 +34,10 @@ fn ceph() -> &'static strato_testbed::Ceph {
     })
 }
 
-fn frontend(bucket: &str, url: &str) -> Frontend {
+/// The settings every process of this deployment gets.
+fn settings(bucket: &str, url: &str) -> Vec<(&'static str, String)> {
     let ceph = ceph();
-    let env = vec![
+    vec![
         ("STRATO_STORAGE_BACKEND", "s3".to_string()),
         ("STRATO_S3_ENDPOINT", ceph.endpoint()),
         ("STRATO_S3_BUCKET", bucket.to_string()),
@@ -43,8 +46,24 @@ fn frontend(bucket: &str, url: &str) -> Frontend {
         ("STRATO_S3_SECRET_KEY", ceph.secret_key().to_string()),
         ("STRATO_CACHE_BYTES", (64u64 << 20).to_string()),
         ("STRATO_META_URL", url.to_string()),
-    ];
-    Frontend::start("postgres", &env)
+    ]
+}
+
+fn frontend(bucket: &str, url: &str) -> Frontend {
+    Frontend::start("postgres", &settings(bucket, url))
+}
+
+/// `strato ARGS` as an operator runs it against the shared repository
+/// (its own scratch data directory, the deployment's settings).
+fn admin(bucket: &str, url: &str, args: &[&str]) -> std::process::Output {
+    let scratch = common::Strato::new("postgres");
+    std::fs::create_dir_all(scratch.dir.path()).unwrap();
+    let mut cmd = scratch.cmd();
+    cmd.args(args);
+    for (k, v) in settings(bucket, url) {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
 }
 
 async fn get(c: &aws_sdk_s3::Client, key: &str) -> Result<Vec<u8>, String> {
@@ -214,6 +233,86 @@ fn frontend_sigkilled_mid_put_twenty_times() {
             }
         });
     }
+    // GC from an operator's shell reclaims the cut PUTs' segment objects
+    // (their registrations went stale with the killed frontends), then
+    // everything acknowledged still reads back, and fsck is clean.
+    let segments = || {
+        let c = ceph().s3_client();
+        let b = bucket.clone();
+        rt.block_on(async move {
+            let mut n = 0usize;
+            let mut token = None;
+            for _ in 0..1000 {
+                let r = c
+                    .list_objects_v2()
+                    .bucket(&b)
+                    .prefix("strato/segments/")
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .unwrap();
+                n += r.contents().len();
+                match r.next_continuation_token() {
+                    Some(t) => token = Some(t.to_string()),
+                    None => break,
+                }
+            }
+            n
+        })
+    };
+    // The same command without the [storage] settings is refused: the
+    // metadata knows its segments are in an object store.
+    let scratch = common::Strato::new("postgres");
+    std::fs::create_dir_all(scratch.dir.path()).unwrap();
+    let out = scratch
+        .cmd()
+        .args(["gc", "--grace", "2s"])
+        .env("STRATO_META_URL", &url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("s3 segment backend"), "{err}");
+
+    let before_gc = segments();
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = admin(&bucket, &url, &["gc", "--grace", "2s"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after_gc = segments();
+    eprintln!(
+        "{}segment objects: {before_gc} before gc, {after_gc} after",
+        said
+    );
+    assert!(after_gc < before_gc, "{said}");
+    let cold = {
+        let mut env = settings(&bucket, &url);
+        env.retain(|(k, _)| *k != "STRATO_CACHE_BYTES");
+        env.push(("STRATO_CACHE_BYTES", "0".to_string()));
+        Frontend::start("postgres", &env)
+    };
+    rt.block_on(async {
+        let c = cold.client();
+        for (key, seed) in &big_acked {
+            let want = common::random_bytes(BIG, *seed);
+            assert!(get(&c, key).await.unwrap() == want, "{key} after gc");
+        }
+        for key in &acked_small {
+            let got = get(&c, key)
+                .await
+                .unwrap_or_else(|e| panic!("{key} after gc: {e}"));
+            assert_eq!(got[8..], small[8..], "{key} after gc");
+        }
+    });
+    let out = admin(&bucket, &url, &["fsck"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "fsck: {said}");
+    eprintln!("{said}");
+
     let cut = TRIALS + 1 - big_acked.len();
     eprintln!(
         "{TRIALS} trials in {:.1} s (one 256 MiB PUT: {:.1} s): {} big PUTs acknowledged, {cut} cut; {} small PUTs acknowledged, all intact",

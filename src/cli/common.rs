@@ -403,3 +403,61 @@ pub fn write_report(
     }
     Ok(())
 }
+
+/// `[storage]` from the command line or STRATO_* variables (each wins over
+/// the config file's value), for every command that opens the store: `gc`,
+/// `fsck`, `stats` and the rest must see the same repository as `serve`.
+#[derive(Args, Debug, Default)]
+pub struct StorageArgs {
+    /// Segment backend: local (DATA_DIR/segments, the default) or s3
+    #[arg(long, global = true, env = "STRATO_STORAGE_BACKEND", value_enum)]
+    storage_backend: Option<strato::config::StorageBackend>,
+    /// Object store endpoint of the s3 backend (e.g. http://127.0.0.1:7480)
+    #[arg(long, global = true, env = "STRATO_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// Bucket holding the segments
+    #[arg(long, global = true, env = "STRATO_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// Key prefix inside the bucket
+    #[arg(long, global = true, env = "STRATO_S3_PREFIX")]
+    s3_prefix: Option<String>,
+    #[arg(long, global = true, env = "STRATO_S3_REGION")]
+    s3_region: Option<String>,
+    /// Object store keys (else [storage] or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY);
+    /// prefer the environment to the command line, which others can read
+    #[arg(long, global = true, env = "STRATO_S3_ACCESS_KEY", hide_env_values = true)]
+    s3_access_key: Option<String>,
+    #[arg(long, global = true, env = "STRATO_S3_SECRET_KEY", hide_env_values = true)]
+    s3_secret_key: Option<String>,
+    /// Local chunk read cache of the s3 backend (default DATA_DIR/cache)
+    #[arg(long, global = true, env = "STRATO_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Bound of the read cache in bytes (0: no cache)
+    #[arg(long, global = true, env = "STRATO_CACHE_BYTES")]
+    cache_bytes: Option<u64>,
+    /// Segments are uploaded in parts of this many bytes above it
+    #[arg(long, global = true, env = "STRATO_S3_PART_SIZE")]
+    s3_part_size: Option<u64>,
+    /// Parts one ingest stream uploads at once
+    #[arg(long, global = true, env = "STRATO_S3_UPLOAD_CONCURRENCY")]
+    s3_upload_concurrency: Option<usize>,
+}
+
+impl StorageArgs {
+    pub fn to_config(&self) -> strato::config::StorageConfig {
+        strato::config::StorageConfig {
+            backend: self.storage_backend,
+            endpoint: self.s3_endpoint.clone(),
+            bucket: self.s3_bucket.clone(),
+            prefix: self.s3_prefix.clone(),
+            region: self.s3_region.clone(),
+            access_key: self.s3_access_key.clone(),
+            secret_key: self.s3_secret_key.clone(),
+            cache_dir: self.cache_dir.clone(),
+            cache_bytes: self.cache_bytes,
+            part_size: self.s3_part_size,
+            upload_concurrency: self.s3_upload_concurrency,
+        }
+    }
+}
+

@@ -52,6 +52,8 @@ pub struct Cli {
     /// Machine-readable JSON output
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    storage: common::StorageArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -208,10 +210,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             .unwrap_or_else(config::default_data_dir);
         Some(dir.join("strato.toml")).filter(|p| p.exists())
     });
-    let file = match &config_path {
+    let mut file = match &config_path {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
+    file.storage = file.storage.overridden_by(&cli.storage.to_config());
     let data_dir = data_dir_flag
         .or_else(|| file.data_dir.clone())
         .unwrap_or_else(config::default_data_dir);

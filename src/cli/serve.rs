@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use strato::config::{StorageBackend, StorageConfig};
 use strato::server::{self, tls, Limits, ServeOptions, TlsServer};
 
 use super::Ctx;
@@ -33,64 +32,6 @@ pub struct ServeArgs {
     /// Serve HTTPS with a private CA and certificate made in DATA_DIR/tls on first start
     #[arg(long, env = "STRATO_TLS_SELF_SIGNED")]
     tls_self_signed: bool,
-    #[command(flatten)]
-    storage: StorageArgs,
-}
-
-/// `[storage]` from the command line or STRATO_* variables (each wins over
-/// the config file's value).
-#[derive(Args, Debug, Default)]
-struct StorageArgs {
-    /// Segment backend: local (DATA_DIR/segments, the default) or s3
-    #[arg(long, env = "STRATO_STORAGE_BACKEND", value_enum)]
-    storage_backend: Option<StorageBackend>,
-    /// Object store endpoint of the s3 backend (e.g. http://127.0.0.1:7480)
-    #[arg(long, env = "STRATO_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
-    /// Bucket holding the segments
-    #[arg(long, env = "STRATO_S3_BUCKET")]
-    s3_bucket: Option<String>,
-    /// Key prefix inside the bucket
-    #[arg(long, env = "STRATO_S3_PREFIX")]
-    s3_prefix: Option<String>,
-    #[arg(long, env = "STRATO_S3_REGION")]
-    s3_region: Option<String>,
-    /// Object store keys (else [storage] or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY);
-    /// prefer the environment to the command line, which others can read
-    #[arg(long, env = "STRATO_S3_ACCESS_KEY", hide_env_values = true)]
-    s3_access_key: Option<String>,
-    #[arg(long, env = "STRATO_S3_SECRET_KEY", hide_env_values = true)]
-    s3_secret_key: Option<String>,
-    /// Local chunk read cache of the s3 backend (default DATA_DIR/cache)
-    #[arg(long, env = "STRATO_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Bound of the read cache in bytes (0: no cache)
-    #[arg(long, env = "STRATO_CACHE_BYTES")]
-    cache_bytes: Option<u64>,
-    /// Segments are uploaded in parts of this many bytes above it
-    #[arg(long, env = "STRATO_S3_PART_SIZE")]
-    s3_part_size: Option<u64>,
-    /// Parts one ingest stream uploads at once
-    #[arg(long, env = "STRATO_S3_UPLOAD_CONCURRENCY")]
-    s3_upload_concurrency: Option<usize>,
-}
-
-impl StorageArgs {
-    fn to_config(&self) -> StorageConfig {
-        StorageConfig {
-            backend: self.storage_backend,
-            endpoint: self.s3_endpoint.clone(),
-            bucket: self.s3_bucket.clone(),
-            prefix: self.s3_prefix.clone(),
-            region: self.s3_region.clone(),
-            access_key: self.s3_access_key.clone(),
-            secret_key: self.s3_secret_key.clone(),
-            cache_dir: self.cache_dir.clone(),
-            cache_bytes: self.cache_bytes,
-            part_size: self.s3_part_size,
-            upload_concurrency: self.s3_upload_concurrency,
-        }
-    }
 }
 
 /// How the port is secured, for the banner.
@@ -161,15 +102,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
     if let Some(s) = ctx.file.tls.idle_timeout_secs {
         limits.idle_timeout = Duration::from_secs(s.max(1));
     }
-    let flags = a.storage.to_config();
-    let store = if flags == StorageConfig::default() {
-        ctx.open_store()?
-    } else {
-        let mut cfg = ctx.store_config();
-        cfg.storage = ctx.file.storage.overridden_by(&flags).storage();
-        strato::store::Store::open(&ctx.data_dir, cfg)
-            .with_context(|| format!("opening the store in {}", ctx.data_dir.display()))?
-    };
+    let store = ctx.open_store()?;
     let storage = store.storage_description();
     let users = server::load_or_create_users(&ctx.data_dir, env_keys, &ctx.file)?;
     let ring = repository_keyring(&ctx.data_dir)?;

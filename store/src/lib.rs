@@ -209,6 +209,7 @@ impl Store {
         std::fs::create_dir_all(&seg_dir).at(&seg_dir)?;
         let meta = meta::open(cfg.engine, cfg.meta_url.as_deref(), dir)?;
         meta.check_format(FORMAT)?;
+        shared::check_meta_backend(&*meta, matches!(cfg.storage, Storage::S3(_)))?;
 
         let shared = match &cfg.storage {
             Storage::Local => {

@@ -267,6 +267,36 @@ pub(crate) fn check_data_dir(dir: &Path, seg_dir: &Path, s3: bool) -> Result<()>
     Ok(())
 }
 
+/// The metadata remembers which segment backend its repository uses
+/// (Table::Misc `segment-backend`, written on first open): metadata shared
+/// by frontends over an object store, opened by a command that forgot the
+/// `[storage]` settings, would otherwise look like a local store whose
+/// chunks are all missing, and its GC would act on that.
+pub(crate) fn check_meta_backend(meta: &dyn MetaStore, s3: bool) -> Result<()> {
+    const KEY: &[u8] = b"segment-backend";
+    let want: &[u8] = if s3 { b"s3" } else { b"local" };
+    match meta.get(Table::Misc, KEY)? {
+        Some(v) if v == want => Ok(()),
+        Some(v) => Err(StoreError::InvalidArgument(format!(
+            "this metadata belongs to a repository with the {} segment backend; open it with \
+             the same [storage] settings (--storage-backend, STRATO_STORAGE_BACKEND and the \
+             STRATO_S3_* variables)",
+            String::from_utf8_lossy(&v)
+        ))),
+        None => meta.write(&mut |tx| {
+            // Two frontends opening a new repository at once: first one wins.
+            match tx.get(Table::Misc, KEY)? {
+                Some(v) if v != want => Err(StoreError::InvalidArgument(format!(
+                    "this metadata belongs to a repository with the {} segment backend",
+                    String::from_utf8_lossy(&v)
+                ))),
+                Some(_) => Ok(()),
+                None => tx.put(Table::Misc, KEY, want),
+            }
+        }),
+    }
+}
+
 /// Write the locations of newly uploaded chunks inside the manifest's
 /// transaction. A location already there wins: both copies are durable,
 /// and keeping the first keeps what other frontends cached valid. Every
