@@ -425,9 +425,19 @@ pub struct StorageArgs {
     s3_region: Option<String>,
     /// Object store keys (else [storage] or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY);
     /// prefer the environment to the command line, which others can read
-    #[arg(long, global = true, env = "STRATO_S3_ACCESS_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATO_S3_ACCESS_KEY",
+        hide_env_values = true
+    )]
     s3_access_key: Option<String>,
-    #[arg(long, global = true, env = "STRATO_S3_SECRET_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATO_S3_SECRET_KEY",
+        hide_env_values = true
+    )]
     s3_secret_key: Option<String>,
     /// Local chunk read cache of the s3 backend (default DATA_DIR/cache)
     #[arg(long, global = true, env = "STRATO_CACHE_DIR")]
@@ -460,4 +470,3 @@ impl StorageArgs {
         }
     }
 }
-
