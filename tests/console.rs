@@ -76,10 +76,52 @@ async fn signed_out_everything_redirects_and_sign_in_works() {
     ] {
         let r = web.sign_in(ak, sk).await;
         assert_eq!(r.status, 401);
-        assert!(r.headers.get("set-cookie").is_none());
+        assert!(r
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("strato_console=")));
         assert!(r.text().contains("Wrong access key or secret key"));
         assert!(web.cookie.is_none());
     }
+
+    // Right keys but not through this console's form (login CSRF: another
+    // site posting its own keys into the browser): no token, or a token
+    // without its cookie, is refused and makes no session.
+    for fields in [
+        vec![
+            ("access_key", s.access_key.as_str()),
+            ("secret_key", s.secret_key.as_str()),
+        ],
+        vec![
+            ("access_key", s.access_key.as_str()),
+            ("secret_key", s.secret_key.as_str()),
+            ("signin_token", "00ff"),
+        ],
+    ] {
+        let r = web.post_form("/ui/signin", &fields).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(r.text().contains("sign in again"), "{}", r.text());
+        assert!(r
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("strato_console=")));
+    }
+    let form = web.get("/ui/signin").await;
+    let token = harness::signin_token_of(&form.text());
+    assert_eq!(token.len(), 64);
+    let r = web
+        .post_form(
+            "/ui/signin",
+            &[
+                ("access_key", s.access_key.as_str()),
+                ("secret_key", s.secret_key.as_str()),
+                ("signin_token", token.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "a token without its cookie: {}", r.text());
 
     let r = web.sign_in(&s.access_key, &s.secret_key).await;
     assert_eq!(r.status, 303);
@@ -666,8 +708,23 @@ fn over_tls_the_cookie_is_secure() {
     let cs = ConsoleServer::start(&[("STRATO_TLS_SELF_SIGNED", "true")]);
     let s = &cs.server;
     assert!(s.endpoint.starts_with("https://"), "{}", s.endpoint);
+    // The form first (its token and cookie), as a browser would.
+    let jar = s.strato.dir.path().join("curl-cookies");
+    std::fs::create_dir_all(s.strato.dir.path()).unwrap();
+    let form = std::process::Command::new(&curl)
+        .args(["-sk", "--max-time", "20", "-c"])
+        .arg(&jar)
+        .arg(format!("{}/ui/signin", s.endpoint))
+        .output()
+        .unwrap();
+    let token = harness::signin_token_of(&String::from_utf8_lossy(&form.stdout));
+    assert_eq!(token.len(), 64, "{form:?}");
     let out = std::process::Command::new(curl)
-        .args(["-sk", "-i", "--max-time", "20", "--data-urlencode"])
+        .args(["-sk", "-i", "--max-time", "20", "-b"])
+        .arg(&jar)
+        .arg("--data-urlencode")
+        .arg(format!("signin_token={token}"))
+        .arg("--data-urlencode")
         .arg(format!("access_key={}", s.access_key))
         .arg("--data-urlencode")
         .arg(format!("secret_key={}", s.secret_key))

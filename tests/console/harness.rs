@@ -142,13 +142,33 @@ impl Web {
         .await
     }
 
-    /// Sign in; on success keep the cookie and this session's CSRF token.
+    /// Sign in as a browser does (the form first, for its sign-in token and
+    /// cookie); on success keep the session cookie and its CSRF token.
     pub async fn sign_in(&mut self, ak: &str, sk: &str) -> Reply {
+        let form = self.get("/ui/signin").await;
+        let token = signin_token_of(&form.text());
+        let form_cookie = form
+            .headers
+            .get("set-cookie")
+            .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_string());
+        let session = std::mem::replace(&mut self.cookie, form_cookie);
         let r = self
-            .post_form("/ui/signin", &[("access_key", ak), ("secret_key", sk)])
+            .post_form(
+                "/ui/signin",
+                &[
+                    ("access_key", ak),
+                    ("secret_key", sk),
+                    ("signin_token", &token),
+                ],
+            )
             .await;
-        if let Some(c) = r.headers.get("set-cookie") {
-            let c = c.to_str().unwrap();
+        self.cookie = session;
+        let session_cookie = r
+            .headers
+            .get("set-cookie")
+            .map(|c| c.to_str().unwrap())
+            .filter(|c| c.starts_with("strato_console="));
+        if let Some(c) = session_cookie {
             self.cookie = Some(c.split(';').next().unwrap().to_string());
             let page = self.get("/ui/images").await;
             assert_eq!(page.status, 200, "{}", page.text());
@@ -164,6 +184,15 @@ impl Web {
 
 pub fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The sign-in form's hidden token (empty if the page has none).
+pub fn signin_token_of(page: &str) -> String {
+    let Some(at) = page.find("name=\"signin_token\" value=\"") else {
+        return String::new();
+    };
+    let rest = &page[at + 27..];
+    rest[..rest.find('"').unwrap()].to_string()
 }
 
 pub fn csrf_of(page: &str) -> String {

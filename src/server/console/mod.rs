@@ -435,6 +435,7 @@ impl Console {
     }
 
     fn signin_page(&self, status: StatusCode, error: &str) -> Resp {
+        let token = session::random_hex();
         let mut m = String::new();
         if !error.is_empty() {
             let _ = write!(
@@ -449,18 +450,48 @@ impl Console {
              <input id=\"access_key\" name=\"access_key\" autocomplete=\"username\" required autofocus></p>\
              <p><label for=\"secret_key\">Secret key</label>\
              <input id=\"secret_key\" name=\"secret_key\" type=\"password\" autocomplete=\"current-password\" required></p>\
-             <p><button type=\"submit\">Sign in</button></p></form>\
-             <p class=\"hint\">The keys <code>strato serve</code> printed, or any S3 user's.</p>",
+             <p><button type=\"submit\">Sign in</button></p>",
         );
-        html_resp(status, html::page("Sign in", "", None, &m))
+        let _ = write!(
+            m,
+            "<input type=\"hidden\" name=\"signin_token\" value=\"{token}\"></form>\
+             <p class=\"hint\">The keys <code>strato serve</code> printed, or any S3 user's.</p>"
+        );
+        let mut r = html_resp(status, html::page("Sign in", "", None, &m));
+        let cookie = format!(
+            "{}={token}; Path=/ui/signin; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+            session::SIGNIN_COOKIE,
+            if self.inner.tls { "; Secure" } else { "" }
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        r
     }
 
     async fn signin(&self, req: hyper::Request<Incoming>) -> Resp {
+        let form_cookie = req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|h| session::named_cookie(h, session::SIGNIN_COOKIE))
+            .map(str::to_string);
         let body = match read_body(req.into_body(), MAX_FORM).await {
             Ok(b) => b,
             Err(e) => return self.signin_page(StatusCode::BAD_REQUEST, &e),
         };
         let f = html::parse_form(&String::from_utf8_lossy(&body));
+        let same_form = match (form_cookie, f.get("signin_token")) {
+            (Some(c), Some(t)) => session::ct_eq(&c, t),
+            _ => false,
+        };
+        if !same_form {
+            return self.signin_page(
+                StatusCode::FORBIDDEN,
+                "This sign-in form has expired or did not come from this console; sign in again.",
+            );
+        }
         let ak = f.get("access_key").map_or("", |s| s.trim());
         let sk = f.get("secret_key").map_or("", String::as_str);
         match self.inner.sessions.sign_in(ak, sk) {

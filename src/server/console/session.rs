@@ -69,7 +69,7 @@ struct Fails {
     per_key: HashMap<String, u32>,
 }
 
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     let mut b = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)
@@ -200,9 +200,19 @@ impl Sessions {
 
 /// The session id in a `Cookie` header, if any.
 pub fn cookie_value(header: &str) -> Option<&str> {
+    named_cookie(header, COOKIE)
+}
+
+/// The sign-in form's cookie: the same random value as the form's hidden
+/// field (double submit), so a sign-in POST from another site, which
+/// carries neither (SameSite=Strict), is refused — no login CSRF.
+pub const SIGNIN_COOKIE: &str = "strato_signin";
+
+/// The value of cookie `name` in one Cookie header, if set and not empty.
+pub fn named_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|part| {
         let (k, v) = part.trim().split_once('=')?;
-        (k == COOKIE && !v.is_empty()).then_some(v)
+        (k == name && !v.is_empty()).then_some(v)
     })
 }
 
