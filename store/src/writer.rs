@@ -212,29 +212,43 @@ const BATCH_BYTES: usize = 1 << 20;
 /// final sync before commit is short and writeback overlaps with ingest.
 const SYNC_EVERY: u64 = 64 << 20;
 
+/// Segments to sync, each up to an offset.
+type SyncBatch = Vec<(Arc<Segment>, u64)>;
+
+enum SyncJob {
+    Sync(SyncBatch),
+    Seal(Box<SegmentAppender>),
+}
+
 /// Runs a writer's periodic fdatasyncs on their own thread. Done on the
 /// segment thread, each one stopped all appends for as long as the disk
 /// took to write 64 MiB; the 12 MiB queued ahead of it drained in a fraction
 /// of that, so chunking and MD5 stood still: on 1 GiB, most of the gap to
 /// the MD5 ceiling. A sync still running when the next is due is not
 /// queued again: the final sync before commit covers whatever is left.
-/// Segments to sync, each up to an offset.
-type SyncBatch = Vec<(Arc<Segment>, u64)>;
-
+/// Full segments are sealed (trailer, fsync) here too, for the same reason;
+/// the writer joins this thread before it commits.
 struct Syncer {
-    tx: Option<SyncSender<SyncBatch>>,
+    tx: Option<SyncSender<SyncJob>>,
     handle: Option<JoinHandle<Result<()>>>,
 }
 
 impl Syncer {
     fn start() -> Result<Syncer> {
-        let (tx, rx) = sync_channel::<SyncBatch>(1);
+        let (tx, rx) = sync_channel::<SyncJob>(1);
         let handle = std::thread::Builder::new()
             .name("strato-sync".into())
             .spawn(move || -> Result<()> {
-                for batch in rx {
-                    for (seg, end) in batch {
-                        seg.sync_to(end)?;
+                for job in rx {
+                    match job {
+                        SyncJob::Sync(batch) => {
+                            for (seg, end) in batch {
+                                seg.sync_to(end)?;
+                            }
+                        }
+                        SyncJob::Seal(app) => {
+                            (*app).seal()?;
+                        }
                     }
                 }
                 Ok(())
@@ -250,9 +264,22 @@ impl Syncer {
     /// False if the thread has stopped (its error comes from `finish`).
     fn request(&self, batch: SyncBatch) -> bool {
         matches!(
-            self.tx.as_ref().map(|tx| tx.try_send(batch)),
+            self.tx.as_ref().map(|tx| tx.try_send(SyncJob::Sync(batch))),
             Some(Ok(()) | Err(std::sync::mpsc::TrySendError::Full(_)))
         )
+    }
+
+    /// Seal `app` on the thread (waiting for a sync in flight to be taken);
+    /// inline if the thread has stopped.
+    fn seal(&self, app: SegmentAppender) -> Result<()> {
+        let Some(tx) = self.tx.as_ref() else {
+            return app.seal().map(drop);
+        };
+        match tx.send(SyncJob::Seal(Box::new(app))) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::SendError(SyncJob::Seal(app))) => (*app).seal().map(drop),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Wait for the syncs in flight. A failed fdatasync must fail the write:
@@ -337,7 +364,13 @@ fn segment_thread(
                 unpublished.push(app.append(&id, &data));
                 since_sync += data.len() as u64;
             }
-            publish(&store, &mut appender, &mut unpublished, &mut to_sync)?;
+            publish(
+                &store,
+                &mut appender,
+                &mut unpublished,
+                &mut to_sync,
+                &mut syncer,
+            )?;
             if since_sync >= SYNC_EVERY {
                 if syncer.is_none() {
                     syncer = Some(Syncer::start()?);
@@ -351,13 +384,20 @@ fn segment_thread(
         }
         Ok(())
     })();
-    let synced = syncer.as_mut().map_or(Ok(()), Syncer::finish);
     // Publish what reached the segment even on failure: it is then garbage
     // that GC can account for, not an invisible tail.
-    let flushed = publish(&store, &mut appender, &mut unpublished, &mut to_sync);
+    let flushed = publish(
+        &store,
+        &mut appender,
+        &mut unpublished,
+        &mut to_sync,
+        &mut syncer,
+    );
     if let Some(app) = appender.take() {
         store.return_appender(app);
     }
+    // Every background sync and seal done (or failed) before the commit.
+    let synced = syncer.as_mut().map_or(Ok(()), Syncer::finish);
     result?;
     flushed?;
     synced?;
@@ -371,6 +411,7 @@ fn publish(
     appender: &mut Option<SegmentAppender>,
     unpublished: &mut Vec<RecordRef>,
     to_sync: &mut SyncSet,
+    syncer: &mut Option<Syncer>,
 ) -> Result<()> {
     let Some(app) = appender.as_mut() else {
         return Ok(());
@@ -393,9 +434,16 @@ fn publish(
             )
         }));
     if end >= store.config().segment_size {
-        // Sealing makes the whole segment durable.
+        // Sealing makes the whole segment durable (on the sync thread,
+        // joined before the commit).
         if let Some(app) = appender.take() {
-            app.seal()?;
+            if syncer.is_none() {
+                *syncer = Some(Syncer::start()?);
+            }
+            match syncer.as_ref() {
+                Some(s) => s.seal(app)?,
+                None => drop(app.seal()?),
+            }
         }
         to_sync.remove(&seg_id);
     } else {
