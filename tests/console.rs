@@ -567,6 +567,7 @@ async fn upload_in_parts_reports_new_bytes_and_downloads_back() {
     assert!(repo.contains(&format!("id=\"logical\" data-bytes=\"{}\"", 2 * data.len())));
     assert!(repo.contains(&format!("id=\"stored\" data-bytes=\"{}\"", data.len())));
     assert!(repo.contains("2.00×"));
+    assert!(repo.contains("none recorded yet; run <code>strato fsck</code>"));
 }
 
 #[tokio::test]

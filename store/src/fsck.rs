@@ -90,9 +90,20 @@ impl FsckReport {
 
 impl Store {
     pub fn fsck(&self) -> Result<FsckReport> {
-        if self.shared().is_some() {
-            return self.shared_fsck();
+        let report = if self.shared().is_some() {
+            self.shared_fsck()?
+        } else {
+            self.local_fsck()?
+        };
+        // For the web console's repository page; a failure to note it does
+        // not change the check's answer, so it is only logged.
+        if let Err(e) = self.record_fsck(&super::history::FsckRecord::of(&report)) {
+            tracing::warn!("recording the fsck run failed: {e}");
         }
+        Ok(report)
+    }
+
+    fn local_fsck(&self) -> Result<FsckReport> {
         self.seal_idle_segments()?;
         let mut report = FsckReport::default();
         let index: HashMap<ChunkId, Loc> = self.inner().index.snapshot().into_iter().collect();

@@ -72,9 +72,44 @@ impl GcRecord {
     }
 }
 
+/// The last fsck run recorded by `Store::fsck`, with its first problems.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckRecord {
+    pub finished_ms: u64,
+    pub segments: u64,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub manifests: u64,
+    pub problems: u64,
+    /// At most FIRST_PROBLEMS of them, as fsck printed them.
+    pub first_problems: Vec<String>,
+}
+
+impl FsckRecord {
+    const FIRST_PROBLEMS: usize = 5;
+
+    pub(crate) fn of(r: &super::FsckReport) -> FsckRecord {
+        FsckRecord {
+            finished_ms: super::now_ms(),
+            segments: r.segments as u64,
+            chunks_checked: r.chunks_checked as u64,
+            bytes_checked: r.bytes_checked,
+            manifests: r.manifests as u64,
+            problems: r.problems.len() as u64,
+            first_problems: r
+                .problems
+                .iter()
+                .take(Self::FIRST_PROBLEMS)
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+}
+
 /// Keys of `Table::History` other than samples start with this byte, which
 /// no sample key (a time in ms before year 2.2 million) does.
 const GC_KEY: &[u8] = b"\xffgc";
+const FSCK_KEY: &[u8] = b"\xfffsck";
 
 impl Store {
     /// The cost of `bucket/key` from its manifest and the chunks' reference
@@ -171,6 +206,21 @@ impl Store {
         }
     }
 
+    /// The last fsck run, if one was recorded.
+    pub fn last_fsck(&self) -> Result<Option<FsckRecord>> {
+        match self.inner().meta.get(Table::History, FSCK_KEY)? {
+            Some(v) => Ok(Some(model::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn record_fsck(&self, r: &FsckRecord) -> Result<()> {
+        let v = model::encode(r)?;
+        self.inner()
+            .meta
+            .write(&mut |tx| tx.put(Table::History, FSCK_KEY, &v))
+    }
+
     pub(crate) fn record_gc(&self, r: &GcRecord) -> Result<()> {
         let v = model::encode(r)?;
         self.inner()
@@ -229,6 +279,31 @@ mod tests {
             data.len() as u64
         );
         assert!(s.object_cost("bkt", "missing").is_err());
+    }
+
+    #[test]
+    fn fsck_runs_are_recorded() {
+        let (_d, s) = store();
+        assert_eq!(s.last_fsck().unwrap(), None);
+        s.put_reader(
+            "bkt",
+            "a",
+            &random(1 << 20, 1)[..],
+            ProfileChoice::Auto,
+            vec![],
+            |_| {},
+        )
+        .unwrap();
+        let r = s.fsck().unwrap();
+        let rec = s.last_fsck().unwrap().unwrap();
+        assert_eq!(rec.problems, 0);
+        assert_eq!(rec.chunks_checked, r.chunks_checked as u64);
+        assert!(
+            rec.bytes_checked >= 1 << 20 && rec.manifests == 1,
+            "{rec:?}"
+        );
+        // History samples are not confused with it.
+        assert!(s.history().unwrap().is_empty());
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub use error::{Result, StoreError};
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::{GcOptions, GcPlan, GcReport};
 pub use shared_gc::SharedGcReport;
-pub use history::{GcRecord, HistorySample, ObjectCost};
+pub use history::{FsckRecord, GcRecord, HistorySample, ObjectCost};
 pub use id::ChunkId;
 pub use meta::Engine;
 pub use model::{BucketRecord, ManifestEntry, ObjectMeta, ObjectRecord, PartRecord, UploadRecord};

@@ -1233,10 +1233,11 @@ impl Console {
                 store.history()?,
                 store.last_gc()?,
                 store.count_uploads()?,
+                store.last_fsck()?,
             ))
         })
         .await;
-        let (s, hist, gc, uploads) = match r {
+        let (s, hist, gc, uploads, fsck) = match r {
             Ok(x) => x,
             Err(e) => return self.error_page(nav, store_status(&e), &e.to_string()),
         };
@@ -1289,9 +1290,36 @@ impl Console {
             }
             None => m.push_str("<dt>Last GC</dt><dd>none recorded yet</dd>"),
         }
-        m.push_str(
-            "<dt>fsck</dt><dd>not recorded by the server; run <code>strato fsck</code></dd></dl>",
-        );
+        match fsck {
+            Some(f) => {
+                let _ = write!(
+                    m,
+                    "<dt>Last fsck</dt><dd id=\"fsck\">{} — {} segments, {} chunks ({}) re-hashed, \
+                     {} manifests: <strong>{}</strong>",
+                    time_ms(f.finished_ms),
+                    f.segments,
+                    f.chunks_checked,
+                    fmt_bytes(f.bytes_checked),
+                    f.manifests,
+                    if f.problems == 0 {
+                        "clean".to_string()
+                    } else {
+                        format!("{} problem(s)", f.problems)
+                    }
+                );
+                if !f.first_problems.is_empty() {
+                    m.push_str("<ul class=\"problems\">");
+                    for p in &f.first_problems {
+                        let _ = write!(m, "<li>{}</li>", esc(p));
+                    }
+                    m.push_str("</ul>");
+                }
+                m.push_str("</dd></dl>");
+            }
+            None => m.push_str(
+                "<dt>Last fsck</dt><dd id=\"fsck\">none recorded yet; run <code>strato fsck</code></dd></dl>",
+            ),
+        }
         let logical: Vec<(f64, f64)> = hist
             .iter()
             .map(|h| (h.time_ms as f64, h.logical_bytes as f64))
