@@ -114,7 +114,7 @@ impl Store {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let mut corrupt: Vec<(ChunkId, String, u64, String)> = Vec::new();
+        let mut corrupt: Vec<Corrupt> = Vec::new();
         for (id, seg) in &segments {
             report.segments += 1;
             let name = seg.path.display().to_string();
@@ -150,46 +150,8 @@ impl Store {
                 }
             }
         }
-        let corrupt_ids: HashSet<ChunkId> = corrupt.iter().map(|c| c.0).collect();
-        let mut used_by: HashMap<ChunkId, Vec<String>> = HashMap::new();
-        let mut manifest_problems = Vec::new();
-        let mut referenced: HashSet<ChunkId> = HashSet::new();
-        self.for_each_manifest(|owner, _, chunks| {
-            report.manifests += 1;
-            for c in chunks.iter().filter(|c| !c.id.is_zero_run()) {
-                referenced.insert(c.id);
-                match index.get(&c.id) {
-                    None => manifest_problems.push(FsckProblem::MissingChunk {
-                        object: owner.describe(),
-                        chunk: c.id.to_hex(),
-                    }),
-                    Some(l) if l.len != c.len => manifest_problems.push(FsckProblem::WrongLength {
-                        object: owner.describe(),
-                        chunk: c.id.to_hex(),
-                        manifest_len: c.len,
-                        stored_len: l.len,
-                    }),
-                    Some(_) => {}
-                }
-                if corrupt_ids.contains(&c.id) {
-                    let v = used_by.entry(c.id).or_default();
-                    let name = owner.describe();
-                    if !v.contains(&name) {
-                        v.push(name);
-                    }
-                }
-            }
-        })?;
-        for (id, segment, offset, what) in corrupt {
-            report.problems.push(FsckProblem::CorruptChunk {
-                chunk: id.to_hex(),
-                segment,
-                offset,
-                what,
-                used_by: used_by.remove(&id).unwrap_or_default(),
-            });
-        }
-        report.problems.extend(manifest_problems);
+        let referenced =
+            self.check_manifests(|id| index.get(id).map(|l| l.len), corrupt, &mut report)?;
         let _paused = self.inner().commit_lock.write();
         let audit = self.audit_refs()?;
         drop(_paused);
@@ -211,4 +173,62 @@ impl Store {
         }
         Ok(report)
     }
+
+    /// Check every manifest's chunks against `stored_len` (the length the
+    /// store holds for an id, if any), file `corrupt` with the objects that
+    /// use each chunk, and return the ids manifests reference. Shared by the
+    /// local and the shared-mode fsck, which differ in how they scan.
+    pub(crate) fn check_manifests(
+        &self,
+        stored_len: impl Fn(&ChunkId) -> Option<u32>,
+        corrupt: Vec<Corrupt>,
+        report: &mut FsckReport,
+    ) -> Result<HashSet<ChunkId>> {
+        let corrupt_ids: HashSet<ChunkId> = corrupt.iter().map(|c| c.0).collect();
+        let mut used_by: HashMap<ChunkId, Vec<String>> = HashMap::new();
+        let mut manifest_problems = Vec::new();
+        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        let mut manifests = 0;
+        self.for_each_manifest(|owner, _, chunks| {
+            manifests += 1;
+            for c in chunks.iter().filter(|c| !c.id.is_zero_run()) {
+                referenced.insert(c.id);
+                match stored_len(&c.id) {
+                    None => manifest_problems.push(FsckProblem::MissingChunk {
+                        object: owner.describe(),
+                        chunk: c.id.to_hex(),
+                    }),
+                    Some(len) if len != c.len => manifest_problems.push(FsckProblem::WrongLength {
+                        object: owner.describe(),
+                        chunk: c.id.to_hex(),
+                        manifest_len: c.len,
+                        stored_len: len,
+                    }),
+                    Some(_) => {}
+                }
+                if corrupt_ids.contains(&c.id) {
+                    let v = used_by.entry(c.id).or_default();
+                    let name = owner.describe();
+                    if !v.contains(&name) {
+                        v.push(name);
+                    }
+                }
+            }
+        })?;
+        report.manifests += manifests;
+        for (id, segment, offset, what) in corrupt {
+            report.problems.push(FsckProblem::CorruptChunk {
+                chunk: id.to_hex(),
+                segment,
+                offset,
+                what,
+                used_by: used_by.remove(&id).unwrap_or_default(),
+            });
+        }
+        report.problems.extend(manifest_problems);
+        Ok(referenced)
+    }
 }
+
+/// A damaged record a scan found: chunk, segment name, offset, what is wrong.
+pub(crate) type Corrupt = (ChunkId, String, u64, String);

@@ -8,10 +8,10 @@
 //! flight elsewhere. Orphan segment objects (nothing located in them) are
 //! garbage for `gc`, not problems.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use super::error::{Result, StoreError};
-use super::fsck::{FsckProblem, FsckReport};
+use super::fsck::{Corrupt, FsckProblem, FsckReport};
 use super::id::ChunkId;
 use super::meta::{self, Table};
 use super::objstore::Got;
@@ -48,7 +48,7 @@ impl Store {
             Ok(())
         })?;
 
-        let mut corrupt: Vec<(ChunkId, String, u64, String)> = Vec::new();
+        let mut corrupt: Vec<Corrupt> = Vec::new();
         for (seg, locs) in &by_segment {
             let key = objects.segment_key(*seg);
             let Some(&size) = sizes.get(&key) else {
@@ -94,48 +94,8 @@ impl Store {
             }
         }
 
-        let corrupt_ids: HashSet<ChunkId> = corrupt.iter().map(|c| c.0).collect();
-        let mut used_by: HashMap<ChunkId, Vec<String>> = HashMap::new();
-        let mut referenced: HashSet<ChunkId> = HashSet::new();
-        let mut manifest_problems = Vec::new();
-        self.for_each_manifest(|owner, _, chunks| {
-            report.manifests += 1;
-            for c in chunks.iter().filter(|c| !c.id.is_zero_run()) {
-                referenced.insert(c.id);
-                match located.get(&c.id) {
-                    None => manifest_problems.push(FsckProblem::MissingChunk {
-                        object: owner.describe(),
-                        chunk: c.id.to_hex(),
-                    }),
-                    Some(l) if l.len != c.len => {
-                        manifest_problems.push(FsckProblem::WrongLength {
-                            object: owner.describe(),
-                            chunk: c.id.to_hex(),
-                            manifest_len: c.len,
-                            stored_len: l.len,
-                        });
-                    }
-                    Some(_) => {}
-                }
-                if corrupt_ids.contains(&c.id) {
-                    let v = used_by.entry(c.id).or_default();
-                    let name = owner.describe();
-                    if !v.contains(&name) {
-                        v.push(name);
-                    }
-                }
-            }
-        })?;
-        for (id, segment, offset, what) in corrupt {
-            report.problems.push(FsckProblem::CorruptChunk {
-                chunk: id.to_hex(),
-                segment,
-                offset,
-                what,
-                used_by: used_by.remove(&id).unwrap_or_default(),
-            });
-        }
-        report.problems.extend(manifest_problems);
+        let referenced =
+            self.check_manifests(|id| located.get(id).map(|l| l.len), corrupt, &mut report)?;
         for (id, l) in &located {
             if !referenced.contains(id) {
                 report.unreferenced_chunks += 1;
