@@ -8,6 +8,8 @@
 
 mod chain_util;
 mod common;
+#[path = "console/harness.rs"]
+mod harness;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -122,6 +124,51 @@ fn chain_agents_accept_only_what_the_repository_signed_for_them() {
     let want = md5_hex(&data);
     assert_eq!(md5_file(&a.image(IMAGE, tmp.path())), want);
     assert_eq!(md5_file(&b.image(IMAGE, tmp.path())), want);
+    // propagate reported the end to the repository: its console shows the
+    // session with each node's outcome.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let view = rt.block_on(async {
+        let mut web = harness::Web {
+            base: server.endpoint.clone(),
+            cookie: None,
+            csrf: None,
+        };
+        let r = web.sign_in(&server.access_key, &server.secret_key).await;
+        assert_eq!(r.status, 303, "{}", r.text());
+        web.get("/ui/transfers.json").await.json()
+    });
+    let chain = view["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "chain")
+        .unwrap_or_else(|| panic!("no chain session in {view}"));
+    let nodes = chain["outcome"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{chain}"));
+    assert_eq!(nodes.len(), 2, "{chain}");
+    assert!(nodes.iter().all(|n| n["ok"] == true), "{chain}");
+    assert_eq!(nodes[0]["node"], a.addr.as_str(), "{chain}");
+    assert_eq!(chain["running"], false, "{chain}");
+    // Reports that make no sense are refused and change nothing.
+    let api = client(&server);
+    let (bad_kind, missing) = rt.block_on(async {
+        let bogus = chunk_api::SessionReport {
+            kind: "carrier-pigeon".into(),
+            ..Default::default()
+        };
+        let chain_report = chunk_api::SessionReport {
+            kind: "chain".into(),
+            ..Default::default()
+        };
+        (
+            api.report("imgs", "vm/base.img", &bogus).await,
+            api.report("imgs", "no/such/object", &chain_report).await,
+        )
+    });
+    let e = bad_kind.unwrap_err().to_string();
+    assert!(e.contains("chain or multicast"), "{e}");
+    assert!(missing.is_err());
 
     // An unsigned session from the same binary is refused.
     let (ok, report, _) = propagate(

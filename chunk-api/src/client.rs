@@ -399,6 +399,37 @@ impl ChunkClient {
         Ok(grant)
     }
 
+    /// Tell the repository how a distribution session of `bucket/key` ended
+    /// (`POST /chunks/report/...`), for its console.
+    pub async fn report(
+        &self,
+        bucket: &str,
+        key: &str,
+        report: &crate::wire::SessionReport,
+    ) -> Result<()> {
+        let what = format!("session report for {bucket}/{key}");
+        let route = crate::Route::Report {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        };
+        let body = serde_json::to_vec(report).map_err(|e| ClientError::Invalid {
+            what: what.clone(),
+            why: e.to_string(),
+        })?;
+        let (status, body) = self
+            .send(
+                &what,
+                route.method(),
+                &route.path_and_query(),
+                Bytes::from(body),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(Self::status_error(&what, status, &body));
+        }
+        Ok(())
+    }
+
     /// Commit `bucket/key` at the endpoint from chunks it already holds
     /// (`PUT /chunks/manifest/...`): keeps them referenced, so garbage
     /// collection leaves them alone. Answers the object's ETag.

@@ -26,4 +26,7 @@ pub use wire::{
     ManifestChunk, ManifestCommit, ManifestDoc, ManifestError, MANIFEST_VERSION, MAX_CHUNK_LEN,
     MAX_ID_LIST_BODY, MAX_MANIFEST_BODY,
 };
-pub use wire::{TicketGrant, TicketRequest, DEFAULT_TICKET_SECS, MAX_TICKET_SECS};
+pub use wire::{
+    NodeOutcome, SessionReport, TicketGrant, TicketRequest, DEFAULT_TICKET_SECS, MAX_REPORT_NODES,
+    MAX_TICKET_SECS,
+};

@@ -10,6 +10,7 @@
 //! GET|PUT      /chunks/manifest/BUCKET/KEY   an object's manifest; commit one
 //! GET          /chunks/trust-keys            the repository's signing keys
 //! POST         /chunks/ticket/BUCKET/KEY     a signed distribution-session ticket
+//! POST         /chunks/report/BUCKET/KEY     how a distribution session ended, per node
 //! ```
 
 use http::Method;
@@ -49,6 +50,12 @@ pub enum Route {
     TrustKeys,
     /// A signed session ticket for a chain or multicast distribution of
     /// the object (body: JSON [`crate::wire::TicketRequest`]).
+    /// A sender's per-node outcome of a session it ran (body: JSON
+    /// [`crate::wire::SessionReport`]).
+    Report {
+        bucket: String,
+        key: String,
+    },
     Ticket {
         bucket: String,
         key: String,
@@ -79,7 +86,8 @@ impl Route {
             | Route::PutBatch
             | Route::GetBatch
             | Route::Claim { .. }
-            | Route::Ticket { .. } => Method::POST,
+            | Route::Ticket { .. }
+            | Route::Report { .. } => Method::POST,
         }
     }
 
@@ -104,6 +112,11 @@ impl Route {
             ),
             Route::Ticket { bucket, key } => format!(
                 "/chunks/ticket/{}/{}",
+                utf8_percent_encode(bucket, KEY_SET),
+                utf8_percent_encode(key, KEY_SET)
+            ),
+            Route::Report { bucket, key } => format!(
+                "/chunks/report/{}/{}",
                 utf8_percent_encode(bucket, KEY_SET),
                 utf8_percent_encode(key, KEY_SET)
             ),
@@ -133,6 +146,13 @@ impl Route {
             }
             let (bucket, key) = Self::bucket_key(obj, "/chunks/ticket/BUCKET/KEY")?;
             return Ok(Route::Ticket { bucket, key });
+        }
+        if let Some(obj) = rest.strip_prefix("report/") {
+            if method != Method::POST {
+                return Err(bad("session reports are sent with POST"));
+            }
+            let (bucket, key) = Self::bucket_key(obj, "/chunks/report/BUCKET/KEY")?;
+            return Ok(Route::Report { bucket, key });
         }
         if rest == "trust-keys" {
             return match *method {
@@ -260,6 +280,10 @@ mod tests {
             },
             Route::TrustKeys,
             Route::Ticket {
+                bucket: "b".into(),
+                key: "dir/img v2.qcow2".into(),
+            },
+            Route::Report {
                 bucket: "b".into(),
                 key: "dir/img v2.qcow2".into(),
             },

@@ -35,6 +35,33 @@ pub struct TicketRequest {
     pub lifetime_secs: Option<u64>,
 }
 
+/// `POST /chunks/report/{bucket}/{key}`: how a distribution session the
+/// sender ran ended, node by node, so the repository (its web console) can
+/// show per-node outcomes. At most [`MAX_REPORT_NODES`] nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SessionReport {
+    /// "chain" or "multicast".
+    pub kind: String,
+    pub nodes: Vec<NodeOutcome>,
+    /// Chunk bytes the sender sent.
+    pub bytes_sent: u64,
+    pub object_size: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NodeOutcome {
+    /// The node as the sender named it (HOST:PORT).
+    pub node: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub bytes_received: u64,
+    pub seconds: f64,
+}
+
+pub const MAX_REPORT_NODES: usize = 4096;
+
 /// The answer: the signed ticket (base64url text), the session's control
 /// secret (hex; the ticket commits to the key derived from it) and the
 /// manifest the ticket's digest was computed from, so the sender sends

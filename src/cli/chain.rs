@@ -221,6 +221,39 @@ async fn signed_session(
     }
 }
 
+/// Tell the repository how the session ended, node by node (its console
+/// shows it). Best effort: the nodes have their copies whatever happens
+/// here, so a failure is only a warning.
+async fn report_to_repository(a: &PropagateArgs, ep: &str, bucket: &str, key: &str, r: &Report) {
+    let report = chunk_api::SessionReport {
+        kind: "chain".into(),
+        nodes: r
+            .nodes
+            .iter()
+            .map(|n| chunk_api::NodeOutcome {
+                node: n.addr.to_string(),
+                ok: n.ok,
+                reason: n.reason.clone(),
+                bytes_received: n.bytes_received,
+                seconds: n.elapsed.as_secs_f64(),
+            })
+            .collect(),
+        bytes_sent: r.bytes_sent,
+        object_size: r.object_size,
+        seconds: r.elapsed.as_secs_f64(),
+    };
+    let sent = match a.source.creds.client(ep) {
+        Ok(c) => c
+            .report(bucket, key, &report)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("could not report the session to {ep}: {e:#}");
+    }
+}
+
 pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
     let (bucket, key) = split_path(&a.image)?;
     let (bucket, key) = (bucket.to_string(), key.to_string());
@@ -276,7 +309,11 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
         let r = propagate_chains(source, &name, Arc::new(manifest), &chains, &opts).await;
         ticker.abort();
         pb.finish_and_clear();
-        anyhow::Ok(r?)
+        let r = r?;
+        if let Some(ep) = &a.source.endpoint {
+            report_to_repository(&a, ep, &bucket, &key, &r).await;
+        }
+        anyhow::Ok(r)
     })?;
     ctx.emit(&report, || {
         println!(

@@ -254,7 +254,46 @@ impl ChunkRoute {
             Route::Manifest { bucket, key } => self.manifest(user, bucket, key).await,
             Route::TrustKeys => self.trust_keys(),
             Route::Ticket { bucket, key } => self.ticket(user, bucket, key, body).await,
+            Route::Report { bucket, key } => self.report(user, bucket, key, body).await,
         }
+    }
+
+    /// A sender's per-node outcome of a session: checked (the bucket's
+    /// owner, well-formed, bounded) and acknowledged; the console, which
+    /// wraps this route, keeps it for its Transfers page.
+    async fn report(
+        &self,
+        user: &User,
+        bucket: String,
+        key: String,
+        body: ByteStream,
+    ) -> ApiResult {
+        let data = collect(body, MAX_TICKET_REQUEST).await?;
+        let r: chunk_api::SessionReport = serde_json::from_slice(&data)
+            .map_err(|e| ApiError::BadRequest(format!("session report: {e}")))?;
+        if r.nodes.len() > chunk_api::MAX_REPORT_NODES
+            || !matches!(r.kind.as_str(), "chain" | "multicast")
+        {
+            return Err(ApiError::BadRequest(format!(
+                "session report: kind must be chain or multicast, at most {} nodes",
+                chunk_api::MAX_REPORT_NODES
+            )));
+        }
+        let (me, store) = (user.id.clone(), self.store.clone());
+        blocking(move || {
+            if store.bucket(&bucket)?.owner != me {
+                return Ok(Err(ApiError::Denied));
+            }
+            store.head(&bucket, &key)?;
+            Ok(Ok(()))
+        })
+        .await??;
+        Ok(response(
+            StatusCode::NO_CONTENT,
+            Bytes::new(),
+            Some(0),
+            "text/plain",
+        ))
     }
 
     fn trust_keys(&self) -> ApiResult {

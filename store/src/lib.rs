@@ -60,7 +60,6 @@ pub use chunker::{Profile, ProfileChoice};
 pub use error::{Result, StoreError};
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::{GcOptions, GcPlan, GcReport};
-pub use shared_gc::SharedGcReport;
 pub use history::{FsckRecord, GcRecord, HistorySample, ObjectCost};
 pub use id::ChunkId;
 pub use meta::Engine;
@@ -68,6 +67,7 @@ pub use model::{BucketRecord, ManifestEntry, ObjectMeta, ObjectRecord, PartRecor
 pub use names::{check_bucket_name, check_key, MAX_KEY_LEN};
 pub use objstore::S3Settings;
 pub use reader::ObjectReader;
+pub use shared_gc::SharedGcReport;
 pub use stats::{ProfileStats, StoreStats};
 pub use writer::{Committed, ObjectWriter, Precondition, Target};
 

@@ -465,8 +465,10 @@ async fn encoded_metadata_round_trips() {
 #[tokio::test]
 async fn recreate_own_bucket_outside_us_east_1() {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-    let mut config = s3_compat::S3Config::default();
-    config.region = "eu-west-1".to_owned();
+    let config = s3_compat::S3Config {
+        region: "eu-west-1".to_owned(),
+        ..Default::default()
+    };
     let s = Server::start_with(config).await;
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())

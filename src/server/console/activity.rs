@@ -7,8 +7,10 @@
 //! Bytes served are attributed to the newest session of the same user that
 //! is still short of its object's size and was active in the last minute:
 //! the chunk API carries no session id, so this is a heuristic (two pulls by
-//! one user at once share their figures). Agents' own reports (per-node
-//! outcome) never reach the server and are not shown.
+//! one user at once share their figures). Per-node outcomes come from the
+//! sender: `propagate` and `mcast send` post their report to
+//! `/chunks/report/BUCKET/KEY` when they end, and it is attached to the
+//! newest session of that user, object and kind.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -62,6 +64,8 @@ struct Session {
     total_bytes: u64,
     served_bytes: Arc<AtomicU64>,
     requests: u64,
+    /// The sender's report, once the session ended.
+    outcome: Option<chunk_api::SessionReport>,
 }
 
 struct Group {
@@ -146,6 +150,9 @@ pub struct SessionView {
     /// 0..=1
     pub progress: f64,
     pub requests: u64,
+    /// Per node, from the sender's report (absent while running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<chunk_api::SessionReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,6 +218,7 @@ impl Activity {
             total_bytes,
             served_bytes: Arc::default(),
             requests: 1,
+            outcome: None,
         });
         while st.sessions.len() > MAX_SESSIONS {
             st.sessions.pop_front();
@@ -230,6 +238,25 @@ impl Activity {
         s.last_ms = now_ms();
         s.requests += 1;
         Some(s.served_bytes.clone())
+    }
+
+    /// Attach a sender's report to the newest matching session.
+    fn finish(&self, user: &str, bucket: &str, key: &str, report: chunk_api::SessionReport) {
+        let kind = if report.kind == "multicast" {
+            Kind::Multicast
+        } else {
+            Kind::Chain
+        };
+        let mut st = self.state.lock();
+        let found = st
+            .sessions
+            .iter_mut()
+            .rev()
+            .find(|s| s.user == user && s.bucket == bucket && s.key == key && s.kind == kind);
+        if let Some(s) = found {
+            s.last_ms = now_ms();
+            s.outcome = Some(report);
+        }
     }
 
     fn claim(&self, group: &str, ids: u64) {
@@ -284,7 +311,9 @@ impl Activity {
                     audience: s.audience.clone(),
                     started_ms: s.started_ms,
                     last_ms: s.last_ms,
-                    running: now.duration_since(s.last) < ACTIVE_FOR && served < s.total_bytes,
+                    running: s.outcome.is_none()
+                        && now.duration_since(s.last) < ACTIVE_FOR
+                        && served < s.total_bytes,
                     total_bytes: s.total_bytes,
                     served_bytes: served,
                     progress: if s.total_bytes == 0 {
@@ -293,6 +322,7 @@ impl Activity {
                         (served as f64 / s.total_bytes as f64).min(1.0)
                     },
                     requests: s.requests,
+                    outcome: s.outcome.clone(),
                 }
             })
             .collect();
@@ -440,6 +470,20 @@ impl ExtraRoute for Observed {
                         _ => (Kind::Chain, String::new()),
                     };
                     a.start(kind, &who, &bucket, &key, audience).await;
+                }
+                resp
+            }
+            Route::Report { bucket, key } => {
+                let (parts, body) = req.into_parts();
+                let (head, body) = peek(body).await;
+                let resp = self
+                    .inner
+                    .call(user, http::Request::from_parts(parts, body))
+                    .await;
+                if resp.status().is_success() {
+                    if let Ok(r) = serde_json::from_slice::<chunk_api::SessionReport>(&head) {
+                        a.finish(&who, &bucket, &key, r);
+                    }
                 }
                 resp
             }

@@ -146,7 +146,27 @@
         p.setAttribute("aria-label", "progress of " + s.key);
         td.appendChild(p);
         td.appendChild(document.createTextNode(" " + Math.floor(s.progress * 100) + "%"));
-        cell(tr, s.running ? "running" : (s.progress >= 1 ? "done" : "idle"));
+        if (s.outcome) {
+          const ok = s.outcome.nodes.filter((n) => n.ok).length;
+          cell(tr, "ended: " + ok + "/" + s.outcome.nodes.length + " nodes ok");
+          // Per node, as the sender reported it (text only, never HTML).
+          const nr = body.insertRow();
+          nr.className = "nodes";
+          const nd = cell(nr, "");
+          nd.colSpan = 8;
+          const ul = document.createElement("ul");
+          ul.className = "node-outcomes";
+          for (const n of s.outcome.nodes) {
+            const li = document.createElement("li");
+            li.dataset.ok = String(n.ok);
+            li.textContent = n.node + ": " + (n.ok ? "ok" : "failed" + (n.reason ? " (" + n.reason + ")" : "")) +
+              ", " + fmtBytes(n.bytes_received) + " in " + n.seconds.toFixed(2) + " s";
+            ul.appendChild(li);
+          }
+          nd.appendChild(ul);
+        } else {
+          cell(tr, s.running ? "running" : (s.progress >= 1 ? "done" : "idle"));
+        }
       }
       table.tBodies[0].replaceWith(body);
       const groups = document.getElementById("groups");

@@ -1399,8 +1399,8 @@ impl Console {
              <thead><tr><th scope=\"col\">Group</th><th scope=\"col\" class=\"n\">Claim requests</th>\
              <th scope=\"col\" class=\"n\">Chunk ids asked</th><th scope=\"col\">Last</th></tr></thead>\
              <tbody><tr><td colspan=\"4\">Loading…</td></tr></tbody></table></div>\
-             <p class=\"hint\">Per-node outcomes are reported by the agents themselves (their --json \
-             reports) and do not reach the server.</p>";
+             <p class=\"hint\">Per-node outcomes appear when the sender (<code>strato propagate \
+             --endpoint</code>) reports the session's end.</p>";
         html_resp(
             StatusCode::OK,
             html::page("Transfers", "transfers", Some(nav), m),
