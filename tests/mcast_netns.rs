@@ -180,6 +180,43 @@ impl Topology {
         c
     }
 
+    /// The console's transfers JSON of the repository at `endpoint` (host
+    /// 0's loopback), signed in through the form with curl as a browser would.
+    fn console_transfers(&self, endpoint: &str) -> serde_json::Value {
+        let curl = require_tool("curl");
+        let jar = self.path("console-cookies");
+        let in_ns = |args: &[&str]| {
+            let out = Command::new(require_tool("ip"))
+                .args(["netns", "exec", &self.host(0)])
+                .arg(&curl)
+                .args(["-s", "--max-time", "20", "-b"])
+                .arg(&jar)
+                .arg("-c")
+                .arg(&jar)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "curl {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let form = in_ns(&[&format!("{endpoint}/ui/signin")]);
+        let at = form
+            .find("name=\"signin_token\" value=\"")
+            .expect("sign-in form")
+            + 27;
+        let token = &form[at..at + 64];
+        in_ns(&[
+            "-d",
+            &format!(
+                "access_key={}&secret_key={}&signin_token={token}",
+                KEYS.0, KEYS.1
+            ),
+            &format!("{endpoint}/ui/signin"),
+        ]);
+        let json = in_ns(&[&format!("{endpoint}/ui/transfers.json")]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    }
+
     /// Drops `permille`/1000 of the UDP packets entering `device` in `ns`.
     fn lose(&self, ns: &str, device: &str, permille: u32) {
         let nft = require_tool("nft");
@@ -378,6 +415,20 @@ fn four_receivers_get_identical_copies() {
         assert_eq!(outcome, "complete", "{addr}: {report}");
     }
     assert_eq!(report["joined"], 4, "{report}");
+    // The sender reported the end to the repository: its console lists the
+    // multicast session with all four receivers complete.
+    let view = t.console_transfers(&endpoint);
+    let session = view["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "multicast")
+        .unwrap_or_else(|| panic!("no multicast session: {view}"));
+    let nodes = session["outcome"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outcome: {session}"));
+    assert_eq!(nodes.len(), 4, "{session}");
+    assert!(nodes.iter().all(|n| n["ok"] == true), "{session}");
     let want = md5_hex(&data);
     for (i, r) in rx.iter_mut().enumerate() {
         let (ok, rep) = r.finish(LIMIT);

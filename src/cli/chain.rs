@@ -221,11 +221,9 @@ async fn signed_session(
     }
 }
 
-/// Tell the repository how the session ended, node by node (its console
-/// shows it). Best effort: the nodes have their copies whatever happens
-/// here, so a failure is only a warning.
-async fn report_to_repository(a: &PropagateArgs, ep: &str, bucket: &str, key: &str, r: &Report) {
-    let report = chunk_api::SessionReport {
+/// The chain's outcome as the repository's console shows it.
+fn session_report(r: &Report) -> chunk_api::SessionReport {
+    chunk_api::SessionReport {
         kind: "chain".into(),
         nodes: r
             .nodes
@@ -241,16 +239,6 @@ async fn report_to_repository(a: &PropagateArgs, ep: &str, bucket: &str, key: &s
         bytes_sent: r.bytes_sent,
         object_size: r.object_size,
         seconds: r.elapsed.as_secs_f64(),
-    };
-    let sent = match a.source.creds.client(ep) {
-        Ok(c) => c
-            .report(bucket, key, &report)
-            .await
-            .map_err(anyhow::Error::from),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
-        tracing::warn!("could not report the session to {ep}: {e:#}");
     }
 }
 
@@ -310,9 +298,7 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
         ticker.abort();
         pb.finish_and_clear();
         let r = r?;
-        if let Some(ep) = &a.source.endpoint {
-            report_to_repository(&a, ep, &bucket, &key, &r).await;
-        }
+        a.source.report(&bucket, &key, &session_report(&r)).await;
         anyhow::Ok(r)
     })?;
     ctx.emit(&report, || {

@@ -144,6 +144,25 @@ impl ImageSource {
             }
         }
     }
+
+    /// Tell the repository (with --endpoint) how the session ended, node
+    /// by node, for its console. Best effort: the nodes have their copies
+    /// whatever happens here, so a failure is only a warning.
+    pub async fn report(&self, bucket: &str, key: &str, report: &strato::chunk_api::SessionReport) {
+        let Some(ep) = &self.endpoint else {
+            return;
+        };
+        let sent = match self.creds.client(ep) {
+            Ok(c) => c
+                .report(bucket, key, report)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::warn!("could not report the session to {ep}: {e:#}");
+        }
+    }
 }
 
 /// The destination site's chunk API for the migration agents (optional:

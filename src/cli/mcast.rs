@@ -159,6 +159,28 @@ fn parse_rate(s: &str) -> std::result::Result<u64, String> {
     }
 }
 
+/// The multicast's outcome, receiver by receiver, as the repository's
+/// console shows it.
+fn session_report(r: &mcast::SenderReport) -> strato::chunk_api::SessionReport {
+    strato::chunk_api::SessionReport {
+        kind: "multicast".into(),
+        nodes: r
+            .receivers
+            .iter()
+            .map(|n| strato::chunk_api::NodeOutcome {
+                node: n.addr.clone(),
+                ok: matches!(n.outcome, Outcome::Complete),
+                reason: n.reason.clone(),
+                bytes_received: n.progress.bytes_written,
+                seconds: n.elapsed_ms as f64 / 1000.0,
+            })
+            .collect(),
+        bytes_sent: r.bytes_sent,
+        object_size: r.size,
+        seconds: r.elapsed_ms as f64 / 1000.0,
+    }
+}
+
 fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     let (bucket, key) = split_path(&a.image)?;
     let (bucket, key) = (bucket.to_string(), key.to_string());
@@ -230,7 +252,9 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
         let r = mcast::send(source, &bucket, &key, listener, &opts, progress).await;
         ticker.abort();
         pb.finish_and_clear();
-        anyhow::Ok(r.with_context(|| format!("multicasting {bucket}/{key}"))?)
+        let r = r.with_context(|| format!("multicasting {bucket}/{key}"))?;
+        a.source.report(&bucket, &key, &session_report(&r)).await;
+        anyhow::Ok(r)
     })?;
     ctx.emit(&report, || {
         let wire_mb = report.bytes_sent as f64 / 1e6;
