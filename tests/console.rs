@@ -568,6 +568,12 @@ async fn upload_in_parts_reports_new_bytes_and_downloads_back() {
     assert!(repo.contains(&format!("id=\"stored\" data-bytes=\"{}\"", data.len())));
     assert!(repo.contains("2.00×"));
     assert!(repo.contains("none recorded yet; run <code>strato fsck</code>"));
+    // The key nodes check signed sessions against, as `strato trust-key` prints it.
+    let key = s.strato.ok(&["trust-key"]);
+    assert!(
+        repo.contains(&format!("<code>{}</code>", key.trim())),
+        "{key} not in the repository page"
+    );
 }
 
 #[tokio::test]

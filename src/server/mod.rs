@@ -74,7 +74,10 @@ pub async fn serve(store: Store, opts: ServeOptions, ready: impl FnOnce(SocketAd
         metrics.clone(),
         &s3_config(&opts.file),
         opts.tls.is_some(),
-        console::ConsoleOptions::from_env()?,
+        console::ConsoleOptions {
+            trust_keys: opts.trust_keys.clone(),
+            ..console::ConsoleOptions::from_env()?
+        },
     );
     let s3 = S3Service::builder(
         Arc::new(StoreBackend::new(store.clone())),

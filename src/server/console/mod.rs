@@ -74,6 +74,9 @@ pub struct ConsoleOptions {
     pub keep_samples: usize,
     /// How often the Health page's figures are sampled.
     pub health_every: Duration,
+    /// The keys distribution-session tickets are signed under (one per
+    /// line), shown on the Repository page; set by serve.
+    pub trust_keys: Option<String>,
 }
 
 impl ConsoleOptions {
@@ -99,6 +102,7 @@ impl ConsoleOptions {
             sample_every: Duration::from_secs(num("STRATO_CONSOLE_SAMPLE_SECS", 300)?),
             keep_samples: num("STRATO_CONSOLE_KEEP_SAMPLES", 2016)? as usize,
             health_every: Duration::from_secs(num("STRATO_CONSOLE_HEALTH_SECS", 5)?),
+            trust_keys: None,
         })
     }
 }
@@ -1289,6 +1293,20 @@ impl Console {
                 );
             }
             None => m.push_str("<dt>Last GC</dt><dd>none recorded yet</dd>"),
+        }
+        // Public keys: what chain-agent and mcast recv take as --trust-key.
+        let keys = self.inner.opts.trust_keys.as_deref().unwrap_or("");
+        if keys.trim().is_empty() {
+            m.push_str("<dt>Session signing keys</dt><dd>none published</dd>");
+        } else {
+            m.push_str("<dt>Session signing keys</dt><dd id=\"trust-keys\">");
+            for k in keys.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = write!(m, "<code>{}</code><br>", esc(k.trim()));
+            }
+            m.push_str(
+                "<span class=\"hint\">nodes check chain and multicast sessions against these \
+                 (<code>--trust-key</code>)</span></dd>",
+            );
         }
         match fsck {
             Some(f) => {
