@@ -408,28 +408,8 @@ async fn get_part(
         if info.etag != sel.info.etag || info.last_modified != sel.info.last_modified {
             continue;
         }
-        let (len, content_range) = match &sel.range {
-            Some(r) => (
-                r.end - r.start,
-                Some(format!("bytes {}-{}/{}", r.start, r.end - 1, info.size)),
-            ),
-            None => (info.size, None),
-        };
-        let mut out = dto::GetObjectOutput {
-            body: Some(body_of(stream)),
-            accept_ranges: Some("bytes".to_owned()),
-            content_length: i64::try_from(len).ok(),
-            content_range,
-            parts_count: sel.parts_count,
-            e_tag: Some(etag(&info.etag)),
-            last_modified: Some(ts(info.last_modified)),
-            content_type: Some(content_type(&info)),
-            content_disposition: info.attrs.content_disposition.clone(),
-            content_encoding: info.attrs.content_encoding.clone(),
-            cache_control: info.attrs.cache_control.clone(),
-            metadata: user_metadata(&info),
-            ..Default::default()
-        };
+        let mut out = get_output(&info, stream, sel.range.as_ref());
+        out.parts_count = sel.parts_count;
         if checksum_mode_enabled(&req.headers) {
             part_checksums(&sel, &mut out.checksum_type);
             set_checksums!(out, &read_checksums(&sel));
@@ -589,6 +569,36 @@ fn user_metadata(info: &ObjectInfo) -> Option<dto::Metadata> {
     })
 }
 
+/// A GET's answer for `info`'s bytes in `range` (all of them if none):
+/// the body, its length and range, and the object's stored headers.
+fn get_output(
+    info: &ObjectInfo,
+    stream: ByteStream,
+    range: Option<&std::ops::Range<u64>>,
+) -> dto::GetObjectOutput {
+    let (len, content_range) = match range {
+        Some(r) => (
+            r.end - r.start,
+            Some(format!("bytes {}-{}/{}", r.start, r.end - 1, info.size)),
+        ),
+        None => (info.size, None),
+    };
+    dto::GetObjectOutput {
+        body: Some(body_of(stream)),
+        accept_ranges: Some("bytes".to_owned()),
+        content_length: i64::try_from(len).ok(),
+        content_range,
+        e_tag: Some(etag(&info.etag)),
+        last_modified: Some(ts(info.last_modified)),
+        content_type: Some(content_type(info)),
+        content_disposition: info.attrs.content_disposition.clone(),
+        content_encoding: info.attrs.content_encoding.clone(),
+        cache_control: info.attrs.cache_control.clone(),
+        metadata: user_metadata(info),
+        ..Default::default()
+    }
+}
+
 fn body_of(stream: ByteStream) -> StreamingBlob {
     StreamingBlob::wrap(sync_wrapper::SyncStream::new(stream))
 }
@@ -642,27 +652,7 @@ pub(super) async fn get_object(
         }
         (info, stream, range)
     };
-    let (len, content_range) = match &range {
-        Some(r) => (
-            r.end - r.start,
-            Some(format!("bytes {}-{}/{}", r.start, r.end - 1, info.size)),
-        ),
-        None => (info.size, None),
-    };
-    let mut out = dto::GetObjectOutput {
-        body: Some(body_of(stream)),
-        accept_ranges: Some("bytes".to_owned()),
-        content_length: i64::try_from(len).ok(),
-        content_range,
-        e_tag: Some(etag(&info.etag)),
-        last_modified: Some(ts(info.last_modified)),
-        content_type: Some(content_type(&info)),
-        content_disposition: info.attrs.content_disposition.clone(),
-        content_encoding: info.attrs.content_encoding.clone(),
-        cache_control: info.attrs.cache_control.clone(),
-        metadata: user_metadata(&info),
-        ..Default::default()
-    };
+    let mut out = get_output(&info, stream, range.as_ref());
     // A whole-object checksum describes the whole object only: never on 206.
     if range.is_none() && checksum_mode_enabled(&req.headers) {
         set_checksums!(out, &info.attrs.checksums);
