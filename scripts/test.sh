@@ -23,6 +23,10 @@ command -v nft >/dev/null || need_apt+=(nftables)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt+=(busybox-static)
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v zstd >/dev/null || need_apt+=(zstd)
+# tests/fileview.rs: `strato mount` (fuser) mounts with mount(2) as root and
+# falls back to fusermount3 where that is refused; it compares with cmp.
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+command -v cmp >/dev/null || need_apt+=(diffutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # The web console's browser test (tests/console_browser.rs): headless Chromium
 # driven by playwright-core from npm.

@@ -1,5 +1,6 @@
-//! Hypervisor-node commands: `strato overlay create`, `strato vm prepare`
-//! and `strato nbd serve` (pseudo images).
+//! Hypervisor-node commands: `strato overlay create`, `strato vm prepare`,
+//! `strato nbd serve` and `strato mount` (pseudo images over NBD and as a
+//! file).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use strato::image::fuse::{self, MountedView, ViewOptions};
 use strato::image::nbd::{self, Exports};
 use strato::image::pseudo::PseudoImage;
 use strato::image::qcow2::{self, BackingFormat, OverlaySpec};
@@ -270,18 +272,7 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
         if a.prefetch > 0 {
             tokio::spawn(img.clone().prefetch(a.prefetch));
         }
-        if a.stats_interval > 0 {
-            let img = img.clone();
-            let every = Duration::from_secs(a.stats_interval);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    tracing::info!(stats = ?img.stats(), "export statistics");
-                }
-            });
-        }
+        spawn_stats_log(&img, a.stats_interval);
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -291,25 +282,204 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
             out.flush()?;
         }
         strato::server::shutdown_signal().await;
-        if let Err(e) = img.close() {
-            tracing::warn!("closing the cache: {e}");
-        }
-        let stats = img.stats();
-        if json {
-            println!("{}", serde_json::to_string(&stats)?);
-        } else {
-            println!(
-                "export {}: {} reads, {} cache hits, {} misses, fetched {} bytes in {} chunks, complete: {}",
-                stats.name, stats.reads, stats.cache_hits, stats.cache_misses, stats.fetched_bytes,
-                stats.fetched_chunks, stats.complete
-            );
-        }
+        print_final_stats(&img, json)?;
         if let Some(path) = &a.socket {
             let _ = std::fs::remove_file(path);
         }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Logs the export's statistics every `secs` seconds (0: never).
+fn spawn_stats_log(img: &std::sync::Arc<PseudoImage>, secs: u64) {
+    if secs == 0 {
+        return;
+    }
+    let img = img.clone();
+    let every = Duration::from_secs(secs);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            tracing::info!(stats = ?img.stats(), "export statistics");
+        }
+    });
+}
+
+/// At exit: seal the cache, print the statistics (one JSON line with --json).
+fn print_final_stats(img: &PseudoImage, json: bool) -> Result<()> {
+    if let Err(e) = img.close() {
+        tracing::warn!("closing the cache: {e}");
+    }
+    let stats = img.stats();
+    if json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        println!(
+            "export {}: {} reads ({} failed), {} cache hits, {} misses, fetched {} bytes in {} chunks, complete: {}",
+            stats.name, stats.reads, stats.read_errors, stats.cache_hits, stats.cache_misses,
+            stats.fetched_bytes, stats.fetched_chunks, stats.complete
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// s3://BUCKET/KEY
+    pub image: String,
+    /// The file the image appears as (created, and removed at unmount, if
+    /// absent; an existing one must be an empty regular file)
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub from: RemoteCache,
+    /// Fetch the whole image in the background, this many chunks at once (0: only on demand)
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: usize,
+    /// Let every user read the file (default: only the user who mounts it)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Log export statistics this often (seconds; 0: only at exit)
+    #[arg(long, default_value_t = 60)]
+    pub stats_interval: u64,
+}
+
+/// `strato mount`: the pseudo image as a read-only file until SIGTERM or
+/// SIGINT, then unmounted and its statistics printed.
+pub fn mount(ctx: &Ctx, a: MountArgs) -> Result<ExitCode> {
+    let (bucket, key) = s3_url(&a.image)?;
+    let (client, cache) = a.from.open()?;
+    let rt = runtime()?;
+    let json = ctx.json;
+    rt.block_on(async move {
+        // Signal handlers first: a SIGTERM from here on unmounts.
+        let mut stop = StopSignals::new()?;
+        let point = ViewFile::prepare(&a.path)?;
+        let img = PseudoImage::open(&key, client, cache, &bucket, &key)
+            .await
+            .with_context(|| format!("opening s3://{bucket}/{key}"))?;
+        let view = mount_view(&img, &point, a.allow_other)?;
+        if a.prefetch > 0 {
+            tokio::spawn(img.clone().prefetch(a.prefetch));
+        }
+        spawn_stats_log(&img, a.stats_interval);
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "strato mount serving {} ({} bytes of s3://{bucket}/{key})",
+                view.path().display(),
+                img.size()
+            )?;
+            out.flush()?;
+        }
+        stop.wait().await;
+        tokio::task::spawn_blocking(move || view.unmount())
+            .await
+            .context("unmount task")??;
+        drop(point);
+        print_final_stats(&img, json)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM and SIGINT, listened to from creation on (so none is lost
+/// between mounting and waiting).
+pub(super) struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(super) fn new() -> Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    pub(super) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
+}
+
+/// The mountpoint of a file view: an absent path is created (empty, 0444)
+/// and removed again on drop; an existing one must be an empty regular
+/// file, so a mount never hides someone's data.
+pub(super) struct ViewFile {
+    path: PathBuf,
+    created: bool,
+}
+
+impl ViewFile {
+    pub(super) fn prepare(path: &Path) -> Result<ViewFile> {
+        let path =
+            std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == 0 => Ok(ViewFile {
+                path,
+                created: false,
+            }),
+            Ok(m) if m.is_file() => anyhow::bail!(
+                "{} exists and is not empty; a file view mounts on an absent path or an empty file",
+                path.display()
+            ),
+            Ok(_) => anyhow::bail!("{} exists and is not a regular file", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o444)
+                    .open(&path)
+                    .with_context(|| format!("creating the mountpoint {}", path.display()))?;
+                Ok(ViewFile {
+                    path,
+                    created: true,
+                })
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "{} (a stale mount of a killed `strato mount`? `umount -l` it)",
+                path.display()
+            ))),
+        }
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ViewFile {
+    fn drop(&mut self) {
+        if self.created {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!("removing the mountpoint {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Mounts `img` on `point`, its reads served by the current runtime.
+pub(super) fn mount_view(
+    img: &std::sync::Arc<PseudoImage>,
+    point: &ViewFile,
+    allow_other: bool,
+) -> Result<MountedView> {
+    let opts = ViewOptions { allow_other };
+    Ok(fuse::mount(
+        img.clone(),
+        point.path(),
+        tokio::runtime::Handle::current(),
+        &opts,
+    )?)
 }
 
 /// The chunk API over the cache, SigV4-checked with the export's keys,

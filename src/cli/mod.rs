@@ -104,6 +104,8 @@ enum Command {
     /// On-demand pseudo images over NBD
     #[command(subcommand)]
     Nbd(image::NbdCmd),
+    /// Show s3://BUCKET/KEY as a read-only file PATH (FUSE), fetched on demand
+    Mount(image::MountArgs),
     /// Run a broadcast-chain node that receives images (unauthenticated: trusted networks only)
     ChainAgent(chain::AgentArgs),
     /// Send BUCKET/KEY down a broadcast chain of chain-agents
@@ -264,6 +266,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Overlay(c) => image::overlay(&ctx, c),
         Command::Vm(c) => image::vm(&ctx, c),
         Command::Nbd(c) => image::nbd(&ctx, c),
+        Command::Mount(a) => image::mount(&ctx, a),
         Command::ChainAgent(a) => chain::agent(&ctx, a),
         Command::Propagate(a) => chain::propagate(&ctx, a),
         Command::Migrate(c) => migrate::migrate(&ctx, c),

@@ -13,7 +13,7 @@ use strato::qemu::qmp::QmpClient;
 use strato::qemu::vmsave::{self, VmFileReport};
 use strato::store::ProfileChoice;
 
-use super::common::{pull_image, runtime, s3_url, RemoteCache};
+use super::common::{open_cache, pull_image, runtime, s3_url, Credentials, RemoteCache};
 use super::{progress_bar, split_path, Ctx};
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -210,8 +210,15 @@ pub struct LoadArgs {
     /// guest's configuration
     #[arg(long)]
     pub qmp: PathBuf,
-    /// A memory file made by `strato vm restore`
+    /// A memory file made by `strato vm restore` (or a `strato mount` of a
+    /// saved guest); with --lazy, the s3://BUCKET/KEY of a saved guest
     pub file: PathBuf,
+    /// Fetch the saved guest on demand: QEMU loads it from a file view
+    /// (FUSE) of its pseudo image instead of a pulled copy
+    #[arg(long, requires = "cache")]
+    pub lazy: bool,
+    #[command(flatten)]
+    pub lazy_from: LazyFrom,
     /// Leave the loaded guest paused (default: it runs)
     #[arg(long)]
     pub paused: bool,
@@ -220,7 +227,44 @@ pub struct LoadArgs {
     pub timeout: u64,
 }
 
+/// Where `vm load --lazy` fetches from (the flags of `strato mount`).
+#[derive(Args, Debug)]
+pub struct LazyFrom {
+    /// With --lazy: the repository's endpoint URL
+    #[arg(long, env = "STRATO_ENDPOINT")]
+    pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub creds: Credentials,
+    /// With --lazy: the node-local chunk cache
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// With --lazy: where the file view is mounted while QEMU loads
+    /// (default: a new file in the system's temporary directory)
+    #[arg(long)]
+    pub view: Option<PathBuf>,
+}
+
+/// What a lazy load reports: how much was fetched by the time the guest
+/// ran, against the size of the saved guest.
+#[derive(serde::Serialize)]
+struct LazyLoadReport {
+    qemu: VmFileReport,
+    /// The saved guest's object size (zero pages included).
+    size: u64,
+    /// Bytes fetched from upstream before the guest ran.
+    fetched_bytes_before_running: u64,
+    /// Bytes QEMU read from the file view before the guest ran.
+    read_bytes_before_running: u64,
+    /// Milliseconds from the start of the command until the guest ran.
+    time_to_running_ms: u64,
+    /// The view's statistics at unmount (QEMU closes the file once loaded).
+    stats: strato::image::pseudo::ExportStats,
+}
+
 pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<ExitCode> {
+    if a.lazy {
+        return lazy_load(ctx, a);
+    }
     if !a.file.is_file() {
         anyhow::bail!("{} is not a file", a.file.display());
     }
@@ -231,6 +275,88 @@ pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<ExitCode> {
             "restored the guest: {} (loaded in {} ms)",
             report.vm_status,
             report.total_time_ms.unwrap_or(0)
+        );
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vm load --lazy`: mount the saved guest's pseudo image as a file, point
+/// QEMU's mapped-ram load at it, report what was fetched by the time the
+/// guest runs, unmount.
+fn lazy_load(ctx: &Ctx, a: LoadArgs) -> Result<ExitCode> {
+    use strato::image::pseudo::PseudoImage;
+    let t0 = Instant::now();
+    let url = a
+        .file
+        .to_str()
+        .context("with --lazy, give the saved guest as s3://BUCKET/KEY")?;
+    let (bucket, key) = s3_url(url)?;
+    let endpoint = a
+        .lazy_from
+        .endpoint
+        .as_deref()
+        .context("--lazy needs --endpoint (or STRATO_ENDPOINT)")?;
+    let cache_dir = a
+        .lazy_from
+        .cache
+        .as_deref()
+        .context("--lazy needs --cache")?;
+    let client = a.lazy_from.creds.client(endpoint)?;
+    let cache = open_cache(cache_dir)?;
+    let view_path = match &a.lazy_from.view {
+        Some(p) => p.clone(),
+        None => std::env::temp_dir().join(format!("strato-lazy-{}.ram", std::process::id())),
+    };
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let point = super::image::ViewFile::prepare(&view_path)?;
+        let img = PseudoImage::open(&key, client, cache, &bucket, &key)
+            .await
+            .with_context(|| format!("opening s3://{bucket}/{key}"))?;
+        let view = super::image::mount_view(&img, &point, false)?;
+        let loaded = async {
+            let mut qmp = QmpClient::connect(&a.qmp, QMP_TIMEOUT).await?;
+            vmsave::restore_from_file(
+                &mut qmp,
+                view.path(),
+                !a.paused,
+                Duration::from_secs(a.timeout),
+            )
+            .await
+        }
+        .await
+        .with_context(|| {
+            format!(
+                "loading s3://{bucket}/{key} into the QEMU at {}",
+                a.qmp.display()
+            )
+        });
+        let at_running = img.stats();
+        let time_to_running_ms = t0.elapsed().as_millis() as u64;
+        tokio::task::spawn_blocking(move || view.unmount())
+            .await
+            .context("unmount task")??;
+        drop(point);
+        if let Err(e) = img.close() {
+            tracing::warn!("closing the cache: {e}");
+        }
+        Ok::<_, anyhow::Error>(LazyLoadReport {
+            qemu: loaded?,
+            size: img.size(),
+            fetched_bytes_before_running: at_running.fetched_bytes,
+            read_bytes_before_running: at_running.read_bytes,
+            time_to_running_ms,
+            stats: img.stats(),
+        })
+    })?;
+    ctx.emit(&report, || {
+        println!(
+            "restored the guest lazily: {} after {} ms; fetched {} of {} bytes before it ran (QEMU read {})",
+            report.qemu.vm_status,
+            report.time_to_running_ms,
+            report.fetched_bytes_before_running,
+            report.size,
+            report.read_bytes_before_running
         );
     })?;
     Ok(ExitCode::SUCCESS)
