@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("segment", segment),
     ("codec_frames", codec_frames),
     ("nbd_stream", nbd_stream),
+    ("s3_request", s3_request),
 ];
 
 /// Largest chunk a batch frame may carry (the chunk API's own bound).
@@ -250,3 +251,240 @@ pub fn nbd_stream(data: &[u8]) {
         let _ = drain.await;
     });
 }
+
+/// The S3 request path: `data` is a sequence of requests (separated by a
+/// line holding only `---`) served by the s3-compat adapter over a real
+/// store in a fresh scratch directory, with one bucket `fuzz` holding one
+/// object `obj`. Each request is
+///
+/// ```text
+/// FLAGS TARGET\n        FLAGS: one byte; bits 0-2 the method, bit 3 "send unsigned",
+///                      bit 4 "sign the body's hash" (else UNSIGNED-PAYLOAD)
+/// Name: value\n ...     headers, signed with the rest
+/// \n
+/// body
+/// ```
+///
+/// Signed requests get past SigV4 so the handlers see the garbage; unsigned
+/// ones exercise the signature checks. Every answer must be a well-formed
+/// response whose body can be read: an error document for bad input, never
+/// a 500, never a panic or a hang.
+pub fn s3_request(data: &[u8]) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let Ok(dir) = scratch_dir() else {
+        return;
+    };
+    rt.block_on(async {
+        // The fixture is made of valid requests: failing to make it is a bug.
+        let svc = s3_fixture(dir.path())
+            .await
+            .unwrap_or_else(|| panic!("the S3 fuzz fixture could not be made"));
+        for (i, one) in split_requests(data).into_iter().enumerate() {
+            if i >= 8 {
+                break;
+            }
+            let Some(req) = s3_parse_request(one) else {
+                continue;
+            };
+            s3_serve_checked(&svc, req).await;
+        }
+    });
+}
+
+const S3_FUZZ_KEY: (&str, &str) = ("AKIDFUZZ", "fuzz-secret-key");
+
+/// A scratch directory, in memory where /dev/shm exists.
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+}
+
+/// The service over a fresh store, with the bucket and object every input
+/// can reach already made through the service itself.
+async fn s3_fixture(dir: &std::path::Path) -> Option<s3_compat::S3Service> {
+    use std::sync::Arc;
+    let store = strato_store::Store::open(dir, strato_store::StoreConfig::default()).ok()?;
+    let creds =
+        s3_compat::StaticCredentials::new().with_user("fuzzer", S3_FUZZ_KEY.0, S3_FUZZ_KEY.1);
+    let svc = s3_compat::S3Service::builder(
+        Arc::new(strato::server::StoreBackend::new(store)),
+        Arc::new(creds),
+        s3_compat::S3Config::default(),
+    )
+    .build();
+    let setup: [(http::Method, &str, &[u8]); 2] = [
+        (http::Method::PUT, "/fuzz", b""),
+        (http::Method::PUT, "/fuzz/obj", b"fuzz object body"),
+    ];
+    for (method, target, body) in setup {
+        let req = s3_signed(method, target, Vec::new(), Bytes::from_static(body), true)?;
+        let resp = svc.handle(req).await;
+        if !resp.status().is_success() {
+            return None;
+        }
+    }
+    Some(svc)
+}
+
+fn split_requests(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some(at) = rest.windows(5).position(|w| w == b"\n---\n") {
+        out.push(&rest[..at]);
+        rest = &rest[at + 5..];
+    }
+    out.push(rest);
+    out
+}
+
+fn s3_parse_request(data: &[u8]) -> Option<http::Request<http_body_util::Full<Bytes>>> {
+    use http::Method;
+    let (&flags, rest) = data.split_first()?;
+    let methods = [
+        Method::GET,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+        Method::HEAD,
+    ];
+    let method = methods[usize::from(flags & 7) % methods.len()].clone();
+    let (head, body) = match rest.windows(2).position(|w| w == b"\n\n") {
+        Some(at) => (&rest[..at], &rest[at + 2..]),
+        None => (rest, &b""[..]),
+    };
+    let head = std::str::from_utf8(head).ok()?;
+    let mut lines = head.split('\n');
+    let target = lines.next()?.trim_start();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .filter(|(n, v)| {
+            http::HeaderName::from_bytes(n.as_bytes()).is_ok()
+                && http::HeaderValue::from_str(v).is_ok()
+                && n != "host"
+        })
+        .take(32)
+        .collect();
+    let mut headers = headers;
+    // What hyper would have put there for a body it read by length.
+    if !headers
+        .iter()
+        .any(|(n, _)| n == "content-length" || n == "transfer-encoding")
+    {
+        headers.push(("content-length".to_owned(), body.len().to_string()));
+    }
+    let body = Bytes::copy_from_slice(body);
+    if flags & 8 != 0 {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "localhost");
+        for (n, v) in &headers {
+            b = b.header(n.as_str(), v.as_str());
+        }
+        return b.body(http_body_util::Full::new(body)).ok();
+    }
+    // The signer adds its own; a second copy would only fail the check.
+    let headers = headers
+        .into_iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "authorization" | "x-amz-date"))
+        .collect();
+    s3_signed(method, target, headers, body, flags & 16 != 0)
+}
+
+/// A request signed with the fixture's key, as an SDK would sign it.
+fn s3_signed(
+    method: http::Method,
+    target: &str,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    sign_body: bool,
+) -> Option<http::Request<http_body_util::Full<Bytes>>> {
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+        SigningSettings, UriPathNormalizationMode,
+    };
+    let uri: http::Uri = target.parse().ok()?;
+    uri.path_and_query()?;
+    let url = format!("http://localhost{target}");
+    let identity: aws_smithy_runtime_api::client::identity::Identity =
+        aws_credential_types::Credentials::new(S3_FUZZ_KEY.0, S3_FUZZ_KEY.1, None, None, "fuzz")
+            .into();
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("s3")
+        .time(std::time::SystemTime::now())
+        .settings(settings)
+        .build()
+        .ok()?
+        .into();
+    let mut all: Vec<(String, String)> = vec![("host".to_owned(), "localhost".to_owned())];
+    all.extend(headers);
+    let signable_body = if sign_body {
+        SignableBody::Bytes(&body)
+    } else {
+        SignableBody::UnsignedPayload
+    };
+    let signable = SignableRequest::new(
+        method.as_str(),
+        &url,
+        all.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        signable_body,
+    )
+    .ok()?;
+    let (instructions, _) = sign(signable, &params).ok()?.into_parts();
+    let mut b = http::Request::builder().method(method).uri(uri);
+    for (n, v) in &all {
+        b = b.header(n.as_str(), v.as_str());
+    }
+    let (signed_headers, _) = instructions.into_parts();
+    for h in signed_headers {
+        b = b.header(h.name(), h.value());
+    }
+    b.body(http_body_util::Full::new(body)).ok()
+}
+
+/// Serves one request and reads its whole answer, within bounds: the answer
+/// must come, must not be a 500, and its body must end.
+async fn s3_serve_checked(
+    svc: &s3_compat::S3Service,
+    req: http::Request<http_body_util::Full<Bytes>>,
+) {
+    use http_body_util::BodyExt;
+    let what = format!("{} {}", req.method(), req.uri());
+    let limit = std::time::Duration::from_secs(10);
+    let resp = tokio::time::timeout(limit, svc.handle(req)).await;
+    let Ok(resp) = resp else {
+        panic!("S3 service did not answer {what} within {limit:?}");
+    };
+    let status = resp.status();
+    let body = tokio::time::timeout(
+        limit,
+        http_body_util::Limited::new(resp.into_body(), 64 << 20).collect(),
+    )
+    .await;
+    assert!(body.is_ok(), "S3 answer body to {what} did not end");
+    // What each request got, when reproducing an input by hand.
+    if std::env::var_os("STRATO_FUZZ_VERBOSE").is_some() {
+        eprintln!("{what} -> {status}");
+    }
+    assert!(
+        status != http::StatusCode::INTERNAL_SERVER_ERROR,
+        "S3 service answered 500 to {what}"
+    );
+}
+
