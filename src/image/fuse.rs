@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner,
-    MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyEntry, ReplyOpen, ReplyWrite,
-    Request, SessionACL, WriteFlags,
+    MountOption, OpenAccMode, OpenFlags, PollEvents, PollFlags, PollNotifier, ReplyAttr, ReplyData,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyPoll, ReplyWrite, Request, SessionACL, WriteFlags,
 };
 
 use super::pseudo::PseudoImage;
@@ -143,6 +143,33 @@ impl Filesystem for ImageFile {
                 Err(_) => reply.error(Errno::EIO),
             }
         });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever buffered for writing.
+        reply.ok();
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        // As any regular file: always readable (QEMU polls its migration
+        // channel before reading it), never writable.
+        reply.poll(events & (PollEvents::POLLIN | PollEvents::POLLRDNORM));
     }
 
     fn write(
