@@ -87,6 +87,15 @@ pub struct SendArgs {
     /// Previous page versions kept for deltas at each end, MiB (FIFO)
     #[arg(long, default_value_t = 64)]
     delta_history_mib: usize,
+    /// Once QEMU has stopped the guest, ask the site nothing more: pages
+    /// not known from earlier answers or sent before go literally
+    #[arg(long)]
+    no_switchover_lookups: bool,
+    /// Once QEMU has stopped the guest, wait at most this long for a site
+    /// answer before sending what is unanswered by what the sender knows
+    /// (0: about twice what answers have been taking, 20-200 ms)
+    #[arg(long, default_value_t = 0)]
+    switchover_grace_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +190,9 @@ fn send(ctx: &Ctx, a: SendArgs) -> Result<ExitCode> {
     opts.batch_pages = a.batch_pages.clamp(1, 8192);
     opts.read_ahead = (a.read_ahead_ms != 0).then(|| Duration::from_millis(a.read_ahead_ms));
     opts.codec = codec_config(&a)?;
+    opts.switchover_lookups = !a.no_switchover_lookups;
+    opts.switchover_grace = (a.switchover_grace_ms != 0)
+        .then(|| Duration::from_millis(a.switchover_grace_ms.min(60_000)));
     let input = stdio_file(std::io::stdin().as_fd(), "standard input")?;
     let rt = runtime()?;
     let report = rt.block_on(async {
@@ -238,13 +250,14 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> Result<ExitCode> {
             .context("migration receiver")
     })?;
     let human = format!(
-        "received vm {}: {} stream bytes from {} WAN bytes; pages raw {} local {} site {} pulled {}; stored {}; {:.2} s, verified\n",
+        "received vm {}: {} stream bytes from {} WAN bytes; pages raw {} local {} site {} (after waiting {}) pulled {}; stored {}; {:.2} s, verified\n",
         report.vm,
         report.stream_bytes,
         report.wan_bytes,
         report.pages_raw,
         report.pages_local,
         report.pages_site,
+        report.pages_waited,
         report.pages_pulled,
         report.pages_stored,
         report.seconds

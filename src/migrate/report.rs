@@ -103,6 +103,14 @@ impl<D> AgentReport<D> {
     }
 }
 
+/// Wall-clock milliseconds since the epoch, for report timestamps (QEMU
+/// stamps its events with the same clock, so a timeline lines both up).
+pub fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 /// Bytes as MiB, for report lines.
 pub fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64

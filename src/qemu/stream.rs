@@ -72,6 +72,13 @@ pub struct StreamStats {
     pub passthrough_reason: Option<String>,
     /// A setup the agents refuse (postcopy, return path): set when seen.
     pub unsupported: Option<String>,
+    /// Stream offset where the stop-and-copy phase begins: QEMU's
+    /// switchover command or the RAM section's END header, whichever comes
+    /// first. QEMU writes either only after it stopped the guest, so the
+    /// migration agents read it as the guest's STOP.
+    pub switchover_at: Option<u64>,
+    /// Pages after `switchover_at`: what QEMU sent with the guest stopped.
+    pub pages_after_switchover: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +203,9 @@ impl Tokenizer {
                     let page = self.buf.split_to(PAGE_SIZE).freeze();
                     self.offset += PAGE_SIZE as u64;
                     self.stats.pages += 1;
+                    if self.stats.switchover_at.is_some() {
+                        self.stats.pages_after_switchover += 1;
+                    }
                     self.page_keys.push(self.pending_key);
                     out.push(Token::Page(page));
                 }
@@ -382,6 +392,9 @@ impl Tokenizer {
                 if Some(id) != self.ram_section {
                     return Step::Unknown(format!("section {id} is not RAM"));
                 }
+                if b[0] == SECTION_END && self.stats.switchover_at.is_none() {
+                    self.stats.switchover_at = Some(self.offset);
+                }
                 self.state = State::RamRecords { section: id };
                 Step::Literal(5)
             }
@@ -398,6 +411,9 @@ impl Tokenizer {
                     CMD_SWITCHOVER_START | CMD_POSTCOPY_ADVISE => {
                         if b.len() < 5 + len {
                             return Step::NeedMore;
+                        }
+                        if cmd == CMD_SWITCHOVER_START && self.stats.switchover_at.is_none() {
+                            self.stats.switchover_at = Some(self.offset);
                         }
                         Step::Literal(5 + len)
                     }
@@ -561,6 +577,13 @@ mod tests {
             })
             .collect();
         assert_eq!(pages, vec![1, 2, 2, 3]);
+        // The RAM section's END header: where QEMU's stop-and-copy begins.
+        let end = s
+            .windows(5)
+            .position(|w| w == [SECTION_END, 0, 0, 0, 2])
+            .unwrap();
+        assert_eq!(stats.switchover_at, Some(end as u64));
+        assert_eq!(stats.pages_after_switchover, 4);
         assert!(stats
             .passthrough_reason
             .as_deref()

@@ -223,3 +223,103 @@ pub fn cutting_relay(to: String, limit: usize) -> String {
     });
     addr
 }
+
+/// A TCP relay to `to` (a site's HOST:PORT) that forwards both ways until
+/// [`StallingRelay::stall`], then stops answering: what arrives from either
+/// side is read and dropped, connections stay open, new ones are accepted
+/// and never answered — a site gone quiet without closing anything.
+pub struct StallingRelay {
+    pub addr: String,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes the clients sent after the stall (requests that went unanswered).
+    after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StallingRelay {
+    /// Relays for at most `life` (every thread ends by then).
+    pub fn new(to: String, life: std::time::Duration) -> StallingRelay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr").to_string();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let after = Arc::new(AtomicU64::new(0));
+        let (st, af) = (stalled.clone(), after.clone());
+        let end = Instant::now() + life;
+        std::thread::spawn(move || {
+            while Instant::now() < end {
+                let Ok((a, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = a.set_nonblocking(false);
+                let Ok(b) = TcpStream::connect(&to) else {
+                    continue;
+                };
+                let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+                    continue;
+                };
+                for (from, to, count) in [(a, b, Some(af.clone())), (b2, a2, None)] {
+                    let st = st.clone();
+                    std::thread::spawn(move || pump_until(from, to, &st, count.as_deref(), end));
+                }
+            }
+        });
+        StallingRelay {
+            addr,
+            stalled,
+            after,
+        }
+    }
+
+    /// From now on nothing is forwarded.
+    pub fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn bytes_after_stall(&self) -> u64 {
+        self.after.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copy `from` to `to` until either closes or `end`; once `stalled`, read
+/// and drop (counting into `after`).
+fn pump_until(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    stalled: &std::sync::atomic::AtomicBool,
+    after: Option<&std::sync::atomic::AtomicU64>,
+    end: std::time::Instant,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+    let mut buf = vec![0u8; 64 << 10];
+    while std::time::Instant::now() < end {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if stalled.load(Ordering::SeqCst) => {
+                if let Some(a) = after {
+                    a.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}

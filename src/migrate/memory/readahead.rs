@@ -69,6 +69,11 @@ impl ReadAhead {
         cap(self.target, &self.lock())
     }
 
+    /// Stream bytes admitted and not yet on the socket.
+    pub fn in_flight(&self) -> u64 {
+        self.lock().in_flight
+    }
+
     /// Admit a batch of `bytes` stream bytes, blocking (on the tokenizer's
     /// thread) until it fits. Returns false once the pipeline is closed.
     pub fn admit(&self, bytes: u64) -> bool {

@@ -34,6 +34,7 @@ use crate::store::{ChunkId, ManifestEntry};
 use chunk_api::ChunkClient;
 
 mod resolve;
+use crate::migrate::report::unix_ms;
 use resolve::resolve;
 
 #[derive(Clone)]
@@ -78,6 +79,7 @@ struct Counters {
     local: AtomicU64,
     site: AtomicU64,
     pulled: AtomicU64,
+    waited: AtomicU64,
     stored: AtomicU64,
     store_errors: AtomicU64,
 }
@@ -221,7 +223,7 @@ pub async fn receive<W: Write + Send + 'static>(
         let _ = wire::write_frame(&mut *w, &Frame::Ack { ok, message }).await;
         let _ = w.flush().await;
     }
-    let stream_bytes = result?;
+    let (stream_bytes, last_output_unix_ms) = result?;
     // Let the background stores finish (bounded) so the site holds the
     // pages for the group and for later migrations.
     drop(store_tx);
@@ -250,6 +252,8 @@ pub async fn receive<W: Write + Send + 'static>(
         pages_local: c.local.load(Ordering::Relaxed),
         pages_site: c.site.load(Ordering::Relaxed),
         pages_pulled: c.pulled.load(Ordering::Relaxed),
+        pages_waited: c.waited.load(Ordering::Relaxed),
+        last_output_unix_ms,
         pages_stored: c.stored.load(Ordering::Relaxed),
         store_errors: c.store_errors.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
@@ -297,14 +301,15 @@ enum Event {
     Frame(Option<Result<Incoming>>),
 }
 
-/// Rebuild batches in order until the sender's end; returns the stream length.
+/// Rebuild batches in order until the sender's end; returns the stream
+/// length and when its last byte went out.
 async fn run(
     shared: &Arc<Shared>,
     in_rx: &mut mpsc::UnboundedReceiver<Result<Incoming>>,
     store_tx: &mpsc::Sender<(ChunkId, Bytes)>,
     out_tx: mpsc::Sender<Vec<Bytes>>,
-    writer: std::thread::JoinHandle<Result<(u64, u128)>>,
-) -> Result<u64> {
+    writer: std::thread::JoinHandle<Result<(u64, u128, f64)>>,
+) -> Result<(u64, f64)> {
     // Resolution of by-id pages runs ahead in tasks; output stays in order.
     let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<Bytes>>>> = VecDeque::new();
     let end = loop {
@@ -370,7 +375,7 @@ async fn run(
         flush_one(h, &out_tx).await?;
     }
     drop(out_tx);
-    let (len, digest) = tokio::task::spawn_blocking(move || writer.join())
+    let (len, digest, last_ms) = tokio::task::spawn_blocking(move || writer.join())
         .await
         .map_err(|e| AgentError::Internal(format!("writer: {e}")))?
         .map_err(|_| AgentError::Internal("writer panicked".into()))??;
@@ -381,7 +386,7 @@ async fn run(
             if digest == end.1 { "match" } else { "differ" }
         )));
     }
-    Ok(len)
+    Ok((len, last_ms))
 }
 
 async fn flush_one(
@@ -581,8 +586,9 @@ async fn store_pages(
     stored
 }
 
-/// Write the rebuilt stream (blocking); returns its length and digest.
-fn write_output<W: Write>(out: W, mut rx: mpsc::Receiver<Vec<Bytes>>) -> Result<(u64, u128)> {
+/// Write the rebuilt stream (blocking); returns its length, digest and
+/// when its last byte went out (wall-clock ms).
+fn write_output<W: Write>(out: W, mut rx: mpsc::Receiver<Vec<Bytes>>) -> Result<(u64, u128, f64)> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut digest = xxhash_rust::xxh3::Xxh3::new();
     let mut len = 0u64;
@@ -601,5 +607,5 @@ fn write_output<W: Write>(out: W, mut rx: mpsc::Receiver<Vec<Bytes>>) -> Result<
     }
     out.flush()
         .map_err(|e| AgentError::io("writing the stream to QEMU", e))?;
-    Ok((len, digest.digest128()))
+    Ok((len, digest.digest128(), unix_ms()))
 }

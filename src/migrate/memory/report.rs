@@ -64,6 +64,42 @@ pub struct MemoryDetail {
     pub passthrough_reason: Option<String>,
     /// Receiver side: whether the rebuilt stream matched the sender's digest.
     pub verified: bool,
+    /// QEMU's stop-and-copy phase as the sender saw it (`None`: the stream
+    /// showed no switchover).
+    #[serde(default)]
+    pub switchover: Option<SwitchoverReport>,
+}
+
+/// The sender's stop-and-copy phase: from reading QEMU's switchover marker
+/// (QEMU writes it after stopping the guest) to the sender's last byte on
+/// the WAN. All of it is guest pause.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SwitchoverReport {
+    /// When the sender read the marker, wall-clock ms since the epoch
+    /// (QEMU's events carry the same clock).
+    pub stop_seen_unix_ms: f64,
+    /// When the sender's last byte (the End frame) went on the socket.
+    pub last_byte_unix_ms: f64,
+    pub stop_to_last_byte_ms: f64,
+    /// Stream bytes read before the marker but not yet on the WAN then.
+    pub queued_bytes: u64,
+    /// Stream bytes from the marker on (QEMU's last pass, device state).
+    pub stream_bytes: u64,
+    /// Pages in the stream after the marker.
+    pub stream_pages: u64,
+    /// Frame bytes written after the marker (the backlog included).
+    pub wan_bytes: u64,
+    /// Pages in frames written after the marker: in full, by id.
+    pub pages_full: u64,
+    pub pages_by_id: u64,
+    /// Site requests (`have`, `claim`) answered after the marker: round
+    /// trips on the critical path.
+    pub site_round_trips: u64,
+    /// Batches whose site answers were still out at the marker plus the
+    /// grace, and were given up (sent by what the sender knew).
+    pub lookups_given_up: u64,
+    /// Pull requests from the receiver answered after the marker.
+    pub pulls: u64,
 }
 
 /// Several VMs migrated as one group.
@@ -79,6 +115,9 @@ pub struct GroupReport {
     /// The slowest VM's time (they migrate in parallel).
     pub seconds: f64,
     pub max_downtime_ms: Option<u64>,
+    /// The slowest VM's marker-to-last-byte time.
+    #[serde(default)]
+    pub max_stop_to_last_byte_ms: Option<f64>,
     pub all_verified: bool,
 }
 
@@ -113,6 +152,12 @@ impl GroupReport {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(s) = &d.switchover {
+                g.max_stop_to_last_byte_ms = Some(
+                    g.max_stop_to_last_byte_ms
+                        .map_or(s.stop_to_last_byte_ms, |m| m.max(s.stop_to_last_byte_ms)),
+                );
+            }
             g.all_verified &= d.verified;
         }
         g.vms = vms;
@@ -140,7 +185,32 @@ impl std::fmt::Display for VmReport {
                 .unwrap_or_default(),
             if d.verified { ", verified" } else { "" },
         )?;
-        write_counts(f, &self.wan, &d.pages, &d.saved)
+        write_counts(f, &self.wan, &d.pages, &d.saved)?;
+        if let Some(s) = &d.switchover {
+            writeln!(f, "  {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for SwitchoverReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "switchover: last byte {:.0} ms after QEMU stopped the guest; queued then {:.2} MiB; \
+             after it: stream {:.2} MiB ({} pages), WAN {:.2} MiB (pages in full {}, by id {}), \
+             site round trips {}, site answers given up {}, pulls {}",
+            self.stop_to_last_byte_ms,
+            mib(self.queued_bytes),
+            mib(self.stream_bytes),
+            self.stream_pages,
+            mib(self.wan_bytes),
+            self.pages_full,
+            self.pages_by_id,
+            self.site_round_trips,
+            self.lookups_given_up,
+            self.pulls
+        )
     }
 }
 
@@ -163,6 +233,12 @@ impl std::fmt::Display for GroupReport {
                 ""
             }
         )?;
+        if let Some(ms) = self.max_stop_to_last_byte_ms {
+            writeln!(
+                f,
+                "  slowest switchover: last byte {ms:.0} ms after the stop"
+            )?;
+        }
         write_counts(f, &self.wan, &self.pages, &self.saved)
     }
 }
@@ -182,6 +258,14 @@ pub struct ReceiverReport {
     pub store_errors: u64,
     pub seconds: f64,
     pub verified: bool,
+    /// Pages found at the site only after waiting (another agent of the
+    /// group was still sending them), of `pages_site`.
+    #[serde(default)]
+    pub pages_waited: u64,
+    /// When the last byte of the rebuilt stream went to QEMU, wall-clock
+    /// ms since the epoch.
+    #[serde(default)]
+    pub last_output_unix_ms: f64,
     /// The object the stored pages were kept as (`--keep`), if any.
     #[serde(default)]
     pub kept: Option<KeptPages>,

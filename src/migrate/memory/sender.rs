@@ -4,8 +4,9 @@
 //! Pipeline, every stage bounded so QEMU feels the WAN's pace:
 //! reader thread (stdin) -> tokenizer thread (pages, ids, whole-stream
 //! digest) -> site queries (`have`, then `claim` for the group; a window
-//! of batches in flight, claims issued in stream order) -> decisions (in
-//! order) -> page codec (blocking pool, one batch at a time in stream
+//! of batches in flight, each asking only about ids no earlier batch
+//! asked, so their claims are disjoint and none waits for another's
+//! answer) -> decisions (in order) -> page codec (blocking pool, one batch at a time in stream
 //! order) -> encoding and zstd (blocking pool) -> the WAN connection.
 //! A second task answers the receiver's pulls from a bounded page cache.
 //!
@@ -22,6 +23,20 @@
 //! against the older version both ends still hold.
 //! The codec state lives for one connection (a fresh generation in the
 //! `Hello`): a retried migration starts empty at both ends.
+//!
+//! Stop-and-copy (`switchover`): once the stream shows QEMU stopped the
+//! guest, every round trip that the WAN writer has to wait for is guest
+//! pause. Site queries go on only while their answers come back in time:
+//! the oldest batch's answer is waited for at most a short grace (about
+//! twice what answers have been taking, 20-200 ms) after the stop; when one
+//! is late, every query still out is given up and no batch asks again
+//! (`--no-switchover-lookups`: none asks after the stop at all). Such
+//! batches are decided from what the sender already knows: pages sent
+//! earlier on this connection or held by the site by its earlier answers go
+//! by id (the receiver has them or finds them at its own site, no WAN round
+//! trip); the rest goes literally. With the guest stopped, a page only
+//! another agent of the group claimed goes literally too: by id, the
+//! receiver would wait for that agent.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Read;
@@ -46,8 +61,10 @@ use crate::store::ChunkId;
 use chunk_api::ChunkClient;
 
 mod pulls;
+mod switchover;
 mod tokenize;
 use pulls::{answer_pulls, PageCache};
+use switchover::{late_answer_grace, Switchover};
 use tokenize::tokenize_input;
 
 /// How a sender behaves.
@@ -76,6 +93,15 @@ pub struct SenderOptions {
     /// Stream read ahead of the WAN, as drain time (see `readahead`);
     /// `None`: only the pipeline's queues bound it.
     pub read_ahead: Option<Duration>,
+    /// After QEMU stopped the guest, still ask the site about new batches
+    /// (their answers overlap the backlog on the WAN) until one answer is
+    /// late; `false`: ask nothing once the guest is stopped.
+    pub switchover_lookups: bool,
+    /// How long, once the guest is stopped, the oldest batch's site answer
+    /// is waited for before everything still unanswered goes by what the
+    /// sender knows (`None`: about twice what answers have been taking,
+    /// 20-200 ms).
+    pub switchover_grace: Option<Duration>,
 }
 
 /// The agents' default codec: CloudNet's 4 blocks per page, a 64 MiB block
@@ -101,6 +127,8 @@ impl SenderOptions {
             ack_timeout: Duration::from_secs(120),
             codec: Some(default_codec()),
             read_ahead: Some(Duration::from_millis(100)),
+            switchover_lookups: true,
+            switchover_grace: None,
         }
     }
 }
@@ -118,6 +146,25 @@ enum Piece {
     },
 }
 
+/// What the site answered about a batch's pages.
+#[derive(Default)]
+struct Answers {
+    held: HashSet<ChunkId>,
+    /// Claimed first by another agent of the group (empty without a group
+    /// or when the claim failed: then what the site lacks is sent).
+    lost: HashSet<ChunkId>,
+}
+
+type LookupTask = tokio::task::JoinHandle<Result<Answers>>;
+
+/// A batch waiting, in stream order, for its site answers (`None`: none
+/// asked, e.g. after the switchover).
+struct Waiting {
+    batch: TokBatch,
+    lookup: Option<LookupTask>,
+    asked: Instant,
+}
+
 struct TokBatch {
     tokens: Vec<Token>,
     /// One id per `Token::Page`, in order.
@@ -129,9 +176,7 @@ struct TokBatch {
 /// A batch with the site's answers.
 struct Looked {
     batch: TokBatch,
-    held: HashSet<ChunkId>,
-    /// `None`: no group (or the claim failed): send what the site lacks.
-    won: Option<HashSet<ChunkId>>,
+    answers: Answers,
 }
 
 /// One encoded batch, with what it counts for in the report.
@@ -142,6 +187,8 @@ struct Encoded {
     literal: u64,
     raw: u64,
     hashes: u64,
+    /// Pages in full (raw or coded).
+    full_pages: u64,
     codec: CodecTally,
 }
 
@@ -220,7 +267,9 @@ type EncodeTask = tokio::task::JoinHandle<Result<Encoded>>;
 /// What the main loop waits for.
 enum Event {
     Piece(Option<Piece>),
-    Looked(std::result::Result<Result<Looked>, tokio::task::JoinError>),
+    Answered(std::result::Result<Result<Answers>, tokio::task::JoinError>),
+    /// The switchover began and the oldest batch's answers are overdue.
+    GiveUp,
 }
 
 /// One migration stream being sent, after the hello: the pipeline's
@@ -244,14 +293,30 @@ struct SendSession {
     report: VmReport,
     queries: Arc<AtomicU64>,
     known: Arc<Mutex<HashSet<ChunkId>>>,
-    /// Site queries in flight, oldest first.
-    lookups: VecDeque<tokio::task::JoinHandle<Result<Looked>>>,
+    /// Batches and their site queries in flight, oldest first.
+    lookups: VecDeque<Waiting>,
+    switchover: Arc<Switchover>,
+    /// Set when the tokenizer reads the switchover marker.
+    stop_rx: tokio::sync::watch::Receiver<Option<Instant>>,
+    /// Smoothed time the site took to answer a batch.
+    answer_time: Option<Duration>,
+    /// When the oldest batch became the oldest (its wait started).
+    front_since: Instant,
+    /// An answer came too late after the stop: no batch asks any more.
+    site_late: bool,
+    /// Ids known only because another agent of the group claimed them:
+    /// after the switchover they go literally, not by id.
+    group_only: HashSet<ChunkId>,
     codec: Option<Arc<Mutex<PageEncoder>>>,
     // The codec runs batch after batch in stream order (its state is a
     // sequence); each batch waits for the previous one's signal.
     prev_codec: Option<oneshot::Receiver<()>>,
-    // Claims are chained so they reach the site in stream order.
-    prev_claim: Option<oneshot::Receiver<()>>,
+    /// Every id some batch has asked the site about. A later batch does
+    /// not ask again: the earlier batch is decided first (in stream order)
+    /// and its decision puts the id in `known`, whatever the site said. So
+    /// the batches in flight claim disjoint sets and need not wait for each
+    /// other's answers.
+    asked: HashSet<ChunkId>,
     end: Option<(u64, u128, StreamStats)>,
     input_done: bool,
 }
@@ -270,6 +335,8 @@ impl SendSession {
         let pulled_bytes = Arc::new(AtomicU64::new(0));
         let pulled_pages = Arc::new(AtomicU64::new(0));
         let (ack_tx, ack_rx) = oneshot::channel();
+        let (switchover, stop_rx) = Switchover::new();
+        let switchover = Arc::new(switchover);
         let responder = tokio::spawn(answer_pulls(
             rd,
             wr.clone(),
@@ -277,6 +344,7 @@ impl SendSession {
             pulled_bytes.clone(),
             pulled_pages.clone(),
             ack_tx,
+            switchover.clone(),
         ));
 
         let (piece_tx, piece_rx) = mpsc::channel::<Piece>(opts.window * 2);
@@ -284,9 +352,18 @@ impl SendSession {
         let read_ahead = Arc::new(ReadAhead::new(opts.read_ahead));
         let close_read_ahead = CloseOnDrop(read_ahead.clone());
         let tok_read_ahead = read_ahead.clone();
+        let tok_switchover = switchover.clone();
         let tokenizer = std::thread::Builder::new()
             .name("migrate-tokenize".into())
-            .spawn(move || tokenize_input(input, batch_pages, piece_tx, &tok_read_ahead))
+            .spawn(move || {
+                tokenize_input(
+                    input,
+                    batch_pages,
+                    piece_tx,
+                    &tok_read_ahead,
+                    &tok_switchover,
+                )
+            })
             .map_err(|e| AgentError::io("starting the tokenizer", e))?;
 
         let report = VmReport {
@@ -294,7 +371,7 @@ impl SendSession {
             group: opts.group.clone(),
             ..Default::default()
         };
-        let (enc_tx, writer) = spawn_writer(wr.clone(), read_ahead);
+        let (enc_tx, writer) = spawn_writer(wr.clone(), read_ahead, switchover.clone());
         Ok(SendSession {
             opts,
             wr,
@@ -312,9 +389,15 @@ impl SendSession {
             queries: Arc::new(AtomicU64::new(0)),
             known: Arc::default(),
             lookups: VecDeque::new(),
+            switchover,
+            stop_rx,
+            answer_time: None,
+            front_since: Instant::now(),
+            site_late: false,
+            group_only: HashSet::new(),
             codec: encoder.map(|e| Arc::new(Mutex::new(e))),
             prev_codec: None,
-            prev_claim: None,
+            asked: HashSet::new(),
             end: None,
             input_done: false,
         })
@@ -325,16 +408,51 @@ impl SendSession {
     /// and the encoders, until the input ends and every query is answered.
     async fn pump(&mut self) -> Result<()> {
         loop {
+            // A batch that asked nothing goes on at once (in order).
+            if self.lookups.front().is_some_and(|w| w.lookup.is_none()) {
+                if let Some(w) = self.lookups.pop_front() {
+                    self.front_since = Instant::now();
+                    let looked = Looked {
+                        batch: w.batch,
+                        answers: Answers::default(),
+                    };
+                    if !self.start_encode(looked).await {
+                        break;
+                    }
+                }
+                continue;
+            }
             let full = self.input_done || self.lookups.len() >= self.opts.window;
+            let grace = self
+                .opts
+                .switchover_grace
+                .unwrap_or_else(|| late_answer_grace(self.answer_time));
+            let stop_rx = &mut self.stop_rx;
+            let front_since = self.front_since;
             let event = match self.lookups.front_mut() {
-                None if self.input_done => break,
-                None => Event::Piece(self.piece_rx.recv().await),
-                Some(front) if full => Event::Looked(front.await),
-                Some(front) => tokio::select! {
-                    biased;
-                    r = front => Event::Looked(r),
-                    p = self.piece_rx.recv() => Event::Piece(p),
-                },
+                Some(Waiting {
+                    lookup: Some(front),
+                    asked,
+                    ..
+                }) => {
+                    let since = front_since.max(*asked);
+                    if full {
+                        tokio::select! {
+                            biased;
+                            r = front => Event::Answered(r),
+                            () = overdue(stop_rx, since, grace) => Event::GiveUp,
+                        }
+                    } else {
+                        tokio::select! {
+                            biased;
+                            r = front => Event::Answered(r),
+                            () = overdue(stop_rx, since, grace) => Event::GiveUp,
+                            p = self.piece_rx.recv() => Event::Piece(p),
+                        }
+                    }
+                }
+                _ if self.input_done => break,
+                _ => Event::Piece(self.piece_rx.recv().await),
             };
             match event {
                 Event::Piece(Some(Piece::Batch(b))) => self.start_lookup(b),
@@ -347,41 +465,90 @@ impl SendSession {
                     self.input_done = true;
                 }
                 Event::Piece(None) => self.input_done = true,
-                Event::Looked(r) => {
-                    self.lookups.pop_front();
-                    let looked =
+                Event::Answered(r) => {
+                    let Some(w) = self.lookups.pop_front() else {
+                        continue;
+                    };
+                    self.front_since = Instant::now();
+                    let took = w.asked.elapsed();
+                    self.answer_time = Some(match self.answer_time {
+                        Some(t) => t.mul_f64(0.7) + took.mul_f64(0.3),
+                        None => took,
+                    });
+                    let answers =
                         r.map_err(|e| AgentError::Internal(format!("lookup task: {e}")))??;
+                    let looked = Looked {
+                        batch: w.batch,
+                        answers,
+                    };
                     if !self.start_encode(looked).await {
                         break;
                     }
                 }
+                Event::GiveUp => self.give_up_lookups(),
             }
         }
         Ok(())
     }
 
-    /// Ask the site about a batch, in a task chained after the previous
-    /// batch's claim.
+    /// The guest is paused and the site is late: stop waiting for any
+    /// answer still out (the batches go by what the sender knows).
+    fn give_up_lookups(&mut self) {
+        let mut n = 0;
+        for w in &mut self.lookups {
+            if let Some(h) = w.lookup.take() {
+                h.abort();
+                n += 1;
+            }
+        }
+        self.site_late = true;
+        self.switchover.gave_up(n);
+        tracing::info!("switchover: the site is late; gave up waiting for it on {n} batches");
+    }
+
+    /// Ask the site about a batch's ids that neither this migration knows
+    /// nor an earlier batch asked about, in a task of its own; after the
+    /// switchover, ask nothing.
     fn start_lookup(&mut self, batch: TokBatch) {
-        let (done_tx, done_rx) = oneshot::channel();
-        let prev = self.prev_claim.replace(done_rx);
-        self.lookups.push_back(tokio::spawn(lookup(
+        let stopped = self.switchover.started();
+        let asks = self.opts.dedup
+            && self.opts.site.is_some()
+            && !(stopped && (self.site_late || !self.opts.switchover_lookups));
+        let lookup = asks.then(|| {
+            let ask: Vec<ChunkId> = {
+                let known = self.known.lock();
+                let asked = &mut self.asked;
+                batch
+                    .ids
+                    .iter()
+                    .filter(|id| !known.contains(id) && asked.insert(**id))
+                    .copied()
+                    .collect()
+            };
+            tokio::spawn(lookup(
+                ask,
+                self.opts.clone(),
+                self.queries.clone(),
+                self.switchover.clone(),
+            ))
+        });
+        self.lookups.push_back(Waiting {
             batch,
-            self.opts.clone(),
-            self.known.clone(),
-            self.queries.clone(),
-            prev,
-            done_tx,
-        )));
+            lookup,
+            asked: Instant::now(),
+        });
     }
 
     /// Decide how an answered batch's pages cross and hand its codec and
     /// encoding task to the writer; false when the writer has stopped.
     async fn start_encode(&mut self, looked: Looked) -> bool {
+        let stopped = self.switchover.started();
         let plan = decide(
             looked,
             &self.opts,
             &self.known,
+            &mut self.group_only,
+            stopped,
             &self.cache,
             &mut self.report,
         );
@@ -445,6 +612,21 @@ impl SendSession {
                 .await
                 .map_err(|e| AgentError::io("sending to the receiver", e))?;
         }
+        // The End frame is the sender's last byte of the stream.
+        self.switchover.wrote(5 + 24, 0, 0);
+        let switchover = self
+            .switchover
+            .report(stream_len, stats.pages_after_switchover);
+        if let Some(s) = &switchover {
+            tracing::info!(
+                "switchover: last byte {:.0} ms after the guest stopped; {} stream bytes queued then, {} pages after it, {} WAN bytes, {} site round trips",
+                s.stop_to_last_byte_ms,
+                s.queued_bytes,
+                s.stream_pages,
+                s.wan_bytes,
+                s.site_round_trips
+            );
+        }
         let ack_rx = self
             .ack_rx
             .take()
@@ -466,6 +648,7 @@ impl SendSession {
         report.wan.zero = stats.zero_pages * ZERO_RECORD;
         report.detail.passthrough_from = stats.passthrough_from;
         report.detail.passthrough_reason = stats.passthrough_reason;
+        report.detail.switchover = switchover;
         report.detail.pages.pulled = self.pulled_pages.load(Ordering::Relaxed);
         report.wan.pulled = self.pulled_bytes.load(Ordering::Relaxed);
         report.wan.queries = self.queries.load(Ordering::Relaxed);
@@ -488,6 +671,7 @@ impl SendSession {
 fn spawn_writer(
     wr: Arc<tokio::sync::Mutex<WanWriter>>,
     read_ahead: Arc<ReadAhead>,
+    switchover: Arc<Switchover>,
 ) -> (
     mpsc::Sender<EncodeTask>,
     tokio::task::JoinHandle<Result<VmReport>>,
@@ -505,68 +689,73 @@ fn spawn_writer(
             w.write_all(&enc.frame)
                 .await
                 .map_err(|e| AgentError::io("sending to the receiver", e))?;
+            drop(w);
             // One frame per batch, in stream order.
             read_ahead.written();
+            switchover.wrote(enc.frame.len() as u64, enc.full_pages, enc.hashes);
         }
         Ok::<_, AgentError>(totals)
     });
     (enc_tx, writer)
 }
 
-/// Ask the site which pages it holds and claim the rest for the group.
+/// Ask the site which of `ask` it holds and claim the rest for the group.
 /// Query failures cost deduplication, never correctness: the pages are
 /// then sent in full.
 async fn lookup(
-    batch: TokBatch,
+    ask: Vec<ChunkId>,
     opts: SenderOptions,
-    known: Arc<Mutex<HashSet<ChunkId>>>,
     queries: Arc<AtomicU64>,
-    prev_claim: Option<oneshot::Receiver<()>>,
-    claim_done: oneshot::Sender<()>,
-) -> Result<Looked> {
-    let mut held = HashSet::new();
-    let mut won = None;
-    let site = opts.site.as_ref().filter(|_| opts.dedup);
-    if let Some(site) = site {
-        let ask: Vec<ChunkId> = {
-            let known = known.lock();
-            let mut seen = HashSet::new();
-            batch
-                .ids
-                .iter()
-                .filter(|id| !known.contains(id) && seen.insert(**id))
-                .copied()
-                .collect()
-        };
-        if !ask.is_empty() {
+    switchover: Arc<Switchover>,
+) -> Result<Answers> {
+    let mut answers = Answers::default();
+    if let Some(site) = opts.site.as_ref().filter(|_| opts.dedup) {
+        // With --no-switchover-lookups nothing is asked once the guest is
+        // stopped (see the module doc).
+        let allowed = || opts.switchover_lookups || !switchover.started();
+        if !ask.is_empty() && allowed() {
             match site.have(&ask).await {
                 Ok(h) => {
                     queries.fetch_add(65 * (ask.len() + h.len()) as u64, Ordering::Relaxed);
-                    held = h;
+                    answers.held = h;
                 }
                 Err(e) => tracing::warn!("site `have` failed, sending pages in full: {e}"),
             }
+            switchover.site_answer();
         }
         if let Some(group) = &opts.group {
+            let held = &answers.held;
             let missing: Vec<ChunkId> = ask.into_iter().filter(|i| !held.contains(i)).collect();
-            if let Some(p) = prev_claim {
-                let _ = p.await;
-            }
-            if !missing.is_empty() {
+            if !missing.is_empty() && allowed() {
                 match site.claim(group, &missing).await {
                     Ok(w) => {
                         queries.fetch_add(65 * (missing.len() + w.len()) as u64, Ordering::Relaxed);
-                        won = Some(w);
+                        answers.lost = missing.into_iter().filter(|i| !w.contains(i)).collect();
                     }
                     Err(e) => tracing::warn!("site `claim` failed, sending pages in full: {e}"),
                 }
-            } else {
-                won = Some(HashSet::new());
+                switchover.site_answer();
             }
         }
     }
-    let _ = claim_done.send(());
-    Ok(Looked { batch, held, won })
+    Ok(answers)
+}
+
+/// Resolves `grace` after the later of the switchover and `since` (never
+/// before the switchover).
+async fn overdue(
+    stop: &mut tokio::sync::watch::Receiver<Option<Instant>>,
+    since: Instant,
+    grace: Duration,
+) {
+    let at = match stop.wait_for(Option::is_some).await {
+        Ok(v) => *v,
+        Err(_) => None,
+    };
+    match at {
+        Some(at) => tokio::time::sleep_until((at.max(since) + grace).into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Item {
@@ -586,14 +775,20 @@ enum Item {
 }
 
 /// Decide, in stream order, how each page crosses.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     looked: Looked,
     opts: &SenderOptions,
     known: &Mutex<HashSet<ChunkId>>,
+    group_only: &mut HashSet<ChunkId>,
+    stopped: bool,
     cache: &Mutex<PageCache>,
     report: &mut VmReport,
 ) -> Vec<Item> {
-    let Looked { batch, held, won } = looked;
+    let Looked {
+        batch,
+        answers: Answers { held, lost },
+    } = looked;
     let mut ids = batch.ids.into_iter();
     let mut keys = batch.keys.into_iter();
     let full = |key: Option<u64>, p: Bytes| match key {
@@ -611,28 +806,36 @@ fn decide(
                     items.push(Item::Raw(p));
                     continue;
                 };
+                // With the guest stopped, a page only another agent of
+                // the group has claimed goes literally: by id, the
+                // receiver would wait for that agent.
+                let lost_claim = lost.contains(&id);
+                let late_group = stopped && (group_only.contains(&id) || lost_claim);
                 if !opts.dedup {
                     report.detail.pages.sent += 1;
                     items.push(full(key, p));
-                } else if known.contains(&id) {
+                } else if known.contains(&id) && !late_group {
                     report.detail.pages.repeat += 1;
                     cache.lock().insert(id, p);
                     items.push(Item::Hash(id));
                 } else if held.contains(&id) {
                     report.detail.pages.site += 1;
                     known.insert(id);
+                    group_only.remove(&id);
                     cache.lock().insert(id, p);
                     items.push(Item::Hash(id));
-                } else if won.as_ref().is_some_and(|w| !w.contains(&id)) {
+                } else if lost_claim && !stopped {
                     // Another agent of the group sends it; keep it for a
                     // pull in case that agent never delivers.
                     report.detail.pages.group += 1;
                     known.insert(id);
+                    group_only.insert(id);
                     cache.lock().insert(id, p);
                     items.push(Item::Hash(id));
                 } else {
                     report.detail.pages.sent += 1;
                     known.insert(id);
+                    group_only.remove(&id);
                     items.push(full(key, p));
                 }
             }
@@ -683,7 +886,7 @@ fn encode(items: Vec<Item>, level: Option<i32>, codec: CodecTally) -> Encoded {
         })
         .sum();
     let mut blob = BytesMut::with_capacity(blob_len);
-    let (mut literal, mut raw, mut hashes) = (0u64, 0u64, 0u64);
+    let (mut literal, mut raw, mut hashes, mut full_pages) = (0u64, 0u64, 0u64, 0u64);
     for i in items {
         match i {
             Item::Literal(b) => {
@@ -697,11 +900,13 @@ fn encode(items: Vec<Item>, level: Option<i32>, codec: CodecTally) -> Encoded {
             // A page the codec did not see (no key) goes raw.
             Item::Raw(p) | Item::Page { page: p, .. } => {
                 raw += p.len() as u64;
+                full_pages += 1;
                 blob.extend_from_slice(&p);
                 ops.push(Op::Raw);
             }
             Item::Coded { key, frame } => {
                 raw += frame.len() as u64;
+                full_pages += 1;
                 blob.extend_from_slice(&frame);
                 ops.push(Op::Coded {
                     key,
@@ -740,6 +945,7 @@ fn encode(items: Vec<Item>, level: Option<i32>, codec: CodecTally) -> Encoded {
         literal,
         raw,
         hashes,
+        full_pages,
         codec,
     }
 }

@@ -95,7 +95,10 @@ pub(super) async fn resolve(shared: Arc<Shared>, prepared: Vec<Slot>) -> Result<
                 let first = counted.insert(id);
                 let counter = match (first, slow.get(&id)) {
                     (true, Some(Source::Pulled)) => &c.pulled,
-                    (true, Some(Source::Site)) => &c.site,
+                    (true, Some(Source::Site)) => {
+                        c.waited.fetch_add(1, Ordering::Relaxed);
+                        &c.site
+                    }
                     (true, None) if from_site.contains(&id) => &c.site,
                     _ => &c.local,
                 };

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use super::switchover::Switchover;
 use crate::migrate::memory::wire::{self, Frame};
 use crate::store::ChunkId;
 
@@ -25,10 +26,12 @@ pub(super) async fn answer_pulls(
     pulled_bytes: Arc<AtomicU64>,
     pulled_pages: Arc<AtomicU64>,
     ack: oneshot::Sender<(bool, String)>,
+    switchover: Arc<Switchover>,
 ) {
     loop {
         match wire::read_frame(&mut rd).await {
             Ok(Some(Frame::Pull(ids))) => {
+                switchover.pulled();
                 let pages: Vec<(ChunkId, Option<Bytes>)> = {
                     let c = cache.lock();
                     ids.iter().map(|id| (*id, c.get(id).cloned())).collect()

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
+use super::switchover::Switchover;
 use super::{Piece, TokBatch};
 use crate::migrate::error::{AgentError, Result};
 use crate::migrate::memory::readahead::ReadAhead;
@@ -27,6 +28,7 @@ pub(super) fn tokenize_input<R: Read + Send + 'static>(
     batch_pages: usize,
     out: mpsc::Sender<Piece>,
     read_ahead: &ReadAhead,
+    switchover: &Switchover,
 ) -> Result<()> {
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
     let reader = std::thread::Builder::new()
@@ -100,6 +102,15 @@ pub(super) fn tokenize_input<R: Read + Send + 'static>(
                 tok.feed(&chunk, &mut tokens);
                 if let Some(why) = &tok.stats().unsupported {
                     return Err(AgentError::Unsupported(why.clone()));
+                }
+                if let Some(at) = tok.stats().switchover_at {
+                    if !switchover.started() {
+                        // Still to cross then: what the read-ahead admitted
+                        // and the part of this batch before the marker.
+                        let pending = pending_bytes as u64
+                            + at.saturating_sub(tok.stats().bytes - chunk.len() as u64);
+                        switchover.seen(at, read_ahead.in_flight() + pending);
+                    }
                 }
                 pages += tokens[before..]
                     .iter()
