@@ -173,6 +173,11 @@ fn spawn_gc(store: Store, opts: GcOptions, every: Duration) {
                     freed = r.bytes_freed_on_disk,
                     "background gc"
                 ),
+                // Every frontend of a shared repository runs this timer; all
+                // but the lease holder skip the round, which is normal.
+                Ok(Err(strato_store::StoreError::Busy(why))) => {
+                    tracing::info!("background gc skipped: {why}");
+                }
                 Ok(Err(e)) => tracing::warn!("background gc failed: {e}"),
                 Err(e) => tracing::warn!("background gc task failed: {e}"),
             }
