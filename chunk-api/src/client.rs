@@ -430,6 +430,59 @@ impl ChunkClient {
         Ok(())
     }
 
+    /// Announce to the swarm of `bucket/key` (`POST /chunks/swarm/...`):
+    /// the tracker's answer, its manifest (when sent) checked like
+    /// [`ChunkClient::manifest`] and against the digest it came with.
+    pub async fn swarm_announce(
+        &self,
+        bucket: &str,
+        key: &str,
+        announce: &crate::swarm::Announce,
+    ) -> Result<crate::swarm::AnnounceReply> {
+        let what = format!("swarm announce for {bucket}/{key}");
+        let route = crate::Route::Swarm {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        };
+        let invalid = |why: String| ClientError::Invalid {
+            what: what.clone(),
+            why,
+        };
+        let body = serde_json::to_vec(announce).map_err(|e| invalid(e.to_string()))?;
+        let (status, body) = self
+            .send_with(
+                &what,
+                route.method(),
+                &route.path_and_query(),
+                Bytes::from(body),
+                true,
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::status_error(&what, status, &body));
+        }
+        let reply: crate::swarm::AnnounceReply =
+            serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+        if reply.version != crate::swarm::SWARM_VERSION {
+            return Err(invalid(format!(
+                "tracker speaks swarm version {}, this build {}",
+                reply.version,
+                crate::swarm::SWARM_VERSION
+            )));
+        }
+        if let Some(doc) = &reply.manifest {
+            doc.check().map_err(|err| ClientError::Manifest {
+                what: what.clone(),
+                err,
+            })?;
+            let digest = hex::encode(crate::swarm::manifest_digest(&doc.entries()));
+            if digest != reply.manifest_digest {
+                return Err(invalid("manifest does not match its digest".into()));
+            }
+        }
+        Ok(reply)
+    }
+
     /// Commit `bucket/key` at the endpoint from chunks it already holds
     /// (`PUT /chunks/manifest/...`): keeps them referenced, so garbage
     /// collection leaves them alone. Answers the object's ETag.

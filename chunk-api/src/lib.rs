@@ -17,6 +17,7 @@ pub mod frames;
 pub mod ids;
 pub mod route;
 pub mod source;
+pub mod swarm;
 pub mod wire;
 
 pub use client::{parse_s3_url, ChunkClient, ClientError, Keys};

@@ -11,6 +11,7 @@
 //! GET          /chunks/trust-keys            the repository's signing keys
 //! POST         /chunks/ticket/BUCKET/KEY     a signed distribution-session ticket
 //! POST         /chunks/report/BUCKET/KEY     how a distribution session ended, per node
+//! POST         /chunks/swarm/BUCKET/KEY      join / announce to the object's swarm (tracker)
 //! ```
 
 use http::Method;
@@ -60,6 +61,12 @@ pub enum Route {
         bucket: String,
         key: String,
     },
+    /// Announce to the object's swarm (body: JSON
+    /// [`crate::swarm::Announce`]); the tracker answers with peers.
+    Swarm {
+        bucket: String,
+        key: String,
+    },
 }
 
 /// A request that is not a chunk API route; the message says what is.
@@ -87,7 +94,8 @@ impl Route {
             | Route::GetBatch
             | Route::Claim { .. }
             | Route::Ticket { .. }
-            | Route::Report { .. } => Method::POST,
+            | Route::Report { .. }
+            | Route::Swarm { .. } => Method::POST,
         }
     }
 
@@ -117,6 +125,11 @@ impl Route {
             ),
             Route::Report { bucket, key } => format!(
                 "/chunks/report/{}/{}",
+                utf8_percent_encode(bucket, KEY_SET),
+                utf8_percent_encode(key, KEY_SET)
+            ),
+            Route::Swarm { bucket, key } => format!(
+                "/chunks/swarm/{}/{}",
                 utf8_percent_encode(bucket, KEY_SET),
                 utf8_percent_encode(key, KEY_SET)
             ),
@@ -153,6 +166,13 @@ impl Route {
             }
             let (bucket, key) = Self::bucket_key(obj, "/chunks/report/BUCKET/KEY")?;
             return Ok(Route::Report { bucket, key });
+        }
+        if let Some(obj) = rest.strip_prefix("swarm/") {
+            if method != Method::POST {
+                return Err(bad("swarm announces are sent with POST"));
+            }
+            let (bucket, key) = Self::bucket_key(obj, "/chunks/swarm/BUCKET/KEY")?;
+            return Ok(Route::Swarm { bucket, key });
         }
         if rest == "trust-keys" {
             return match *method {
@@ -287,6 +307,10 @@ mod tests {
                 bucket: "b".into(),
                 key: "dir/img v2.qcow2".into(),
             },
+            Route::Swarm {
+                bucket: "b".into(),
+                key: "dir/img v2.qcow2".into(),
+            },
         ] {
             assert_eq!(roundtrip(&r), r);
         }
@@ -303,6 +327,8 @@ mod tests {
             (Method::GET, "/chunks/nothex".to_string()),
             (Method::GET, "/chunks/manifest/onlybucket".to_string()),
             (Method::POST, "/chunks/manifest/b/k".to_string()),
+            (Method::GET, "/chunks/swarm/b/k".to_string()),
+            (Method::POST, "/chunks/swarm/onlybucket".to_string()),
             (Method::GET, "/other".to_string()),
         ];
         for (m, p) in cases {

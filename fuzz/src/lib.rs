@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("segment", segment),
     ("codec_frames", codec_frames),
     ("nbd_stream", nbd_stream),
+    ("swarm_wire", swarm_wire),
     ("s3_request", s3_request),
 ];
 
@@ -488,3 +489,14 @@ async fn s3_serve_checked(
     );
 }
 
+/// Swarm peer-wire frames as an agent reads them off a peer's connection
+/// (chunks bounded by a manifest's longest chunk).
+pub fn swarm_wire(data: &[u8]) {
+    use strato::distribute::swarm::wire;
+    let _ = wire::decode_all(
+        data,
+        &wire::Limits {
+            max_chunk: MAX_CHUNK,
+        },
+    );
+}

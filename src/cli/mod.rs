@@ -12,6 +12,7 @@ mod migsim;
 mod objects;
 mod pull;
 mod serve;
+mod swarm;
 mod vmsave;
 
 use std::io::IsTerminal;
@@ -116,6 +117,9 @@ enum Command {
     /// Multicast image distribution with repair (send / recv)
     #[command(subcommand)]
     Mcast(mcast::McastCmd),
+    /// Fetch s3://BUCKET/KEY in a swarm of nodes (the repository is the
+    /// tracker), serve it to the other nodes, seed, report
+    SwarmAgent(swarm::SwarmAgentArgs),
 }
 
 /// What every command gets: resolved settings and how to report.
@@ -271,6 +275,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Propagate(a) => chain::propagate(&ctx, a),
         Command::Migrate(c) => migrate::migrate(&ctx, c),
         Command::Mcast(c) => mcast::mcast(&ctx, c),
+        Command::SwarmAgent(a) => swarm::agent(&ctx, a),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod mcast;
 pub mod pull;
+pub mod swarm;
 
 pub use pull::{pull, PullError, PullOptions, PullReport};
 

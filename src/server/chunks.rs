@@ -17,6 +17,9 @@
 //!                                      a session ticket signed by the repository's key,
 //!                                      the session's control secret, and the manifest
 //!                                      signed over (owner only, like the manifest)
+//! POST /chunks/swarm/{bucket}/{key}    body: JSON swarm announce; answer: the swarm's peers,
+//!                                      secret and (on join) manifest (owner only; see
+//!                                      [`super::swarm`])
 //! PUT  /chunks/manifest/{bucket}/{key} body: JSON [`ManifestCommit`]; commits an object
 //!                                      made of chunks already held here (all must be
 //!                                      present, with those lengths; the ETag is the
@@ -62,6 +65,8 @@ pub struct ChunkRoute {
     trust_keys: Option<Arc<str>>,
     /// Signs session tickets (`None`: this server issues none).
     signer: Option<SessionSigner>,
+    /// The swarm tracker (`POST /chunks/swarm/...`).
+    tracker: Arc<super::swarm::Tracker>,
 }
 
 /// Signs a distribution-session ticket for a manifest, an audience and a
@@ -83,6 +88,7 @@ impl ChunkRoute {
             claims: Arc::new(ClaimTable::default()),
             trust_keys: None,
             signer: None,
+            tracker: Arc::new(super::swarm::Tracker::default()),
         }
     }
 
@@ -255,7 +261,48 @@ impl ChunkRoute {
             Route::TrustKeys => self.trust_keys(),
             Route::Ticket { bucket, key } => self.ticket(user, bucket, key, body).await,
             Route::Report { bucket, key } => self.report(user, bucket, key, body).await,
+            Route::Swarm { bucket, key } => self.swarm(user, bucket, key, body).await,
         }
+    }
+
+    /// A swarm announce: checked (well-formed, bounded, the bucket's owner,
+    /// an existing object, a bitmap over its manifest), then recorded.
+    async fn swarm(&self, user: &User, bucket: String, key: String, body: ByteStream) -> ApiResult {
+        use super::swarm::TrackError;
+        let data = collect(body, chunk_api::swarm::MAX_ANNOUNCE_BODY).await?;
+        let a: chunk_api::swarm::Announce = serde_json::from_slice(&data)
+            .map_err(|e| ApiError::BadRequest(format!("swarm announce: {e}")))?;
+        super::swarm::check_announce(&a)
+            .map_err(|e| ApiError::BadRequest(format!("swarm announce: {e}")))?;
+        let (me, store) = (user.id.clone(), self.store.clone());
+        // Reading and hashing the manifest happen off the reactor.
+        let (doc, digest) = blocking(move || {
+            if store.bucket(&bucket)?.owner != me {
+                return Ok(Err(ApiError::Denied));
+            }
+            let (rec, chunks) = store.manifest(&bucket, &key)?;
+            if chunks.len() > chunk_api::swarm::MAX_SWARM_CHUNKS {
+                return Ok(Err(ApiError::BadRequest(format!(
+                    "{bucket}/{key} has {} chunks; a swarm runs for at most {}",
+                    chunks.len(),
+                    chunk_api::swarm::MAX_SWARM_CHUNKS
+                ))));
+            }
+            let digest = chunk_api::swarm::manifest_digest(&chunks);
+            Ok(Ok((
+                ManifestDoc::of_record(&bucket, &key, &rec, &chunks),
+                digest,
+            )))
+        })
+        .await??;
+        let reply = self
+            .tracker
+            .announce(&doc, digest, &a, std::time::Instant::now())
+            .map_err(|e| match e {
+                TrackError::Bad(m) => ApiError::BadRequest(format!("swarm announce: {m}")),
+                TrackError::Full(m) => ApiError::Unavailable(m),
+            })?;
+        json_response(&reply)
     }
 
     /// A sender's per-node outcome of a session: checked (the bucket's
@@ -272,10 +319,10 @@ impl ChunkRoute {
         let r: chunk_api::SessionReport = serde_json::from_slice(&data)
             .map_err(|e| ApiError::BadRequest(format!("session report: {e}")))?;
         if r.nodes.len() > chunk_api::MAX_REPORT_NODES
-            || !matches!(r.kind.as_str(), "chain" | "multicast")
+            || !matches!(r.kind.as_str(), "chain" | "multicast" | "swarm")
         {
             return Err(ApiError::BadRequest(format!(
-                "session report: kind must be chain or multicast, at most {} nodes",
+                "session report: kind must be chain, multicast or swarm, at most {} nodes",
                 chunk_api::MAX_REPORT_NODES
             )));
         }

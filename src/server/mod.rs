@@ -7,6 +7,7 @@ pub mod console;
 mod credentials;
 pub mod listener;
 mod metrics;
+pub mod swarm;
 pub mod tls;
 
 use std::net::SocketAddr;
