@@ -245,6 +245,87 @@ fn sigterm_unmounts_even_while_a_reader_holds_the_file() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(!is_mounted(&view), "SIGINT left the mount");
+
+    // A killed mount leaves a dead mountpoint; a new mount there says so.
+    let mut m = Mount::start(&endpoint(port), "s3://imgs/a.img", &cache, &view, &[]);
+    let mut p = m.proc.take().unwrap();
+    p.0.kill().unwrap();
+    p.0.wait().unwrap();
+    let o = Command::new(strato_bin())
+        .args(["mount", "s3://imgs/a.img"])
+        .arg(&view)
+        .args(["--endpoint", &endpoint(port), "--cache"])
+        .arg(&cache)
+        .env("STRATO_ACCESS_KEY", KEY_A)
+        .env("STRATO_SECRET_KEY", KEY_S)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("stale mount"), "{err}");
+    drop(m); // umount -l of the dead mount
+    assert!(!is_mounted(&view));
+}
+
+/// `nbd serve --file`: one pseudo image behind an NBD socket and a file,
+/// so a chunk an NBD client fetched is local for file readers and back.
+#[test]
+fn nbd_serve_with_a_file_view_shares_its_cache() {
+    let (tmp, _st, data, port, _server) = image_server(8 << 20, 35);
+    let src = tmp.path().join("src.img");
+    let view = tmp.path().join("a.img");
+    let sock = tmp.path().join("nbd.sock");
+    let mut child = Command::new(strato_bin())
+        .args([
+            "--json",
+            "nbd",
+            "serve",
+            "--image",
+            "s3://imgs/a.img",
+            "--name",
+            "img",
+        ])
+        .args(["--endpoint", &endpoint(port), "--cache"])
+        .arg(tmp.path().join("cache"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--file")
+        .arg(&view)
+        .env("STRATO_ACCESS_KEY", KEY_A)
+        .env("STRATO_SECRET_KEY", KEY_S)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let p = Proc(child);
+    // Unmounts (umount -l) if the test fails before the server does.
+    let _guard = Mount {
+        proc: None,
+        path: view.clone(),
+        lines: None,
+    };
+    assert!(lines.next().unwrap().unwrap().contains("nbd+unix"));
+    let second = lines.next().unwrap().unwrap();
+    assert_eq!(
+        second,
+        format!("strato nbd serving file {}", view.display())
+    );
+    assert!(is_mounted(&view));
+    // The first half through NBD, then the whole file through the view.
+    let url = format!("nbd+unix:///img?socket={}", sock.display());
+    run_tool(
+        Command::new(require_tool("qemu-io"))
+            .args(["-r", "-f", "raw", "-c", "read 0 4M"])
+            .arg(&url),
+    );
+    assert!(cmp(&view, &src));
+    run_tool(Command::new("kill").args(["-TERM", &p.0.id().to_string()]));
+    let stats: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    drop(p);
+    eprintln!("nbd + file stats: {stats}");
+    assert_eq!(num(&stats, "fetched_bytes"), data.len() as u64, "{stats}");
+    assert!(num(&stats, "cache_hits") > 0, "{stats}");
+    assert!(!is_mounted(&view));
 }
 
 fn strato_load(server: &Server, args: &[&str]) -> Value {

@@ -177,6 +177,10 @@ pub struct NbdArgs {
     /// TCP address to listen on (e.g. 127.0.0.1:10809)
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Also show the image as this read-only file (FUSE, as `strato mount`),
+    /// served by the same pseudo image: NBD and file readers share fetches
+    #[arg(long)]
+    pub file: Option<PathBuf>,
     /// Export name (default: the object key)
     #[arg(long)]
     pub name: Option<String>,
@@ -205,8 +209,8 @@ pub struct NbdArgs {
 
 pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
     let NbdCmd::Serve(a) = cmd;
-    if a.socket.is_none() && a.listen.is_none() {
-        anyhow::bail!("give --socket PATH and/or --listen ADDR");
+    if a.socket.is_none() && a.listen.is_none() && a.file.is_none() {
+        anyhow::bail!("give --socket PATH, --listen ADDR and/or --file PATH");
     }
     let (bucket, key) = s3_url(&a.image)?;
     let name = a.name.clone().unwrap_or_else(|| key.clone());
@@ -215,6 +219,8 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
     let rt = runtime()?;
     let json = ctx.json;
     rt.block_on(async move {
+        let mut stop = StopSignals::new()?;
+        let point = a.file.as_deref().map(ViewFile::prepare).transpose()?;
         let img = PseudoImage::open(&name, client, cache.clone(), &bucket, &key)
             .await
             .with_context(|| format!("opening s3://{bucket}/{key}"))?;
@@ -269,6 +275,13 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
             urls.push(format!("chunks at http://{}", l.local_addr()?));
             spawn_chunk_server(l, cache.clone(), img.clone(), &keys);
         }
+        let view = match &point {
+            Some(p) => {
+                urls.push(format!("file {}", p.path().display()));
+                Some(mount_view(&img, p, false)?)
+            }
+            None => None,
+        };
         if a.prefetch > 0 {
             tokio::spawn(img.clone().prefetch(a.prefetch));
         }
@@ -281,7 +294,13 @@ pub fn nbd(ctx: &Ctx, cmd: NbdCmd) -> Result<ExitCode> {
             }
             out.flush()?;
         }
-        strato::server::shutdown_signal().await;
+        stop.wait().await;
+        if let Some(view) = view {
+            tokio::task::spawn_blocking(move || view.unmount())
+                .await
+                .context("unmount task")??;
+        }
+        drop(point);
         print_final_stats(&img, json)?;
         if let Some(path) = &a.socket {
             let _ = std::fs::remove_file(path);

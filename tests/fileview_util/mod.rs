@@ -74,7 +74,7 @@ pub fn is_mounted(path: &Path) -> bool {
 pub struct Mount {
     pub proc: Option<Proc>,
     pub path: PathBuf,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    pub lines: Option<std::io::Lines<std::io::BufReader<std::process::ChildStdout>>>,
 }
 
 impl Mount {
@@ -101,7 +101,7 @@ impl Mount {
         Mount {
             proc: Some(Proc(child)),
             path: path.to_path_buf(),
-            lines,
+            lines: Some(lines),
         }
     }
 
@@ -114,7 +114,7 @@ impl Mount {
     pub fn stop(&mut self) -> serde_json::Value {
         let mut p = self.proc.take().unwrap();
         run_tool(Command::new("kill").args(["-TERM", &p.0.id().to_string()]));
-        let line = self.lines.next().unwrap().unwrap();
+        let line = self.lines.as_mut().unwrap().next().unwrap().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = p.0.try_wait().unwrap() {
