@@ -62,6 +62,15 @@ impl WanStream {
         self.tcp().set_nodelay(on)
     }
 
+    /// Keep at most `bytes` not yet sent in the kernel's send buffer
+    /// (`TCP_NOTSENT_LOWAT`; bytes in flight on the link do not count).
+    /// An autotuned buffer otherwise holds megabytes the writer believes
+    /// gone: the sender's read-ahead then measures the buffer, not the WAN,
+    /// and that backlog still has to cross after QEMU stops the guest.
+    pub fn limit_unsent(&self, bytes: u32) -> io::Result<()> {
+        socket2::SockRef::from(self.tcp()).set_tcp_notsent_lowat(bytes)
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, WanStream::Tls(_))
     }

@@ -133,6 +133,11 @@ impl SenderOptions {
     }
 }
 
+/// Unsent bytes the WAN socket may hold (see `WanStream::limit_unsent`):
+/// about 20 ms at 100 Mbit/s, enough that a busy machine's writer keeps
+/// the link full, little to drain after the guest stopped.
+const UNSENT_BYTES: u32 = 256 << 10;
+
 /// Rough size of a zero-page record on the wire (address + fill byte).
 const ZERO_RECORD: u64 = 9;
 
@@ -211,6 +216,9 @@ pub async fn send<R: Read + Send + 'static>(
     // Refused here, before QEMU's stream is touched, not by the receiver.
     proto::check_string("the VM name", &opts.vm).map_err(AgentError::Unsupported)?;
     conn.set_nodelay(true).ok();
+    if let Err(e) = conn.limit_unsent(UNSENT_BYTES) {
+        tracing::warn!("limiting the WAN socket's unsent bytes: {e}");
+    }
     let (mut rd, mut wr) = conn.split();
     // A fresh generation per connection: no codec frame of an earlier
     // (dropped) connection can ever match the state of this one.
