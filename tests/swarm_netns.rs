@@ -754,7 +754,7 @@ fn the_tracker_refuses_bad_announces_and_peers_refuse_other_versions() {
     let hello =
         strato::distribute::swarm::wire::encode(&strato::distribute::swarm::wire::Frame::Hello {
             version: 1,
-            digest: hex::decode(&client_digest(&s)).unwrap().try_into().unwrap(),
+            digest: hex::decode(client_digest(&s)).unwrap().try_into().unwrap(),
             nonce: [1; 32],
             addr: "127.0.0.1:9".into(),
         });

@@ -131,7 +131,7 @@ pub fn decode_bitmap(hex_text: &str, n: usize) -> Result<Vec<u8>, BitmapError> {
         });
     }
     let bits = hex::decode(hex_text).map_err(|_| BitmapError::NotHex)?;
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         if let Some(last) = bits.last() {
             if last >> (n % 8) != 0 {
                 return Err(BitmapError::Trailing(n));
