@@ -242,6 +242,11 @@ pub struct LazyFrom {
     /// (default: a new file in the system's temporary directory)
     #[arg(long)]
     pub view: Option<PathBuf>,
+    /// With --lazy: also fetch the save in file order, this many chunks at
+    /// once, ahead of QEMU's reads (QEMU's load reads every non-zero page,
+    /// so this only changes when they arrive; 0: only what QEMU asks for)
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: usize,
 }
 
 /// What a lazy load reports: how much was fetched by the time the guest
@@ -314,6 +319,9 @@ fn lazy_load(ctx: &Ctx, a: LoadArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("opening s3://{bucket}/{key}"))?;
         let view = super::image::mount_view(&img, &point, false)?;
+        if a.lazy_from.prefetch > 0 {
+            tokio::spawn(img.clone().prefetch(a.lazy_from.prefetch));
+        }
         let loaded = async {
             let mut qmp = QmpClient::connect(&a.qmp, QMP_TIMEOUT).await?;
             vmsave::restore_from_file(
