@@ -36,6 +36,11 @@
 #      strato modes), TCP_WMEM (the source site's net.ipv4.tcp_wmem).
 # Downtime: QEMU's (source side, query-migrate) and "paused", the guest's
 # pause: the source's STOP event to the destination's RESUME event.
+# Switchover timeline (strato modes, the VM paused longest), ms after the
+# source's STOP event: when the sender read QEMU's switchover marker, its
+# last byte on the WAN, the receiver's last byte into QEMU, RESUME; with
+# the stream bytes still queued at STOP, the WAN bytes and pages sent
+# after it and the site round trips after it (the agents' reports).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 if [ "${WAN:-wanem}" = wanem ]; then strato_bin wanem; else strato_bin; fi
@@ -149,9 +154,11 @@ def migrate_set(d, n, mode, seeds, group, site):
                 if not running[i]:
                     running[i] = dsts[i].cmd("query-status")["status"] == "running"
             time.sleep(0.02)
-        paused = max(round((dsts[i].event_time("RESUME") - srcs[i].event_time("STOP")) * 1000)
-                     for i in range(n))
+        pauses = [round((event_at(dsts[i], "RESUME") - event_at(srcs[i], "STOP")) * 1000)
+                  for i in range(n)]
+        paused = max(pauses)
         reports = []
+        timeline = None
         if mode not in ("plain", "multifd-zstd"):
             for i in range(n):
                 end = time.time() + 120
@@ -160,11 +167,54 @@ def migrate_set(d, n, mode, seeds, group, site):
                         raise SystemExit(f"no report: {open(f'{d}/send{i}.log').read()}")
                     time.sleep(0.05)
                 reports.append(f"{d}/send{i}.json")
+            i = pauses.index(paused)
+            timeline = switchover_timeline(d, i, event_at(srcs[i], "STOP"), paused)
         secs = time.time() - t0
         time.sleep(0.5)
-        return wan_bytes() - before, secs, max(downtimes), reports, paused
+        return wan_bytes() - before, secs, max(downtimes), reports, paused, timeline
+
     finally:
         stop(procs)
+
+def event_at(q, name):
+    """QEMU's timestamp of event `name`; QMP is read (bounded, 5 s) until the
+    event is there: it may come after the status answer that showed it."""
+    end = time.time() + 5
+    while not any(e["event"] == name for e in q.events):
+        if time.time() > end:
+            raise SystemExit(f"QEMU sent no {name} event")
+        q.cmd("query-status")
+        time.sleep(0.01)
+    return q.event_time(name)
+
+def switchover_timeline(d, i, stop_s, paused):
+    """VM i's switchover from its agents' reports, ms after QEMU's STOP."""
+    end = time.time() + 60
+    while not os.path.exists(f"{d}/recv{i}.json") and time.time() < end:
+        time.sleep(0.05)
+    try:
+        send = json.load(open(f"{d}/send{i}.json"))
+        recv = json.load(open(f"{d}/recv{i}.json"))
+    except (OSError, ValueError):
+        return None
+    sw = send.get("switchover")
+    if not sw:
+        return None
+    at = lambda ms: round(ms - stop_s * 1000)
+    return {"seen": at(sw["stop_seen_unix_ms"]), "last_sent": at(sw["last_byte_unix_ms"]),
+            "last_out": at(recv.get("last_output_unix_ms", 0)) if recv.get("last_output_unix_ms") else None,
+            "resume": paused, "queued_mib": sw["queued_bytes"] / 2**20,
+            "wan_mib": sw["wan_bytes"] / 2**20, "pages": sw["stream_pages"],
+            "full": sw["pages_full"], "by_id": sw["pages_by_id"],
+            "site_rtts": sw["site_round_trips"], "given_up": sw["lookups_given_up"],
+            "pulls": sw["pulls"], "waited": recv.get("pages_waited", 0)}
+
+def timeline_line(t):
+    return (f"    switchover: marker read +{t['seen']} ms, last byte sent +{t['last_sent']} ms, "
+            f"last byte into QEMU +{t['last_out']} ms, RESUME +{t['resume']} ms; queued at STOP "
+            f"{t['queued_mib']:.2f} MiB; after STOP: {t['pages']} pages ({t['full']} in full, {t['by_id']} by id), "
+            f"WAN {t['wan_mib']:.2f} MiB, site round trips {t['site_rtts']}, answers given up {t['given_up']}, "
+            f"pulls {t['pulls']}, pages waited for at the site {t['waited']}")
 
 def group_report(reps, d):
     g = json.loads(subprocess.run([strato, "--json", "migrate", "report", *reps],
@@ -186,13 +236,15 @@ def live():
                         # An earlier guest (another seed) migrated into this site first.
                         os.makedirs(f"{d}/earlier")
                         migrate_set(f"{d}/earlier", 1, "dedup-zstd", [99], f"early{n}", site)
-                    b, s, dt, reps, paused = migrate_set(d, n, "dedup-zstd" if mode == "seeded" else mode,
-                                                 list(range(1, n + 1)), f"g{n}{mode}{pid}", site)
+                    b, s, dt, reps, paused, tl = migrate_set(d, n, "dedup-zstd" if mode == "seeded" else mode,
+                                                     list(range(1, n + 1)), f"g{n}{mode}{pid}", site)
                     verified = group_report(reps, d) if reps else None
-                    rows.append((n, mode, b, s, dt, verified, paused))
+                    rows.append((n, mode, b, s, dt, verified, paused, tl))
                     print(f"{n} VMs {mode:<13} {b/2**20:8.1f} MiB {s:7.1f} s downtime {dt} ms "
                           f"paused {paused} ms verified {verified}",
                           file=sys.stderr, flush=True)
+                    if tl:
+                        print(timeline_line(tl), file=sys.stderr, flush=True)
                 finally:
                     stop([site])
     finally:
@@ -216,6 +268,8 @@ def live():
         rz = f"{b/z[2]:11.2f}" if z else f"{'-':>11}"
         tz = f"{s/z[3]:8.2f}" if z else f"{'-':>8}"
         print(f"{n:>3} {mode:<13} {b/2**20:8.1f} {rp} {rz} {s:7.1f} {tz} {dt:>11} {pz:>9} {'' if v is None else v}")
+        if len(rest) > 1 and rest[1]:
+            print(timeline_line(rest[1]))
 
 
 def capture_all(cdir):
