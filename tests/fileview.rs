@@ -163,6 +163,32 @@ fn writes_and_bad_mountpoints_are_refused() {
     }
     assert_eq!(std::fs::read(&full).unwrap(), b"keep me");
     assert!(!missing.exists(), "a failed mount left its mountpoint");
+
+    // vm load --lazy: a bad object or URL, or no cache, is refused before
+    // any QEMU is touched, and leaves no view behind.
+    let qmp = tmp.path().join("no-qemu.sock");
+    for (image, with_cache, want) in [
+        ("s3://imgs/none.img", true, "none.img"),
+        ("imgs", true, "s3://BUCKET/KEY"),
+        ("s3://imgs/a.img", false, "--cache"),
+    ] {
+        let mut cmd = Command::new(strato_bin());
+        cmd.args(["vm", "load", "--lazy", "--qmp"])
+            .arg(&qmp)
+            .arg(image)
+            .args(["--endpoint", &endpoint(port), "--view"])
+            .arg(&missing)
+            .env("STRATO_ACCESS_KEY", KEY_A)
+            .env("STRATO_SECRET_KEY", KEY_S);
+        if with_cache {
+            cmd.arg("--cache").arg(tmp.path().join("cache"));
+        }
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "vm load --lazy {image} succeeded");
+        assert!(err.contains(want), "vm load --lazy {image}: {err}");
+        assert!(!missing.exists() && !is_mounted(&missing));
+    }
 }
 
 #[test]
