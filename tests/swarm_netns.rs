@@ -242,6 +242,44 @@ impl Testbed {
         )
     }
 
+    /// The console's transfers JSON of the repository, signed in through
+    /// the form with curl from node 1 as a browser would.
+    fn console_transfers(&self) -> serde_json::Value {
+        let curl = require_tool("curl");
+        let jar = self.path("console-cookies");
+        let endpoint = self.endpoint();
+        let get = |args: &[&str]| {
+            let out = self
+                .in_ns(1)
+                .arg(&curl)
+                .args(["-s", "--max-time", "20", "-b"])
+                .arg(&jar)
+                .arg("-c")
+                .arg(&jar)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "curl {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let form = get(&[&format!("{endpoint}/ui/signin")]);
+        let at = form
+            .find("name=\"signin_token\" value=\"")
+            .expect("sign-in form")
+            + 27;
+        let token = &form[at..at + 64];
+        get(&[
+            "-d",
+            &format!(
+                "access_key={}&secret_key={}&signin_token={token}",
+                KEYS.0, KEYS.1
+            ),
+            &format!("{endpoint}/ui/signin"),
+        ]);
+        let json = get(&[&format!("{endpoint}/ui/transfers.json")]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    }
+
     /// The image node i holds: the file, or `strato get` from its store.
     fn image(&self, i: usize, name: &str, sink: &str) -> PathBuf {
         let target = self.path(&format!("{sink}{i}"));
@@ -327,6 +365,36 @@ fn six_nodes_get_identical_copies_and_the_repository_sends_fewer_than_six() {
         from_repo >= size - (1 << 20),
         "someone got chunks from nowhere"
     );
+    // Each node reported itself; the console shows one swarm session for
+    // this version of the object, listing all six peers, with all six
+    // reports merged into its outcome.
+    let view = t.console_transfers();
+    let swarms: Vec<&serde_json::Value> = view["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "swarm")
+        .collect();
+    assert_eq!(swarms.len(), 1, "{view}");
+    let s = swarms[0];
+    assert_eq!(s["key"], "disk.img", "{s}");
+    assert!(s["version"].as_str().is_some_and(|v| !v.is_empty()), "{s}");
+    assert_eq!(s["running"], false, "{s}");
+    let audience = s["audience"].as_str().unwrap();
+    let nodes = s["outcome"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outcome: {s}"));
+    assert_eq!(nodes.len(), 6, "{s}");
+    for i in 1..=6 {
+        let peer = format!("{}:7600", t.lan.addr(i));
+        assert!(audience.contains(&peer), "{peer} not in {s}");
+        let n = nodes
+            .iter()
+            .find(|n| n["node"] == peer.as_str())
+            .unwrap_or_else(|| panic!("{peer} has no report: {s}"));
+        assert_eq!(n["ok"], true, "{s}");
+    }
+    assert_eq!(s["outcome"]["bytes_sent"], from_repo, "{s}");
 }
 
 #[test]

@@ -11,6 +11,12 @@
 //! sender: `propagate` and `mcast send` post their report to
 //! `/chunks/report/BUCKET/KEY` when they end, and it is attached to the
 //! newest session of that user, object and kind.
+//!
+//! A swarm has no sender and no ticket: its session starts with the first
+//! tracker announce for an object version (its ETag) and lists every peer
+//! that announced; each `swarm-agent` reports only itself, so per-node
+//! reports are merged into the session's one outcome, a node reporting
+//! again replacing its earlier entry.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -48,6 +54,8 @@ pub enum Kind {
     Chain,
     /// A ticket for a multicast group.
     Multicast,
+    /// Tracker announces for one version of an object.
+    Swarm,
 }
 
 struct Session {
@@ -58,6 +66,10 @@ struct Session {
     key: String,
     /// Nodes of a chain, or the multicast group.
     audience: String,
+    /// Swarm only: the object's ETag the swarm is for, and the peers that
+    /// announced (bounded by [`chunk_api::MAX_REPORT_NODES`]).
+    version: Option<String>,
+    members: Vec<String>,
     started_ms: u64,
     last: Instant,
     last_ms: u64,
@@ -142,6 +154,9 @@ pub struct SessionView {
     pub bucket: String,
     pub key: String,
     pub audience: String,
+    /// Swarm only: the ETag of the object version the swarm is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     pub started_ms: u64,
     pub last_ms: u64,
     pub running: bool,
@@ -193,15 +208,46 @@ impl Activity {
         }
     }
 
-    async fn start(&self, kind: Kind, user: &str, bucket: &str, key: &str, audience: String) {
+    /// The object's size and ETag (zero and empty when it is gone).
+    async fn head(&self, bucket: &str, key: &str) -> (u64, String) {
         // A metadata read, which may cross the network (postgres): off the
         // reactor.
         let (store, b, k) = (self.store.clone(), bucket.to_string(), key.to_string());
-        let total_bytes =
-            tokio::task::spawn_blocking(move || store.head(&b, &k).map_or(0, |r| r.size))
-                .await
-                .unwrap_or(0);
+        tokio::task::spawn_blocking(move || {
+            store
+                .head(&b, &k)
+                .map_or((0, String::new()), |r| (r.size, r.etag))
+        })
+        .await
+        .unwrap_or((0, String::new()))
+    }
+
+    async fn start(&self, kind: Kind, user: &str, bucket: &str, key: &str, audience: String) {
+        let (total_bytes, _) = self.head(bucket, key).await;
         let mut st = self.state.lock();
+        Self::push(
+            &mut st,
+            kind,
+            user,
+            bucket,
+            key,
+            audience,
+            None,
+            total_bytes,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        st: &mut State,
+        kind: Kind,
+        user: &str,
+        bucket: &str,
+        key: &str,
+        audience: String,
+        version: Option<String>,
+        total_bytes: u64,
+    ) {
         st.next_id += 1;
         let id = st.next_id;
         let now = now_ms();
@@ -212,6 +258,8 @@ impl Activity {
             bucket: bucket.to_string(),
             key: key.to_string(),
             audience,
+            version,
+            members: Vec::new(),
             started_ms: now,
             last: Instant::now(),
             last_ms: now,
@@ -240,14 +288,69 @@ impl Activity {
         Some(s.served_bytes.clone())
     }
 
-    /// Attach a sender's report to the newest matching session.
+    /// A tracker announce by `peer` (None: the body was too large to
+    /// read here) for the current version of `bucket/key`: noted in that
+    /// version's swarm session, which starts with its first announce.
+    async fn swarm_announce(&self, user: &str, bucket: &str, key: &str, peer: Option<String>) {
+        let (total_bytes, etag) = self.head(bucket, key).await;
+        let mut st = self.state.lock();
+        let found = st.sessions.iter().rposition(|s| {
+            s.kind == Kind::Swarm
+                && s.user == user
+                && s.bucket == bucket
+                && s.key == key
+                && s.version.as_deref() == Some(etag.as_str())
+        });
+        let i = match found {
+            Some(i) => i,
+            None => {
+                Self::push(
+                    &mut st,
+                    Kind::Swarm,
+                    user,
+                    bucket,
+                    key,
+                    String::new(),
+                    Some(etag),
+                    total_bytes,
+                );
+                st.sessions.len() - 1
+            }
+        };
+        let Some(s) = st.sessions.get_mut(i) else {
+            return;
+        };
+        s.last = Instant::now();
+        s.last_ms = now_ms();
+        s.requests += 1;
+        if let Some(p) = peer {
+            if !s.members.contains(&p) && s.members.len() < chunk_api::MAX_REPORT_NODES {
+                s.members.push(p);
+                s.audience = s.members.join(", ");
+            }
+        }
+    }
+
+    /// Attach a sender's report to the newest matching session; a swarm
+    /// node's report (one node) is merged into its swarm's outcome.
     fn finish(&self, user: &str, bucket: &str, key: &str, report: chunk_api::SessionReport) {
-        let kind = if report.kind == "multicast" {
-            Kind::Multicast
-        } else {
-            Kind::Chain
+        let kind = match report.kind.as_str() {
+            "multicast" => Kind::Multicast,
+            "swarm" => Kind::Swarm,
+            _ => Kind::Chain,
         };
         let mut st = self.state.lock();
+        if kind == Kind::Swarm {
+            let found =
+                st.sessions.iter_mut().rev().find(|s| {
+                    s.user == user && s.bucket == bucket && s.key == key && s.kind == kind
+                });
+            if let Some(s) = found {
+                s.last_ms = now_ms();
+                s.outcome = Some(merge_swarm(s.outcome.take(), report));
+            }
+            return;
+        }
         let found = st
             .sessions
             .iter_mut()
@@ -309,11 +412,19 @@ impl Activity {
                     bucket: s.bucket.clone(),
                     key: s.key.clone(),
                     audience: s.audience.clone(),
+                    version: s.version.clone(),
                     started_ms: s.started_ms,
                     last_ms: s.last_ms,
-                    running: s.outcome.is_none()
-                        && now.duration_since(s.last) < ACTIVE_FOR
-                        && served < s.total_bytes,
+                    running: if s.kind == Kind::Swarm {
+                        // Peers announce every few seconds until they leave
+                        // and report; the repository may serve little.
+                        now.duration_since(s.last) < ACTIVE_FOR
+                            && s.outcome.as_ref().map_or(0, |o| o.nodes.len()) < s.members.len()
+                    } else {
+                        s.outcome.is_none()
+                            && now.duration_since(s.last) < ACTIVE_FOR
+                            && served < s.total_bytes
+                    },
                     total_bytes: s.total_bytes,
                     served_bytes: served,
                     progress: if s.total_bytes == 0 {
@@ -356,6 +467,31 @@ impl Activity {
             claim_ids_total: t.claim_ids,
         }
     }
+}
+
+/// A swarm's outcome with one more node's report: the node's entry
+/// replaced (a node that ran again) or added (bounded), the repository's
+/// bytes summed over every report (it sent them all), the time the slowest
+/// node's.
+fn merge_swarm(
+    had: Option<chunk_api::SessionReport>,
+    node: chunk_api::SessionReport,
+) -> chunk_api::SessionReport {
+    let mut out = had.unwrap_or_else(|| chunk_api::SessionReport {
+        kind: "swarm".into(),
+        ..Default::default()
+    });
+    out.object_size = node.object_size;
+    for n in node.nodes {
+        if let Some(old) = out.nodes.iter_mut().find(|o| o.node == n.node) {
+            *old = n;
+        } else if out.nodes.len() < chunk_api::MAX_REPORT_NODES {
+            out.nodes.push(n);
+        }
+    }
+    out.bytes_sent = out.bytes_sent.saturating_add(node.bytes_sent);
+    out.seconds = out.seconds.max(node.seconds);
+    out
 }
 
 struct Observed {
@@ -484,6 +620,21 @@ impl ExtraRoute for Observed {
                     if let Ok(r) = serde_json::from_slice::<chunk_api::SessionReport>(&head) {
                         a.finish(&who, &bucket, &key, r);
                     }
+                }
+                resp
+            }
+            Route::Swarm { bucket, key } => {
+                let (parts, body) = req.into_parts();
+                let (head, body) = peek(body).await;
+                let resp = self
+                    .inner
+                    .call(user, http::Request::from_parts(parts, body))
+                    .await;
+                if resp.status().is_success() {
+                    let peer = serde_json::from_slice::<chunk_api::swarm::Announce>(&head)
+                        .ok()
+                        .map(|a| a.peer);
+                    a.swarm_announce(&who, &bucket, &key, peer).await;
                 }
                 resp
             }
