@@ -316,7 +316,7 @@ def replay_set(d, n, caps, cdir):
         recvs, sends = [], []
         for i in range(1, n + 1):
             recvs.append(subprocess.Popen(
-                ["ip", "netns", "exec", NS_D, strato, "migrate", "recv", "--listen", f"{DIP}:{7100 + i}", *flags,
+                ["ip", "netns", "exec", NS_D, strato, "migrate", "recv", "--insecure", "--listen", f"{DIP}:{7100 + i}", *flags,
                  "--report", f"{d}/recv{i}.json"],
                 stdin=subprocess.DEVNULL, stdout=open(f"{d}/out{i}", "wb"), stderr=open(f"{d}/recv{i}.log", "w")))
         procs += recvs
@@ -324,7 +324,7 @@ def replay_set(d, n, caps, cdir):
         before, t0 = wan_bytes(), time.time()
         for i in range(1, n + 1):
             sends.append(subprocess.Popen(
-                ["ip", "netns", "exec", NS_S, strato, "migrate", "send", "--to", f"{DIP}:{7100 + i}", *flags,
+                ["ip", "netns", "exec", NS_S, strato, "migrate", "send", "--insecure", "--to", f"{DIP}:{7100 + i}", *flags,
                  "--group", f"cap{n}g{pid}", "--vm", f"vm{i}", *extra, "--report", f"{d}/send{i}.json"],
                 stdin=open(f"{cdir}/cap{i}.qemu", "rb"), stdout=subprocess.DEVNULL,
                 stderr=open(f"{d}/send{i}.log", "w")))
