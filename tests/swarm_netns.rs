@@ -405,6 +405,25 @@ fn a_node_killed_mid_way_does_not_stop_the_others() {
     t.put("disk.img", &data);
     t.serve();
     t.shape(&t.lan.host(0), "eth0", "100mbit");
+    // The operator's one entry point: propagate --method swarm watches the
+    // five nodes at the tracker and prints the chain's report.
+    let endpoint = t.endpoint();
+    let nodes: Vec<String> = (1..=5).map(|i| format!("{}:7600", t.lan.addr(i))).collect();
+    let node_list = nodes.join(",");
+    let propagate_args = [
+        "--json",
+        "propagate",
+        "--method",
+        "swarm",
+        "s3://bkt/disk.img",
+        "--nodes",
+        &node_list,
+        "--timeout",
+        "100",
+        "--endpoint",
+        &endpoint,
+    ];
+    let mut watcher = Proc::spawn(t.strato(0, &propagate_args), t.dir.path(), "propagate");
     let mut agents: Vec<Proc> = (1..=5)
         .map(|i| t.agent(i, "disk.img", "store", &["--seed-secs", "3"]))
         .collect();
@@ -424,6 +443,71 @@ fn a_node_killed_mid_way_does_not_stop_the_others() {
         assert!(ok && r["ok"] == true, "node {}: {r}", i + 1);
         eprintln!("node {}: dropped {}", i + 1, r["peers_dropped"]);
         assert_eq!(md5_file(&t.image(i + 1, "disk.img", "store")), md5);
+    }
+    // Node 3 ages out at the tracker; propagate names it and fails.
+    let (ok, r) = watcher.finish(LIMIT);
+    assert!(!ok, "propagate succeeded with a node killed: {r}");
+    let size = data.len() as u64;
+    assert_eq!(u(&r, "object_size"), size, "{r}");
+    let listed = r["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 5, "{r}");
+    for (i, n) in listed.iter().enumerate() {
+        assert_eq!(n["addr"], nodes[i].as_str(), "{r}");
+        if i == 2 {
+            assert_eq!(n["ok"], false, "{r}");
+            let why = n["reason"].as_str().unwrap();
+            assert!(why.contains("left the swarm before completing"), "{r}");
+        } else {
+            assert_eq!(n["ok"], true, "{r}");
+            assert_eq!(u(n, "bytes_written"), size, "{r}");
+        }
+    }
+    let sent = u(&r, "bytes_sent");
+    assert!(sent > 0 && sent < 5 * size, "{r}");
+    // Bad input is refused with a clear message.
+    for (args, want) in [
+        (
+            vec![
+                "propagate",
+                "--method",
+                "swarm",
+                "bkt/disk.img",
+                "--nodes",
+                "10.0.0.1:7600",
+            ],
+            "needs --endpoint",
+        ),
+        (
+            vec![
+                "propagate",
+                "--method",
+                "swarm",
+                "bkt/disk.img",
+                "--nodes",
+                "nonsense",
+                "--endpoint",
+                &endpoint,
+            ],
+            "IP:PORT",
+        ),
+        (
+            vec![
+                "propagate",
+                "--method",
+                "mcast",
+                "bkt/disk.img",
+                "--nodes",
+                "10.0.0.1:7600",
+            ],
+            "strato mcast send",
+        ),
+    ] {
+        let out = t.strato(0, &args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
     }
 }
 

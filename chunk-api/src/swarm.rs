@@ -48,6 +48,12 @@ pub struct Announce {
     pub bytes_from_peers: u64,
     #[serde(default)]
     pub bytes_from_repository: u64,
+    /// An operator watching the swarm (`strato propagate --method swarm`),
+    /// not a member: nothing is recorded, `peer` and `have` are ignored, and
+    /// the answer lists the members and those that left or aged out, with
+    /// their last state and bytes (at most [`MAX_PEERS_RETURNED`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
 }
 
 /// One other member of the swarm, as the tracker last heard of it.
@@ -57,6 +63,18 @@ pub struct PeerInfo {
     /// Hex bitmap, as announced (empty: holds nothing yet).
     pub have: String,
     pub done: bool,
+    /// Watch answers only: the member left (or aged out) in this state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
+    /// Watch answers only: what the member last announced it had moved.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_from_peers: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_from_repository: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The tracker's answer.

@@ -147,15 +147,35 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How `propagate` moves the image to the nodes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Push through a chain of `chain-agent`s (the repository sends one copy)
+    Chain,
+    /// Watch `swarm-agent`s pull from each other and the repository (the
+    /// repository is the tracker; needs --endpoint)
+    Swarm,
+    /// IP multicast: not through propagate yet; use `strato mcast send`
+    Mcast,
+}
+
 #[derive(Args, Debug)]
 pub struct PropagateArgs {
     /// BUCKET/KEY in the local store (--data-dir), or s3://BUCKET/KEY with --endpoint
-    image: String,
-    /// Nodes in chain order: H1:P,H2:P,...
+    pub(super) image: String,
+    /// Nodes: in chain order (chain), or the IP:PORT each swarm-agent
+    /// advertises (swarm): H1:P,H2:P,...
     #[arg(long, value_delimiter = ',', required = true)]
-    nodes: Vec<String>,
+    pub(super) nodes: Vec<String>,
+    /// chain: push through chain-agents; swarm: swarm-agents pull and this
+    /// waits for every listed node's outcome at the tracker
+    #[arg(long, value_enum, default_value = "chain")]
+    method: Method,
+    /// swarm: seconds to wait for every node to complete
+    #[arg(long, default_value_t = 1800)]
+    pub(super) timeout: u64,
     #[command(flatten)]
-    source: ImageSource,
+    pub(super) source: ImageSource,
     /// Independent chains fed in parallel by the sender (a tree of chains)
     #[arg(long, default_value_t = 1)]
     fanout: usize,
@@ -243,6 +263,14 @@ fn session_report(r: &Report) -> chunk_api::SessionReport {
 }
 
 pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
+    match a.method {
+        Method::Chain => {}
+        Method::Swarm => return super::swarm::propagate(ctx, a),
+        Method::Mcast => anyhow::bail!(
+            "propagate --method mcast is not implemented: use `strato mcast send` (its report \
+             names every receiver too)"
+        ),
+    }
     let (bucket, key) = split_path(&a.image)?;
     let (bucket, key) = (bucket.to_string(), key.to_string());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -301,7 +329,18 @@ pub fn propagate(ctx: &Ctx, a: PropagateArgs) -> Result<ExitCode> {
         a.source.report(&bucket, &key, &session_report(&r)).await;
         anyhow::Ok(r)
     })?;
-    ctx.emit(&report, || {
+    print_report(ctx, &bucket, &key, &report)
+}
+
+/// The report every `propagate` method prints (JSON with --json), and the
+/// exit code: failure when any node failed.
+pub(super) fn print_report(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    report: &Report,
+) -> Result<ExitCode> {
+    ctx.emit(report, || {
         println!(
             "{bucket}/{key}: {} bytes to {} node(s) in {:.2}s, repository sent {} bytes",
             report.object_size,

@@ -109,7 +109,7 @@ enum Command {
     Mount(image::MountArgs),
     /// Run a broadcast-chain node that receives images (unauthenticated: trusted networks only)
     ChainAgent(chain::AgentArgs),
-    /// Send BUCKET/KEY down a broadcast chain of chain-agents
+    /// Send BUCKET/KEY to nodes: down a chain of chain-agents, or (--method swarm) watch swarm-agents pull it
     Propagate(chain::PropagateArgs),
     /// Live migration agents for QEMU's exec: hook (Shrinker, store-assisted)
     #[command(subcommand)]

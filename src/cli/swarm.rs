@@ -162,3 +162,127 @@ fn chunk_api_report(r: &NodeReport) -> strato::chunk_api::SessionReport {
         seconds: r.seconds,
     }
 }
+
+/// Seconds between the watcher's looks at the tracker.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// `strato propagate --method swarm`: the nodes' `swarm-agent`s pull by
+/// themselves, so this opens the swarm at the tracker (the repository) and
+/// watches it until every listed node is done, has left or aged out
+/// without completing, or --timeout passes; then prints the report the
+/// chain prints. A node's outcome is what it last announced; its own
+/// report (`swarm-agent --json`) also says whether its copy verified.
+pub fn propagate(ctx: &Ctx, a: super::chain::PropagateArgs) -> Result<ExitCode> {
+    use chain_broadcast::{NodeReport as Node, Report};
+    use strato::chunk_api::swarm::{Announce, MAX_PEERS_RETURNED, SWARM_VERSION};
+
+    let (bucket, key) = super::split_path(&a.image)?;
+    let Some(ep) = &a.source.endpoint else {
+        anyhow::bail!("propagate --method swarm needs --endpoint: the repository is the tracker");
+    };
+    let client = a.source.creds.client(ep)?;
+    let mut nodes: Vec<SocketAddr> = Vec::with_capacity(a.nodes.len());
+    for n in &a.nodes {
+        let addr: SocketAddr = n
+            .parse()
+            .with_context(|| format!("node {n:?}: give the IP:PORT its swarm-agent advertises"))?;
+        anyhow::ensure!(!nodes.contains(&addr), "node {addr} is listed twice");
+        nodes.push(addr);
+    }
+    anyhow::ensure!(
+        nodes.len() <= MAX_PEERS_RETURNED,
+        "propagate --method swarm watches at most {MAX_PEERS_RETURNED} nodes"
+    );
+    let timeout = Duration::from_secs(a.timeout.max(1));
+    let rt = super::common::runtime()?;
+    let report: Report = rt.block_on(async {
+        let started = std::time::Instant::now();
+        let mut watch = Announce {
+            version: SWARM_VERSION,
+            watch: true,
+            ..Announce::default()
+        };
+        let mut size = 0;
+        let mut outcome: Vec<Option<Node>> = nodes.iter().map(|_| None).collect();
+        let mut seen = vec![false; nodes.len()];
+        // The most each node announced it had from the repository.
+        let mut repo = vec![0u64; nodes.len()];
+        let pb = super::progress_bar(ctx, nodes.len() as u64, &format!("{bucket}/{key} nodes"));
+        loop {
+            let reply = client
+                .swarm_announce(&bucket, &key, &watch)
+                .await
+                .with_context(|| format!("watching the swarm of {bucket}/{key} at {ep}"))?;
+            if let Some(doc) = &reply.manifest {
+                size = doc.size;
+            }
+            watch.manifest_digest = Some(reply.manifest_digest.clone());
+            let elapsed = started.elapsed();
+            for (i, addr) in nodes.iter().enumerate() {
+                let Some(p) = reply.peers.iter().find(|p| p.peer == addr.to_string()) else {
+                    continue;
+                };
+                repo[i] = repo[i].max(p.bytes_from_repository);
+                if outcome[i].is_some() {
+                    continue;
+                }
+                seen[i] = true;
+                let received = p.bytes_from_peers.saturating_add(p.bytes_from_repository);
+                if p.done {
+                    outcome[i] = Some(Node {
+                        addr: *addr,
+                        ok: true,
+                        reason: None,
+                        bytes_received: received,
+                        bytes_written: size,
+                        elapsed,
+                    });
+                } else if p.left {
+                    let mut n = Node::failed(
+                        *addr,
+                        "left the swarm before completing (killed, or it gave up: see its report)",
+                    );
+                    n.bytes_received = received;
+                    n.elapsed = elapsed;
+                    outcome[i] = Some(n);
+                }
+            }
+            pb.set_position(outcome.iter().filter(|o| o.is_some()).count() as u64);
+            let finished = outcome.iter().all(Option::is_some);
+            if finished || started.elapsed() >= timeout {
+                pb.finish_and_clear();
+                let nodes: Vec<Node> = outcome
+                    .into_iter()
+                    .zip(&nodes)
+                    .zip(&seen)
+                    .map(|((o, addr), seen)| {
+                        o.unwrap_or_else(|| {
+                            Node::failed(
+                                *addr,
+                                if *seen {
+                                    format!("not complete after {}s", timeout.as_secs())
+                                } else {
+                                    format!(
+                                        "never joined the swarm in {}s (is its swarm-agent \
+                                         running and advertising this address?)",
+                                        timeout.as_secs()
+                                    )
+                                },
+                            )
+                        })
+                    })
+                    .collect();
+                return anyhow::Ok(Report {
+                    transfer_id: 0,
+                    nodes,
+                    bytes_sent: repo.iter().sum(),
+                    object_size: size,
+                    forged_control_frames: 0,
+                    elapsed: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(WATCH_EVERY.min(timeout.saturating_sub(started.elapsed()))).await;
+        }
+    })?;
+    super::chain::print_report(ctx, &bucket, &key, &report)
+}

@@ -58,13 +58,27 @@ struct Member {
     have: Vec<u8>,
     done: bool,
     last: Instant,
+    bytes_from_peers: u64,
+    bytes_from_repository: u64,
 }
 
 struct Swarm {
     digest: [u8; 32],
     secret: [u8; 32],
     members: HashMap<String, Member>,
+    /// Members that left or aged out, in their last state, for watchers
+    /// (bounded like `members`; bitmaps dropped).
+    departed: HashMap<String, Member>,
     last: Instant,
+}
+
+impl Swarm {
+    fn depart(&mut self, peer: String, mut m: Member, max: usize) {
+        if self.departed.len() < max || self.departed.contains_key(&peer) {
+            m.have = Vec::new();
+            self.departed.insert(peer, m);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -80,6 +94,10 @@ pub fn check_announce(a: &Announce) -> Result<(), TrackError> {
             "swarm version {} is not one this tracker speaks ({SWARM_VERSION})",
             a.version
         )));
+    }
+    if a.watch {
+        // A watcher is no member: its address and bitmap mean nothing.
+        return Ok(());
     }
     let addr: SocketAddr = a
         .peer
@@ -120,7 +138,7 @@ impl Tracker {
         let current = a.manifest_digest.as_deref() == Some(digest_hex.as_str());
         // A bitmap over the current manifest is checked before anything
         // changes; one over an older manifest means nothing here.
-        let have = if current {
+        let have = if current && !a.watch {
             decode_bitmap(&a.have, doc.chunks.len()).map_err(|e| TrackError::Bad(e.to_string()))?
         } else {
             Vec::new()
@@ -143,13 +161,32 @@ impl Tracker {
             digest,
             secret: rand::random(),
             members: HashMap::new(),
+            departed: HashMap::new(),
             last: now,
         });
-        swarm
+        let aged: Vec<String> = swarm
             .members
-            .retain(|_, m| now.saturating_duration_since(m.last) < l.peer_ttl);
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.last) >= l.peer_ttl)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in aged {
+            if let Some(m) = swarm.members.remove(&p) {
+                swarm.depart(p, m, l.max_peers);
+            }
+        }
+        if a.watch {
+            return Ok(Self::watch_reply(swarm, digest_hex, current, doc, l));
+        }
         if a.leaving {
-            swarm.members.remove(&a.peer);
+            if let Some(mut m) = swarm.members.remove(&a.peer) {
+                // The leave says whether the node ended complete; its
+                // counters may be absent from it (kept from earlier).
+                m.done = a.done;
+                m.bytes_from_peers = m.bytes_from_peers.max(a.bytes_from_peers);
+                m.bytes_from_repository = m.bytes_from_repository.max(a.bytes_from_repository);
+                swarm.depart(a.peer.clone(), m, l.max_peers);
+            }
         } else {
             if !swarm.members.contains_key(&a.peer) && swarm.members.len() >= l.max_peers {
                 return Err(TrackError::Full(format!(
@@ -163,8 +200,12 @@ impl Tracker {
                     have,
                     done: a.done,
                     last: now,
+                    bytes_from_peers: a.bytes_from_peers,
+                    bytes_from_repository: a.bytes_from_repository,
                 },
             );
+            // A member that rejoins is no longer departed.
+            swarm.departed.remove(&a.peer);
         }
         swarm.last = now;
         let mut others: Vec<(&String, &Member)> = swarm
@@ -180,6 +221,9 @@ impl Tracker {
                 peer: p.clone(),
                 have: hex::encode(&m.have),
                 done: m.done,
+                left: false,
+                bytes_from_peers: 0,
+                bytes_from_repository: 0,
             })
             .collect();
         Ok(AnnounceReply {
@@ -191,6 +235,41 @@ impl Tracker {
             interval_secs: l.interval.as_secs().max(1),
             peer_ttl_secs: l.peer_ttl.as_secs().max(1),
         })
+    }
+
+    /// A watcher's answer: members first, then departed ones, with their
+    /// state and bytes but no bitmaps.
+    fn watch_reply(
+        swarm: &Swarm,
+        digest_hex: String,
+        current: bool,
+        doc: &ManifestDoc,
+        l: &TrackerLimits,
+    ) -> AnnounceReply {
+        let info = |p: &String, m: &Member, left: bool| PeerInfo {
+            peer: p.clone(),
+            have: String::new(),
+            done: m.done,
+            left,
+            bytes_from_peers: m.bytes_from_peers,
+            bytes_from_repository: m.bytes_from_repository,
+        };
+        let peers = swarm
+            .members
+            .iter()
+            .map(|(p, m)| info(p, m, false))
+            .chain(swarm.departed.iter().map(|(p, m)| info(p, m, true)))
+            .take(MAX_PEERS_RETURNED)
+            .collect();
+        AnnounceReply {
+            version: SWARM_VERSION,
+            manifest_digest: digest_hex,
+            manifest: (!current).then(|| doc.clone()),
+            secret: hex::encode(swarm.secret),
+            peers,
+            interval_secs: l.interval.as_secs().max(1),
+            peer_ttl_secs: l.peer_ttl.as_secs().max(1),
+        }
     }
 
     /// Swarms and members held now (for tests and metrics).
@@ -345,5 +424,48 @@ mod tests {
         t.announce(&d, digest, &leave, now).unwrap();
         let r = t.announce(&d, digest, &join("10.0.0.1:1"), now).unwrap();
         assert!(r.peers.is_empty());
+    }
+
+    #[test]
+    fn a_watcher_sees_members_and_departed_ones_and_is_no_member() {
+        let t = Tracker::new(TrackerLimits::default());
+        let (d, digest) = doc("k", 3);
+        let now = Instant::now();
+        t.announce(&d, digest, &join("10.0.0.1:1"), now).unwrap();
+        t.announce(&d, digest, &join("10.0.0.2:1"), now).unwrap();
+        t.announce(&d, digest, &join("10.0.0.3:1"), now).unwrap();
+        let leave = Announce {
+            leaving: true,
+            done: true,
+            bytes_from_peers: 7,
+            ..join("10.0.0.2:1")
+        };
+        t.announce(&d, digest, &leave, now).unwrap();
+        let watch = Announce {
+            watch: true,
+            ..join("")
+        };
+        // 10.0.0.3 ages out: departed, not done.
+        let later = now + Duration::from_secs(16);
+        t.announce(&d, digest, &join("10.0.0.1:1"), later).unwrap();
+        let r = t.announce(&d, digest, &watch, later).unwrap();
+        let mut seen: Vec<(String, bool, bool, u64)> = r
+            .peers
+            .iter()
+            .map(|p| (p.peer.clone(), p.done, p.left, p.bytes_from_peers))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("10.0.0.1:1".into(), false, false, 0),
+                ("10.0.0.2:1".into(), true, true, 7),
+                ("10.0.0.3:1".into(), false, true, 0),
+            ]
+        );
+        // The watcher is not listed to members.
+        let r = t.announce(&d, digest, &join("10.0.0.1:1"), later).unwrap();
+        assert!(r.peers.is_empty(), "{:?}", r.peers);
+        assert_eq!(t.size(), (1, 1));
     }
 }

@@ -255,6 +255,7 @@ fn announce_body(shared: Option<&Shared>, opts: &Options, done: bool, leaving: b
         bytes_from_peers: shared.map_or(0, |s| s.bytes_from_peers.load(Ordering::Relaxed)),
         bytes_from_repository: shared
             .map_or(0, |s| s.bytes_from_repository.load(Ordering::Relaxed)),
+        watch: false,
     }
 }
 
@@ -332,10 +333,14 @@ pub async fn run(
         }
     }
     report.seconds_total = started.elapsed().as_secs_f64();
-    // Leave at once rather than after the TTL (best effort).
-    let _ = client
-        .swarm_announce(bucket, key, &announce_body(None, &opts, report.ok, true))
-        .await;
+    // Leave at once rather than after the TTL (best effort), with the
+    // final counters for whoever watches the swarm.
+    let leave = Announce {
+        bytes_from_peers: report.bytes_from_peers,
+        bytes_from_repository: report.bytes_from_repository,
+        ..announce_body(None, &opts, report.ok, true)
+    };
+    let _ = client.swarm_announce(bucket, key, &leave).await;
     report
 }
 
