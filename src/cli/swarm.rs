@@ -210,7 +210,7 @@ pub fn propagate(ctx: &Ctx, a: super::chain::PropagateArgs) -> Result<ExitCode> 
         let pb = super::progress_bar(ctx, nodes.len() as u64, &format!("{bucket}/{key} nodes"));
         loop {
             let reply = client
-                .swarm_announce(&bucket, &key, &watch)
+                .swarm_announce(bucket, key, &watch)
                 .await
                 .with_context(|| format!("watching the swarm of {bucket}/{key} at {ep}"))?;
             if let Some(doc) = &reply.manifest {
@@ -284,5 +284,5 @@ pub fn propagate(ctx: &Ctx, a: super::chain::PropagateArgs) -> Result<ExitCode> 
             tokio::time::sleep(WATCH_EVERY.min(timeout.saturating_sub(started.elapsed()))).await;
         }
     })?;
-    super::chain::print_report(ctx, &bucket, &key, &report)
+    super::chain::print_report(ctx, bucket, key, &report)
 }
