@@ -65,9 +65,77 @@ type CompletedState = (
 #[derive(Default)]
 pub(crate) struct Completed {
     inner: Mutex<CompletedState>,
+    /// Upload ids whose completion is being committed right now, with how
+    /// many requests are committing each: between the commit removing the
+    /// upload and its answer being remembered, a retry must wait, not
+    /// answer NoSuchUpload.
+    committing: Mutex<HashMap<String, usize>>,
+}
+
+/// Marks an upload as being committed for as long as it lives.
+struct Committing<'a> {
+    completed: &'a Completed,
+    upload_id: String,
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        let mut g = self
+            .completed
+            .committing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = g.get_mut(&self.upload_id) {
+            *n -= 1;
+            if *n == 0 {
+                g.remove(&self.upload_id);
+            }
+        }
+    }
 }
 
 impl Completed {
+    fn committing(&self, upload_id: &str) -> Committing<'_> {
+        *self
+            .committing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(upload_id.to_owned())
+            .or_default() += 1;
+        Committing {
+            completed: self,
+            upload_id: upload_id.to_owned(),
+        }
+    }
+
+    fn is_committing(&self, upload_id: &str) -> bool {
+        self.committing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(upload_id)
+    }
+
+    /// The remembered answer for this completion; while another request is
+    /// committing the same upload, waits (bounded) for its answer.
+    async fn replay_after_commit(
+        &self,
+        upload_id: &str,
+        bucket: &str,
+        key: &str,
+        hash: &[u8; 32],
+    ) -> Option<Done> {
+        for _ in 0..REPLAY_WAIT_STEPS {
+            if let Some(d) = self.replay(upload_id, bucket, key, hash) {
+                return Some(d);
+            }
+            if !self.is_committing(upload_id) {
+                break;
+            }
+            tokio::time::sleep(REPLAY_WAIT_STEP).await;
+        }
+        self.replay(upload_id, bucket, key, hash)
+    }
+
     fn insert(&self, upload_id: &str, done: Done) {
         let now = Instant::now();
         let mut g = self
@@ -542,11 +610,16 @@ pub(super) async fn complete(
     let upload = match find_upload(a, &ctx, &i.bucket, &i.key, &i.upload_id).await {
         Ok(u) => u,
         Err(e) => {
-            // A retry of a completion that already happened gets its answer.
-            let replay = named_parts(i).ok().and_then(|named| {
-                a.completed
-                    .replay(&i.upload_id, &i.bucket, &i.key, &parts_hash(&named))
-            });
+            // A retry of a completion that already happened (or is being
+            // committed right now) gets its answer.
+            let replay = match named_parts(i) {
+                Ok(named) => {
+                    a.completed
+                        .replay_after_commit(&i.upload_id, &i.bucket, &i.key, &parts_hash(&named))
+                        .await
+                }
+                Err(_) => None,
+            };
             return match replay {
                 Some(d) => Ok(S3Response::new(complete_output(&d))),
                 None => Err(e),
@@ -563,14 +636,23 @@ pub(super) async fn complete(
             )));
         }
     }
-    let stored: HashMap<u32, PartInfo> = a
-        .backend
-        .list_parts(&i.upload_id)
-        .await
-        .map_err(|e| a.map_err(&ctx, e))?
-        .into_iter()
-        .map(|p| (p.part_number, p))
-        .collect();
+    let stored = match a.backend.list_parts(&i.upload_id).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            // Completed by a concurrent identical request since it was found.
+            if e == BackendError::NoSuchUpload {
+                if let Some(d) = a
+                    .completed
+                    .replay_after_commit(&i.upload_id, &i.bucket, &i.key, &hash)
+                    .await
+                {
+                    return Ok(S3Response::new(complete_output(&d)));
+                }
+            }
+            return Err(a.map_err(&ctx, e));
+        }
+    };
+    let stored: HashMap<u32, PartInfo> = stored.into_iter().map(|p| (p.part_number, p)).collect();
     if named.windows(2).any(|w| w[0].number >= w[1].number) {
         return Err(s3err(
             S3ErrorCode::InvalidPartOrder,
@@ -621,18 +703,21 @@ pub(super) async fn complete(
         opts.late_checksums.insert(alg.name(), v.clone());
         opts.checksum_type = upload.checksum_type.clone();
     }
+    let committing = a.completed.committing(&i.upload_id);
     let info: ObjectInfo = match a.backend.complete_multipart(&i.upload_id, list, opts).await {
         Ok(info) => info,
         Err(e) => {
+            drop(committing);
             // Completed by a concurrent retry of this request meanwhile: its
             // answer is remembered as soon as its commit returns, so wait
             // for it a little (bounded) before calling the upload gone.
             if e == BackendError::NoSuchUpload {
-                for _ in 0..REPLAY_WAIT_STEPS {
-                    if let Some(d) = a.completed.replay(&i.upload_id, &i.bucket, &i.key, &hash) {
-                        return Ok(S3Response::new(complete_output(&d)));
-                    }
-                    tokio::time::sleep(REPLAY_WAIT_STEP).await;
+                if let Some(d) = a
+                    .completed
+                    .replay_after_commit(&i.upload_id, &i.bucket, &i.key, &hash)
+                    .await
+                {
+                    return Ok(S3Response::new(complete_output(&d)));
                 }
             }
             return Err(a.map_err(&ctx, e));
@@ -649,6 +734,7 @@ pub(super) async fn complete(
         checksum_type: sum_type(&upload, &info),
     };
     a.completed.insert(&i.upload_id, done.clone());
+    drop(committing);
     Ok(S3Response::new(complete_output(&done)))
 }
 
