@@ -167,7 +167,7 @@ fn chain_agents_accept_only_what_the_repository_signed_for_them() {
         )
     });
     let e = bad_kind.unwrap_err().to_string();
-    assert!(e.contains("chain or multicast"), "{e}");
+    assert!(e.contains("kind must be chain, multicast or swarm"), "{e}");
     assert!(missing.is_err());
 
     // An unsigned session from the same binary is refused.
