@@ -355,6 +355,34 @@ impl ChunkClient {
             .collect())
     }
 
+    /// Sends `body` as JSON to one of the small JSON routes (ticket, report,
+    /// swarm), the signature covering the body (its meaning matters),
+    /// and answers the reply's body when the status is a success.
+    async fn post_json<T: serde::Serialize>(
+        &self,
+        what: &str,
+        route: &crate::Route,
+        body: &T,
+    ) -> Result<Bytes> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Invalid {
+            what: what.to_owned(),
+            why: e.to_string(),
+        })?;
+        let (status, body) = self
+            .send_with(
+                what,
+                route.method(),
+                &route.path_and_query(),
+                Bytes::from(body),
+                true,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(Self::status_error(what, status, &body));
+        }
+        Ok(body)
+    }
+
     /// A signed session ticket for distributing `bucket/key` to
     /// `req`'s audience (`POST /chunks/ticket/...`), with its control
     /// secret and the manifest it was signed over (checked like
@@ -371,22 +399,7 @@ impl ChunkClient {
             bucket: bucket.to_string(),
             key: key.to_string(),
         };
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Invalid {
-            what: what.clone(),
-            why: e.to_string(),
-        })?;
-        let (status, body) = self
-            .send_with(
-                &what,
-                route.method(),
-                &route.path_and_query(),
-                Bytes::from(body),
-                true,
-            )
-            .await?;
-        if status != StatusCode::OK {
-            return Err(Self::status_error(&what, status, &body));
-        }
+        let body = self.post_json(&what, &route, req).await?;
         let grant: crate::wire::TicketGrant =
             serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
                 what: what.clone(),
@@ -412,21 +425,7 @@ impl ChunkClient {
             bucket: bucket.to_string(),
             key: key.to_string(),
         };
-        let body = serde_json::to_vec(report).map_err(|e| ClientError::Invalid {
-            what: what.clone(),
-            why: e.to_string(),
-        })?;
-        let (status, body) = self
-            .send(
-                &what,
-                route.method(),
-                &route.path_and_query(),
-                Bytes::from(body),
-            )
-            .await?;
-        if !status.is_success() {
-            return Err(Self::status_error(&what, status, &body));
-        }
+        self.post_json(&what, &route, report).await?;
         Ok(())
     }
 
@@ -448,19 +447,7 @@ impl ChunkClient {
             what: what.clone(),
             why,
         };
-        let body = serde_json::to_vec(announce).map_err(|e| invalid(e.to_string()))?;
-        let (status, body) = self
-            .send_with(
-                &what,
-                route.method(),
-                &route.path_and_query(),
-                Bytes::from(body),
-                true,
-            )
-            .await?;
-        if status != StatusCode::OK {
-            return Err(Self::status_error(&what, status, &body));
-        }
+        let body = self.post_json(&what, &route, announce).await?;
         let reply: crate::swarm::AnnounceReply =
             serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
         if reply.version != crate::swarm::SWARM_VERSION {
